@@ -1,0 +1,92 @@
+//! What an instance tells the bus about itself: discovery records.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One RPC method of a service, with its JSON Schemas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodInfo {
+    /// Method name (without the service prefix).
+    pub name: String,
+    /// JSON Schema of the params, when the handler takes `Args<T>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<Value>,
+    /// JSON Schema of the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Safe to send again to another instance if the first one dies.
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+/// A running instance of a service, as registered on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// Service name.
+    pub service: String,
+    /// Unique id of this instance.
+    pub instance: String,
+    /// Version of the service binary.
+    #[serde(default)]
+    pub version: String,
+    /// Where the instance takes requests (transport specific; empty on brokers).
+    #[serde(default)]
+    pub endpoint: String,
+    /// Its methods.
+    #[serde(default)]
+    pub methods: Vec<MethodInfo>,
+    /// Topic patterns it subscribes to.
+    #[serde(default)]
+    pub subscriptions: Vec<String>,
+    /// Operating-system process id.
+    #[serde(default)]
+    pub pid: u32,
+    /// Transaction the instance runs under, when a host started it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
+}
+
+impl InstanceInfo {
+    /// True when the instance serves `method`.
+    pub fn has_method(&self, method: &str) -> bool {
+        self.methods.iter().any(|m| m.name == method)
+    }
+
+    /// The description of `method`, if served.
+    pub fn method(&self, method: &str) -> Option<&MethodInfo> {
+        self.methods.iter().find(|m| m.name == method)
+    }
+}
+
+/// Names reserved for built-in methods that every instance answers.
+pub mod builtin {
+    /// `{service, instance, version, methods, ...}`.
+    pub const INFO: &str = "$info";
+    /// Per-method counts, errors and latencies.
+    pub const STATS: &str = "$stats";
+    /// Answers `"pong"`.
+    pub const PING: &str = "$ping";
+}
+
+/// Checks a service or method name: ASCII letters, digits, `_` and `-`,
+/// starting with a letter; no dots (dots separate service from method).
+pub fn is_valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && name.len() <= 64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_valid_name("echo"));
+        assert!(is_valid_name("drink_coffee-2"));
+        assert!(!is_valid_name("a.b"));
+        assert!(!is_valid_name("1x"));
+        assert!(!is_valid_name(""));
+    }
+}

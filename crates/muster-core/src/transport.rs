@@ -1,0 +1,95 @@
+//! The transport trait: how RPC, events and discovery map onto one kind of
+//! bus. Every pattern goes through it so that every feature works on every
+//! bus, and the service framework never names a transport.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, RpcError};
+use crate::registry::InstanceInfo;
+use crate::wire::Envelope;
+
+/// A boxed, sendable future: the trait stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Answers requests for a served instance. The transport calls it for each
+/// request and sends whatever reply it resolves to.
+pub trait Dispatch: Send + Sync + 'static {
+    /// Handles one request and produces its reply envelope.
+    fn dispatch(&self, request: Envelope) -> BoxFuture<'static, Envelope>;
+}
+
+/// Receives the events of a subscription, one at a time and in order.
+pub trait EventSink: Send + Sync + 'static {
+    /// Handles one event; the next is delivered after this resolves.
+    fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()>;
+}
+
+/// What an instance registers, and how it wants to be served.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The discovery record.
+    pub info: InstanceInfo,
+    /// Requests handled at once; more wait in the transport (back-pressure).
+    pub max_in_flight: usize,
+}
+
+/// A served instance. Stopping unregisters it, refuses new requests and
+/// waits for the ones in flight.
+pub trait Served: Send + Sync + Debug {
+    /// Stops intake, then waits up to `grace` for in-flight requests.
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()>;
+    /// Endpoint the instance listens on (for logs and discovery).
+    fn endpoint(&self) -> String;
+}
+
+/// A live subscription; dropping it without [`Subscribed::cancel`] leaves
+/// delivery running until the transport closes.
+pub trait Subscribed: Send + Sync + Debug {
+    /// Stops delivery; returns once no event is being delivered.
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// One kind of bus.
+///
+/// # Cancel safety
+/// Dropping a `request` future forgets the call: a late reply is discarded.
+pub trait Transport: Send + Sync + Debug + 'static {
+    /// Short name for logs: `zmq`, `memory`, `amqp`, `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Registers an instance and starts serving its requests.
+    fn serve(
+        &self,
+        registration: Registration,
+        dispatch: Arc<dyn Dispatch>,
+    ) -> BoxFuture<'_, Result<Box<dyn Served>, Error>>;
+
+    /// Sends a request (header `service`, `method`, optionally `instance`)
+    /// and waits up to `timeout` for its reply. Failures of the bus are
+    /// coded [`RpcError`]s (timeout, unavailable, method not found).
+    fn request(&self, request: Envelope, timeout: Duration)
+    -> BoxFuture<'_, Result<Envelope, RpcError>>;
+
+    /// Publishes an event (header `topic`).
+    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Delivers events matching any of `patterns` to `sink`.
+    fn subscribe(
+        &self,
+        patterns: &[String],
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>>;
+
+    /// Every registered instance, with methods and schemas.
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<InstanceInfo>, Error>>;
+
+    /// Flushes pending sends and closes sockets.
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+/// A shared transport handle.
+pub type SharedTransport = Arc<dyn Transport>;

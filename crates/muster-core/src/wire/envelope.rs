@@ -1,0 +1,248 @@
+use bytes::Bytes;
+
+use super::{Header, PROTOCOL_TAG};
+
+/// Why a message could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Fewer frames than a message needs.
+    #[error("expected at least {expected} frames, got {got}")]
+    Frames {
+        /// Frames needed.
+        expected: usize,
+        /// Frames present.
+        got: usize,
+    },
+    /// The first frame is not a muster protocol tag.
+    #[error("not a muster message (first frame is not MUSTER/<version>)")]
+    NotMuster,
+    /// A muster tag of a version this build does not speak.
+    #[error("unsupported protocol version {0:?} (this side speaks MUSTER/1)")]
+    Version(String),
+    /// The header frame is not a valid header.
+    #[error("bad header: {0}")]
+    Header(String),
+    /// The body could not be encoded or decoded.
+    #[error("bad body: {0}")]
+    Body(String),
+    /// Unknown `content_type`.
+    #[error("unsupported content type {0:?}")]
+    ContentType(String),
+    /// The message is over the size limit.
+    #[error("message of {size} bytes is over the limit of {limit}")]
+    TooLarge {
+        /// Size of the message.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+}
+
+/// One muster message: a header and a body.
+///
+/// On ZeroMQ it travels as the frames `[MUSTER/1, header JSON, body]`
+/// (events are prefixed with their topic frame, see `docs/protocol.md`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    /// The parsed header.
+    pub header: Header,
+    /// The payload bytes, encoded as `header.content_type` says.
+    pub body: Bytes,
+}
+
+impl Envelope {
+    /// A message from a header and a body.
+    pub fn new(header: Header, body: impl Into<Bytes>) -> Self {
+        Self {
+            header,
+            body: body.into(),
+        }
+    }
+
+    /// The three frames `[tag, header, body]`.
+    pub fn to_frames(&self) -> [Bytes; 3] {
+        [
+            Bytes::from_static(PROTOCOL_TAG),
+            Bytes::from(encode_header(&self.header)),
+            self.body.clone(),
+        ]
+    }
+
+    /// Reads `[tag, header, body]`.
+    ///
+    /// # Errors
+    /// A [`WireError`] naming what is wrong; never panics on any input.
+    pub fn from_frames(frames: &[Bytes]) -> Result<Self, WireError> {
+        if frames.len() < 3 {
+            return Err(WireError::Frames {
+                expected: 3,
+                got: frames.len(),
+            });
+        }
+        check_tag(&frames[0])?;
+        Ok(Self {
+            header: decode_header(&frames[1])?,
+            body: frames[2].clone(),
+        })
+    }
+
+}
+
+/// Frames of a batch of events on one topic, for prefix-filtering buses:
+/// `[topic, tag, header₁, body₁, header₂, body₂, ...]`. A batch of one is
+/// the common case; batching only packs events already queued.
+pub fn encode_events<'a>(topic: &str, events: impl IntoIterator<Item = &'a Envelope>) -> Vec<Bytes> {
+    let mut frames = vec![
+        Bytes::copy_from_slice(topic.as_bytes()),
+        Bytes::from_static(PROTOCOL_TAG),
+    ];
+    for e in events {
+        frames.push(Bytes::from(encode_header(&e.header)));
+        frames.push(e.body.clone());
+    }
+    frames
+}
+
+/// Reads the frames written by [`encode_events`]. Each event's header gets
+/// the topic of the batch.
+///
+/// # Errors
+/// A [`WireError`] for a malformed batch; never panics on any input.
+pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
+    if frames.len() < 4 || frames.len() % 2 != 0 {
+        return Err(WireError::Frames {
+            expected: 4,
+            got: frames.len(),
+        });
+    }
+    check_tag(&frames[1])?;
+    let topic = std::str::from_utf8(&frames[0])
+        .map_err(|_| WireError::Header("topic is not UTF-8".into()))?;
+    frames[2..]
+        .chunks_exact(2)
+        .map(|pair| {
+            let mut header = decode_header(&pair[0])?;
+            if header.topic.as_deref() != Some(topic) {
+                header.topic = Some(topic.to_owned());
+            }
+            Ok(Envelope {
+                header,
+                body: pair[1].clone(),
+            })
+        })
+        .collect()
+}
+
+/// Checks a protocol tag frame.
+///
+/// # Errors
+/// [`WireError::Version`] for another `MUSTER/n`, [`WireError::NotMuster`] otherwise.
+pub fn check_tag(tag: &[u8]) -> Result<(), WireError> {
+    if tag == PROTOCOL_TAG {
+        return Ok(());
+    }
+    match tag.strip_prefix(b"MUSTER/") {
+        Some(v) => Err(WireError::Version(String::from_utf8_lossy(v).into_owned())),
+        None => Err(WireError::NotMuster),
+    }
+}
+
+/// Serializes a header. Headers only hold strings and integers, so this
+/// cannot fail.
+pub fn encode_header(header: &Header) -> Vec<u8> {
+    serde_json::to_vec(header).unwrap_or_else(|_| b"{}".to_vec())
+}
+
+/// Parses a header frame.
+///
+/// # Errors
+/// [`WireError::Header`] when it is not a JSON header object.
+pub fn decode_header(bytes: &[u8]) -> Result<Header, WireError> {
+    serde_json::from_slice(bytes).map_err(|e| WireError::Header(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Kind;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trip() {
+        let mut h = Header::request("a-1", "echo", "shout");
+        h.deadline_ms = Some(5000);
+        let env = Envelope::new(h, r#"{"jsonrpc":"2.0"}"#);
+        assert_eq!(Envelope::from_frames(&env.to_frames()).unwrap(), env);
+    }
+
+    #[test]
+    fn wrong_version_is_named() {
+        let frames = [
+            Bytes::from_static(b"MUSTER/9"),
+            Bytes::from_static(b"{\"kind\":\"event\"}"),
+            Bytes::new(),
+        ];
+        assert_eq!(
+            Envelope::from_frames(&frames),
+            Err(WireError::Version("9".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_kind_is_a_header_error() {
+        let frames = [
+            Bytes::from_static(PROTOCOL_TAG),
+            Bytes::from_static(b"{\"kind\":\"nope\"}"),
+            Bytes::new(),
+        ];
+        assert!(matches!(
+            Envelope::from_frames(&frames),
+            Err(WireError::Header(_))
+        ));
+    }
+
+    #[test]
+    fn minimal_header() {
+        let h = decode_header(br#"{"kind":"request","service":"a","method":"b","id":"1"}"#)
+            .unwrap();
+        assert_eq!(h.kind, Kind::Request);
+        assert_eq!(h.target(), "a.b");
+    }
+
+    #[test]
+    fn event_batches_round_trip() {
+        let a = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "1");
+        let b = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "2");
+        let frames = encode_events("t.a", [&a, &b]);
+        assert_eq!(decode_events(&frames).unwrap(), vec![a, b]);
+        assert!(decode_events(&frames[..3]).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn event_decoder_never_panics(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..32), 0..8)) {
+            let mut frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+            let _ = decode_events(&frames);
+            if frames.len() > 1 { frames[1] = Bytes::from_static(PROTOCOL_TAG); }
+            let _ = decode_events(&frames);
+        }
+
+        #[test]
+        fn decoder_never_panics(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..6)) {
+            let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
+            let _ = Envelope::from_frames(&frames);
+        }
+
+        #[test]
+        fn header_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_header(&bytes);
+        }
+
+        #[test]
+        fn tagged_random_headers_never_panic(s in "\\PC*") {
+            let frames = [Bytes::from_static(PROTOCOL_TAG), Bytes::from(s), Bytes::new()];
+            let _ = Envelope::from_frames(&frames);
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! JSON-RPC 2.0 bodies of requests and replies, in JSON or MessagePack.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::ContentType;
+use crate::error::RpcError;
+
+/// A decoded request body.
+#[derive(Debug, Clone)]
+pub struct RequestBody {
+    /// The JSON-RPC id, echoed in the reply.
+    pub id: Option<Value>,
+    /// The method name as the caller wrote it.
+    pub method: String,
+    /// The params, an object or an array, kept as raw JSON for the extractor.
+    pub params: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct JsonRequest<'a> {
+    #[serde(default, borrow)]
+    jsonrpc: Option<&'a str>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default, borrow)]
+    params: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ValueRequest {
+    #[serde(default)]
+    jsonrpc: Option<String>,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    params: Option<Value>,
+}
+
+#[derive(Serialize)]
+struct OutRequest<'a, P: ?Sized> {
+    jsonrpc: &'static str,
+    id: &'a str,
+    method: &'a str,
+    params: &'a P,
+}
+
+/// Encodes a request body.
+///
+/// # Errors
+/// When `params` cannot be serialized.
+pub fn encode_request<P: Serialize + ?Sized>(
+    ct: ContentType,
+    id: &str,
+    method: &str,
+    params: &P,
+) -> Result<Vec<u8>, RpcError> {
+    ct.encode(&OutRequest {
+        jsonrpc: "2.0",
+        id,
+        method,
+        params,
+    })
+    .map_err(|e| RpcError::invalid_params("", e))
+}
+
+/// Decodes a request body; a bad body is a coded error to send back.
+///
+/// # Errors
+/// -32700 for undecodable bytes, -32600 for a body that is not a request,
+/// -32602 for params that are neither an object nor an array.
+pub fn decode_request(ct: ContentType, bytes: &[u8]) -> Result<RequestBody, RpcError> {
+    let (jsonrpc_ok, id, method, params) = match ct {
+        ContentType::Json => {
+            let r: JsonRequest<'_> =
+                serde_json::from_slice(bytes).map_err(|e| classify_json_error(&e))?;
+            (
+                r.jsonrpc.is_none_or(|v| v == "2.0"),
+                r.id,
+                r.method,
+                r.params.map(|p| p.to_owned()),
+            )
+        }
+        ContentType::MsgPack => {
+            let r: ValueRequest =
+                rmp_serde::from_slice(bytes).map_err(RpcError::parse_error)?;
+            let params = match r.params {
+                Some(v) => Some(serde_json::value::to_raw_value(&v).map_err(RpcError::internal)?),
+                None => None,
+            };
+            (
+                r.jsonrpc.as_deref().is_none_or(|v| v == "2.0"),
+                r.id,
+                r.method,
+                params,
+            )
+        }
+    };
+    if !jsonrpc_ok {
+        return Err(RpcError::invalid_request("jsonrpc must be \"2.0\""));
+    }
+    let method = method.ok_or_else(|| RpcError::invalid_request("missing \"method\""))?;
+    if let Some(p) = &params {
+        let first = p.get().trim_start().as_bytes().first().copied();
+        if !matches!(first, Some(b'{') | Some(b'[') | Some(b'n')) {
+            return Err(RpcError::invalid_params(
+                "",
+                "params must be an object or an array",
+            ));
+        }
+    }
+    Ok(RequestBody { id, method, params })
+}
+
+fn classify_json_error(e: &serde_json::Error) -> RpcError {
+    if e.is_data() {
+        RpcError::invalid_request(e)
+    } else {
+        RpcError::parse_error(e)
+    }
+}
+
+#[derive(Serialize)]
+struct OutResult<'a, R: ?Sized> {
+    jsonrpc: &'static str,
+    id: &'a Option<Value>,
+    result: &'a R,
+}
+
+#[derive(Serialize)]
+struct OutError<'a> {
+    jsonrpc: &'static str,
+    id: &'a Option<Value>,
+    error: &'a RpcError,
+}
+
+/// Encodes a successful reply.
+///
+/// # Errors
+/// When the result cannot be serialized (reported as -32603).
+pub fn encode_result<R: Serialize + ?Sized>(
+    ct: ContentType,
+    id: &Option<Value>,
+    result: &R,
+) -> Result<Vec<u8>, RpcError> {
+    ct.encode(&OutResult {
+        jsonrpc: "2.0",
+        id,
+        result,
+    })
+    .map_err(|e| RpcError::internal(format!("cannot encode result: {e}")))
+}
+
+/// Encodes an error reply. Cannot fail: an error is plain data.
+pub fn encode_error(ct: ContentType, id: &Option<Value>, error: &RpcError) -> Vec<u8> {
+    ct.encode(&OutError {
+        jsonrpc: "2.0",
+        id,
+        error,
+    })
+    .unwrap_or_else(|_| {
+        br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}"#
+            .to_vec()
+    })
+}
+
+#[derive(Deserialize)]
+struct JsonReply<'a> {
+    #[serde(default, borrow)]
+    result: Option<&'a RawValue>,
+    #[serde(default)]
+    error: Option<RpcError>,
+}
+
+#[derive(Deserialize)]
+struct ValueReply {
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<RpcError>,
+}
+
+/// Decodes a reply body into the raw JSON result or the error it carries.
+///
+/// # Errors
+/// The outer error when the body is not a JSON-RPC reply at all.
+pub fn decode_reply(
+    ct: ContentType,
+    bytes: &[u8],
+) -> Result<Result<Box<RawValue>, RpcError>, RpcError> {
+    let null = || RawValue::from_string("null".to_owned()).map_err(RpcError::internal);
+    match ct {
+        ContentType::Json => {
+            let r: JsonReply<'_> = serde_json::from_slice(bytes)
+                .map_err(|e| RpcError::parse_error(format!("reply: {e}")))?;
+            Ok(match (r.error, r.result) {
+                (Some(e), _) => Err(e),
+                (None, Some(v)) => Ok(v.to_owned()),
+                (None, None) => Ok(null()?),
+            })
+        }
+        ContentType::MsgPack => {
+            let r: ValueReply = rmp_serde::from_slice(bytes)
+                .map_err(|e| RpcError::parse_error(format!("reply: {e}")))?;
+            Ok(match (r.error, r.result) {
+                (Some(e), _) => Err(e),
+                (None, Some(v)) => {
+                    Ok(serde_json::value::to_raw_value(&v).map_err(RpcError::internal)?)
+                }
+                (None, None) => Ok(null()?),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::code;
+    use proptest::prelude::*;
+
+    #[test]
+    fn request_round_trip_json_and_msgpack() {
+        for ct in [ContentType::Json, ContentType::MsgPack] {
+            let b = encode_request(ct, "7", "shout", &serde_json::json!({"text": "hi"})).unwrap();
+            let r = decode_request(ct, &b).unwrap();
+            assert_eq!(r.method, "shout");
+            assert_eq!(r.id, Some(Value::from("7")));
+            assert_eq!(r.params.unwrap().get(), r#"{"text":"hi"}"#);
+        }
+    }
+
+    #[test]
+    fn array_params_are_accepted() {
+        let r = decode_request(
+            ContentType::Json,
+            br#"{"jsonrpc":"2.0","id":1,"method":"m","params":["hi",2]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.params.unwrap().get(), r#"["hi",2]"#);
+    }
+
+    #[test]
+    fn bad_bodies_get_standard_codes() {
+        let parse = decode_request(ContentType::Json, b"{nope").unwrap_err();
+        assert_eq!(parse.code, code::PARSE_ERROR);
+        let invalid = decode_request(ContentType::Json, br#"{"id":1}"#).unwrap_err();
+        assert_eq!(invalid.code, code::INVALID_REQUEST);
+        let version =
+            decode_request(ContentType::Json, br#"{"jsonrpc":"1.0","method":"m"}"#).unwrap_err();
+        assert_eq!(version.code, code::INVALID_REQUEST);
+        let scalar =
+            decode_request(ContentType::Json, br#"{"method":"m","params":3}"#).unwrap_err();
+        assert_eq!(scalar.code, code::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for ct in [ContentType::Json, ContentType::MsgPack] {
+            let id = Some(Value::from(3));
+            let ok = encode_result(ct, &id, &serde_json::json!({"text":"hihi"})).unwrap();
+            assert_eq!(
+                decode_reply(ct, &ok).unwrap().unwrap().get(),
+                r#"{"text":"hihi"}"#
+            );
+            let err = encode_error(ct, &id, &RpcError::method_not_found("x.y"));
+            assert_eq!(decode_reply(ct, &err).unwrap().unwrap_err().code, -32601);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn request_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_request(ContentType::Json, &bytes);
+            let _ = decode_request(ContentType::MsgPack, &bytes);
+        }
+
+        #[test]
+        fn reply_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_reply(ContentType::Json, &bytes);
+            let _ = decode_reply(ContentType::MsgPack, &bytes);
+        }
+    }
+}
