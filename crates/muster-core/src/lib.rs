@@ -14,6 +14,7 @@
 //! ```
 
 pub mod error;
+pub mod id;
 pub mod registry;
 pub mod topic;
 pub mod transport;

@@ -1,0 +1,134 @@
+//! The embedded bus device: registry plus event forwarder.
+
+mod registry;
+
+use std::time::Duration;
+
+use muster_core::Error;
+use omq_tokio::{Proxy, SocketType};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::addr::BusAddr;
+use crate::socket::{self, zmq_error};
+
+pub use registry::RegistryStats;
+
+/// Tuning of the bus device.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct BusOptions {
+    /// An instance silent for this long is dropped from the registry.
+    pub ttl: Duration,
+    /// How often silent instances are looked for.
+    pub sweep_every: Duration,
+    /// Largest message accepted.
+    pub max_message_size: usize,
+    /// Messages queued per subscriber before the forwarder waits
+    /// (back-pressure: the bus never drops events for a slow subscriber).
+    pub subscriber_hwm: u32,
+}
+
+impl Default for BusOptions {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(3),
+            sweep_every: Duration::from_millis(250),
+            max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
+            subscriber_hwm: 10_000,
+        }
+    }
+}
+
+/// A running bus device. Dropping it does not stop it; call [`Bus::stop`].
+#[derive(Debug)]
+pub struct Bus {
+    addr: BusAddr,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    stats: registry::SharedStats,
+}
+
+impl Bus {
+    /// Binds the registry and the event endpoints and starts serving.
+    ///
+    /// # Errors
+    /// When an endpoint cannot be bound (for example, the port is in use).
+    pub async fn start(addr: BusAddr, options: BusOptions) -> Result<Self, Error> {
+        let shutdown = CancellationToken::new();
+
+        let router = socket::socket(SocketType::Router, options.max_message_size);
+        router
+            .bind(addr.registry().as_str())
+            .await
+            .map_err(|e| zmq_error(&format!("bind registry {}", addr.registry()), e))?;
+
+        let xsub = socket::socket(SocketType::XSub, options.max_message_size);
+        xsub.bind(addr.events_in().as_str())
+            .await
+            .map_err(|e| zmq_error(&format!("bind event inlet {}", addr.events_in()), e))?;
+        // Take every event from every publisher: filtering happens at the
+        // outlet, so a subscription is complete once the outlet has it.
+        xsub.subscribe("")
+            .await
+            .map_err(|e| zmq_error("subscribe event inlet", e))?;
+
+        let mut out_opts = socket::options(SocketType::XPub, options.max_message_size);
+        out_opts.xpub_nodrop = true;
+        out_opts.send_hwm = options.subscriber_hwm;
+        let xpub = omq_tokio::Socket::new(SocketType::XPub, out_opts);
+        xpub.bind(addr.events_out().as_str())
+            .await
+            .map_err(|e| zmq_error(&format!("bind event outlet {}", addr.events_out()), e))?;
+
+        let stats = registry::SharedStats::default();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(registry::run(
+            router,
+            options.clone(),
+            shutdown.clone(),
+            stats.clone(),
+        )));
+        let proxy_stop = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::select! {
+                r = Proxy::new(xsub, xpub).run() => {
+                    if let Err(e) = r {
+                        tracing::error!(error = %e, "event forwarder stopped");
+                    }
+                }
+                () = proxy_stop.cancelled() => {}
+            }
+        }));
+        tracing::info!(
+            registry = %addr.registry(),
+            events_in = %addr.events_in(),
+            events_out = %addr.events_out(),
+            "bus listening"
+        );
+        Ok(Self {
+            addr,
+            shutdown,
+            tasks,
+            stats,
+        })
+    }
+
+    /// Where the bus listens.
+    pub fn addr(&self) -> &BusAddr {
+        &self.addr
+    }
+
+    /// Registry counters.
+    pub fn stats(&self) -> RegistryStats {
+        self.stats.snapshot()
+    }
+
+    /// Stops serving and closes the endpoints.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

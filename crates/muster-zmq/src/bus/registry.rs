@@ -1,0 +1,193 @@
+//! The registry: instances join with their endpoint and methods and stay
+//! while they heartbeat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use muster_core::registry::InstanceInfo;
+use muster_core::wire::{Envelope, Header, Kind};
+use omq_tokio::Socket;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::BusOptions;
+use crate::control::{self, Ack, Heartbeat, HeartbeatReply, List, ListReply, Unregister};
+use crate::socket::{frames, log_dropped, routed_message};
+
+/// Counters of the registry, for `muster bus` logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RegistryStats {
+    /// Instances registered now.
+    pub instances: u64,
+    /// Instances dropped for missing heartbeats.
+    pub expired: u64,
+    /// Messages that could not be decoded.
+    pub bad_messages: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct SharedStats(Arc<[AtomicU64; 3]>);
+
+impl SharedStats {
+    pub(super) fn snapshot(&self) -> RegistryStats {
+        RegistryStats {
+            instances: self.0[0].load(Ordering::Relaxed),
+            expired: self.0[1].load(Ordering::Relaxed),
+            bad_messages: self.0[2].load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct Entry {
+    info: InstanceInfo,
+    last_seen: Instant,
+}
+
+struct Registry {
+    epoch: String,
+    version: u64,
+    entries: HashMap<String, Entry>,
+}
+
+impl Registry {
+    fn changed(&mut self) {
+        self.version += 1;
+    }
+
+    fn list(&self, req: &List) -> ListReply {
+        let unchanged =
+            req.epoch.as_deref() == Some(self.epoch.as_str()) && req.version == Some(self.version);
+        ListReply {
+            epoch: self.epoch.clone(),
+            version: self.version,
+            instances: (!unchanged).then(|| {
+                let mut v: Vec<InstanceInfo> =
+                    self.entries.values().map(|e| e.info.clone()).collect();
+                v.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
+                v
+            }),
+        }
+    }
+}
+
+pub(super) async fn run(
+    router: Socket,
+    options: BusOptions,
+    shutdown: CancellationToken,
+    stats: SharedStats,
+) {
+    let mut reg = Registry {
+        epoch: random_epoch(),
+        version: 0,
+        entries: HashMap::new(),
+    };
+    let mut sweep = tokio::time::interval(options.sweep_every);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = sweep.tick() => {
+                let now = Instant::now();
+                let before = reg.entries.len();
+                reg.entries.retain(|id, e| {
+                    let alive = now.duration_since(e.last_seen) < options.ttl;
+                    if !alive {
+                        tracing::info!(service = %e.info.service, instance = %id, "instance expired (no heartbeat)");
+                    }
+                    alive
+                });
+                let expired = before - reg.entries.len();
+                if expired > 0 {
+                    stats.0[1].fetch_add(expired as u64, Ordering::Relaxed);
+                    reg.changed();
+                }
+            }
+            msg = router.recv() => {
+                let Ok(msg) = msg else { break };
+                let parts = frames(&msg);
+                let Some((identity, rest)) = parts.split_first() else { continue };
+                match Envelope::from_frames(rest) {
+                    Ok(env) => {
+                        if let Some(reply) = handle(&mut reg, env) {
+                            let _ = router.send(routed_message(identity.clone(), &reply)).await;
+                        }
+                    }
+                    Err(e) => {
+                        stats.0[2].fetch_add(1, Ordering::Relaxed);
+                        log_dropped("registry message", &e);
+                    }
+                }
+            }
+        }
+        stats.0[0].store(reg.entries.len() as u64, Ordering::Relaxed);
+    }
+}
+
+fn handle(reg: &mut Registry, env: Envelope) -> Option<Envelope> {
+    if env.header.kind != Kind::Control {
+        return None;
+    }
+    let verb = env.header.method.as_deref().unwrap_or("");
+    let body = match verb {
+        control::REGISTER => match serde_json::from_slice::<InstanceInfo>(&env.body) {
+            Ok(info) => {
+                tracing::info!(service = %info.service, instance = %info.instance, endpoint = %info.endpoint, "instance registered");
+                reg.entries.insert(
+                    info.instance.clone(),
+                    Entry {
+                        info,
+                        last_seen: Instant::now(),
+                    },
+                );
+                reg.changed();
+                encode(&Ack::default())
+            }
+            Err(e) => encode(&Ack {
+                error: Some(format!("bad registration: {e}")),
+            }),
+        },
+        control::HEARTBEAT => {
+            let hb: Heartbeat = serde_json::from_slice(&env.body).ok()?;
+            let now = Instant::now();
+            let mut unknown = Vec::new();
+            for id in hb.instances {
+                match reg.entries.get_mut(&id) {
+                    Some(e) => e.last_seen = now,
+                    None => unknown.push(id),
+                }
+            }
+            encode(&HeartbeatReply { unknown })
+        }
+        control::UNREGISTER => {
+            let u: Unregister = serde_json::from_slice(&env.body).ok()?;
+            if let Some(e) = reg.entries.remove(&u.instance) {
+                tracing::info!(service = %e.info.service, instance = %u.instance, "instance left");
+                reg.changed();
+            }
+            encode(&Ack::default())
+        }
+        control::LIST => {
+            let req: List = serde_json::from_slice(&env.body).unwrap_or_default();
+            encode(&reg.list(&req))
+        }
+        other => encode(&Ack {
+            error: Some(format!("unknown control verb {other:?}")),
+        }),
+    };
+    Some(Envelope::new(Header::reply_to(&env.header), body))
+}
+
+fn encode<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+fn random_epoch() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}-{:x}", nanos, std::process::id())
+}

@@ -1,0 +1,58 @@
+//! The registry protocol between instances and the bus: control messages
+//! on the registry ROUTER (see `docs/protocol.md`, "Registry").
+
+use muster_core::registry::InstanceInfo;
+use serde::{Deserialize, Serialize};
+
+/// Verb: add or replace an instance.
+pub(crate) const REGISTER: &str = "register";
+/// Verb: instances still alive.
+pub(crate) const HEARTBEAT: &str = "heartbeat";
+/// Verb: remove an instance.
+pub(crate) const UNREGISTER: &str = "unregister";
+/// Verb: the registry, unless unchanged since a version.
+pub(crate) const LIST: &str = "list";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Heartbeat {
+    pub(crate) instances: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct HeartbeatReply {
+    /// Instances the bus does not know (it restarted): register them again.
+    #[serde(default)]
+    pub(crate) unknown: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Unregister {
+    pub(crate) instance: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct List {
+    /// `(epoch, version)` the caller already has.
+    #[serde(default)]
+    pub(crate) epoch: Option<String>,
+    #[serde(default)]
+    pub(crate) version: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ListReply {
+    /// Random id of this bus run; a new one means the bus restarted.
+    pub(crate) epoch: String,
+    /// Bumped on every change.
+    pub(crate) version: u64,
+    /// Absent when unchanged since the caller's version.
+    #[serde(default)]
+    pub(crate) instances: Option<Vec<InstanceInfo>>,
+}
+
+/// A generic acknowledgement or refusal.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Ack {
+    #[serde(default)]
+    pub(crate) error: Option<String>,
+}

@@ -1,0 +1,71 @@
+//! Small glue between omq sockets and muster envelopes.
+
+use bytes::Bytes;
+use muster_core::wire::{self, Envelope, Header, WireError};
+use muster_core::{Error, ErrorKind};
+use omq_tokio::options::WorkloadProfile;
+use omq_tokio::{Message, Options, Socket, SocketType};
+
+/// Socket options shared by muster's sockets: a hard size cap (the
+/// protocol-level limit is checked with a clear error before it), and the
+/// latency profile for request/reply sockets.
+pub(crate) fn options(kind: SocketType, max_message_size: usize) -> Options {
+    let mut o = Options::default().linger(std::time::Duration::from_millis(500));
+    o.max_message_size = Some(hard_cap(max_message_size));
+    if matches!(kind, SocketType::Dealer | SocketType::Router) {
+        o = o.workload_profile(WorkloadProfile::Latency);
+    }
+    o
+}
+
+/// The socket-level cap: above the protocol limit, so that an oversize
+/// request still arrives and gets a coded "too large" reply.
+pub(crate) fn hard_cap(limit: usize) -> usize {
+    limit.saturating_mul(2).saturating_add(64 * 1024)
+}
+
+pub(crate) fn socket(kind: SocketType, max_message_size: usize) -> Socket {
+    Socket::new(kind, options(kind, max_message_size))
+}
+
+pub(crate) fn zmq_error(context: &str, e: omq_tokio::Error) -> Error {
+    let kind = match e {
+        omq_tokio::Error::Timeout => ErrorKind::Timeout,
+        omq_tokio::Error::Closed => ErrorKind::Closed,
+        _ => ErrorKind::Unavailable,
+    };
+    Error::new(kind, format!("{context}: {e}"))
+}
+
+/// All frames of a message.
+pub(crate) fn frames(msg: &Message) -> Vec<Bytes> {
+    (0..msg.len()).filter_map(|i| msg.part_bytes(i)).collect()
+}
+
+/// `[tag, header, body]` as one message.
+pub(crate) fn envelope_message(env: &Envelope) -> Message {
+    Message::multipart(env.to_frames())
+}
+
+/// `[identity, tag, header, body]` for a ROUTER.
+pub(crate) fn routed_message(identity: Bytes, env: &Envelope) -> Message {
+    let [tag, header, body] = env.to_frames();
+    Message::multipart([identity, tag, header, body])
+}
+
+/// Size of a message body plus header, for the protocol limit.
+pub(crate) fn payload_size(frames: &[Bytes]) -> usize {
+    frames.iter().map(Bytes::len).sum()
+}
+
+/// Best effort: the header of a message that failed to decode, so the
+/// sender can still be answered with an error it can match.
+pub(crate) fn salvage_header(frames: &[Bytes]) -> Option<Header> {
+    frames.get(1).and_then(|h| wire::decode_header(h).ok())
+}
+
+/// Logs a dropped message at debug level: undecodable input must neither
+/// crash nor flood the log.
+pub(crate) fn log_dropped(what: &str, e: &WireError) {
+    tracing::debug!(error = %e, "dropped undecodable {what}");
+}

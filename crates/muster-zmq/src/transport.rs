@@ -1,0 +1,160 @@
+//! The ZeroMQ transport: direct DEALER → ROUTER RPC, events through the
+//! bus forwarder, discovery through the bus registry.
+
+mod control_client;
+mod events;
+mod rpc_client;
+mod server;
+mod view;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_core::registry::InstanceInfo;
+use muster_core::transport::{
+    BoxFuture, Dispatch, EventSink, Registration, Served, Subscribed, Transport,
+};
+use muster_core::wire::Envelope;
+use muster_core::{Error, RpcError};
+
+use crate::addr::{Addresses, BusAddr};
+use control_client::ControlClient;
+
+/// Tuning of the ZeroMQ transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ZmqOptions {
+    /// Largest message sent or accepted; bigger requests get -32003.
+    pub max_message_size: usize,
+    /// Interface instances bind their RPC endpoint on.
+    pub bind_host: String,
+    /// How often an instance tells the bus it is alive.
+    pub heartbeat_every: Duration,
+    /// How often a caller refreshes its copy of the registry.
+    pub refresh_every: Duration,
+    /// Wait for the bus on control calls (register, list).
+    pub control_timeout: Duration,
+}
+
+impl Default for ZmqOptions {
+    fn default() -> Self {
+        Self {
+            max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
+            bind_host: "127.0.0.1".to_owned(),
+            heartbeat_every: Duration::from_millis(1000),
+            refresh_every: Duration::from_millis(500),
+            control_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How this process finds its peers.
+#[derive(Debug, Clone)]
+pub(crate) enum Mode {
+    /// Through the embedded bus.
+    Bus(BusAddr),
+    /// Point to point, from an addresses file.
+    Direct(Addresses),
+}
+
+/// The ZeroMQ transport. Cheap to clone; all clones share sockets.
+#[derive(Debug, Clone)]
+pub struct ZmqTransport {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) mode: Mode,
+    pub(crate) options: ZmqOptions,
+    pub(crate) control: Option<Arc<ControlClient>>,
+    pub(crate) view: view::RegistryView,
+    pub(crate) events: events::Events,
+    pub(crate) served: server::ServedSet,
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl ZmqTransport {
+    /// Joins the bus at `addr`. Does not wait for the bus: calls made while
+    /// it is unreachable fail with a clear error, and instances register as
+    /// soon as it appears.
+    ///
+    /// # Errors
+    /// When sockets cannot be created.
+    pub async fn connect(addr: BusAddr, options: ZmqOptions) -> Result<Self, Error> {
+        let control = ControlClient::connect(&addr, &options).await?;
+        Ok(Self::build(Mode::Bus(addr), options, Some(control)).await)
+    }
+
+    /// Direct mode: no bus, peers from an addresses file.
+    ///
+    /// # Errors
+    /// Never at present; kept fallible for symmetry with [`Self::connect`].
+    pub async fn direct(addresses: Addresses, options: ZmqOptions) -> Result<Self, Error> {
+        Ok(Self::build(Mode::Direct(addresses), options, None).await)
+    }
+
+    async fn build(mode: Mode, options: ZmqOptions, control: Option<Arc<ControlClient>>) -> Self {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        Self {
+            inner: Arc::new(Inner {
+                view: view::RegistryView::new(&mode, &options).await,
+                events: events::Events::default(),
+                served: server::ServedSet::default(),
+                mode,
+                options,
+                control,
+                shutdown,
+            }),
+        }
+    }
+}
+
+impl Transport for ZmqTransport {
+    fn kind(&self) -> &'static str {
+        "zmq"
+    }
+
+    fn serve(
+        &self,
+        registration: Registration,
+        dispatch: Arc<dyn Dispatch>,
+    ) -> BoxFuture<'_, Result<Box<dyn Served>, Error>> {
+        Box::pin(server::serve(self.inner.clone(), registration, dispatch))
+    }
+
+    fn request(
+        &self,
+        request: Envelope,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Envelope, RpcError>> {
+        Box::pin(rpc_client::request(&self.inner, request, timeout))
+    }
+
+    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(events::publish(&self.inner, event))
+    }
+
+    fn subscribe(
+        &self,
+        patterns: &[String],
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let patterns = patterns.to_vec();
+        Box::pin(events::subscribe(self.inner.clone(), patterns, sink))
+    }
+
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<InstanceInfo>, Error>> {
+        Box::pin(async move {
+            self.inner.view.refresh(&self.inner).await?;
+            Ok(self.inner.view.all())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.inner.shutdown.cancel();
+            self.inner.events.close().await;
+        })
+    }
+}

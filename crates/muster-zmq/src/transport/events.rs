@@ -1,0 +1,238 @@
+//! Events: publishers send to the bus inlet (XSUB), subscribers read from
+//! its outlet (XPUB). In direct mode a publisher binds and subscribers
+//! connect to it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use muster_core::topic::{Pattern, is_valid_topic};
+use muster_core::transport::{BoxFuture, EventSink, Subscribed};
+use muster_core::wire::{self, Envelope, Header, Kind};
+use muster_core::{Error, ErrorKind, id};
+use omq_tokio::{Message, Socket, SocketType};
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+use super::{Inner, Mode};
+use crate::socket::{self, frames, zmq_error};
+
+/// The process's publisher socket, made on first publish.
+#[derive(Debug, Default)]
+pub(crate) struct Events {
+    publisher: OnceCell<Socket>,
+}
+
+impl Events {
+    pub(crate) async fn close(&self) {
+        if let Some(s) = self.publisher.get() {
+            // Flush what is queued (bounded by the socket's linger).
+            let _ = s.clone_shared().close().await;
+        }
+    }
+}
+
+async fn publisher(inner: &Inner) -> Result<&Socket, Error> {
+    inner
+        .events
+        .publisher
+        .get_or_try_init(|| async {
+            let mut opts = socket::options(SocketType::Pub, inner.options.max_message_size);
+            // Wait instead of dropping when the bus is slow: back-pressure.
+            opts.xpub_nodrop = true;
+            let s = Socket::new(SocketType::Pub, opts);
+            match &inner.mode {
+                Mode::Bus(addr) => {
+                    s.connect(addr.events_in().as_str())
+                        .await
+                        .map_err(|e| zmq_error("connect event inlet", e))?;
+                    // The bus subscribes to everything; until that arrives a
+                    // PUB would drop what it is given.
+                    s.wait_subscribed(1, inner.options.control_timeout * 3)
+                        .await
+                        .map_err(|_| {
+                            Error::new(
+                                ErrorKind::Unavailable,
+                                format!("no bus takes events at {}", addr.events_in()),
+                            )
+                        })?;
+                }
+                Mode::Direct(a) => {
+                    let bind = a.events.bind.as_deref().ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::Config,
+                            "direct mode: the addresses file has no events.bind to publish on",
+                        )
+                    })?;
+                    s.bind(bind)
+                        .await
+                        .map_err(|e| zmq_error(&format!("bind events {bind}"), e))?;
+                }
+            }
+            Ok(s)
+        })
+        .await
+}
+
+pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
+    let topic = event.header.topic.as_deref().unwrap_or("");
+    if !is_valid_topic(topic) {
+        return Err(Error::new(
+            ErrorKind::Config,
+            format!("cannot publish on {topic:?}: a topic is dot-separated tokens without wildcards"),
+        ));
+    }
+    if event.body.len() > inner.options.max_message_size {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "event of {} bytes is over the limit of {}",
+                event.body.len(),
+                inner.options.max_message_size
+            ),
+        ));
+    }
+    let s = publisher(inner).await?;
+    let frames = wire::encode_events(topic, [&event]);
+    s.send(Message::multipart(frames))
+        .await
+        .map_err(|e| zmq_error("publish", e))
+}
+
+pub(crate) async fn subscribe(
+    inner: Arc<Inner>,
+    patterns: Vec<String>,
+    sink: Arc<dyn EventSink>,
+) -> Result<Box<dyn Subscribed>, Error> {
+    let patterns = patterns
+        .iter()
+        .map(|p| Pattern::parse(p).map_err(|e| Error::new(ErrorKind::Config, e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sub = socket::socket(SocketType::Sub, inner.options.max_message_size);
+    match &inner.mode {
+        Mode::Bus(addr) => sub
+            .connect(addr.events_out().as_str())
+            .await
+            .map_err(|e| zmq_error("connect event outlet", e))?,
+        Mode::Direct(a) => {
+            for ep in &a.events.connect {
+                sub.connect(ep.as_str())
+                    .await
+                    .map_err(|e| zmq_error(&format!("connect events {ep}"), e))?;
+            }
+        }
+    }
+    for p in &patterns {
+        sub.subscribe(p.literal_prefix())
+            .await
+            .map_err(|e| zmq_error("subscribe", e))?;
+    }
+    let mut early = Vec::new();
+    if matches!(inner.mode, Mode::Bus(_)) {
+        early = confirm_subscribed(&inner, &sub, &patterns).await?;
+    }
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(deliver(sub, patterns, sink, early, stop.clone()));
+    Ok(Box::new(ZmqSubscribed {
+        stop,
+        task: Mutex::new(Some(task)),
+    }))
+}
+
+/// Proves the subscription reached the bus: publish probes on a private
+/// topic until one comes back. Every event published after `subscribe`
+/// returns is then delivered (no slow-joiner loss). Real events that
+/// arrive meanwhile are kept and delivered first.
+async fn confirm_subscribed(
+    inner: &Inner,
+    sub: &Socket,
+    patterns: &[Pattern],
+) -> Result<Vec<Envelope>, Error> {
+    let probe = format!("_muster.probe.{}", id::short_id());
+    sub.subscribe(probe.clone())
+        .await
+        .map_err(|e| zmq_error("subscribe", e))?;
+    let deadline = Instant::now() + inner.options.control_timeout * 3;
+    let mut early = Vec::new();
+    'outer: loop {
+        if Instant::now() >= deadline {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                "subscription not confirmed by the bus (is `muster bus` running?)",
+            ));
+        }
+        publish(
+            inner,
+            Envelope::new(Header::new(Kind::Event).with_topic(probe.clone()), "null"),
+        )
+        .await?;
+        let wait_until = tokio::time::Instant::now() + Duration::from_millis(50);
+        while let Ok(Ok(msg)) = tokio::time::timeout_at(wait_until, sub.recv()).await {
+            let Ok(events) = wire::decode_events(&frames(&msg)) else {
+                continue;
+            };
+            for e in events {
+                let topic = e.header.topic.as_deref().unwrap_or("");
+                if topic == probe {
+                    break 'outer;
+                }
+                if patterns.iter().any(|p| p.matches(topic)) {
+                    early.push(e);
+                }
+            }
+        }
+    }
+    let _ = sub.unsubscribe(probe).await;
+    Ok(early)
+}
+
+async fn deliver(
+    sub: Socket,
+    patterns: Vec<Pattern>,
+    sink: Arc<dyn EventSink>,
+    early: Vec<Envelope>,
+    stop: CancellationToken,
+) {
+    for e in early {
+        sink.deliver(e).await;
+    }
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            m = sub.recv() => match m { Ok(m) => m, Err(_) => break },
+        };
+        match wire::decode_events(&frames(&msg)) {
+            Ok(events) => {
+                for e in events {
+                    let topic = e.header.topic.as_deref().unwrap_or("");
+                    if patterns.iter().any(|p| p.matches(topic)) {
+                        sink.deliver(e).await;
+                    }
+                }
+            }
+            Err(e) => crate::socket::log_dropped("event", &e),
+        }
+    }
+    let _ = sub.close().await;
+}
+
+#[derive(Debug)]
+struct ZmqSubscribed {
+    stop: CancellationToken,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Subscribed for ZmqSubscribed {
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            let task = self
+                .task
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+        })
+    }
+}

@@ -1,0 +1,302 @@
+//! The instance side of RPC: a ROUTER on an ephemeral port, registered
+//! with the bus and kept alive by heartbeats.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use muster_core::registry::InstanceInfo;
+use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
+use muster_core::wire::{ContentType, Envelope, Header, Kind, WireError, jsonrpc};
+use muster_core::{Error, RpcError};
+use omq_tokio::{Socket, SocketType};
+use tokio_util::sync::CancellationToken;
+
+use super::{Inner, Mode};
+use crate::control::{self, Ack, Heartbeat, HeartbeatReply, Unregister};
+use crate::socket::{self, frames, payload_size, routed_message, salvage_header, zmq_error};
+
+/// Instances this process serves, for heartbeats.
+#[derive(Debug)]
+pub(crate) struct ServedSet {
+    instances: Mutex<HashMap<String, InstanceInfo>>,
+    heartbeat_started: std::sync::Once,
+}
+
+impl Default for ServedSet {
+    fn default() -> Self {
+        Self {
+            instances: Mutex::default(),
+            heartbeat_started: std::sync::Once::new(),
+        }
+    }
+}
+
+impl ServedSet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, InstanceInfo>> {
+        self.instances
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    registration: Registration,
+    dispatch: Arc<dyn Dispatch>,
+) -> Result<Box<dyn Served>, Error> {
+    let max = inner.options.max_message_size;
+    let router = socket::socket(SocketType::Router, max);
+    let bind = match &inner.mode {
+        Mode::Direct(a) => a.bind.clone(),
+        Mode::Bus(_) => None,
+    }
+    .unwrap_or_else(|| format!("tcp://{}:0", inner.options.bind_host));
+    let bound = router
+        .bind(bind.as_str())
+        .await
+        .map_err(|e| zmq_error(&format!("bind RPC endpoint {bind}"), e))?;
+    let mut info = registration.info;
+    info.endpoint = bound.to_string();
+
+    if let Some(control) = &inner.control {
+        match control
+            .call::<_, Ack>(control::REGISTER, &info, inner.options.control_timeout)
+            .await
+        {
+            Ok(Ack { error: Some(e) }) => {
+                return Err(Error::new(muster_core::ErrorKind::Protocol, e));
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "bus not reachable; registering when it appears"),
+        }
+        inner
+            .served
+            .lock()
+            .insert(info.instance.clone(), info.clone());
+        start_heartbeats(&inner);
+    }
+
+    let stop = CancellationToken::new();
+    let (grace_tx, grace_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(serve_loop(
+        router,
+        dispatch,
+        registration.max_in_flight.max(1),
+        max,
+        stop.clone(),
+        grace_rx,
+    ));
+    Ok(Box::new(ZmqServed {
+        inner,
+        instance: info.instance,
+        endpoint: info.endpoint,
+        stop,
+        grace_tx: Mutex::new(Some(grace_tx)),
+        task: Mutex::new(Some(task)),
+    }))
+}
+
+#[derive(Debug)]
+struct ZmqServed {
+    inner: Arc<Inner>,
+    instance: String,
+    endpoint: String,
+    stop: CancellationToken,
+    grace_tx: Mutex<Option<tokio::sync::oneshot::Sender<Duration>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Served for ZmqServed {
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            // Leave the registry first so callers stop choosing us.
+            self.inner.served.lock().remove(&self.instance);
+            if let Some(control) = &self.inner.control {
+                let body = Unregister {
+                    instance: self.instance.clone(),
+                };
+                let _ = control
+                    .call::<_, Ack>(
+                        control::UNREGISTER,
+                        &body,
+                        self.inner.options.control_timeout,
+                    )
+                    .await;
+            }
+            if let Some(tx) = take(&self.grace_tx) {
+                let _ = tx.send(grace);
+            }
+            self.stop.cancel();
+            if let Some(task) = take(&self.task) {
+                let _ = task.await;
+            }
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+}
+
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
+}
+
+fn start_heartbeats(inner: &Arc<Inner>) {
+    inner.served.heartbeat_started.call_once(|| {
+        let weak = Arc::downgrade(inner);
+        let every = inner.options.heartbeat_every;
+        let stop = inner.shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let Some(inner) = weak.upgrade() else { break };
+                heartbeat_once(&inner).await;
+            }
+        });
+    });
+}
+
+async fn heartbeat_once(inner: &Inner) {
+    let Some(control) = &inner.control else {
+        return;
+    };
+    let ids: Vec<String> = inner.served.lock().keys().cloned().collect();
+    if ids.is_empty() {
+        return;
+    }
+    let timeout = inner.options.control_timeout;
+    let reply: HeartbeatReply = match control
+        .call(control::HEARTBEAT, &Heartbeat { instances: ids }, timeout)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(error = %e, "heartbeat not answered");
+            return;
+        }
+    };
+    for id in reply.unknown {
+        let info = inner.served.lock().get(&id).cloned();
+        if let Some(info) = info {
+            tracing::info!(instance = %id, "bus does not know this instance (it restarted?); registering again");
+            let _ = control
+                .call::<_, Ack>(control::REGISTER, &info, timeout)
+                .await;
+        }
+    }
+}
+
+type InFlight = BoxFuture<'static, (Bytes, Envelope)>;
+
+async fn serve_loop(
+    router: Socket,
+    dispatch: Arc<dyn Dispatch>,
+    max_in_flight: usize,
+    max_message_size: usize,
+    stop: CancellationToken,
+    mut grace_rx: tokio::sync::oneshot::Receiver<Duration>,
+) {
+    let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
+    let mut draining_until: Option<tokio::time::Instant> = None;
+    loop {
+        let sleep_until = draining_until.unwrap_or_else(|| {
+            tokio::time::Instant::now() + Duration::from_secs(86_400)
+        });
+        tokio::select! {
+            biased;
+            Some((identity, reply)) = in_flight.next(), if !in_flight.is_empty() => {
+                let _ = router.send(routed_message(identity, &reply)).await;
+            }
+            () = stop.cancelled(), if draining_until.is_none() => {
+                let grace = grace_rx.try_recv().unwrap_or(Duration::from_secs(10));
+                draining_until = Some(tokio::time::Instant::now() + grace);
+            }
+            () = tokio::time::sleep_until(sleep_until), if draining_until.is_some() => {
+                tracing::warn!(abandoned = in_flight.len(), "shutdown grace ran out with requests in flight");
+                break;
+            }
+            msg = router.recv(), if in_flight.len() < max_in_flight => {
+                let Ok(msg) = msg else { break };
+                let parts = frames(&msg);
+                let Some((identity, rest)) = parts.split_first() else { continue };
+                match accept(rest, max_message_size, draining_until.is_some()) {
+                    Accepted::Request(env) => {
+                        let fut = dispatch.dispatch(env);
+                        let identity = identity.clone();
+                        in_flight.push(Box::pin(async move { (identity, fut.await) }));
+                    }
+                    Accepted::Refuse(reply) => {
+                        let _ = router.send(routed_message(identity.clone(), &reply)).await;
+                    }
+                    Accepted::Drop => {}
+                }
+            }
+        }
+        if draining_until.is_some() && in_flight.is_empty() {
+            break;
+        }
+    }
+    let _ = router.close().await;
+}
+
+enum Accepted {
+    Request(Envelope),
+    Refuse(Envelope),
+    Drop,
+}
+
+/// Decides what to do with an incoming message: serve it, answer it with an
+/// error the caller can match, or drop it when it cannot be answered.
+fn accept(frames: &[Bytes], max_message_size: usize, draining: bool) -> Accepted {
+    let size = payload_size(frames);
+    if size > max_message_size {
+        return refuse(frames, RpcError::too_large(size, max_message_size));
+    }
+    match Envelope::from_frames(frames) {
+        Ok(env) if env.header.kind != Kind::Request => {
+            error_reply(&env.header, RpcError::invalid_request("expected kind \"request\""))
+        }
+        Ok(env) if draining => error_reply(
+            &env.header,
+            RpcError::overloaded("instance is shutting down; try another"),
+        ),
+        Ok(env) => Accepted::Request(env),
+        Err(e @ WireError::Version(_)) => refuse(frames, RpcError::invalid_request(e)),
+        Err(e) => {
+            crate::socket::log_dropped("request", &e);
+            refuse(frames, RpcError::invalid_request(e))
+        }
+    }
+}
+
+fn refuse(frames: &[Bytes], error: RpcError) -> Accepted {
+    match salvage_header(frames) {
+        Some(h) => error_reply(&h, error),
+        None => Accepted::Drop,
+    }
+}
+
+fn error_reply(request: &Header, error: RpcError) -> Accepted {
+    if request.id.is_empty() {
+        return Accepted::Drop;
+    }
+    let mut header = Header::reply_to(request);
+    let ct = ContentType::from_header(request.content_type.as_deref()).unwrap_or_default();
+    if ct == ContentType::Json {
+        header.content_type = None;
+    }
+    let body = jsonrpc::encode_error(ct, &None, &error);
+    Accepted::Refuse(Envelope::new(header, body))
+}

@@ -1,0 +1,217 @@
+//! The caller's copy of the registry, and the connections to instances.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use muster_core::registry::InstanceInfo;
+use muster_core::{Error, RpcError};
+
+use super::rpc_client::Conn;
+use super::{Inner, Mode, ZmqOptions};
+use crate::control::{LIST, List, ListReply};
+
+/// One instance and the connection to it.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub(crate) info: InstanceInfo,
+    pub(crate) conn: Arc<Conn>,
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    epoch: Option<String>,
+    version: Option<u64>,
+    by_service: HashMap<String, Vec<Arc<Route>>>,
+    all: Vec<InstanceInfo>,
+}
+
+/// Registry copy plus a lock that makes refreshes one at a time.
+#[derive(Debug)]
+pub(crate) struct RegistryView {
+    snapshot: RwLock<Arc<Snapshot>>,
+    refreshing: tokio::sync::Mutex<()>,
+    refresher_started: std::sync::Once,
+    rotor: AtomicUsize,
+    direct: bool,
+}
+
+impl RegistryView {
+    pub(crate) async fn new(mode: &Mode, options: &ZmqOptions) -> Self {
+        let mut snapshot = Snapshot::default();
+        if let Mode::Direct(addresses) = mode {
+            for (service, endpoints) in &addresses.services {
+                let mut routes = Vec::new();
+                for ep in endpoints {
+                    let info = InstanceInfo {
+                        service: service.clone(),
+                        instance: ep.clone(),
+                        version: String::new(),
+                        endpoint: ep.clone(),
+                        methods: Vec::new(),
+                        subscriptions: Vec::new(),
+                        pid: 0,
+                        transaction: None,
+                    };
+                    snapshot.all.push(info.clone());
+                    routes.push(Arc::new(Route {
+                        info,
+                        conn: Conn::open(ep, options).await,
+                    }));
+                }
+                snapshot.by_service.insert(service.clone(), routes);
+            }
+        }
+        Self {
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            refreshing: tokio::sync::Mutex::new(()),
+            refresher_started: std::sync::Once::new(),
+            rotor: AtomicUsize::new(0),
+            direct: matches!(mode, Mode::Direct(_)),
+        }
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        self.snapshot
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn all(&self) -> Vec<InstanceInfo> {
+        self.current().all.clone()
+    }
+
+    /// Chooses the instance for a call: the named one, or the one with
+    /// the fewest outstanding requests among those serving `method`.
+    /// `exclude` skips an instance that just failed.
+    pub(crate) async fn pick(
+        &self,
+        inner: &Arc<Inner>,
+        service: &str,
+        method: &str,
+        instance: Option<&str>,
+        exclude: Option<&str>,
+    ) -> Result<Arc<Route>, RpcError> {
+        self.ensure_refresher(inner);
+        let mut snap = self.current();
+        if !snap.by_service.contains_key(service) && !self.direct {
+            // Maybe it just started: ask the bus before saying "unknown".
+            self.refresh(inner).await.map_err(RpcError::from)?;
+            snap = self.current();
+        }
+        let routes = snap.by_service.get(service).ok_or_else(|| {
+            RpcError::method_not_found(format!(
+                "{service}.{method} (no service {service:?} is registered)"
+            ))
+        })?;
+        let builtin = method.starts_with('$');
+        let candidates: Vec<&Arc<Route>> = routes
+            .iter()
+            .filter(|r| instance.is_none_or(|id| r.info.instance == id))
+            .filter(|r| exclude.is_none_or(|id| r.info.instance != id))
+            .filter(|r| self.direct || builtin || r.info.has_method(method))
+            .collect();
+        if candidates.is_empty() {
+            if let Some(id) = instance {
+                return Err(RpcError::unavailable(format!(
+                    "instance {id} of {service} is not registered"
+                )));
+            }
+            if routes.iter().any(|r| r.info.has_method(method)) {
+                return Err(RpcError::unavailable(format!(
+                    "no other instance of {service} to retry on"
+                )));
+            }
+            return Err(RpcError::method_not_found(format!("{service}.{method}")));
+        }
+        let start = self.rotor.fetch_add(1, Ordering::Relaxed);
+        let n = candidates.len();
+        let best = (0..n)
+            .map(|i| candidates[(start + i) % n])
+            .min_by_key(|r| r.conn.outstanding())
+            .cloned()
+            .ok_or_else(|| RpcError::unavailable(service))?;
+        Ok(best)
+    }
+
+    fn ensure_refresher(&self, inner: &Arc<Inner>) {
+        if self.direct {
+            return;
+        }
+        self.refresher_started.call_once(|| {
+            let weak = Arc::downgrade(inner);
+            let every = inner.options.refresh_every;
+            let stop = inner.shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => break,
+                        _ = tick.tick() => {}
+                    }
+                    let Some(inner) = weak.upgrade() else { break };
+                    if let Err(e) = inner.view.refresh(&inner).await {
+                        tracing::debug!(error = %e, "registry refresh failed; keeping the last view");
+                    }
+                }
+            });
+        });
+    }
+
+    /// Fetches the registry if it changed, reusing live connections.
+    pub(crate) async fn refresh(&self, inner: &Arc<Inner>) -> Result<(), Error> {
+        let Some(control) = &inner.control else {
+            return Ok(());
+        };
+        let _one = self.refreshing.lock().await;
+        let old = self.current();
+        let req = List {
+            epoch: old.epoch.clone(),
+            version: old.version,
+        };
+        let reply: ListReply = control
+            .call(LIST, &req, inner.options.control_timeout)
+            .await?;
+        let Some(instances) = reply.instances else {
+            return Ok(());
+        };
+        let mut conns: HashMap<&str, Arc<Conn>> = old
+            .by_service
+            .values()
+            .flatten()
+            .map(|r| (r.info.endpoint.as_str(), r.conn.clone()))
+            .collect();
+        let mut by_service: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        for info in &instances {
+            let conn = match conns.get(info.endpoint.as_str()) {
+                Some(c) => c.clone(),
+                None => Conn::open(&info.endpoint, &inner.options).await,
+            };
+            by_service
+                .entry(info.service.clone())
+                .or_default()
+                .push(Arc::new(Route {
+                    info: info.clone(),
+                    conn,
+                }));
+        }
+        for info in &instances {
+            conns.remove(info.endpoint.as_str());
+        }
+        for (endpoint, gone) in conns {
+            gone.fail_all(&format!("instance at {endpoint} left the registry"));
+        }
+        *self
+            .snapshot
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Snapshot {
+            epoch: Some(reply.epoch),
+            version: Some(reply.version),
+            by_service,
+            all: instances,
+        });
+        Ok(())
+    }
+}
