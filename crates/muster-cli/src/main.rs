@@ -1,1 +1,129 @@
-fn main(){}
+//! `muster`: run the embedded bus, call methods, publish and watch events,
+//! list services and their statistics, run the demo and the benchmarks.
+
+mod bench;
+mod bus;
+mod call;
+mod demo;
+mod duration;
+mod events;
+mod ls;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "muster",
+    version,
+    about = "Message-driven microservices on an embedded ZeroMQ bus"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where to find the bus; every client command takes it.
+#[derive(Debug, Clone, clap::Args)]
+struct BusArg {
+    /// Bus URL [default: $MUSTER_BUS, else zmq://127.0.0.1:7700].
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
+}
+
+impl BusArg {
+    fn url(&self) -> String {
+        self.bus
+            .clone()
+            .or_else(|| std::env::var("MUSTER_BUS").ok())
+            .unwrap_or_else(|| muster::bus::DEFAULT_BUS.to_owned())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the embedded bus: registry and event forwarder.
+    Bus(bus::BusCmd),
+    /// Call SERVICE.METHOD with JSON params; print the result (exit 0) or the error (exit 1).
+    Call(call::CallCmd),
+    /// Publish one event.
+    Pub(events::PubCmd),
+    /// Print one JSON line per event matching the patterns.
+    Sub(events::SubCmd),
+    /// List registered services, instances and methods with their schemas.
+    Ls(ls::LsCmd),
+    /// Per-method statistics of every instance (or of one service).
+    Stats(ls::StatsCmd),
+    /// Run the demo: a bus and the example services as processes, answering a call.
+    Demo(demo::DemoCmd),
+    /// Measure RPC and pub/sub against raw ZeroMQ and TCP baselines.
+    Bench(bench::BenchCmd),
+    /// Run one of the example services (used by `demo`).
+    #[command(name = "__service", hide = true)]
+    Service {
+        /// echo, producer or subscriber.
+        name: String,
+        /// The standard service arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// A benchmark peer process (used by `bench`).
+    #[command(name = "__bench-peer", hide = true)]
+    BenchPeer(bench::PeerCmd),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Service { name, args } => demo::run_example(&name, args),
+        Command::BenchPeer(p) => bench::run_peer(p),
+        other => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("muster: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let code = runtime.block_on(dispatch(other));
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            code
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    let result = match command {
+        Command::Bus(c) => c.run().await,
+        Command::Call(c) => return c.run().await,
+        Command::Pub(c) => c.run().await,
+        Command::Sub(c) => c.run().await,
+        Command::Ls(c) => c.run().await,
+        Command::Stats(c) => c.run().await,
+        Command::Demo(c) => c.run().await,
+        Command::Bench(c) => c.run().await,
+        Command::Service { .. } | Command::BenchPeer(_) => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("muster: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Quiet logging for client commands: warnings and errors on stderr.
+fn init_client_logging() {
+    let _ = muster::logging::init(&muster::logging::LogOptions {
+        level: &std::env::var("MUSTER_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        file: None,
+        rotate: muster::logging::Rotate::Never,
+        keep: 1,
+        json: false,
+    });
+}

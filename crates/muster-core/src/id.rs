@@ -53,7 +53,10 @@ mod tests {
     fn shapes() {
         let t = transaction_id();
         assert_eq!(t.len(), 20);
-        assert!(t.bytes().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()));
+        assert!(
+            t.bytes()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        );
         assert_ne!(short_id(), short_id());
     }
 }

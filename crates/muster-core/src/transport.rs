@@ -71,8 +71,11 @@ pub trait Transport: Send + Sync + Debug + 'static {
     /// Sends a request (header `service`, `method`, optionally `instance`)
     /// and waits up to `timeout` for its reply. Failures of the bus are
     /// coded [`RpcError`]s (timeout, unavailable, method not found).
-    fn request(&self, request: Envelope, timeout: Duration)
-    -> BoxFuture<'_, Result<Envelope, RpcError>>;
+    fn request(
+        &self,
+        request: Envelope,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Envelope, RpcError>>;
 
     /// Publishes an event (header `topic`).
     fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), Error>>;

@@ -48,7 +48,8 @@ impl FromStr for BusAddr {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Error> {
-        let bad = |why: &str| Error::new(ErrorKind::Config, format!("bad bus address {s:?}: {why}"));
+        let bad =
+            |why: &str| Error::new(ErrorKind::Config, format!("bad bus address {s:?}: {why}"));
         let rest = s
             .strip_prefix("zmq://")
             .or_else(|| s.strip_prefix("tcp://"))

@@ -1,1 +1,5 @@
-fn main(){}
+//! Run with a bus: `cargo run -p muster-example-subscriber`.
+
+fn main() -> muster::Result<()> {
+    muster_example_subscriber::service().run()
+}

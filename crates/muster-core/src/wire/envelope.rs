@@ -86,13 +86,15 @@ impl Envelope {
             body: frames[2].clone(),
         })
     }
-
 }
 
 /// Frames of a batch of events on one topic, for prefix-filtering buses:
 /// `[topic, tag, header₁, body₁, header₂, body₂, ...]`. A batch of one is
 /// the common case; batching only packs events already queued.
-pub fn encode_events<'a>(topic: &str, events: impl IntoIterator<Item = &'a Envelope>) -> Vec<Bytes> {
+pub fn encode_events<'a>(
+    topic: &str,
+    events: impl IntoIterator<Item = &'a Envelope>,
+) -> Vec<Bytes> {
     let mut frames = vec![
         Bytes::copy_from_slice(topic.as_bytes()),
         Bytes::from_static(PROTOCOL_TAG),
@@ -204,8 +206,8 @@ mod tests {
 
     #[test]
     fn minimal_header() {
-        let h = decode_header(br#"{"kind":"request","service":"a","method":"b","id":"1"}"#)
-            .unwrap();
+        let h =
+            decode_header(br#"{"kind":"request","service":"a","method":"b","id":"1"}"#).unwrap();
         assert_eq!(h.kind, Kind::Request);
         assert_eq!(h.target(), "a.b");
     }

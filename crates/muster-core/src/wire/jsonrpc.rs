@@ -87,8 +87,7 @@ pub fn decode_request(ct: ContentType, bytes: &[u8]) -> Result<RequestBody, RpcE
             )
         }
         ContentType::MsgPack => {
-            let r: ValueRequest =
-                rmp_serde::from_slice(bytes).map_err(RpcError::parse_error)?;
+            let r: ValueRequest = rmp_serde::from_slice(bytes).map_err(RpcError::parse_error)?;
             let params = match r.params {
                 Some(v) => Some(serde_json::value::to_raw_value(&v).map_err(RpcError::internal)?),
                 None => None,

@@ -83,7 +83,10 @@ impl ControlClient {
         lock(&self.pending).remove(&key);
         match reply {
             Ok(Ok(env)) => serde_json::from_slice(&env.body).map_err(|e| {
-                Error::new(ErrorKind::Protocol, format!("bad {verb} reply from bus: {e}"))
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("bad {verb} reply from bus: {e}"),
+                )
             }),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,

@@ -78,7 +78,9 @@ pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error>
     if !is_valid_topic(topic) {
         return Err(Error::new(
             ErrorKind::Config,
-            format!("cannot publish on {topic:?}: a topic is dot-separated tokens without wildcards"),
+            format!(
+                "cannot publish on {topic:?}: a topic is dot-separated tokens without wildcards"
+            ),
         ));
     }
     if event.body.len() > inner.options.max_message_size {

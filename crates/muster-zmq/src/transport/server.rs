@@ -211,9 +211,8 @@ async fn serve_loop(
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut draining_until: Option<tokio::time::Instant> = None;
     loop {
-        let sleep_until = draining_until.unwrap_or_else(|| {
-            tokio::time::Instant::now() + Duration::from_secs(86_400)
-        });
+        let sleep_until = draining_until
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
         tokio::select! {
             biased;
             Some((identity, reply)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -265,9 +264,10 @@ fn accept(frames: &[Bytes], max_message_size: usize, draining: bool) -> Accepted
         return refuse(frames, RpcError::too_large(size, max_message_size));
     }
     match Envelope::from_frames(frames) {
-        Ok(env) if env.header.kind != Kind::Request => {
-            error_reply(&env.header, RpcError::invalid_request("expected kind \"request\""))
-        }
+        Ok(env) if env.header.kind != Kind::Request => error_reply(
+            &env.header,
+            RpcError::invalid_request("expected kind \"request\""),
+        ),
         Ok(env) if draining => error_reply(
             &env.header,
             RpcError::overloaded("instance is shutting down; try another"),

@@ -1,0 +1,64 @@
+//! `muster bus`.
+
+use anyhow::Context;
+use muster_zmq::{Bus, BusAddr, BusOptions};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct BusCmd {
+    /// Where to listen: registry on PORT, events on PORT+1 (in) and PORT+2 (out)
+    /// [default: $MUSTER_BUS, else zmq://127.0.0.1:7700].
+    #[arg(long, value_name = "URL")]
+    listen: Option<String>,
+    /// Drop an instance after this long without a heartbeat.
+    #[arg(long, default_value = "3s", value_parser = crate::duration::parse)]
+    ttl: std::time::Duration,
+    /// Log level.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+impl BusCmd {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        let _ = muster::logging::init(&muster::logging::LogOptions {
+            level: &self.log_level,
+            file: None,
+            rotate: muster::logging::Rotate::Never,
+            keep: 1,
+            json: false,
+        });
+        let url = self
+            .listen
+            .or_else(|| std::env::var("MUSTER_BUS").ok())
+            .unwrap_or_else(|| muster::bus::DEFAULT_BUS.to_owned());
+        let addr: BusAddr = url.parse()?;
+        let mut options = BusOptions::default();
+        options.ttl = self.ttl;
+        let bus = Bus::start(addr.clone(), options)
+            .await
+            .with_context(|| format!("cannot start the bus at {addr}"))?;
+        println!(
+            "muster bus listening at {addr} (registry {}, events in {}, out {})",
+            addr.registry(),
+            addr.events_in(),
+            addr.events_out()
+        );
+        wait_for_signal().await;
+        bus.stop().await;
+        Ok(())
+    }
+}
+
+pub(crate) async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,73 @@
+//! `muster call`.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use muster::{CallOptions, Client};
+use serde_json::Value;
+
+use crate::BusArg;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CallCmd {
+    /// SERVICE.METHOD
+    target: String,
+    /// Params: a JSON object or array (default {}).
+    params: Option<String>,
+    /// How long to wait for the reply.
+    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    timeout: Duration,
+    /// Send to one instance only.
+    #[arg(long)]
+    instance: Option<String>,
+    /// Encode the request as MessagePack.
+    #[arg(long)]
+    msgpack: bool,
+    #[command(flatten)]
+    bus: BusArg,
+}
+
+impl CallCmd {
+    pub(crate) async fn run(self) -> ExitCode {
+        crate::init_client_logging();
+        let params: Value = match self.params.as_deref() {
+            None => Value::Object(Default::default()),
+            Some(text) => match serde_json::from_str(text) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("muster: params are not valid JSON: {e}");
+                    return ExitCode::from(2);
+                }
+            },
+        };
+        let client = match Client::connect(&self.bus.url()).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("muster: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let client = if self.msgpack {
+            client.with_content_type(muster::wire::ContentType::MsgPack)
+        } else {
+            client
+        };
+        let mut options = CallOptions::default().timeout(self.timeout);
+        if let Some(i) = self.instance {
+            options = options.instance(i);
+        }
+        let result = client.call_raw(&self.target, &params, options).await;
+        client.transport().close().await;
+        match result {
+            Ok(raw) => {
+                println!("{}", raw.get());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let shown = serde_json::to_string(&e).unwrap_or_else(|_| e.to_string());
+                eprintln!("{shown}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! `muster pub` and `muster sub`.
+
+use anyhow::Context;
+use muster::Client;
+use serde_json::Value;
+
+use crate::BusArg;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PubCmd {
+    /// Topic, e.g. clock.tick
+    topic: String,
+    /// Payload as JSON (a bare word is sent as a string).
+    payload: String,
+    #[command(flatten)]
+    bus: BusArg,
+}
+
+impl PubCmd {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        crate::init_client_logging();
+        let payload: Value = serde_json::from_str(&self.payload)
+            .unwrap_or_else(|_| Value::String(self.payload.clone()));
+        let client = Client::connect(&self.bus.url()).await?;
+        client
+            .publish(&self.topic, &payload)
+            .await
+            .with_context(|| format!("cannot publish on {}", self.topic))?;
+        client.transport().close().await;
+        Ok(())
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SubCmd {
+    /// Topic patterns: `a.b`, `a.*.c`, `a.>`
+    #[arg(required = true)]
+    patterns: Vec<String>,
+    /// Exit after this many events.
+    #[arg(long, short = 'n')]
+    count: Option<u64>,
+    #[command(flatten)]
+    bus: BusArg,
+}
+
+impl SubCmd {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        use std::io::Write;
+        crate::init_client_logging();
+        let client = Client::connect(&self.bus.url()).await?;
+        let patterns: Vec<&str> = self.patterns.iter().map(String::as_str).collect();
+        let mut sub = client.subscribe(&patterns).await?;
+        eprintln!("subscribed to {}", self.patterns.join(" "));
+        let mut seen = 0u64;
+        loop {
+            let event = tokio::select! {
+                e = sub.recv() => match e { Some(e) => e, None => break },
+                () = crate::bus::wait_for_signal() => break,
+            };
+            let line = serde_json::json!({
+                "topic": event.topic,
+                "transaction": event.header.transaction,
+                "payload": event.payload,
+            });
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+            seen += 1;
+            if self.count.is_some_and(|n| seen >= n) {
+                break;
+            }
+        }
+        sub.cancel().await;
+        Ok(())
+    }
+}

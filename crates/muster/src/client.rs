@@ -1,0 +1,318 @@
+//! [`Client`]: calls, publishes and subscribes from outside a service (the
+//! CLI, tests, other programs). A handler's [`Ctx`](crate::Ctx) uses one.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+use crate::stats::StatsReport;
+use crate::transport::{BoxFuture, EventSink, SharedTransport, Subscribed};
+use crate::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
+use crate::{Error, ErrorKind, RpcError};
+use muster_core::registry::{InstanceInfo, builtin};
+
+/// Default time a call waits for its reply.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options of one call.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct CallOptions {
+    /// How long to wait; the client's default when `None`.
+    pub timeout: Option<Duration>,
+    /// Send to this instance only.
+    pub instance: Option<String>,
+    /// Transaction to carry.
+    pub transaction: Option<String>,
+}
+
+impl CallOptions {
+    /// Sets the timeout.
+    #[must_use]
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// Targets one instance.
+    #[must_use]
+    pub fn instance(mut self, id: impl Into<String>) -> Self {
+        self.instance = Some(id.into());
+        self
+    }
+
+    /// Carries a transaction id.
+    #[must_use]
+    pub fn transaction(mut self, id: Option<String>) -> Self {
+        self.transaction = id;
+        self
+    }
+}
+
+/// A handle for calling methods and using events on a bus. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = muster::Client::connect("zmq://127.0.0.1:7700").await?;
+/// let r: serde_json::Value = client
+///     .call("echo.shout", &serde_json::json!({"text": "hi", "times": 2}))
+///     .await?;
+/// assert_eq!(r["text"], "hihi");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    transport: SharedTransport,
+    timeout: Duration,
+    content_type: ContentType,
+    next: Arc<AtomicU64>,
+}
+
+impl Client {
+    /// A client over an existing transport.
+    pub fn new(transport: SharedTransport) -> Self {
+        Self {
+            transport,
+            timeout: DEFAULT_TIMEOUT,
+            content_type: ContentType::Json,
+            next: Arc::new(AtomicU64::new(1)),
+        }
+    }
+
+    /// Connects to a bus by URL (`zmq://HOST:PORT`).
+    ///
+    /// # Errors
+    /// A bad URL or sockets that cannot be made.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Ok(Self::new(crate::bus::connect(url, None).await?))
+    }
+
+    /// The transport underneath.
+    pub fn transport(&self) -> &SharedTransport {
+        &self.transport
+    }
+
+    /// Sets the default timeout.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends bodies as MessagePack instead of JSON.
+    #[must_use]
+    pub fn with_content_type(mut self, ct: ContentType) -> Self {
+        self.content_type = ct;
+        self
+    }
+
+    /// Calls `service.method` and decodes the result.
+    ///
+    /// # Errors
+    /// The method's error reply, or a bus failure coded as an [`RpcError`].
+    pub async fn call<A, R>(&self, target: &str, args: &A) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.call_with(target, args, CallOptions::default()).await
+    }
+
+    /// [`Client::call`] with options.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_with<A, R>(
+        &self,
+        target: &str,
+        args: &A,
+        options: CallOptions,
+    ) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let raw = self.call_raw(target, args, options).await?;
+        serde_json::from_str(raw.get()).map_err(|e| {
+            RpcError::parse_error(format!(
+                "result of {target} does not fit {}: {e}",
+                std::any::type_name::<R>()
+            ))
+        })
+    }
+
+    /// Calls and returns the raw JSON result.
+    ///
+    /// # Errors
+    /// As [`Client::call`].
+    pub async fn call_raw<A: Serialize + ?Sized>(
+        &self,
+        target: &str,
+        args: &A,
+        options: CallOptions,
+    ) -> Result<Box<RawValue>, RpcError> {
+        let (service, method) = split_target(target)?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
+        let body = jsonrpc::encode_request(self.content_type, &id, method, args)?;
+        let mut header = Header::request(String::new(), service, method);
+        header.content_type = self.content_type.header_value();
+        header.transaction = options.transaction;
+        header.instance = options.instance;
+        let timeout = options.timeout.unwrap_or(self.timeout);
+        let reply = self
+            .transport
+            .request(Envelope::new(header, body), timeout)
+            .await?;
+        let ct = ContentType::from_header(reply.header.content_type.as_deref())
+            .map_err(RpcError::parse_error)?;
+        jsonrpc::decode_reply(ct, &reply.body)?
+    }
+
+    /// Publishes an event.
+    ///
+    /// # Errors
+    /// A bad topic, an unencodable value, or no bus.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.publish_in(topic, value, None).await
+    }
+
+    pub(crate) async fn publish_in<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+        transaction: Option<String>,
+    ) -> Result<(), Error> {
+        let body = serde_json::to_vec(value)
+            .map_err(|e| Error::new(ErrorKind::Codec, format!("cannot encode event: {e}")))?;
+        let header = Header::new(Kind::Event)
+            .with_topic(topic)
+            .with_transaction(transaction);
+        self.transport.publish(Envelope::new(header, body)).await
+    }
+
+    /// Subscribes to topic patterns; events arrive in order on the
+    /// returned [`Subscription`]. The subscription is active when this
+    /// returns: later events are not lost.
+    ///
+    /// # Errors
+    /// A bad pattern, or no bus.
+    pub async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription, Error> {
+        let (tx, rx) = mpsc::channel(1024);
+        let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
+        let handle = self
+            .transport
+            .subscribe(&patterns, Arc::new(ChannelSink(tx)))
+            .await?;
+        Ok(Subscription {
+            rx,
+            handle: Some(handle),
+        })
+    }
+
+    /// Every instance registered on the bus.
+    ///
+    /// # Errors
+    /// When the bus does not answer.
+    pub async fn instances(&self) -> Result<Vec<InstanceInfo>, Error> {
+        self.transport.instances().await
+    }
+
+    /// `$stats` of every instance (of one service, or all).
+    ///
+    /// # Errors
+    /// When the bus does not answer; an instance that does not answer is
+    /// reported in its place with its error.
+    pub async fn stats(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<Result<StatsReport, (InstanceInfo, RpcError)>>, Error> {
+        let instances = self.instances().await?;
+        let mut out = Vec::new();
+        for i in instances {
+            if service.is_some_and(|s| s != i.service) {
+                continue;
+            }
+            let target = format!("{}.{}", i.service, builtin::STATS);
+            let r = self
+                .call_with::<_, StatsReport>(
+                    &target,
+                    &Value::Object(Default::default()),
+                    CallOptions::default().instance(i.instance.clone()),
+                )
+                .await;
+            out.push(r.map_err(|e| (i, e)));
+        }
+        Ok(out)
+    }
+}
+
+/// Splits `service.method` at the first dot.
+pub(crate) fn split_target(target: &str) -> Result<(&str, &str), RpcError> {
+    match target.split_once('.') {
+        Some((s, m)) if !s.is_empty() && !m.is_empty() => Ok((s, m)),
+        _ => Err(RpcError::invalid_request(format!(
+            "{target:?} is not SERVICE.METHOD"
+        ))),
+    }
+}
+
+/// An event as a subscriber sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// The topic it was published on.
+    pub topic: String,
+    /// The wire header.
+    pub header: Header,
+    /// The payload, decoded as JSON.
+    pub payload: Value,
+}
+
+struct ChannelSink(mpsc::Sender<Envelope>);
+
+impl EventSink for ChannelSink {
+    fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
+        let tx = self.0.clone();
+        Box::pin(async move {
+            let _ = tx.send(event).await;
+        })
+    }
+}
+
+/// A live subscription: events in publication order.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: mpsc::Receiver<Envelope>,
+    handle: Option<Box<dyn Subscribed>>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the subscription ended. An event whose
+    /// payload is not JSON is delivered with the payload as a string.
+    pub async fn recv(&mut self) -> Option<Event> {
+        let env = self.rx.recv().await?;
+        let payload = serde_json::from_slice(&env.body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&env.body).into_owned()));
+        Some(Event {
+            topic: env.header.topic.clone().unwrap_or_default(),
+            header: env.header,
+            payload,
+        })
+    }
+
+    /// Stops the subscription.
+    pub async fn cancel(mut self) {
+        if let Some(h) = self.handle.take() {
+            h.cancel().await;
+        }
+    }
+}

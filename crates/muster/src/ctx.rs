@@ -1,0 +1,193 @@
+//! [`Ctx`]: what a handler uses to reach the rest of the system.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::{CallOptions, Client};
+use crate::{Error, RpcError};
+
+/// Topic on which `Ctx::update` reports progress to the host.
+pub const UPDATE_TOPIC: &str = "muster.update";
+
+pub(crate) struct CtxShared {
+    pub(crate) client: Client,
+    pub(crate) service: String,
+    pub(crate) instance: String,
+    pub(crate) transaction: Option<String>,
+    pub(crate) config: Option<Arc<dyn Any + Send + Sync>>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The context of a handler: call other services, publish events, report
+/// progress, and read the ids of the current request.
+///
+/// Requests made from a handler carry its transaction and never wait past
+/// its own deadline.
+#[derive(Clone)]
+pub struct Ctx {
+    shared: Arc<CtxShared>,
+    scope: CallScope,
+}
+
+#[derive(Clone, Default, Debug)]
+pub(crate) struct CallScope {
+    pub(crate) request_id: Option<String>,
+    pub(crate) transaction: Option<String>,
+    pub(crate) deadline: Option<Instant>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("service", &self.shared.service)
+            .field("instance", &self.shared.instance)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    pub(crate) fn new(shared: Arc<CtxShared>) -> Self {
+        Self {
+            shared,
+            scope: CallScope::default(),
+        }
+    }
+
+    pub(crate) fn scoped(&self, scope: CallScope) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            scope,
+        }
+    }
+
+    /// Calls `service.method` with the default timeout (5 s), capped by the
+    /// current request's deadline.
+    ///
+    /// # Errors
+    /// The callee's error reply, or a bus failure coded as an [`RpcError`].
+    pub async fn request<A, R>(&self, target: &str, args: &A) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        self.request_with(target, args, CallOptions::default())
+            .await
+    }
+
+    /// [`Ctx::request`] with options.
+    ///
+    /// # Errors
+    /// As [`Ctx::request`].
+    pub async fn request_with<A, R>(
+        &self,
+        target: &str,
+        args: &A,
+        mut options: CallOptions,
+    ) -> Result<R, RpcError>
+    where
+        A: Serialize + ?Sized,
+        R: DeserializeOwned,
+    {
+        let mut timeout = options.timeout.unwrap_or(crate::client::DEFAULT_TIMEOUT);
+        if let Some(d) = self.scope.deadline {
+            timeout = timeout.min(d.saturating_duration_since(Instant::now()));
+        }
+        options.timeout = Some(timeout.max(Duration::from_millis(1)));
+        if options.transaction.is_none() {
+            options.transaction = self.transaction().map(str::to_owned);
+        }
+        self.shared.client.call_with(target, args, options).await
+    }
+
+    /// Publishes an event, tagged with the current transaction.
+    ///
+    /// # Errors
+    /// A bad topic, an unencodable value, or no bus.
+    pub async fn publish<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+    ) -> Result<(), Error> {
+        self.shared
+            .client
+            .publish_in(topic, value, self.transaction().map(str::to_owned))
+            .await
+    }
+
+    /// Reports progress to the host (an `updated` lifecycle event that can
+    /// fire `on_update` triggers), published on `muster.update`.
+    ///
+    /// # Errors
+    /// As [`Ctx::publish`].
+    pub async fn update<T: Serialize + ?Sized>(&self, status: &T) -> Result<(), Error> {
+        let body = serde_json::json!({
+            "service": self.shared.service,
+            "instance": self.shared.instance,
+            "transaction": self.transaction(),
+            "status": serde_json::to_value(status).unwrap_or_default(),
+        });
+        self.publish(UPDATE_TOPIC, &body).await
+    }
+
+    /// The transaction of the current request, else of this instance.
+    pub fn transaction(&self) -> Option<&str> {
+        self.scope
+            .transaction
+            .as_deref()
+            .or(self.shared.transaction.as_deref())
+    }
+
+    /// The id of the request being handled.
+    pub fn request_id(&self) -> Option<&str> {
+        self.scope.request_id.as_deref()
+    }
+
+    /// When the caller stops waiting.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.scope.deadline
+    }
+
+    /// This service's name.
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
+
+    /// This instance's id.
+    pub fn instance(&self) -> &str {
+        &self.shared.instance
+    }
+
+    /// The client underneath, for calls outside the request's scope.
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// True once the service was asked to stop.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_cancelled()
+    }
+
+    /// Resolves when the service is asked to stop; main loops select on it.
+    pub async fn shutdown(&self) {
+        self.shared.shutdown.cancelled().await;
+    }
+
+    /// The service's typed config, as declared with
+    /// [`Service::config`](crate::Service::config); `None` for another type.
+    pub fn config_of<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.config()
+    }
+
+    pub(crate) fn config<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.shared
+            .config
+            .clone()
+            .and_then(|c| c.downcast::<T>().ok())
+    }
+}

@@ -1,0 +1,90 @@
+//! The process environment overlaid on a `.env` file: variables already set
+//! win, as with rococo's host. The process environment is never modified.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Environment lookups with `.env` fallback.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment plus `.env` in the working directory.
+    pub fn load() -> Self {
+        Self::load_from(Path::new(".env"))
+    }
+
+    /// The process environment plus the given dotenv file, if it exists.
+    pub fn load_from(path: &Path) -> Self {
+        let mut vars: HashMap<String, String> = std::fs::read_to_string(path)
+            .map(|text| parse(&text))
+            .unwrap_or_default();
+        vars.extend(std::env::vars());
+        Self { vars }
+    }
+
+    /// One variable.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
+    /// All variables.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// Parses `KEY=VALUE` lines; `#` comments, `export ` prefixes and matching
+/// quotes are handled; malformed lines are skipped.
+pub fn parse(text: &str) -> HashMap<String, String> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((k, v)) = line.split_once('=') else {
+            continue;
+        };
+        let k = k.trim();
+        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            continue;
+        }
+        let v = v.trim();
+        let v = ['"', '\'']
+            .iter()
+            .find_map(|q| v.strip_prefix(*q).and_then(|r| r.strip_suffix(*q)))
+            .unwrap_or_else(|| v.split(" #").next().unwrap_or(v).trim());
+        out.insert(k.to_owned(), v.to_owned());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_lines() {
+        let m = parse("# c\nA=1\nexport B=\"two words\"\nC='x' \nbad line\nD=3 # note\n");
+        assert_eq!(m["A"], "1");
+        assert_eq!(m["B"], "two words");
+        assert_eq!(m["C"], "x");
+        assert_eq!(m["D"], "3");
+        assert!(!m.contains_key("bad line"));
+    }
+
+    #[test]
+    fn process_env_wins() {
+        let dir = std::env::temp_dir().join(format!("muster-dotenv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(".env");
+        std::fs::write(&f, "PATH=/nope\nMUSTER_DOTENV_ONLY=yes\n").unwrap();
+        let env = Env::load_from(&f);
+        assert_ne!(env.get("PATH"), Some("/nope"));
+        assert_eq!(env.get("MUSTER_DOTENV_ONLY"), Some("yes"));
+    }
+}

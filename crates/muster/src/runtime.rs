@@ -1,0 +1,299 @@
+//! A running instance: the dispatcher the transport calls, the event
+//! handler, and the [`ServiceHandle`] that stops it.
+
+mod dispatch;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use muster_core::id;
+use muster_core::registry::{InstanceInfo, MethodInfo};
+use muster_core::transport::{Registration, Served, SharedTransport, Subscribed};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::config::Sources;
+use crate::ctx::{Ctx, CtxShared};
+use crate::service::{BoxError, Service, ShutdownFn};
+use crate::{Error, ErrorKind};
+
+/// How to start an instance.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StartOptions {
+    /// Configuration sources; defaults plus `MUSTER_*` environment if `None`.
+    pub config: Option<Sources>,
+    /// Instance id; `MUSTER_INSTANCE` or a random one if `None`.
+    pub instance: Option<String>,
+    /// Transaction; `MUSTER_TRANSACTION` if `None`.
+    pub transaction: Option<String>,
+    /// Run the `main` function (main mode).
+    pub run_main: bool,
+}
+
+impl StartOptions {
+    /// Runs `main` after start-up.
+    #[must_use]
+    pub fn main_mode(mut self, on: bool) -> Self {
+        self.run_main = on;
+        self
+    }
+
+    /// Uses these config sources.
+    #[must_use]
+    pub fn config(mut self, sources: Sources) -> Self {
+        self.config = Some(sources);
+        self
+    }
+
+    /// Sets the instance id.
+    #[must_use]
+    pub fn instance(mut self, id: impl Into<String>) -> Self {
+        self.instance = Some(id.into());
+        self
+    }
+}
+
+/// A service running in the background of this process.
+///
+/// ```no_run
+/// # async fn demo(transport: muster::transport::SharedTransport) -> Result<(), Box<dyn std::error::Error>> {
+/// use muster::prelude::*;
+/// let handle = Service::new("hello")
+///     .rpc("hi", || async { "hello".to_string() })
+///     .start(transport)
+///     .await?;
+/// handle.stop().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ServiceHandle {
+    name: String,
+    instance: String,
+    endpoint: String,
+    served: Option<Box<dyn Served>>,
+    subscribed: Option<Box<dyn Subscribed>>,
+    ctx: Ctx,
+    shutdown: CancellationToken,
+    main: Option<tokio::task::JoinHandle<Result<(), BoxError>>>,
+    on_shutdown: Option<ShutdownHook>,
+    grace: Duration,
+}
+
+struct ShutdownHook(ShutdownFn);
+
+impl std::fmt::Debug for ShutdownHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShutdownHook")
+    }
+}
+
+impl Service {
+    /// Starts the service on `transport` in the background, with config
+    /// from defaults and the environment.
+    ///
+    /// # Errors
+    /// Bad config, a failing `init`, or a transport failure.
+    pub async fn start(self, transport: SharedTransport) -> Result<ServiceHandle, Error> {
+        self.start_with(transport, StartOptions::default()).await
+    }
+
+    /// Starts the service with options.
+    ///
+    /// # Errors
+    /// Bad config, a failing `init`, or a transport failure.
+    pub async fn start_with(
+        self,
+        transport: SharedTransport,
+        options: StartOptions,
+    ) -> Result<ServiceHandle, Error> {
+        let sources = options
+            .config
+            .unwrap_or_else(|| Sources::default().from_process_env());
+        let (config, _shown) = match &self.config {
+            Some(load) => {
+                let (c, shown) =
+                    load(&sources).map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
+                (Some(c), shown)
+            }
+            None => (None, serde_json::Value::Null),
+        };
+        let instance = options
+            .instance
+            .or_else(|| std::env::var("MUSTER_INSTANCE").ok())
+            .unwrap_or_else(|| format!("{}-{}", self.name, id::short_id()));
+        let transaction = options
+            .transaction
+            .or_else(|| std::env::var("MUSTER_TRANSACTION").ok());
+        let shutdown = CancellationToken::new();
+        let ctx = Ctx::new(Arc::new(CtxShared {
+            client: Client::new(transport.clone()),
+            service: self.name.clone(),
+            instance: instance.clone(),
+            transaction: transaction.clone(),
+            config,
+            shutdown: shutdown.clone(),
+        }));
+
+        if let Some(init) = &self.init {
+            init(ctx.clone()).await.map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("{}: init failed: {e}", self.name),
+                )
+            })?;
+        }
+
+        let info = InstanceInfo {
+            service: self.name.clone(),
+            instance: instance.clone(),
+            version: self.version.clone(),
+            endpoint: String::new(),
+            methods: self
+                .methods
+                .iter()
+                .map(|m| MethodInfo {
+                    name: m.name.clone(),
+                    params: m.schemas.params.clone(),
+                    result: m.schemas.result.clone(),
+                    idempotent: m.idempotent,
+                })
+                .collect(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|s| s.pattern.clone())
+                .collect(),
+            pid: std::process::id(),
+            transaction,
+        };
+        let started = Instant::now();
+        let dispatch = Arc::new(dispatch::ServiceDispatch::new(
+            &self,
+            ctx.clone(),
+            info.clone(),
+            _shown,
+            started,
+        ));
+        let served = transport
+            .serve(
+                Registration {
+                    info,
+                    max_in_flight: self.max_in_flight,
+                },
+                dispatch.clone(),
+            )
+            .await?;
+        let endpoint = served.endpoint();
+        let subscribed = if self.subscriptions.is_empty() {
+            None
+        } else {
+            let patterns: Vec<String> = self
+                .subscriptions
+                .iter()
+                .map(|s| s.pattern.clone())
+                .collect();
+            match transport.subscribe(&patterns, dispatch.clone()).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    served.stop(Duration::ZERO).await;
+                    return Err(e);
+                }
+            }
+        };
+        tracing::info!(service = %self.name, instance = %instance, endpoint = %endpoint, transport = transport.kind(), "service started");
+        let main = match (&self.main, options.run_main) {
+            (Some(main), true) => Some(tokio::spawn(main(ctx.clone()))),
+            (None, true) => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "{}: main mode asked, but the service has no main function",
+                        self.name
+                    ),
+                ));
+            }
+            _ => None,
+        };
+        Ok(ServiceHandle {
+            name: self.name,
+            instance,
+            endpoint,
+            served: Some(served),
+            subscribed,
+            ctx,
+            shutdown,
+            main,
+            on_shutdown: self.on_shutdown.map(ShutdownHook),
+            grace: self.shutdown_grace,
+        })
+    }
+}
+
+impl ServiceHandle {
+    /// The service name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The instance id.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Where the instance takes requests.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// A context for calls made on this instance's behalf.
+    pub fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
+    /// True when the service runs a main function.
+    pub fn has_main(&self) -> bool {
+        self.main.is_some()
+    }
+
+    /// Resolves when `main` returns; never, when there is none.
+    ///
+    /// # Errors
+    /// The error `main` returned, or its panic.
+    pub async fn main_finished(&mut self) -> Result<(), BoxError> {
+        match &mut self.main {
+            Some(task) => {
+                let r = match task.await {
+                    Ok(r) => r,
+                    Err(e) => Err(format!("main panicked: {e}").into()),
+                };
+                self.main = None;
+                r
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Graceful stop: leave the registry, refuse new requests, wait for
+    /// in-flight ones (up to the shutdown grace), stop subscriptions and
+    /// `main`, then run the shutdown hook.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(served) = self.served.take() {
+            served.stop(self.grace).await;
+        }
+        if let Some(sub) = self.subscribed.take() {
+            sub.cancel().await;
+        }
+        if let Some(main) = self.main.take() {
+            // main sees ctx.shutdown(); give it the grace to return.
+            if tokio::time::timeout(self.grace, main).await.is_err() {
+                tracing::warn!(service = %self.name, "main did not return within the shutdown grace");
+            }
+        }
+        if let Some(hook) = self.on_shutdown.take() {
+            (hook.0)(self.ctx.clone()).await;
+        }
+        tracing::info!(service = %self.name, instance = %self.instance, "service stopped");
+    }
+}

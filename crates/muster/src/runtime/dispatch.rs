@@ -1,0 +1,317 @@
+//! Turns envelopes into handler calls and handler results into replies.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tracing::Instrument;
+
+use crate::RpcError;
+use crate::ctx::{CallScope, Ctx};
+use crate::extract::Invocation;
+use crate::handler::ErasedHandler;
+use crate::service::Service;
+use crate::stats::{MethodStats, StatsReport};
+use crate::transport::{BoxFuture, Dispatch, EventSink};
+use crate::wire::{ContentType, Envelope, Header, jsonrpc};
+use muster_core::registry::{InstanceInfo, builtin};
+use muster_core::topic::Pattern;
+
+struct Entry {
+    handler: Arc<dyn ErasedHandler>,
+    stats: Arc<MethodStats>,
+}
+
+struct EventEntry {
+    pattern: Pattern,
+    handler: Arc<dyn ErasedHandler>,
+    stats: Arc<MethodStats>,
+}
+
+pub(super) struct ServiceDispatch {
+    service: String,
+    methods: HashMap<String, Entry>,
+    events: Vec<EventEntry>,
+    ctx: Ctx,
+    info: InstanceInfo,
+    config_shown: Value,
+    started: Instant,
+}
+
+impl ServiceDispatch {
+    pub(super) fn new(
+        service: &Service,
+        ctx: Ctx,
+        info: InstanceInfo,
+        config_shown: Value,
+        started: Instant,
+    ) -> Self {
+        Self {
+            service: service.name.clone(),
+            methods: service
+                .methods
+                .iter()
+                .map(|m| {
+                    (
+                        m.name.clone(),
+                        Entry {
+                            handler: m.handler.clone(),
+                            stats: Arc::default(),
+                        },
+                    )
+                })
+                .collect(),
+            events: service
+                .subscriptions
+                .iter()
+                .filter_map(|s| {
+                    Some(EventEntry {
+                        pattern: Pattern::parse(&s.pattern).ok()?,
+                        handler: s.handler.clone(),
+                        stats: Arc::default(),
+                    })
+                })
+                .collect(),
+            ctx,
+            info,
+            config_shown,
+            started,
+        }
+    }
+
+    fn stats_report(&self) -> StatsReport {
+        let mut methods: std::collections::BTreeMap<_, _> = self
+            .methods
+            .iter()
+            .map(|(k, e)| (k.clone(), e.stats.report()))
+            .collect();
+        for e in &self.events {
+            methods.insert(format!("event:{}", e.pattern.as_str()), e.stats.report());
+        }
+        StatsReport {
+            service: self.service.clone(),
+            instance: self.info.instance.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            methods,
+        }
+    }
+
+    fn builtin(&self, method: &str) -> Option<Result<Box<RawValue>, RpcError>> {
+        let value = match method {
+            builtin::PING => serde_json::to_value("pong"),
+            builtin::STATS => serde_json::to_value(self.stats_report()),
+            builtin::INFO => {
+                let mut v = serde_json::to_value(&self.info).unwrap_or_default();
+                if let Value::Object(m) = &mut v {
+                    m.insert("config".into(), self.config_shown.clone());
+                    m.insert(
+                        "uptime_secs".into(),
+                        self.started.elapsed().as_secs().into(),
+                    );
+                }
+                Ok(v)
+            }
+            _ => return None,
+        };
+        Some(
+            value
+                .and_then(|v| serde_json::value::to_raw_value(&v))
+                .map_err(RpcError::internal),
+        )
+    }
+}
+
+fn reply(
+    mut header: Header,
+    ct: ContentType,
+    id: &Option<Value>,
+    outcome: Result<Box<RawValue>, RpcError>,
+) -> Envelope {
+    header.content_type = ct.header_value();
+    let body = match outcome {
+        Ok(raw) => {
+            let encoded = match ct {
+                ContentType::Json => jsonrpc::encode_result(ct, id, &raw),
+                // RawValue only serializes through serde_json: transcode.
+                ContentType::MsgPack => serde_json::from_str::<Value>(raw.get())
+                    .map_err(RpcError::internal)
+                    .and_then(|v| jsonrpc::encode_result(ct, id, &v)),
+            };
+            encoded.unwrap_or_else(|e| jsonrpc::encode_error(ct, id, &e))
+        }
+        Err(e) => jsonrpc::encode_error(ct, id, &e),
+    };
+    Envelope::new(header, body)
+}
+
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
+
+/// Runs a handler future, turning a panic into a -32603 reply.
+async fn guarded(
+    fut: BoxFuture<'static, Result<Box<RawValue>, RpcError>>,
+) -> Result<Box<RawValue>, RpcError> {
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| {
+            let msg = panic_message(p.as_ref());
+            tracing::error!(panic = %msg, "handler panicked");
+            Err(RpcError::internal(format!("handler panicked: {msg}")))
+        })
+}
+
+impl Dispatch for ServiceDispatch {
+    fn dispatch(&self, request: Envelope) -> BoxFuture<'static, Envelope> {
+        let Envelope { header, body } = request;
+        let mut reply_header = Header::reply_to(&header);
+        reply_header.instance = Some(self.info.instance.clone());
+        let ct = match ContentType::from_header(header.content_type.as_deref()) {
+            Ok(ct) => ct,
+            Err(e) => {
+                let r = reply(
+                    reply_header,
+                    ContentType::Json,
+                    &None,
+                    Err(RpcError::invalid_request(e)),
+                );
+                return Box::pin(std::future::ready(r));
+            }
+        };
+        let decoded = match jsonrpc::decode_request(ct, &body) {
+            Ok(d) => d,
+            Err(e) => return Box::pin(std::future::ready(reply(reply_header, ct, &None, Err(e)))),
+        };
+        let method = header.method.clone().unwrap_or(decoded.method);
+        if let Some(outcome) = self.builtin(&method) {
+            return Box::pin(std::future::ready(reply(
+                reply_header,
+                ct,
+                &decoded.id,
+                outcome,
+            )));
+        }
+        let Some(entry) = self.methods.get(&method) else {
+            let e = RpcError::method_not_found(format!("{}.{method}", self.service));
+            return Box::pin(std::future::ready(reply(
+                reply_header,
+                ct,
+                &decoded.id,
+                Err(e),
+            )));
+        };
+        let span = tracing::info_span!(
+            "rpc",
+            method = %format_args!("{}.{method}", self.service),
+            request_id = %header.id,
+            transaction = header.transaction.as_deref().unwrap_or(""),
+        );
+        let scope = CallScope {
+            request_id: Some(header.id.clone()),
+            transaction: header.transaction.clone(),
+            deadline: header
+                .deadline_ms
+                .map(|ms| Instant::now() + Duration::from_millis(ms)),
+        };
+        let inv = Invocation {
+            header,
+            payload: decoded.params,
+            ctx: self.ctx.scoped(scope),
+        };
+        let stats = entry.stats.clone();
+        stats.begin();
+        let started = Instant::now();
+        let fut = span.in_scope(|| entry.handler.call(inv));
+        let id = decoded.id;
+        Box::pin(
+            async move {
+                let outcome = guarded(fut).await;
+                if let Err(e) = &outcome {
+                    tracing::debug!(code = e.code, error = %e.message, "request failed");
+                }
+                stats.end(
+                    started.elapsed(),
+                    outcome.as_ref().err().map(|e| e.message.as_str()),
+                );
+                reply(reply_header, ct, &id, outcome)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+impl EventSink for ServiceDispatch {
+    fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
+        let topic = event.header.topic.clone().unwrap_or_default();
+        let payload = match decode_payload(&event) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(topic = %topic, error = %e, "event payload is not valid; dropped");
+                for entry in self.events.iter().filter(|en| en.pattern.matches(&topic)) {
+                    entry.stats.begin();
+                    entry.stats.end(Duration::ZERO, Some(&e));
+                }
+                return Box::pin(std::future::ready(()));
+            }
+        };
+        let mut calls = Vec::new();
+        for entry in self.events.iter().filter(|en| en.pattern.matches(&topic)) {
+            let scope = CallScope {
+                request_id: None,
+                transaction: event.header.transaction.clone(),
+                deadline: None,
+            };
+            let inv = Invocation {
+                header: event.header.clone(),
+                payload: Some(payload.clone()),
+                ctx: self.ctx.scoped(scope),
+            };
+            entry.stats.begin();
+            calls.push((entry.handler.call(inv), entry.stats.clone()));
+        }
+        let span = tracing::info_span!(
+            "event",
+            topic = %topic,
+            transaction = event.header.transaction.as_deref().unwrap_or(""),
+        );
+        Box::pin(
+            async move {
+                for (fut, stats) in calls {
+                    let started = Instant::now();
+                    let outcome = guarded(fut).await;
+                    if let Err(e) = &outcome {
+                        tracing::warn!(code = e.code, error = %e.message, "event handler failed");
+                    }
+                    stats.end(
+                        started.elapsed(),
+                        outcome.as_ref().err().map(|e| e.message.as_str()),
+                    );
+                }
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn decode_payload(event: &Envelope) -> Result<Box<RawValue>, String> {
+    match ContentType::from_header(event.header.content_type.as_deref())
+        .map_err(|e| e.to_string())?
+    {
+        ContentType::Json => {
+            let text = std::str::from_utf8(&event.body).map_err(|e| e.to_string())?;
+            RawValue::from_string(text.to_owned()).map_err(|e| e.to_string())
+        }
+        ContentType::MsgPack => {
+            let v: Value = rmp_serde::from_slice(&event.body).map_err(|e| e.to_string())?;
+            serde_json::value::to_raw_value(&v).map_err(|e| e.to_string())
+        }
+    }
+}
