@@ -12,7 +12,7 @@
 //! bus.start(Service::new("math").rpc("double", |Args(x): Args<i64>| async move { x * 2 }))
 //!     .await
 //!     .unwrap();
-//! let r: i64 = bus.client().call("math.double", &[21]).await.unwrap();
+//! let r: i64 = bus.client().call("math.double", &21).await.unwrap();
 //! assert_eq!(r, 42);
 //! # }
 //! ```

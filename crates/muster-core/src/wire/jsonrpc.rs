@@ -72,8 +72,7 @@ pub fn encode_request<P: Serialize + ?Sized>(
 /// Decodes a request body; a bad body is a coded error to send back.
 ///
 /// # Errors
-/// -32700 for undecodable bytes, -32600 for a body that is not a request,
-/// -32602 for params that are neither an object nor an array.
+/// -32700 for undecodable bytes, -32600 for a body that is not a request.
 pub fn decode_request(ct: ContentType, bytes: &[u8]) -> Result<RequestBody, RpcError> {
     let (jsonrpc_ok, id, method, params) = match ct {
         ContentType::Json => {
@@ -104,15 +103,9 @@ pub fn decode_request(ct: ContentType, bytes: &[u8]) -> Result<RequestBody, RpcE
         return Err(RpcError::invalid_request("jsonrpc must be \"2.0\""));
     }
     let method = method.ok_or_else(|| RpcError::invalid_request("missing \"method\""))?;
-    if let Some(p) = &params {
-        let first = p.get().trim_start().as_bytes().first().copied();
-        if !matches!(first, Some(b'{') | Some(b'[') | Some(b'n')) {
-            return Err(RpcError::invalid_params(
-                "",
-                "params must be an object or an array",
-            ));
-        }
-    }
+    // JSON-RPC wants an object or an array; muster also takes a bare value
+    // for methods whose argument is not a struct (`Args<String>`). The
+    // argument type decides, with -32602 when it does not fit.
     Ok(RequestBody { id, method, params })
 }
 
@@ -253,9 +246,8 @@ mod tests {
         let version =
             decode_request(ContentType::Json, br#"{"jsonrpc":"1.0","method":"m"}"#).unwrap_err();
         assert_eq!(version.code, code::INVALID_REQUEST);
-        let scalar =
-            decode_request(ContentType::Json, br#"{"method":"m","params":3}"#).unwrap_err();
-        assert_eq!(scalar.code, code::INVALID_PARAMS);
+        let scalar = decode_request(ContentType::Json, br#"{"method":"m","params":3}"#).unwrap();
+        assert_eq!(scalar.params.unwrap().get(), "3");
     }
 
     #[test]

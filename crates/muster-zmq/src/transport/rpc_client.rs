@@ -76,8 +76,18 @@ impl Conn {
         self.shared.outstanding.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn fail_all(&self, why: &str) {
-        self.shared.fail_all(why);
+    pub(crate) fn fail_if_unconnected(self: &Arc<Self>, why: &str) {
+        if self.outstanding() == 0 {
+            return;
+        }
+        let conn = self.clone();
+        let why = why.to_owned();
+        tokio::spawn(async move {
+            let connected = conn.socket.connections().await.is_ok_and(|c| !c.is_empty());
+            if !connected {
+                conn.shared.fail_all(&why);
+            }
+        });
     }
 
     /// Sends one request and waits for its reply until `deadline`.

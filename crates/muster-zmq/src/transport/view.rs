@@ -201,7 +201,11 @@ impl RegistryView {
             conns.remove(info.endpoint.as_str());
         }
         for (endpoint, gone) in conns {
-            gone.fail_all(&format!("instance at {endpoint} left the registry"));
+            // Calls in flight keep their connection (a draining instance
+            // still answers them); only calls to a peer that is not even
+            // connected are failed now rather than at their deadline.
+
+            gone.fail_if_unconnected(&format!("instance at {endpoint} left the registry"));
         }
         *self
             .snapshot

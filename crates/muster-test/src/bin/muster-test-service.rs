@@ -1,0 +1,63 @@
+//! A service for muster's tests: required, typed and secret config keys,
+//! a slow method, a panicking method, and a method that logs.
+
+use muster::prelude::*;
+
+#[derive(Debug, Deserialize, Serialize)]
+struct TestConfig {
+    greeting: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default)]
+    token: Option<Secret<String>>,
+    #[serde(default)]
+    flag: bool,
+}
+
+fn default_port() -> u16 {
+    8080
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct SleepArgs {
+    ms: u64,
+}
+
+async fn hello(Config(c): Config<TestConfig>, Args(name): Args<String>) -> String {
+    tracing::info!(%name, "saying hello");
+    format!("{}, {name}", c.greeting)
+}
+
+async fn config(Config(c): Config<TestConfig>) -> serde_json::Value {
+    serde_json::json!({
+        "greeting": c.greeting,
+        "port": c.port,
+        "flag": c.flag,
+        "token_set": c.token.is_some(),
+        "token_debug": format!("{:?}", c.token),
+    })
+}
+
+async fn sleep(Args(a): Args<SleepArgs>) -> Result<u64, RpcError> {
+    tokio::time::sleep(Duration::from_millis(a.ms)).await;
+    Ok(a.ms)
+}
+
+async fn crash() -> Result<(), RpcError> {
+    panic!("asked to crash")
+}
+
+fn main() -> muster::Result<()> {
+    Service::new("testsvc")
+        .version("1.2.3")
+        .config::<TestConfig>()
+        .rpc("hello", hello)
+        .rpc("config", config)
+        .rpc("sleep", sleep)
+        .rpc("crash", crash)
+        .on_shutdown(|_ctx| async {
+            tracing::info!("shutdown hook ran");
+            eprintln!("shutdown hook ran");
+        })
+        .run()
+}

@@ -1,0 +1,193 @@
+//! Test support for muster's own tests: free ports, child processes that
+//! are killed when a test ends, waiting with a deadline, and process
+//! statistics read from `/proc`.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// A base port with the two ports after it free too (a bus needs three).
+/// Ports are handed out from a per-process range, so tests running in
+/// parallel never get the same base.
+pub fn free_port_base() -> u16 {
+    let start = 20_000 + (std::process::id() % 1_000) * 30;
+    for _ in 0..2_000 {
+        let offset = NEXT_PORT.fetch_add(3, std::sync::atomic::Ordering::Relaxed);
+        let p = start + offset % 30_000;
+        let Ok(p) = u16::try_from(p) else { continue };
+        if p > 65_000 {
+            continue;
+        }
+        if (0..3).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+    panic!("no three consecutive free ports on 127.0.0.1");
+}
+
+/// `zmq://127.0.0.1:<free base port>`.
+pub fn free_bus_url() -> String {
+    format!("zmq://127.0.0.1:{}", free_port_base())
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    name: String,
+    child: Option<Child>,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdin closed.
+    ///
+    /// # Panics
+    /// When the program cannot be started.
+    pub fn spawn(name: &str, mut cmd: Command) -> Self {
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: Signal) {
+        if let Ok(pid) = i32::try_from(self.pid()) {
+            let _ = kill(Pid::from_raw(pid), sig);
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit status.
+    ///
+    /// # Panics
+    /// When the process does not exit in time (it is then killed).
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait_exit(timeout)
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    ///
+    /// # Panics
+    /// When it does not exit in time (it is then killed).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        let Some(child) = self.child.as_mut() else {
+            panic!("{} already reaped", self.name);
+        };
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                self.kill9();
+                panic!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Resident memory in KiB, from `/proc/PID/status`.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `VmRSS` of a process in KiB (0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A bus device running in this test process.
+pub async fn start_bus(url: &str) -> muster_zmq::Bus {
+    let addr: muster_zmq::BusAddr = url.parse().expect("bus url");
+    muster_zmq::Bus::start(addr, muster_zmq::BusOptions::default())
+        .await
+        .expect("bus starts")
+}
+
+/// Waits until `n` instances of `service` are registered.
+pub async fn wait_registered(
+    client: &muster::Client,
+    service: &str,
+    n: usize,
+) -> Vec<muster::registry::InstanceInfo> {
+    eventually(
+        Duration::from_secs(10),
+        &format!("{n} x {service} registered"),
+        || async {
+            let all = client.instances().await.ok()?;
+            let mine: Vec<_> = all.into_iter().filter(|i| i.service == service).collect();
+            (mine.len() >= n).then_some(mine)
+        },
+    )
+    .await
+}
+
+/// The path of a binary built by this workspace (`target/<profile>/NAME`),
+/// next to the running test executable.
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let mut p = std::env::current_exe().expect("current exe");
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p.join(name)
+}

@@ -1,0 +1,284 @@
+//! The standard service CLI, tested on a real service process: config
+//! layering and errors, `.env`, secrets, logging, graceful shutdown.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use muster::{CallOptions, Client};
+use muster_test::{Proc, free_bus_url, start_bus, wait_registered};
+use serde_json::{Value, json};
+
+const BIN: &str = env!("CARGO_BIN_EXE_muster-test-service");
+
+fn service(bus: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["--bus", bus]).args(args);
+    c.env_remove("MUSTER_GREETING").env_remove("MUSTER_PORT");
+    c
+}
+
+fn output(mut cmd: Command) -> std::process::Output {
+    cmd.stdin(Stdio::null()).output().expect("runs")
+}
+
+#[test]
+fn missing_config_key_exits_2_naming_it() {
+    let out = output(service("zmq://127.0.0.1:1", &[]));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim(), "testsvc: config: missing key `greeting`");
+}
+
+#[test]
+fn mistyped_config_key_exits_2_naming_it() {
+    let out = output(service(
+        "zmq://127.0.0.1:1",
+        &["--greeting", "hi", "--port", "high"],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "one line: {err}");
+    assert!(err.contains("key `port`"), "{err}");
+}
+
+#[test]
+fn unreadable_config_file_exits_2() {
+    let out = output(service(
+        "zmq://127.0.0.1:1",
+        &["-c", "/nonexistent/conf.toml"],
+    ));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/conf.toml"));
+}
+
+async fn config_of(client: &Client) -> Value {
+    client
+        .call("testsvc.config", &json!({}))
+        .await
+        .expect("config call")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_precedence_file_env_args_and_dotenv() {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("muster-cfg-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("svc.toml");
+    std::fs::write(&file, "greeting = \"from-file\"\nport = 1\n").unwrap();
+    std::fs::write(dir.join(".env"), "MUSTER_PORT=4\nMUSTER_FLAG=true\n").unwrap();
+
+    // file < .env < process env < --key value
+    let mut cmd = service(&url, &["-c", file.to_str().unwrap(), "--port", "3"]);
+    cmd.current_dir(&dir).env("MUSTER_PORT", "2");
+    let mut p = Proc::spawn("svc", cmd);
+    wait_registered(&client, "testsvc", 1).await;
+    let c = config_of(&client).await;
+    assert_eq!(c["port"], 3, "--port wins: {c}");
+    assert_eq!(c["greeting"], "from-file");
+    assert_eq!(c["flag"], true, ".env value parsed as JSON: {c}");
+    p.terminate(Duration::from_secs(10));
+
+    let mut cmd = service(&url, &["-c", file.to_str().unwrap()]);
+    cmd.current_dir(&dir).env("MUSTER_PORT", "2");
+    let mut p = Proc::spawn("svc", cmd);
+    wait_registered(&client, "testsvc", 1).await;
+    assert_eq!(
+        config_of(&client).await["port"],
+        2,
+        "process env beats .env and file"
+    );
+    p.terminate(Duration::from_secs(10));
+
+    let mut cmd = service(&url, &["-c", file.to_str().unwrap()]);
+    cmd.current_dir(&dir);
+    let mut p = Proc::spawn("svc", cmd);
+    wait_registered(&client, "testsvc", 1).await;
+    assert_eq!(config_of(&client).await["port"], 4, ".env beats the file");
+    p.terminate(Duration::from_secs(10));
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_stay_out_of_discovery_and_logs() {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("muster-secret-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = dir.join("svc.log");
+    let mut p = Proc::spawn(
+        "svc",
+        service(
+            &url,
+            &[
+                "--greeting",
+                "hi",
+                "--token",
+                "s3cr3t-value",
+                "--log-file",
+                log.to_str().unwrap(),
+                "--log-rotate",
+                "never",
+                "--log-level",
+                "debug",
+            ],
+        ),
+    );
+    wait_registered(&client, "testsvc", 1).await;
+    let info: Value = client.call("testsvc.$info", &json!({})).await.unwrap();
+    assert_eq!(info["config"]["token"], "***", "{info}");
+    assert_eq!(info["version"], "1.2.3");
+    let c = config_of(&client).await;
+    assert_eq!(c["token_set"], true);
+    assert_eq!(c["token_debug"], "Some(***)");
+    let listed = serde_json::to_string(&client.instances().await.unwrap()).unwrap();
+    assert!(!listed.contains("s3cr3t"));
+    p.terminate(Duration::from_secs(10));
+    let text = std::fs::read_to_string(&log).expect("log file written");
+    assert!(text.contains("service started"), "{text}");
+    assert!(!text.contains("s3cr3t"), "secret leaked into the log");
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_id_and_transaction() {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    let dir = std::env::temp_dir().join(format!("muster-log-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = dir.join("svc.log");
+    let mut p = Proc::spawn(
+        "svc",
+        service(
+            &url,
+            &[
+                "--greeting",
+                "hi",
+                "--log-file",
+                log.to_str().unwrap(),
+                "--log-rotate",
+                "hourly",
+                "--json-logs",
+            ],
+        ),
+    );
+    wait_registered(&client, "testsvc", 1).await;
+    let r: String = client
+        .call_with(
+            "testsvc.hello",
+            &json!("ann"),
+            CallOptions::default().transaction(Some("TXN0000000000000001".into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r, "hi, ann");
+    p.terminate(Duration::from_secs(10));
+    // Hourly rotation names the file svc.log.YYYY-MM-DD-HH.
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("svc.log."))
+        .expect("rotated log file");
+    let text = std::fs::read_to_string(file.path()).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("saying hello"))
+        .expect("handler line");
+    let v: Value = serde_json::from_str(line).expect("JSON line");
+    assert_eq!(v["span"]["transaction"], "TXN0000000000000001", "{line}");
+    assert!(
+        !v["span"]["request_id"].as_str().unwrap_or("").is_empty(),
+        "{line}"
+    );
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_exits_0() {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    let mut cmd = service(&url, &["--greeting", "hi"]);
+    cmd.stderr(Stdio::piped());
+    let mut p = Proc::spawn("svc", cmd);
+    wait_registered(&client, "testsvc", 1).await;
+    let c2 = client.clone();
+    let call = tokio::spawn(async move {
+        c2.call::<_, u64>("testsvc.sleep", &json!({"ms": 800}))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(call.await.unwrap().expect("in-flight call finished"), 800);
+    let status = p.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_an_error_reply_not_a_crash() {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    let _p = Proc::spawn("svc", service(&url, &["--greeting", "hi"]));
+    wait_registered(&client, "testsvc", 1).await;
+    let e = client
+        .call::<_, Value>("testsvc.crash", &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, -32603);
+    assert!(e.message.contains("asked to crash"), "{e}");
+    let r: String = client.call("testsvc.hello", &json!("bob")).await.unwrap();
+    assert_eq!(r, "hi, bob");
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caller_gets_an_error_when_the_instance_dies_mid_request() {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    let mut p = Proc::spawn("svc", service(&url, &["--greeting", "hi"]));
+    wait_registered(&client, "testsvc", 1).await;
+    let c2 = client.clone();
+    let started = Instant::now();
+    let call = tokio::spawn(async move {
+        c2.call_with::<_, u64>(
+            "testsvc.sleep",
+            &json!({"ms": 20000}),
+            CallOptions::default().timeout(Duration::from_secs(30)),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.kill9();
+    let e = call.await.unwrap().unwrap_err();
+    assert_eq!(e.code, muster::code::UNAVAILABLE, "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the caller learned of the death long before its 30 s deadline"
+    );
+    bus.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_bounds_a_slow_call() {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    let _p = Proc::spawn("svc", service(&url, &["--greeting", "hi"]));
+    wait_registered(&client, "testsvc", 1).await;
+    let e = client
+        .call_with::<_, u64>(
+            "testsvc.sleep",
+            &json!({"ms": 3000}),
+            CallOptions::default().timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, muster::code::TIMEOUT, "{e}");
+    bus.stop().await;
+}
