@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use muster::{CallOptions, Client};
+use muster::CallOptions;
 use serde_json::Value;
 
 use crate::BusArg;
@@ -40,7 +40,7 @@ impl CallCmd {
                 }
             },
         };
-        let client = match Client::connect(&self.bus.url()).await {
+        let client = match self.bus.client().await {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("muster: {e}");

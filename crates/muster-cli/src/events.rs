@@ -1,7 +1,6 @@
 //! `muster pub` and `muster sub`.
 
 use anyhow::Context;
-use muster::Client;
 use serde_json::Value;
 
 use crate::BusArg;
@@ -21,7 +20,7 @@ impl PubCmd {
         crate::init_client_logging();
         let payload: Value = serde_json::from_str(&self.payload)
             .unwrap_or_else(|_| Value::String(self.payload.clone()));
-        let client = Client::connect(&self.bus.url()).await?;
+        let client = self.bus.client().await?;
         client
             .publish(&self.topic, &payload)
             .await
@@ -47,7 +46,7 @@ impl SubCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         use std::io::Write;
         crate::init_client_logging();
-        let client = Client::connect(&self.bus.url()).await?;
+        let client = self.bus.client().await?;
         let patterns: Vec<&str> = self.patterns.iter().map(String::as_str).collect();
         let mut sub = client.subscribe(&patterns).await?;
         eprintln!("subscribed to {}", self.patterns.join(" "));

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 
-use muster::Client;
 use muster::registry::InstanceInfo;
 
 use crate::BusArg;
@@ -21,7 +20,7 @@ pub(crate) struct LsCmd {
 impl LsCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         crate::init_client_logging();
-        let client = Client::connect(&self.bus.url()).await?;
+        let client = self.bus.client().await?;
         let mut instances = client.instances().await?;
         instances.retain(|i| self.service.as_deref().is_none_or(|s| s == i.service));
         if self.json {
@@ -79,7 +78,7 @@ pub(crate) struct StatsCmd {
 impl StatsCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         crate::init_client_logging();
-        let client = Client::connect(&self.bus.url()).await?;
+        let client = self.bus.client().await?;
         let all = client.stats(self.service.as_deref()).await?;
         if self.json {
             let v: Vec<serde_json::Value> = all

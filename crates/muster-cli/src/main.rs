@@ -30,9 +30,17 @@ struct BusArg {
     /// Bus URL [default: $MUSTER_BUS, else zmq://127.0.0.1:7700].
     #[arg(long, value_name = "URL")]
     bus: Option<String>,
+    /// Direct mode: an addresses file instead of a bus.
+    #[arg(short = 'a', long, value_name = "FILE")]
+    addresses: Option<std::path::PathBuf>,
 }
 
 impl BusArg {
+    async fn client(&self) -> Result<muster::Client, muster::Error> {
+        let t = muster::bus::connect(&self.url(), self.addresses.as_deref()).await?;
+        Ok(muster::Client::new(t))
+    }
+
     fn url(&self) -> String {
         self.bus
             .clone()

@@ -1,0 +1,92 @@
+//! The embedded bus: heartbeats, expiry, balancing, and calls that keep
+//! working while the bus restarts.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use muster::{CallOptions, Client};
+use muster_test::{Proc, eventually, free_bus_url, wait_registered};
+use serde_json::{Value, json};
+
+const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
+
+fn spawn_bus(url: &str) -> Proc {
+    let mut c = Command::new(MUSTER);
+    c.args(["bus", "--listen", url, "--log-level", "warn"])
+        .stdout(Stdio::null());
+    Proc::spawn("bus", c)
+}
+
+fn spawn_echo(url: &str) -> Proc {
+    let mut c = Command::new(MUSTER);
+    c.args(["__service", "echo", "--bus", url, "--log-level", "warn"]);
+    Proc::spawn("echo", c)
+}
+
+async fn shout(client: &Client, text: &str) -> Result<Value, muster::RpcError> {
+    client.call("echo.shout", &json!({"text": text})).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_keep_working_while_the_bus_restarts() {
+    let url = free_bus_url();
+    let mut bus = spawn_bus(&url);
+    let _echo = spawn_echo(&url);
+    let client = Client::connect(&url).await.unwrap();
+    wait_registered(&client, "echo", 1).await;
+    assert_eq!(shout(&client, "a").await.unwrap()["text"], "a");
+
+    bus.kill9();
+    for i in 0..20 {
+        let r = shout(&client, &format!("down{i}")).await;
+        assert!(r.is_ok(), "call {i} during the outage: {r:?}");
+    }
+
+    let _bus = spawn_bus(&url);
+    // The instance notices the new bus (heartbeat: unknown) and registers again.
+    let fresh = Client::connect(&url).await.unwrap();
+    wait_registered(&fresh, "echo", 1).await;
+    assert_eq!(shout(&fresh, "b").await.unwrap()["text"], "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_instance_is_dropped_within_a_few_seconds() {
+    let url = free_bus_url();
+    let _bus = spawn_bus(&url);
+    let mut echo = spawn_echo(&url);
+    let client = Client::connect(&url).await.unwrap();
+    wait_registered(&client, "echo", 1).await;
+    echo.kill9();
+    eventually(Duration::from_secs(6), "echo dropped", || async {
+        let all = client.instances().await.ok()?;
+        all.iter().all(|i| i.service != "echo").then_some(())
+    })
+    .await;
+    let e = shout(&client, "x").await.unwrap_err();
+    assert_eq!(e.code, -32601, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_balanced_across_instances() {
+    let url = free_bus_url();
+    let _bus = spawn_bus(&url);
+    let _a = spawn_echo(&url);
+    let _b = spawn_echo(&url);
+    let client = Client::connect(&url).await.unwrap();
+    let instances = wait_registered(&client, "echo", 2).await;
+    for i in 0..200 {
+        shout(&client, &i.to_string()).await.unwrap();
+    }
+    for i in instances {
+        let s: Value = client
+            .call_with(
+                "echo.$stats",
+                &json!({}),
+                CallOptions::default().instance(i.instance.clone()),
+            )
+            .await
+            .unwrap();
+        let n = s["methods"]["shout"]["num_requests"].as_u64().unwrap();
+        assert!(n >= 20, "instance {} served {n} of 200", i.instance);
+    }
+}

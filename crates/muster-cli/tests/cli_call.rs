@@ -1,0 +1,164 @@
+//! `muster call`, `ls`, `stats` and `demo` as a user runs them, against
+//! `muster bus` and the `echo` example in separate processes.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use muster::Client;
+use muster_test::{Proc, free_bus_url, wait_registered};
+use serde_json::Value;
+
+const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
+
+fn muster(args: &[&str]) -> Output {
+    Command::new(MUSTER)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("muster runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).trim().to_owned()
+}
+
+fn spawn_bus(url: &str) -> Proc {
+    let mut c = Command::new(MUSTER);
+    c.args(["bus", "--listen", url, "--log-level", "warn"])
+        .stdout(Stdio::null());
+    Proc::spawn("bus", c)
+}
+
+fn spawn_example(url: &str, name: &str) -> Proc {
+    let mut c = Command::new(MUSTER);
+    c.args(["__service", name, "--bus", url, "--log-level", "warn"]);
+    Proc::spawn(name, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_ls_and_stats_as_in_the_readme() {
+    let url = free_bus_url();
+    let _bus = spawn_bus(&url);
+    let _echo = spawn_example(&url, "echo");
+    let client = Client::connect(&url).await.unwrap();
+    wait_registered(&client, "echo", 1).await;
+
+    let ok = muster(&[
+        "call",
+        "echo.shout",
+        r#"{"text":"hi","times":2}"#,
+        "--bus",
+        &url,
+    ]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    assert_eq!(stdout(&ok), r#"{"text":"hihi"}"#);
+
+    let bad = muster(&["call", "echo.shout", r#"{"times":"x"}"#, "--bus", &url]);
+    assert_eq!(bad.status.code(), Some(1));
+    let e: Value = serde_json::from_str(&stderr(&bad)).expect("error printed as JSON");
+    assert_eq!(e["code"], -32602);
+    assert_eq!(e["data"]["path"], "times");
+
+    let started = Instant::now();
+    let none = muster(&["call", "nope.x", "{}", "--bus", &url]);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "unknown service answered at once"
+    );
+    assert_eq!(none.status.code(), Some(1));
+    let e: Value = serde_json::from_str(&stderr(&none)).unwrap();
+    assert_eq!(e["code"], -32601);
+
+    let unknown_method = muster(&["call", "echo.nope", "--bus", &url]);
+    let e: Value = serde_json::from_str(&stderr(&unknown_method)).unwrap();
+    assert_eq!(e["code"], -32601);
+
+    let positional = muster(&["call", "echo.shout", r#"["ab",3]"#, "--bus", &url]);
+    assert_eq!(stdout(&positional), r#"{"text":"ababab"}"#);
+
+    let packed = muster(&[
+        "call",
+        "echo.shout",
+        r#"{"text":"mp"}"#,
+        "--msgpack",
+        "--bus",
+        &url,
+    ]);
+    assert_eq!(stdout(&packed), r#"{"text":"mp"}"#);
+
+    let app = muster(&[
+        "call",
+        "echo.shout",
+        r#"{"text":"x","times":5000}"#,
+        "--bus",
+        &url,
+    ]);
+    let e: Value = serde_json::from_str(&stderr(&app)).unwrap();
+    assert_eq!(e["code"], 1001, "application error codes reach the caller");
+
+    let ls = muster(&["ls", "--bus", &url]);
+    let text = stdout(&ls);
+    assert!(text.contains("method echo.shout"), "{text}");
+    assert!(
+        text.contains(r#""text":{"description":"What to shout.","type":"string"}"#),
+        "{text}"
+    );
+
+    let ls_json = muster(&["ls", "--json", "--bus", &url]);
+    let v: Value = serde_json::from_str(&stdout(&ls_json)).unwrap();
+    assert_eq!(v[0]["service"], "echo");
+    let shout = v[0]["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "shout")
+        .expect("shout listed");
+    assert_eq!(shout["params"]["required"][0], "text");
+
+    let stats = muster(&["stats", "echo", "--json", "--bus", &url]);
+    let v: Value = serde_json::from_str(&stdout(&stats)).unwrap();
+    let shout = &v[0]["methods"]["shout"];
+    assert!(shout["num_requests"].as_u64().unwrap() >= 5, "{v}");
+    assert!(shout["num_errors"].as_u64().unwrap() >= 2, "{v}");
+    assert!(shout["last_error"].as_str().is_some());
+    assert!(shout["p99_us"].as_u64().unwrap() >= shout["p50_us"].as_u64().unwrap());
+}
+
+#[test]
+fn call_without_a_bus_fails_fast_with_a_clear_error() {
+    let url = free_bus_url();
+    let started = Instant::now();
+    let o = muster(&["call", "echo.shout", "{}", "--bus", &url]);
+    assert_eq!(o.status.code(), Some(1));
+    let e: Value = serde_json::from_str(&stderr(&o)).unwrap();
+    assert_eq!(e["code"], -32001, "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("no bus answered"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn bad_params_json_is_a_usage_error() {
+    let o = muster(&["call", "echo.shout", "{nope", "--bus", "zmq://127.0.0.1:1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("not valid JSON"));
+}
+
+#[test]
+fn demo_once_answers_a_call() {
+    let url = free_bus_url();
+    let o = muster(&["demo", "--once", "--bus", &url]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
+    assert!(
+        out.contains(r#"call echo.shout {"text":"hi","times":2} -> {"text":"hihi"}"#),
+        "{out}"
+    );
+    assert!(out.contains("subscriber"), "{out}");
+}
