@@ -72,10 +72,10 @@ fn set_path(root: &mut Value, path: &[&str], value: Value) {
     };
     let mut cur = root;
     for p in parents {
-        if !cur.get(*p).is_some_and(Value::is_object) {
-            if let Value::Object(m) = cur {
-                m.insert((*p).to_owned(), Value::Object(Map::new()));
-            }
+        if !cur.get(*p).is_some_and(Value::is_object)
+            && let Value::Object(m) = cur
+        {
+            m.insert((*p).to_owned(), Value::Object(Map::new()));
         }
         let Some(next) = cur.get_mut(*p) else { return };
         cur = next;

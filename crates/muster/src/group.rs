@@ -14,8 +14,8 @@ use crate::transport::SharedTransport;
 /// use muster::prelude::*;
 /// fn main() -> muster::Result<()> {
 ///     Group::new()
-///         .add(Service::new("a").rpc("ping", || async { "a" }))
-///         .add(Service::new("b").rpc("ping", || async { "b" }))
+///         .service(Service::new("a").rpc("ping", || async { "a" }))
+///         .service(Service::new("b").rpc("ping", || async { "b" }))
 ///         .run()
 /// }
 /// ```
@@ -32,7 +32,7 @@ impl Group {
     }
 
     /// Adds a service.
-    pub fn add(mut self, service: Service) -> Self {
+    pub fn service(mut self, service: Service) -> Self {
         self.services.push(service);
         self
     }

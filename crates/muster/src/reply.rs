@@ -55,7 +55,18 @@ macro_rules! plain_reply {
     )*};
 }
 
-plain_reply!((), bool, String, i32, i64, u32, u64, f64, serde_json::Value);
+plain_reply!(
+    (),
+    &'static str,
+    bool,
+    String,
+    i32,
+    i64,
+    u32,
+    u64,
+    f64,
+    serde_json::Value
+);
 
 /// A reply that is already JSON, returned as is.
 #[derive(Debug, Clone)]

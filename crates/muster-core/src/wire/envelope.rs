@@ -112,7 +112,7 @@ pub fn encode_events<'a>(
 /// # Errors
 /// A [`WireError`] for a malformed batch; never panics on any input.
 pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
-    if frames.len() < 4 || frames.len() % 2 != 0 {
+    if frames.len() < 4 || !frames.len().is_multiple_of(2) {
         return Err(WireError::Frames {
             expected: 4,
             got: frames.len(),

@@ -1,0 +1,156 @@
+//! Events through the bus: no loss after `subscribe` returns, ordering,
+//! the `pub`/`sub` commands, and bounded memory under a fast publisher.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use muster::Client;
+use muster_test::{Proc, free_bus_url};
+use serde_json::{Value, json};
+
+const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
+
+fn spawn_bus(url: &str) -> Proc {
+    let mut c = Command::new(MUSTER);
+    c.args(["bus", "--listen", url, "--log-level", "warn"])
+        .stdout(Stdio::null());
+    Proc::spawn("bus", c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_after_subscribe_arrives_in_order() {
+    let url = free_bus_url();
+    let _bus = spawn_bus(&url);
+    let sub_client = Client::connect(&url).await.unwrap();
+    let mut sub = sub_client.subscribe(&["load.*.n"]).await.unwrap();
+    let publisher = Client::connect(&url).await.unwrap();
+    for i in 0..5_000u64 {
+        publisher.publish("load.a.n", &i).await.unwrap();
+        if i % 1000 == 0 {
+            publisher
+                .publish("load.a.other", &"filtered")
+                .await
+                .unwrap();
+        }
+    }
+    for i in 0..5_000u64 {
+        let e = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+            .await
+            .expect("event arrives")
+            .unwrap();
+        assert_eq!(e.topic, "load.a.n");
+        assert_eq!(e.payload, json!(i), "in publication order");
+    }
+    sub.cancel().await;
+}
+
+#[test]
+fn pub_and_sub_commands() {
+    let url = free_bus_url();
+    let _bus = spawn_bus(&url);
+    let mut cmd = Command::new(MUSTER);
+    cmd.args(["sub", "clock.>", "-n", "2", "--bus", &url])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    assert!(line.starts_with("subscribed to clock.>"), "{line}");
+    for n in 1..=2 {
+        let o = Command::new(MUSTER)
+            .args([
+                "pub",
+                "clock.tick",
+                &format!(r#"{{"n":{n}}}"#),
+                "--bus",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["topic"], "clock.tick");
+    assert_eq!(lines[1]["payload"]["n"], 2);
+}
+
+#[test]
+fn pub_without_a_bus_fails_clearly() {
+    let url = free_bus_url();
+    let o = Command::new(MUSTER)
+        .args(["pub", "a.b", "1", "--bus", &url])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no bus takes events"));
+}
+
+/// A subscriber that stops reading (its stdout pipe is full) must slow the
+/// publisher down, not grow the bus or the subscriber without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_publisher_meets_back_pressure_not_unbounded_memory() {
+    let url = free_bus_url();
+    let bus = spawn_bus(&url);
+    let mut cmd = Command::new(MUSTER);
+    cmd.args(["sub", "flood.>", "--bus", &url])
+        .stdout(Stdio::piped()) // never read
+        .stderr(Stdio::piped());
+    let mut stuck = Proc::spawn("stuck subscriber", cmd);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let bus_before = bus.rss_kib();
+
+    let publisher = Client::connect(&url).await.unwrap();
+    let payload = "x".repeat(1_000);
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut blocked = false;
+    while started.elapsed() < Duration::from_secs(4) {
+        match tokio::time::timeout(
+            Duration::from_millis(500),
+            publisher.publish("flood.x", &payload),
+        )
+        .await
+        {
+            Ok(r) => {
+                r.unwrap();
+                sent += 1;
+            }
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        blocked,
+        "the publisher was never held back ({sent} events sent)"
+    );
+    let bus_rss = bus.rss_kib();
+    let sub_rss = stuck.rss_kib();
+    eprintln!(
+        "sent {sent} events before back-pressure; bus RSS {bus_before} -> {bus_rss} KiB, subscriber {sub_rss} KiB"
+    );
+    assert!(bus_rss < 120 * 1024, "bus RSS {bus_rss} KiB");
+    assert!(sub_rss < 120 * 1024, "subscriber RSS {sub_rss} KiB");
+    assert!(sent < 200_000, "buffering is bounded ({sent} events)");
+    stuck.kill9();
+}
+
+#[test]
+fn pub_rejects_wildcard_topics() {
+    let o = Command::new(MUSTER)
+        .args(["pub", "a.*", "1", "--bus", "zmq://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("without wildcards"));
+}
