@@ -1,17 +1,133 @@
-//! `muster bench` (filled in below).
+//! `muster bench`: each scenario runs muster and a raw ZeroMQ baseline of
+//! the same topology, in separate processes, in the same run, and prints
+//! both rates and their ratio (this machine is noisy: only same-run
+//! ratios mean anything).
+
+mod peer;
+mod pubsub;
+mod rpc;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::{Child, Command};
+
+pub(crate) use peer::{PeerCmd, run_peer};
+
+/// Benchmark scenarios.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Scenario {
+    /// One synchronous caller, 100-byte payloads; also a plain TCP floor.
+    Rpc,
+    /// Many calls in flight from one process.
+    RpcPipelined,
+    /// 100-byte events, publisher → bus → subscriber, three processes.
+    Pubsub,
+    /// Resident memory of an idle echo instance.
+    IdleRss,
+    /// All of the above.
+    All,
+}
 
 #[derive(Debug, clap::Args)]
-pub(crate) struct BenchCmd {}
-
-#[derive(Debug, clap::Args)]
-pub(crate) struct PeerCmd {}
+pub(crate) struct BenchCmd {
+    /// What to measure.
+    #[arg(value_enum, default_value_t = Scenario::All)]
+    scenario: Scenario,
+    /// How long each measurement runs.
+    #[arg(long, default_value = "3s", value_parser = crate::duration::parse)]
+    duration: Duration,
+    /// Calls in flight for rpc-pipelined.
+    #[arg(long, default_value_t = 100)]
+    in_flight: usize,
+    /// Events published in the pubsub scenario.
+    #[arg(long, default_value_t = 2_000_000)]
+    events: u64,
+    /// Payload size in bytes.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+}
 
 impl BenchCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
-        anyhow::bail!("not yet")
+        crate::init_client_logging();
+        println!(
+            "muster bench on {} cores; payload {} bytes; {:?} per measurement",
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            self.size,
+            self.duration
+        );
+        let all = self.scenario == Scenario::All;
+        if all || self.scenario == Scenario::Rpc {
+            rpc::sync(&self).await?;
+        }
+        if all || self.scenario == Scenario::RpcPipelined {
+            rpc::pipelined(&self).await?;
+        }
+        if all || self.scenario == Scenario::Pubsub {
+            pubsub::run(&self).await?;
+        }
+        if all || self.scenario == Scenario::IdleRss {
+            rpc::idle_rss().await?;
+        }
+        Ok(())
     }
 }
 
-pub(crate) fn run_peer(_p: PeerCmd) -> std::process::ExitCode {
-    std::process::ExitCode::FAILURE
+/// Prints one comparison line.
+fn report(scenario: &str, unit: &str, muster: f64, baseline_name: &str, baseline: f64) {
+    println!(
+        "{scenario:<14} muster {:>12} {unit}/s   {baseline_name} {:>12} {unit}/s   ratio {:.2}",
+        fmt_rate(muster),
+        fmt_rate(baseline),
+        if baseline > 0.0 {
+            muster / baseline
+        } else {
+            0.0
+        }
+    );
+}
+
+fn fmt_rate(r: f64) -> String {
+    let n = r.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// This executable, for peer processes.
+fn exe() -> anyhow::Result<PathBuf> {
+    std::env::current_exe().context("cannot find the muster executable")
+}
+
+/// Starts `muster __bench-peer ARGS`.
+fn spawn_peer(args: &[&str]) -> anyhow::Result<Child> {
+    Command::new(exe()?)
+        .arg("__bench-peer")
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start a benchmark peer")
+}
+
+/// A free base port with two more after it.
+fn free_ports() -> anyhow::Result<u16> {
+    for _ in 0..100 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let p = l.local_addr()?.port();
+        drop(l);
+        if p < 65_000 && (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return Ok(p);
+        }
+    }
+    anyhow::bail!("no free ports")
 }

@@ -87,10 +87,14 @@ fn main() -> ExitCode {
         Command::Service { name, args } => demo::run_example(&name, args),
         Command::BenchPeer(p) => bench::run_peer(p),
         other => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = std::env::var("MUSTER_WORKER_THREADS")
+                .ok()
+                .and_then(|n| n.parse().ok())
             {
+                builder.worker_threads(n);
+            }
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("muster: cannot start the runtime: {e}");

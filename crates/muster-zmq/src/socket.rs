@@ -3,7 +3,6 @@
 use bytes::Bytes;
 use muster_core::wire::{self, Envelope, Header, WireError};
 use muster_core::{Error, ErrorKind};
-use omq_tokio::options::WorkloadProfile;
 use omq_tokio::{Message, Options, Socket, SocketType};
 
 /// Socket options shared by muster's sockets: a hard size cap (the
@@ -12,9 +11,7 @@ use omq_tokio::{Message, Options, Socket, SocketType};
 pub(crate) fn options(kind: SocketType, max_message_size: usize) -> Options {
     let mut o = Options::default().linger(std::time::Duration::from_millis(500));
     o.max_message_size = Some(hard_cap(max_message_size));
-    if matches!(kind, SocketType::Dealer | SocketType::Router) {
-        o = o.workload_profile(WorkloadProfile::Latency);
-    }
+    let _ = kind;
     o
 }
 

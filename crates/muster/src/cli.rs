@@ -143,10 +143,14 @@ pub(crate) fn run(services: Vec<Service>, argv: Vec<String>) -> crate::Result<()
         .clone()
         .or_else(|| env.get("MUSTER_BUS").map(str::to_owned))
         .unwrap_or_else(|| crate::bus::DEFAULT_BUS.to_owned());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::from)?;
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = env
+        .get("MUSTER_WORKER_THREADS")
+        .and_then(|n| n.parse().ok())
+    {
+        builder.worker_threads(n);
+    }
+    let runtime = builder.enable_all().build().map_err(Error::from)?;
     let result = runtime.block_on(serve(services, args, bus, sources, env));
     // Do not wait on tasks stuck in handlers beyond the grace already given.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -1,0 +1,138 @@
+//! The processes on the other side of each benchmark.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use bytes::Bytes;
+use muster::prelude::*;
+use omq_tokio::{Message, Options, Proxy, Socket, SocketType};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct PeerCmd {
+    /// raw-router | tcp-echo | muster-echo | raw-proxy | raw-pub | muster-pub
+    kind: String,
+    /// Endpoint (raw peers) or bus URL (muster peers).
+    #[arg(long)]
+    at: String,
+    /// Messages to publish.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Payload size.
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+}
+
+pub(crate) fn run_peer(p: PeerCmd) -> ExitCode {
+    if p.kind == "muster-echo" {
+        let svc = Service::new("bench").rpc("echo", |Args(s): Args<String>| async move { s });
+        let argv = ["bench", "--bus", &p.at, "--log-level", "warn"].map(str::to_owned);
+        return match svc.run_from(argv) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench peer: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if p.kind == "tcp-echo" {
+        return match tcp_echo(&p.at) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tcp-echo: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bench peer: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let r = rt.block_on(async {
+        match p.kind.as_str() {
+            "raw-router" => raw_router(&p.at).await,
+            "raw-proxy" => raw_proxy(&p.at).await,
+            "raw-pub" => raw_pub(&p.at, p.count, p.size).await,
+            "muster-pub" => muster_pub(&p.at, p.count, p.size).await,
+            other => Err(anyhow::anyhow!("unknown peer {other}")),
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench peer {}: {e:#}", p.kind);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tcp_echo(at: &str) -> anyhow::Result<()> {
+    let listener = std::net::TcpListener::bind(at)?;
+    let (mut s, _) = listener.accept()?;
+    s.set_nodelay(true)?;
+    let mut buf = vec![0u8; 100];
+    loop {
+        if s.read_exact(&mut buf).is_err() {
+            return Ok(());
+        }
+        s.write_all(&buf)?;
+    }
+}
+
+async fn raw_router(at: &str) -> anyhow::Result<()> {
+    let s = Socket::new(SocketType::Router, Options::default());
+    s.bind(at).await?;
+    loop {
+        let m = s.recv().await?;
+        s.send(m).await?;
+    }
+}
+
+async fn raw_proxy(at: &str) -> anyhow::Result<()> {
+    let (host, port) = at
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("bad endpoint"))?;
+    let port: u16 = port.parse()?;
+    let xsub = Socket::new(SocketType::XSub, Options::default());
+    xsub.bind(format!("{host}:{port}").as_str()).await?;
+    xsub.subscribe("").await?;
+    let mut o = Options::default();
+    o.xpub_nodrop = true;
+    o.send_hwm = 10_000;
+    let xpub = Socket::new(SocketType::XPub, o);
+    xpub.bind(format!("{host}:{}", port + 1).as_str()).await?;
+    Proxy::new(xsub, xpub).run().await?;
+    Ok(())
+}
+
+async fn raw_pub(at: &str, count: u64, size: usize) -> anyhow::Result<()> {
+    let mut o = Options::default();
+    o.xpub_nodrop = true;
+    let s = Socket::new(SocketType::Pub, o);
+    s.connect(at).await?;
+    s.wait_subscribed(1, std::time::Duration::from_secs(5))
+        .await?;
+    let topic = Bytes::from_static(b"bench.tick");
+    let payload = Bytes::from(vec![b'x'; size]);
+    for _ in 0..count {
+        s.send(Message::multipart([topic.clone(), payload.clone()]))
+            .await?;
+    }
+    s.close().await?;
+    Ok(())
+}
+
+async fn muster_pub(bus: &str, count: u64, size: usize) -> anyhow::Result<()> {
+    let client = muster::Client::connect(bus).await?;
+    let payload = "x".repeat(size.saturating_sub(2));
+    for _ in 0..count {
+        client.publish("bench.tick", &payload).await?;
+    }
+    client.transport().close().await;
+    Ok(())
+}

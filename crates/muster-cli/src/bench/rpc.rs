@@ -1,0 +1,256 @@
+//! RPC scenarios: one synchronous caller, and many calls in flight.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use muster::{CallOptions, Client};
+use muster_zmq::{Bus, BusAddr, BusOptions};
+use omq_tokio::{Message, Options, Socket, SocketType};
+
+use super::{BenchCmd, free_ports, report, spawn_peer};
+
+async fn muster_server() -> anyhow::Result<(Bus, tokio::process::Child, Client)> {
+    let port = free_ports()?;
+    let url = format!("zmq://127.0.0.1:{port}");
+    let addr: BusAddr = url.parse()?;
+    let bus = Bus::start(addr, BusOptions::default()).await?;
+    let child = spawn_peer(&["muster-echo", "--at", &url])?;
+    let client = Client::connect(&url).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client
+        .instances()
+        .await?
+        .iter()
+        .any(|i| i.service == "bench")
+    {
+        anyhow::ensure!(Instant::now() < deadline, "bench service did not register");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok((bus, child, client))
+}
+
+async fn raw_dealer() -> anyhow::Result<(tokio::process::Child, Socket)> {
+    let port = free_ports()?;
+    let ep = format!("tcp://127.0.0.1:{port}");
+    let child = spawn_peer(&["raw-router", "--at", &ep])?;
+    let s = Socket::new(SocketType::Dealer, Options::default());
+    s.connect(ep.as_str()).await?;
+    s.wait_connected(1, Duration::from_secs(10)).await?;
+    Ok((child, s))
+}
+
+/// One caller, one call at a time.
+pub(super) async fn sync(cmd: &BenchCmd) -> anyhow::Result<()> {
+    let payload = "x".repeat(cmd.size.saturating_sub(2));
+
+    // Raw DEALER → ROUTER round trips.
+    let (mut child, s) = raw_dealer().await?;
+    let body = Bytes::from(vec![b'x'; cmd.size]);
+    let raw = timed(cmd.duration, || async {
+        s.send(Message::single(body.clone())).await?;
+        s.recv().await?;
+        Ok(())
+    })
+    .await?;
+    child.kill().await.ok();
+
+    // Plain TCP ping-pong: the floor of this machine.
+    let port = free_ports()?;
+    let at = format!("127.0.0.1:{port}");
+    let mut tcp_child = spawn_peer(&["tcp-echo", "--at", &at])?;
+    let duration = cmd.duration;
+    let size = cmd.size;
+    let tcp = tokio::task::spawn_blocking(move || tcp_pingpong(&at, size, duration)).await??;
+    tcp_child.kill().await.ok();
+
+    // muster: Client::call to an instance in another process.
+    let (bus, mut child, client) = muster_server().await?;
+    let muster = timed(cmd.duration, || async {
+        let _: String = client.call("bench.echo", &payload).await?;
+        Ok(())
+    })
+    .await?;
+    child.kill().await.ok();
+    bus.stop().await;
+
+    report("rpc", "calls", muster, "raw DEALER-ROUTER", raw);
+    println!(
+        "{:<14} tcp ping-pong floor {:>12} round trips/s   muster/tcp {:.2}",
+        "",
+        super::fmt_rate(tcp),
+        muster / tcp
+    );
+    Ok(())
+}
+
+fn tcp_pingpong(at: &str, size: usize, duration: Duration) -> anyhow::Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        match std::net::TcpStream::connect(at) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    s.set_nodelay(true)?;
+    let out = vec![b'x'; size.min(100)];
+    let mut back = vec![0u8; out.len()];
+    // The echo peer reads exactly 100 bytes at a time.
+    let out = if out.len() == 100 {
+        out
+    } else {
+        vec![b'x'; 100]
+    };
+    back.resize(100, 0);
+    let warm = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < warm {
+        s.write_all(&out)?;
+        s.read_exact(&mut back)?;
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        s.write_all(&out)?;
+        s.read_exact(&mut back)?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Runs `op` in a loop for `duration` after a short warm-up; ops per second.
+async fn timed<F, Fut>(duration: Duration, mut op: F) -> anyhow::Result<f64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let warm = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < warm {
+        op().await?;
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        op().await?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Many calls in flight from one process.
+pub(super) async fn pipelined(cmd: &BenchCmd) -> anyhow::Result<()> {
+    let in_flight = cmd.in_flight.max(1);
+
+    // Raw: one DEALER, `in_flight` messages outstanding, one task.
+    let (mut child, s) = raw_dealer().await?;
+    let body = Bytes::from(vec![b'x'; cmd.size]);
+    for _ in 0..in_flight {
+        s.send(Message::single(body.clone())).await?;
+    }
+    let warm = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < warm {
+        s.recv().await?;
+        s.send(Message::single(body.clone())).await?;
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < cmd.duration {
+        s.recv().await?;
+        s.send(Message::single(body.clone())).await?;
+        n += 1;
+    }
+    let raw = n as f64 / start.elapsed().as_secs_f64();
+    child.kill().await.ok();
+
+    // muster: `in_flight` tasks, each calling in a loop.
+    let (bus, mut child, client) = muster_server().await?;
+    let payload = Arc::new("x".repeat(cmd.size.saturating_sub(2)));
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (client, payload, count, stop, measuring) = (
+            client.clone(),
+            payload.clone(),
+            count.clone(),
+            stop.clone(),
+            measuring.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r: Result<String, _> = client
+                    .call_with("bench.echo", payload.as_str(), CallOptions::default())
+                    .await;
+                if r.is_err() {
+                    return r.map(|_| ());
+                }
+                if measuring.load(Ordering::Relaxed) {
+                    count.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(())
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(cmd.duration).await;
+    let muster = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    child.kill().await.ok();
+    bus.stop().await;
+    report(
+        &format!("rpc x{in_flight}"),
+        "calls",
+        muster,
+        "raw DEALER-ROUTER",
+        raw,
+    );
+    Ok(())
+}
+
+/// RSS of an idle echo instance after it settled.
+pub(super) async fn idle_rss() -> anyhow::Result<()> {
+    let port = free_ports()?;
+    let url = format!("zmq://127.0.0.1:{port}");
+    let addr: BusAddr = url.parse()?;
+    let bus = Bus::start(addr, BusOptions::default()).await?;
+    let mut child = tokio::process::Command::new(super::exe()?)
+        .args(["__service", "echo", "--bus", &url, "--log-level", "warn"])
+        .kill_on_drop(true)
+        .spawn()?;
+    let client = Client::connect(&url).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !client
+        .instances()
+        .await?
+        .iter()
+        .any(|i| i.service == "echo")
+    {
+        anyhow::ensure!(Instant::now() < deadline, "echo did not register");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _: serde_json::Value = client
+        .call("echo.shout", &serde_json::json!({"text": "warm"}))
+        .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let pid = child.id().unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ? kB")
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .to_owned();
+    println!("{:<14} idle echo instance RSS {rss}", "idle-rss");
+    child.kill().await.ok();
+    bus.stop().await;
+    Ok(())
+}
