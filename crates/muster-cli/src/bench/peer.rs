@@ -101,9 +101,11 @@ async fn raw_proxy(at: &str) -> anyhow::Result<()> {
     let xsub = Socket::new(SocketType::XSub, Options::default());
     xsub.bind(format!("{host}:{port}").as_str()).await?;
     xsub.subscribe("").await?;
-    let mut o = Options::default();
-    o.xpub_nodrop = true;
-    o.send_hwm = 10_000;
+    let o = Options {
+        xpub_nodrop: true,
+        send_hwm: 10_000,
+        ..Default::default()
+    };
     let xpub = Socket::new(SocketType::XPub, o);
     xpub.bind(format!("{host}:{}", port + 1).as_str()).await?;
     Proxy::new(xsub, xpub).run().await?;
@@ -111,8 +113,10 @@ async fn raw_proxy(at: &str) -> anyhow::Result<()> {
 }
 
 async fn raw_pub(at: &str, count: u64, size: usize) -> anyhow::Result<()> {
-    let mut o = Options::default();
-    o.xpub_nodrop = true;
+    let o = Options {
+        xpub_nodrop: true,
+        ..Default::default()
+    };
     let s = Socket::new(SocketType::Pub, o);
     s.connect(at).await?;
     s.wait_subscribed(1, std::time::Duration::from_secs(5))
