@@ -282,3 +282,43 @@ async fn deadline_bounds_a_slow_call() {
     assert_eq!(e.code, muster::code::TIMEOUT, "{e}");
     bus.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_calls_are_retried_on_another_instance() {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    let mut a = Proc::spawn("a", service(&url, &["--greeting", "hi"]));
+    let mut b = Proc::spawn("b", service(&url, &["--greeting", "hi"]));
+    let instances = wait_registered(&client, "testsvc", 2).await;
+    let c2 = client.clone();
+    let call = tokio::spawn(async move {
+        c2.call::<_, u64>("testsvc.sleep", &json!({"ms": 1500}))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Kill whichever instance is running the call.
+    let mut busy = None;
+    for i in &instances {
+        let s: Value = client
+            .call_with(
+                "testsvc.$stats",
+                &json!({}),
+                CallOptions::default().instance(i.instance.clone()),
+            )
+            .await
+            .unwrap();
+        if s["methods"]["sleep"]["in_flight"] == 1 {
+            busy = Some(s["instance"].as_str().unwrap().to_owned());
+        }
+    }
+    let busy = busy.expect("one instance runs the call");
+    let pid_of = |id: &str| instances.iter().find(|i| i.instance == id).unwrap().pid;
+    if pid_of(&busy) == a.pid() {
+        a.kill9();
+    } else {
+        b.kill9();
+    }
+    assert_eq!(call.await.unwrap().expect("retried on the survivor"), 1500);
+    bus.stop().await;
+}

@@ -121,19 +121,27 @@ pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
     check_tag(&frames[1])?;
     let topic = std::str::from_utf8(&frames[0])
         .map_err(|_| WireError::Header("topic is not UTF-8".into()))?;
-    frames[2..]
-        .chunks_exact(2)
-        .map(|pair| {
-            let mut header = decode_header(&pair[0])?;
-            if header.topic.as_deref() != Some(topic) {
-                header.topic = Some(topic.to_owned());
+    let mut out = Vec::with_capacity((frames.len() - 2) / 2);
+    // A batch usually repeats one header: parse it once.
+    let mut prev: Option<(&Bytes, Header)> = None;
+    for pair in frames[2..].chunks_exact(2) {
+        let header = match &prev {
+            Some((raw, h)) if *raw == &pair[0] => h.clone(),
+            _ => {
+                let mut h = decode_header(&pair[0])?;
+                if h.topic.as_deref() != Some(topic) {
+                    h.topic = Some(topic.to_owned());
+                }
+                prev = Some((&pair[0], h.clone()));
+                h
             }
-            Ok(Envelope {
-                header,
-                body: pair[1].clone(),
-            })
-        })
-        .collect()
+        };
+        out.push(Envelope {
+            header,
+            body: pair[1].clone(),
+        });
+    }
+    Ok(out)
 }
 
 /// Checks a protocol tag frame.

@@ -54,6 +54,7 @@ fn main() -> muster::Result<()> {
         .rpc("hello", hello)
         .rpc("config", config)
         .rpc("sleep", sleep)
+        .idempotent()
         .rpc("crash", crash)
         .on_shutdown(|_ctx| async {
             tracing::info!("shutdown hook ran");

@@ -5,33 +5,59 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use muster_core::topic::{Pattern, is_valid_topic};
 use muster_core::transport::{BoxFuture, EventSink, Subscribed};
 use muster_core::wire::{self, Envelope, Header, Kind};
 use muster_core::{Error, ErrorKind, id};
 use omq_tokio::{Message, Socket, SocketType};
-use tokio::sync::OnceCell;
+use tokio::sync::{OnceCell, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::{Inner, Mode};
 use crate::socket::{self, frames, zmq_error};
 
-/// The process's publisher socket, made on first publish.
+/// Events queued per process before `publish` waits (back-pressure).
+const PUBLISH_QUEUE: usize = 8192;
+/// Most events packed into one message.
+const BATCH_EVENTS: usize = 128;
+/// Most payload bytes packed into one message.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// The process's publisher, made on first publish: a queue drained by
+/// one task that owns the PUB socket.
 #[derive(Debug, Default)]
 pub(crate) struct Events {
-    publisher: OnceCell<Socket>,
+    publisher: OnceCell<Publisher>,
+}
+
+#[derive(Debug)]
+struct Publisher {
+    tx: mpsc::Sender<Envelope>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Events {
     pub(crate) async fn close(&self) {
-        if let Some(s) = self.publisher.get() {
-            // Flush what is queued (bounded by the socket's linger).
-            let _ = s.clone_shared().close().await;
+        if let Some(p) = self.publisher.get() {
+            // Closing the queue lets the task flush what is queued and
+            // close the socket (bounded by its linger).
+            let task = p
+                .task
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(task) = task {
+                let _ =
+                    p.tx.send(Envelope::new(Header::new(Kind::Control), ""))
+                        .await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+            }
         }
     }
 }
 
-async fn publisher(inner: &Inner) -> Result<&Socket, Error> {
+async fn publisher(inner: &Inner) -> Result<&Publisher, Error> {
     inner
         .events
         .publisher
@@ -68,9 +94,69 @@ async fn publisher(inner: &Inner) -> Result<&Socket, Error> {
                         .map_err(|e| zmq_error(&format!("bind events {bind}"), e))?;
                 }
             }
-            Ok(s)
+            let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+            let task = tokio::spawn(send_batches(s, rx));
+            Ok(Publisher {
+                tx,
+                task: Mutex::new(Some(task)),
+            })
         })
         .await
+}
+
+/// Sends queued events, packing consecutive events of one topic into one
+/// message. Batching only takes what is already queued: a lone event goes
+/// out at once. A `Control` envelope is the close marker.
+async fn send_batches(socket: Socket, mut rx: mpsc::Receiver<Envelope>) {
+    let mut queued: Vec<Envelope> = Vec::with_capacity(BATCH_EVENTS);
+    let mut last_header: Option<(Header, Bytes)> = None;
+    'outer: loop {
+        if rx.recv_many(&mut queued, BATCH_EVENTS).await == 0 {
+            break;
+        }
+        let mut rest = queued.drain(..).peekable();
+        while let Some(first) = rest.next() {
+            if first.header.kind == Kind::Control {
+                break 'outer;
+            }
+            let topic = first.header.topic.clone().unwrap_or_default();
+            let mut frames = vec![
+                Bytes::copy_from_slice(topic.as_bytes()),
+                Bytes::from_static(wire::PROTOCOL_TAG),
+            ];
+            let mut bytes = push_event(first, &mut frames, &mut last_header);
+            while let Some(next) = rest.next_if(|n| {
+                n.header.kind != Kind::Control && n.header.topic.as_deref() == Some(topic.as_str())
+            }) {
+                bytes += push_event(next, &mut frames, &mut last_header);
+                if bytes >= BATCH_BYTES {
+                    break;
+                }
+            }
+            if let Err(e) = socket.send(Message::multipart(frames)).await {
+                tracing::warn!(error = %e, "event publisher stopped");
+                break 'outer;
+            }
+        }
+    }
+    let _ = socket.close().await;
+}
+
+/// Appends one event's header and body; reuses the encoded header when it
+/// equals the previous one (the common case of a stream of events).
+fn push_event(e: Envelope, frames: &mut Vec<Bytes>, last: &mut Option<(Header, Bytes)>) -> usize {
+    let header = match last {
+        Some((h, b)) if *h == e.header => b.clone(),
+        _ => {
+            let b = Bytes::from(wire::encode_header(&e.header));
+            *last = Some((e.header, b.clone()));
+            b
+        }
+    };
+    let len = e.body.len();
+    frames.push(header);
+    frames.push(e.body);
+    len
 }
 
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
@@ -93,11 +179,10 @@ pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error>
             ),
         ));
     }
-    let s = publisher(inner).await?;
-    let frames = wire::encode_events(topic, [&event]);
-    s.send(Message::multipart(frames))
+    let p = publisher(inner).await?;
+    p.tx.send(event)
         .await
-        .map_err(|e| zmq_error("publish", e))
+        .map_err(|_| Error::new(ErrorKind::Closed, "the event publisher is closed"))
 }
 
 pub(crate) async fn subscribe(
