@@ -27,6 +27,10 @@ pub(crate) enum Scenario {
     Pubsub,
     /// Resident memory of an idle echo instance.
     IdleRss,
+    /// A muster instance fed by a raw DEALER: the server side alone.
+    RpcServer,
+    /// muster callers against a do-nothing server: the client side alone.
+    RpcClient,
     /// All of the above.
     All,
 }
@@ -68,6 +72,12 @@ impl BenchCmd {
         }
         if all || self.scenario == Scenario::Pubsub {
             pubsub::run(&self).await?;
+        }
+        if self.scenario == Scenario::RpcClient {
+            rpc::client_only(&self).await?;
+        }
+        if self.scenario == Scenario::RpcServer {
+            rpc::server_only(&self).await?;
         }
         if all || self.scenario == Scenario::IdleRss {
             rpc::idle_rss().await?;

@@ -39,6 +39,19 @@ pub(crate) fn frames(msg: &Message) -> Vec<Bytes> {
     (0..msg.len()).filter_map(|i| msg.part_bytes(i)).collect()
 }
 
+/// Reads `[tag, header, body]` starting at part `skip`, without copying
+/// the parts into a vector (the hot path of every request and reply).
+pub(crate) fn envelope_at(msg: &Message, skip: usize) -> Result<Envelope, WireError> {
+    let part = |i| msg.part_bytes(skip + i).unwrap_or_default();
+    if msg.len() < skip + 3 {
+        return Err(WireError::Frames {
+            expected: 3,
+            got: msg.len().saturating_sub(skip),
+        });
+    }
+    Envelope::from_frames(&[part(0), part(1), part(2)])
+}
+
 /// `[tag, header, body]` as one message.
 pub(crate) fn envelope_message(env: &Envelope) -> Message {
     Message::multipart(env.to_frames())
@@ -48,11 +61,6 @@ pub(crate) fn envelope_message(env: &Envelope) -> Message {
 pub(crate) fn routed_message(identity: Bytes, env: &Envelope) -> Message {
     let [tag, header, body] = env.to_frames();
     Message::multipart([identity, tag, header, body])
-}
-
-/// Size of a message body plus header, for the protocol limit.
-pub(crate) fn payload_size(frames: &[Bytes]) -> usize {
-    frames.iter().map(Bytes::len).sum()
 }
 
 /// Best effort: the header of a message that failed to decode, so the

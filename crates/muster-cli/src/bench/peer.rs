@@ -56,6 +56,7 @@ pub(crate) fn run_peer(p: PeerCmd) -> ExitCode {
     let r = rt.block_on(async {
         match p.kind.as_str() {
             "raw-router" => raw_router(&p.at).await,
+            "raw-muster-server" => raw_muster_server(&p.at).await,
             "raw-proxy" => raw_proxy(&p.at).await,
             "raw-pub" => raw_pub(&p.at, p.count, p.size).await,
             "muster-pub" => muster_pub(&p.at, p.count, p.size).await,
@@ -90,6 +91,31 @@ async fn raw_router(at: &str) -> anyhow::Result<()> {
     loop {
         let m = s.recv().await?;
         s.send(m).await?;
+    }
+}
+
+/// Answers muster requests with a canned reply, copying only the id: a
+/// server that costs next to nothing, to measure a muster client alone.
+async fn raw_muster_server(at: &str) -> anyhow::Result<()> {
+    let s = Socket::new(SocketType::Router, Options::default());
+    s.bind(at).await?;
+    let body = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"result":"ok"}"#);
+    loop {
+        let m = s.recv().await?;
+        let (Some(identity), Some(tag), Some(header)) =
+            (m.part_bytes(0), m.part_bytes(1), m.part_bytes(2))
+        else {
+            continue;
+        };
+        let h: serde_json::Value = serde_json::from_slice(&header).unwrap_or_default();
+        let reply = format!(r#"{{"id":{},"kind":"reply"}}"#, h["id"]);
+        s.send(Message::multipart([
+            identity,
+            tag,
+            Bytes::from(reply),
+            body.clone(),
+        ]))
+        .await?;
     }
 }
 

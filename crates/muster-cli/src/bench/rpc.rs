@@ -254,3 +254,88 @@ pub(super) async fn idle_rss() -> anyhow::Result<()> {
     bus.stop().await;
     Ok(())
 }
+
+/// Server capacity alone: a raw DEALER keeps `in_flight` pre-encoded muster
+/// requests outstanding against a muster instance.
+pub(super) async fn server_only(cmd: &BenchCmd) -> anyhow::Result<()> {
+    let (bus, mut child, client) = muster_server().await?;
+    let endpoint = client
+        .instances()
+        .await?
+        .into_iter()
+        .find(|i| i.service == "bench")
+        .map(|i| i.endpoint)
+        .ok_or_else(|| anyhow::anyhow!("bench service vanished"))?;
+    let s = Socket::new(SocketType::Dealer, Options::default());
+    s.connect(endpoint.as_str()).await?;
+    s.wait_connected(1, Duration::from_secs(5)).await?;
+    let payload = "x".repeat(cmd.size.saturating_sub(2));
+    let body = Bytes::from(serde_json::to_vec(&serde_json::json!({
+        "jsonrpc": "2.0", "id": 1, "method": "echo", "params": payload
+    }))?);
+    let header =
+        Bytes::from_static(br#"{"id":"1","kind":"request","service":"bench","method":"echo"}"#);
+    let tag = Bytes::from_static(b"MUSTER/1");
+    let msg = || Message::multipart([tag.clone(), header.clone(), body.clone()]);
+    for _ in 0..cmd.in_flight.max(1) {
+        s.send(msg()).await?;
+    }
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < cmd.duration {
+        s.recv().await?;
+        s.send(msg()).await?;
+        n += 1;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "{:<14} muster instance fed by a raw DEALER, {} in flight: {:>12} calls/s",
+        "rpc-server",
+        cmd.in_flight,
+        super::fmt_rate(rate)
+    );
+    child.kill().await.ok();
+    bus.stop().await;
+    Ok(())
+}
+
+/// Client cost alone: muster callers against a server that does nothing.
+pub(super) async fn client_only(cmd: &BenchCmd) -> anyhow::Result<()> {
+    let port = free_ports()?;
+    let ep = format!("tcp://127.0.0.1:{port}");
+    let mut child = spawn_peer(&["raw-muster-server", "--at", &ep])?;
+    let dir = std::env::temp_dir().join(format!("muster-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("addresses.json");
+    std::fs::write(&file, format!(r#"{{"services": {{"bench": ["{ep}"]}}}}"#))?;
+    let client = Client::new(muster::bus::connect("zmq://unused:1", Some(&file)).await?);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let count = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..cmd.in_flight.max(1) {
+        let (client, count, stop) = (client.clone(), count.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let _: String = client.call("bench.echo", "x").await?;
+                count.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let start = Instant::now();
+    tokio::time::sleep(cmd.duration).await;
+    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    println!(
+        "{:<14} muster callers against a do-nothing server, {} in flight: {:>12} calls/s",
+        "rpc-client",
+        cmd.in_flight,
+        super::fmt_rate(rate)
+    );
+    child.kill().await.ok();
+    Ok(())
+}

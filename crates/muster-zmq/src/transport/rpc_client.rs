@@ -6,14 +6,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use muster_core::RpcError;
 use muster_core::error::code;
 use muster_core::wire::{Envelope, Kind};
-use muster_core::{RpcError, id};
 use omq_tokio::{Socket, SocketType};
 use tokio::sync::oneshot;
 
 use super::{Inner, ZmqOptions};
-use crate::socket::{self, envelope_message, frames};
+use crate::socket::{self, envelope_message};
 
 type Reply = Result<Envelope, RpcError>;
 type PendingMap = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
@@ -24,7 +24,9 @@ pub(crate) struct Conn {
     endpoint: String,
     socket: Socket,
     shared: Arc<Shared>,
+    outbox: tokio::sync::mpsc::Sender<omq_tokio::Message>,
     reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 #[derive(Debug)]
@@ -32,12 +34,43 @@ struct Shared {
     pending: PendingMap,
     outstanding: AtomicUsize,
     next: AtomicU64,
-    prefix: String,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         self.reader.abort();
+        self.writer.abort();
+    }
+}
+
+/// Most requests written in one burst.
+const BURST: usize = 256;
+
+/// Sends requests queued while others were in flight, in bursts. Each
+/// send wakes the socket's writer; sending one request at a time from many
+/// tasks would cost a system call per request. The writer lets the other
+/// callers run once (`yield_now`) before it drains the queue, so requests
+/// from many tasks leave together.
+async fn write_requests(
+    socket: Socket,
+    mut outbox: tokio::sync::mpsc::Receiver<omq_tokio::Message>,
+) {
+    let mut burst = Vec::with_capacity(BURST);
+    while outbox.recv_many(&mut burst, BURST).await > 0 {
+        if burst.len() < BURST {
+            tokio::task::yield_now().await;
+            while burst.len() < BURST {
+                match outbox.try_recv() {
+                    Ok(m) => burst.push(m),
+                    Err(_) => break,
+                }
+            }
+        }
+        for m in burst.drain(..) {
+            if let Err(e) = socket.send(m).await {
+                tracing::debug!(error = %e, "request not sent; its caller will time out");
+            }
+        }
     }
 }
 
@@ -53,7 +86,6 @@ impl Conn {
             pending: Mutex::default(),
             outstanding: AtomicUsize::new(0),
             next: AtomicU64::new(1),
-            prefix: format!("{}-", id::short_id()),
         });
         if let Err(e) = socket.connect(endpoint).await {
             // An unusable endpoint: calls to it fail at once rather than hang.
@@ -64,11 +96,15 @@ impl Conn {
             shared.clone(),
             endpoint.to_owned(),
         ));
+        let (outbox, rx) = tokio::sync::mpsc::channel(4 * BURST);
+        let writer = tokio::spawn(write_requests(socket.clone_shared(), rx));
         Arc::new(Self {
             endpoint: endpoint.to_owned(),
             socket,
             shared,
+            outbox,
             reader,
+            writer,
         })
     }
 
@@ -91,43 +127,41 @@ impl Conn {
     }
 
     /// Sends one request and waits for its reply until `deadline`.
-    async fn call(&self, mut req: Envelope, deadline: Instant) -> Reply {
+    async fn call(&self, mut req: Envelope, deadline: Instant, now: Instant) -> Reply {
         let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
-        req.header.id = format!("{}{n}", self.shared.prefix);
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        req.header.id = n.to_string();
+        let remaining = deadline.saturating_duration_since(now);
         req.header.deadline_ms = Some(remaining.as_millis().try_into().unwrap_or(u64::MAX));
         let (tx, rx) = oneshot::channel();
         lock(&self.shared.pending).insert(n, tx);
-        let _guard = PendingGuard {
+        let mut guard = PendingGuard {
             shared: &self.shared,
             n,
+            armed: true,
         };
-        self.shared.outstanding.fetch_add(1, Ordering::Relaxed);
-        let send = self.socket.send(envelope_message(&req));
-        match tokio::time::timeout(remaining, send).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(RpcError::unavailable(format!(
-                    "send to {}: {e}",
-                    self.endpoint
-                )));
+        // Alone on the connection: send at once (lowest latency). With other
+        // calls in flight: queue for the burst writer (fewest system calls).
+        let alone = self.shared.outstanding.fetch_add(1, Ordering::Relaxed) == 0;
+        let message = envelope_message(&req);
+        let exchange = async {
+            if alone {
+                self.socket.send(message).await.map_err(|e| {
+                    RpcError::unavailable(format!("send to {}: {e}", self.endpoint))
+                })?;
+            } else {
+                self.outbox.send(message).await.map_err(|_| {
+                    RpcError::unavailable(format!("connection to {} closed", self.endpoint))
+                })?;
             }
-            Err(_) => return Err(timeout_error(&req, remaining)),
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, rx).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(RpcError::unavailable(format!(
-                "connection to {} closed",
-                self.endpoint
-            ))),
-            Err(_) => Err(timeout_error(&req, deadline_total(&req))),
-        }
+            rx.await.map_err(|_| {
+                RpcError::unavailable(format!("connection to {} closed", self.endpoint))
+            })?
+        };
+        let outcome = tokio::time::timeout_at(deadline.into(), exchange).await;
+        // Answered (or failed by the reader): the entry is already gone.
+        guard.armed = outcome.is_err();
+        outcome.unwrap_or_else(|_| Err(timeout_error(&req, remaining)))
     }
-}
-
-fn deadline_total(req: &Envelope) -> Duration {
-    Duration::from_millis(req.header.deadline_ms.unwrap_or(0))
 }
 
 fn timeout_error(req: &Envelope, waited: Duration) -> RpcError {
@@ -141,11 +175,15 @@ fn timeout_error(req: &Envelope, waited: Duration) -> RpcError {
 struct PendingGuard<'a> {
     shared: &'a Shared,
     n: u64,
+    /// False once the reply (or a failure) took the entry out.
+    armed: bool,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.shared.pending).remove(&self.n);
+        if self.armed {
+            lock(&self.shared.pending).remove(&self.n);
+        }
         self.shared.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -159,12 +197,7 @@ impl Shared {
     }
 
     fn complete(&self, env: Envelope) {
-        let Some(n) = env
-            .header
-            .id
-            .strip_prefix(self.prefix.as_str())
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
+        let Ok(n) = env.header.id.parse::<u64>() else {
             tracing::debug!(id = %env.header.id, "reply with an id this caller did not send");
             return;
         };
@@ -174,24 +207,34 @@ impl Shared {
     }
 }
 
+fn take_reply(shared: &Shared, msg: &omq_tokio::Message) {
+    match crate::socket::envelope_at(msg, 0) {
+        Ok(env) if env.header.kind == Kind::Reply => shared.complete(env),
+        Ok(_) => tracing::debug!("non-reply message on a caller socket dropped"),
+        Err(e) => crate::socket::log_dropped("reply", &e),
+    }
+}
+
 async fn read_replies(socket: Socket, shared: Arc<Shared>, endpoint: String) {
     let mut seen = socket.connections_generation();
     let mut was_up = false;
     loop {
         tokio::select! {
+            // Replies first: a peer that answers and then exits must have
+            // its answers taken before its departure fails the rest.
+            biased;
             msg = socket.recv() => {
                 let Ok(msg) = msg else { break };
-                match Envelope::from_frames(&frames(&msg)) {
-                    Ok(env) if env.header.kind == Kind::Reply => shared.complete(env),
-                    Ok(_) => tracing::debug!("non-reply message on a caller socket dropped"),
-                    Err(e) => crate::socket::log_dropped("reply", &e),
-                }
+                take_reply(&shared, &msg);
             }
             changed = socket.connections_changed(seen) => {
                 let Ok(generation) = changed else { break };
                 seen = generation;
                 let up = socket.connections().await.map(|c| !c.is_empty()).unwrap_or(false);
                 if was_up && !up {
+                    while let Ok(msg) = socket.try_recv() {
+                        take_reply(&shared, &msg);
+                    }
                     // The instance went away: its calls will never be answered.
                     shared.fail_all(&format!("connection to {endpoint} lost mid-request"));
                 }
@@ -209,34 +252,35 @@ pub(crate) async fn request(
     req: Envelope,
     timeout: Duration,
 ) -> Result<Envelope, RpcError> {
-    let deadline = Instant::now() + timeout;
-    let service = req
-        .header
-        .service
-        .clone()
-        .ok_or_else(|| RpcError::invalid_request("request without a service"))?;
-    let method = req
-        .header
-        .method
-        .clone()
-        .ok_or_else(|| RpcError::invalid_request("request without a method"))?;
-    let instance = req.header.instance.clone();
+    let now = Instant::now();
+    let deadline = now + timeout;
+    let (Some(service), Some(method)) =
+        (req.header.service.as_deref(), req.header.method.as_deref())
+    else {
+        return Err(RpcError::invalid_request(
+            "request without a service and method",
+        ));
+    };
+    let instance = req.header.instance.as_deref();
     let route = inner
         .view
-        .pick(inner, &service, &method, instance.as_deref(), None)
+        .pick(inner, service, method, instance, None)
         .await?;
-    match route.conn.call(req.clone(), deadline).await {
-        Err(e) if e.code == code::UNAVAILABLE && instance.is_none() => {
-            let idempotent = route.info.method(&method).is_some_and(|m| m.idempotent);
-            if !idempotent {
-                return Err(e);
-            }
+    let idempotent = instance.is_none() && route.info.method(method).is_some_and(|m| m.idempotent);
+    if !idempotent {
+        return route.conn.call(req, deadline, now).await;
+    }
+    // Keep a copy to send again if this instance dies mid-request.
+    match route.conn.call(req.clone(), deadline, now).await {
+        Err(e) if e.code == code::UNAVAILABLE => {
+            let service = req.header.service.as_deref().unwrap_or_default();
+            let method = req.header.method.as_deref().unwrap_or_default();
             let retry = inner
                 .view
-                .pick(inner, &service, &method, None, Some(&route.info.instance))
+                .pick(inner, service, method, None, Some(&route.info.instance))
                 .await
                 .map_err(|_| e)?;
-            retry.conn.call(req, deadline).await
+            retry.conn.call(req, deadline, Instant::now()).await
         }
         other => other,
     }

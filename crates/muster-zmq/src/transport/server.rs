@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use muster_core::registry::InstanceInfo;
 use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
 use muster_core::wire::{ContentType, Envelope, Header, Kind, WireError, jsonrpc};
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Inner, Mode};
 use crate::control::{self, Ack, Heartbeat, HeartbeatReply, Unregister};
-use crate::socket::{self, frames, payload_size, routed_message, salvage_header, zmq_error};
+use crate::socket::{self, frames, routed_message, salvage_header, zmq_error};
 
 /// Instances this process serves, for heartbeats.
 #[derive(Debug)]
@@ -198,7 +198,25 @@ async fn heartbeat_once(inner: &Inner) {
     }
 }
 
-type InFlight = BoxFuture<'static, (Bytes, Envelope)>;
+/// A request being handled, tagged with the caller's routing identity.
+struct InFlight {
+    identity: Bytes,
+    reply: BoxFuture<'static, Envelope>,
+}
+
+impl std::future::Future for InFlight {
+    type Output = (Bytes, Envelope);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        self.reply
+            .as_mut()
+            .poll(cx)
+            .map(|reply| (std::mem::take(&mut self.identity), reply))
+    }
+}
 
 async fn serve_loop(
     router: Socket,
@@ -210,9 +228,28 @@ async fn serve_loop(
 ) {
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut draining_until: Option<tokio::time::Instant> = None;
+    let take =
+        |msg: omq_tokio::Message, in_flight: &mut FuturesUnordered<InFlight>, draining: bool| {
+            let identity = msg.part_bytes(0)?;
+            match accept(&msg, max_message_size, draining) {
+                Accepted::Request(env) => {
+                    in_flight.push(InFlight {
+                        identity,
+                        reply: dispatch.dispatch(env),
+                    });
+                    None
+                }
+                Accepted::Refuse(reply) => Some(routed_message(identity, &reply)),
+                Accepted::Drop => None,
+            }
+        };
     loop {
-        let sleep_until = draining_until
-            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400));
+        let drain_deadline = async {
+            match draining_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             Some((identity, reply)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -222,26 +259,29 @@ async fn serve_loop(
                 let grace = grace_rx.try_recv().unwrap_or(Duration::from_secs(10));
                 draining_until = Some(tokio::time::Instant::now() + grace);
             }
-            () = tokio::time::sleep_until(sleep_until), if draining_until.is_some() => {
+            () = drain_deadline => {
                 tracing::warn!(abandoned = in_flight.len(), "shutdown grace ran out with requests in flight");
                 break;
             }
             msg = router.recv(), if in_flight.len() < max_in_flight => {
                 let Ok(msg) = msg else { break };
-                let parts = frames(&msg);
-                let Some((identity, rest)) = parts.split_first() else { continue };
-                match accept(rest, max_message_size, draining_until.is_some()) {
-                    Accepted::Request(env) => {
-                        let fut = dispatch.dispatch(env);
-                        let identity = identity.clone();
-                        in_flight.push(Box::pin(async move { (identity, fut.await) }));
+                let draining = draining_until.is_some();
+                if let Some(refusal) = take(msg, &mut in_flight, draining) {
+                    let _ = router.send(refusal).await;
+                }
+                // Take what else has arrived without waiting, so that the
+                // replies below leave in one burst (one write, not one each).
+                while in_flight.len() < max_in_flight {
+                    let Ok(msg) = router.try_recv() else { break };
+                    if let Some(refusal) = take(msg, &mut in_flight, draining) {
+                        let _ = router.send(refusal).await;
                     }
-                    Accepted::Refuse(reply) => {
-                        let _ = router.send(routed_message(identity.clone(), &reply)).await;
-                    }
-                    Accepted::Drop => {}
                 }
             }
+        }
+        // Send every reply that is ready now before waiting again.
+        while let Some(Some((identity, reply))) = in_flight.next().now_or_never() {
+            let _ = router.send(routed_message(identity, &reply)).await;
         }
         if draining_until.is_some() && in_flight.is_empty() {
             break;
@@ -258,12 +298,15 @@ enum Accepted {
 
 /// Decides what to do with an incoming message: serve it, answer it with an
 /// error the caller can match, or drop it when it cannot be answered.
-fn accept(frames: &[Bytes], max_message_size: usize, draining: bool) -> Accepted {
-    let size = payload_size(frames);
+fn accept(msg: &omq_tokio::Message, max_message_size: usize, draining: bool) -> Accepted {
+    let size = msg.byte_len();
     if size > max_message_size {
-        return refuse(frames, RpcError::too_large(size, max_message_size));
+        return refuse(
+            &frames(msg)[1..],
+            RpcError::too_large(size, max_message_size),
+        );
     }
-    match Envelope::from_frames(frames) {
+    match crate::socket::envelope_at(msg, 1) {
         Ok(env) if env.header.kind != Kind::Request => error_reply(
             &env.header,
             RpcError::invalid_request("expected kind \"request\""),
@@ -273,10 +316,10 @@ fn accept(frames: &[Bytes], max_message_size: usize, draining: bool) -> Accepted
             RpcError::overloaded("instance is shutting down; try another"),
         ),
         Ok(env) => Accepted::Request(env),
-        Err(e @ WireError::Version(_)) => refuse(frames, RpcError::invalid_request(e)),
+        Err(e @ WireError::Version(_)) => refuse(&frames(msg)[1..], RpcError::invalid_request(e)),
         Err(e) => {
             crate::socket::log_dropped("request", &e);
-            refuse(frames, RpcError::invalid_request(e))
+            refuse(&frames(msg)[1..], RpcError::invalid_request(e))
         }
     }
 }

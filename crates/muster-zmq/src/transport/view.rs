@@ -106,33 +106,32 @@ impl RegistryView {
             ))
         })?;
         let builtin = method.starts_with('$');
-        let candidates: Vec<&Arc<Route>> = routes
-            .iter()
-            .filter(|r| instance.is_none_or(|id| r.info.instance == id))
-            .filter(|r| exclude.is_none_or(|id| r.info.instance != id))
-            .filter(|r| self.direct || builtin || r.info.has_method(method))
-            .collect();
-        if candidates.is_empty() {
-            if let Some(id) = instance {
-                return Err(RpcError::unavailable(format!(
-                    "instance {id} of {service} is not registered"
-                )));
-            }
-            if routes.iter().any(|r| r.info.has_method(method)) {
-                return Err(RpcError::unavailable(format!(
-                    "no other instance of {service} to retry on"
-                )));
-            }
-            return Err(RpcError::method_not_found(format!("{service}.{method}")));
-        }
+        let serves = |r: &&Arc<Route>| {
+            instance.is_none_or(|id| r.info.instance == id)
+                && exclude.is_none_or(|id| r.info.instance != id)
+                && (self.direct || builtin || r.info.has_method(method))
+        };
+        // Fewest outstanding requests wins; ties rotate.
         let start = self.rotor.fetch_add(1, Ordering::Relaxed);
-        let n = candidates.len();
+        let n = routes.len();
         let best = (0..n)
-            .map(|i| candidates[(start + i) % n])
-            .min_by_key(|r| r.conn.outstanding())
-            .cloned()
-            .ok_or_else(|| RpcError::unavailable(service))?;
-        Ok(best)
+            .map(|i| &routes[(start + i) % n.max(1)])
+            .filter(serves)
+            .min_by_key(|r| r.conn.outstanding());
+        if let Some(best) = best {
+            return Ok(best.clone());
+        }
+        if let Some(id) = instance {
+            return Err(RpcError::unavailable(format!(
+                "instance {id} of {service} is not registered"
+            )));
+        }
+        if routes.iter().any(|r| r.info.has_method(method)) {
+            return Err(RpcError::unavailable(format!(
+                "no other instance of {service} to retry on"
+            )));
+        }
+        Err(RpcError::method_not_found(format!("{service}.{method}")))
     }
 
     fn ensure_refresher(&self, inner: &Arc<Inner>) {
