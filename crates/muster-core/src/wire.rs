@@ -10,6 +10,7 @@ pub mod jsonrpc;
 pub use codec::ContentType;
 pub use envelope::{
     Envelope, WireError, check_tag, decode_events, decode_header, encode_events, encode_header,
+    same_event_header,
 };
 pub use header::{Header, Kind};
 

@@ -60,6 +60,7 @@ pub(crate) fn run_peer(p: PeerCmd) -> ExitCode {
             "raw-proxy" => raw_proxy(&p.at).await,
             "raw-pub" => raw_pub(&p.at, p.count, p.size).await,
             "muster-pub" => muster_pub(&p.at, p.count, p.size).await,
+            "muster-sub" => muster_sub(&p.at, p.count).await,
             other => Err(anyhow::anyhow!("unknown peer {other}")),
         }
     });
@@ -164,5 +165,24 @@ async fn muster_pub(bus: &str, count: u64, size: usize) -> anyhow::Result<()> {
         client.publish("bench.tick", &payload).await?;
     }
     client.transport().close().await;
+    Ok(())
+}
+
+/// Receives `count` events and prints the rate (for profiling one side).
+async fn muster_sub(bus: &str, count: u64) -> anyhow::Result<()> {
+    let client = muster::Client::connect(bus).await?;
+    let mut sub = client.subscribe(&["bench.>"]).await?;
+    eprintln!("subscribed");
+    let mut first = None;
+    let mut n = 0;
+    while n < count {
+        if sub.recv().await.is_none() {
+            break;
+        }
+        first.get_or_insert_with(std::time::Instant::now);
+        n += 1;
+    }
+    let secs = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    println!("{n} events in {secs:.2} s: {:.0}/s", n as f64 / secs);
     Ok(())
 }

@@ -89,8 +89,9 @@ impl Envelope {
 }
 
 /// Frames of a batch of events on one topic, for prefix-filtering buses:
-/// `[topic, tag, header₁, body₁, header₂, body₂, ...]`. A batch of one is
-/// the common case; batching only packs events already queued.
+/// `[topic, tag, header, body, body, ..., header, body, ...]`. Consecutive
+/// events whose headers are equal share one header whose `count` says how
+/// many bodies follow it. A batch of one is `[topic, tag, header, body]`.
 pub fn encode_events<'a>(
     topic: &str,
     events: impl IntoIterator<Item = &'a Envelope>,
@@ -99,11 +100,42 @@ pub fn encode_events<'a>(
         Bytes::copy_from_slice(topic.as_bytes()),
         Bytes::from_static(PROTOCOL_TAG),
     ];
+    // Runs of events that can share a header: (header, bodies).
+    let mut runs: Vec<(&Header, Vec<Bytes>)> = Vec::new();
     for e in events {
-        frames.push(Bytes::from(encode_header(&e.header)));
-        frames.push(e.body.clone());
+        match runs.last_mut() {
+            Some((h, bodies)) if same_event_header(h, &e.header) => bodies.push(e.body.clone()),
+            _ => runs.push((&e.header, vec![e.body.clone()])),
+        }
+    }
+    for (header, bodies) in runs {
+        let encoded = if bodies.len() == 1 {
+            encode_header(header)
+        } else {
+            encode_header(&Header {
+                count: Some(u32::try_from(bodies.len()).unwrap_or(u32::MAX)),
+                ..header.clone()
+            })
+        };
+        frames.push(Bytes::from(encoded));
+        frames.extend(bodies);
     }
     frames
+}
+
+/// True when two events can share one header frame.
+pub fn same_event_header(a: &Header, b: &Header) -> bool {
+    a.kind == b.kind
+        && a.seq.is_none()
+        && b.seq.is_none()
+        && a.transaction == b.transaction
+        && a.content_type == b.content_type
+        && a.topic == b.topic
+        && a.id == b.id
+        && a.service == b.service
+        && a.method == b.method
+        && a.instance == b.instance
+        && a.deadline_ms == b.deadline_ms
 }
 
 /// Reads the frames written by [`encode_events`]. Each event's header gets
@@ -112,7 +144,7 @@ pub fn encode_events<'a>(
 /// # Errors
 /// A [`WireError`] for a malformed batch; never panics on any input.
 pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
-    if frames.len() < 4 || !frames.len().is_multiple_of(2) {
+    if frames.len() < 4 {
         return Err(WireError::Frames {
             expected: 4,
             got: frames.len(),
@@ -121,25 +153,27 @@ pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
     check_tag(&frames[1])?;
     let topic = std::str::from_utf8(&frames[0])
         .map_err(|_| WireError::Header("topic is not UTF-8".into()))?;
-    let mut out = Vec::with_capacity((frames.len() - 2) / 2);
-    // A batch usually repeats one header: parse it once.
-    let mut prev: Option<(&Bytes, Header)> = None;
-    for pair in frames[2..].chunks_exact(2) {
-        let header = match &prev {
-            Some((raw, h)) if *raw == &pair[0] => h.clone(),
-            _ => {
-                let mut h = decode_header(&pair[0])?;
-                if h.topic.as_deref() != Some(topic) {
-                    h.topic = Some(topic.to_owned());
-                }
-                prev = Some((&pair[0], h.clone()));
-                h
-            }
-        };
-        out.push(Envelope {
-            header,
-            body: pair[1].clone(),
-        });
+    let mut out = Vec::with_capacity(frames.len() - 3);
+    let mut i = 2;
+    while i < frames.len() {
+        let mut header = decode_header(&frames[i])?;
+        let count = header.count.take().unwrap_or(1) as usize;
+        if count == 0 || frames.len() - i - 1 < count {
+            return Err(WireError::Frames {
+                expected: i + 1 + count.max(1),
+                got: frames.len(),
+            });
+        }
+        if header.topic.as_deref() != Some(topic) {
+            header.topic = Some(topic.to_owned());
+        }
+        for body in &frames[i + 1..=i + count] {
+            out.push(Envelope {
+                header: header.clone(),
+                body: body.clone(),
+            });
+        }
+        i += 1 + count;
     }
     Ok(out)
 }
@@ -224,9 +258,17 @@ mod tests {
     fn event_batches_round_trip() {
         let a = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "1");
         let b = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "2");
-        let frames = encode_events("t.a", [&a, &b]);
-        assert_eq!(decode_events(&frames).unwrap(), vec![a, b]);
+        let mut c = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "3");
+        c.header.transaction = Some("T1".into());
+        let frames = encode_events("t.a", [&a, &b, &c]);
+        // a and b share one header; c has its own.
+        assert_eq!(frames.len(), 2 + 1 + 2 + 1 + 1);
+        assert_eq!(decode_events(&frames).unwrap(), vec![a, b, c]);
         assert!(decode_events(&frames[..3]).is_err());
+        assert!(
+            decode_events(&frames[..4]).is_err(),
+            "count says two bodies follow"
+        );
     }
 
     proptest! {

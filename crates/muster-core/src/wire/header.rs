@@ -50,6 +50,10 @@ pub struct Header {
     /// Instance that must answer (requests) or that answered (replies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// Events: how many body frames follow this header and share it
+    /// (batches on ZeroMQ); absent means one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
 }
 
 impl Header {
@@ -66,6 +70,7 @@ impl Header {
             content_type: None,
             seq: None,
             instance: None,
+            count: None,
         }
     }
 

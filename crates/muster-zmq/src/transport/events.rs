@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use muster_core::topic::{Pattern, is_valid_topic};
 use muster_core::transport::{BoxFuture, EventSink, Subscribed};
 use muster_core::wire::{self, Envelope, Header, Kind};
@@ -105,58 +104,41 @@ async fn publisher(inner: &Inner) -> Result<&Publisher, Error> {
 }
 
 /// Sends queued events, packing consecutive events of one topic into one
-/// message. Batching only takes what is already queued: a lone event goes
-/// out at once. A `Control` envelope is the close marker.
+/// message (sharing one header where they can). Batching only takes what
+/// is already queued: a lone event goes out at once. A `Control` envelope
+/// is the close marker.
 async fn send_batches(socket: Socket, mut rx: mpsc::Receiver<Envelope>) {
     let mut queued: Vec<Envelope> = Vec::with_capacity(BATCH_EVENTS);
-    let mut last_header: Option<(Header, Bytes)> = None;
     'outer: loop {
         if rx.recv_many(&mut queued, BATCH_EVENTS).await == 0 {
             break;
         }
-        let mut rest = queued.drain(..).peekable();
-        while let Some(first) = rest.next() {
-            if first.header.kind == Kind::Control {
+        let mut start = 0;
+        while start < queued.len() {
+            if queued[start].header.kind == Kind::Control {
                 break 'outer;
             }
-            let topic = first.header.topic.clone().unwrap_or_default();
-            let mut frames = vec![
-                Bytes::copy_from_slice(topic.as_bytes()),
-                Bytes::from_static(wire::PROTOCOL_TAG),
-            ];
-            let mut bytes = push_event(first, &mut frames, &mut last_header);
-            while let Some(next) = rest.next_if(|n| {
-                n.header.kind != Kind::Control && n.header.topic.as_deref() == Some(topic.as_str())
-            }) {
-                bytes += push_event(next, &mut frames, &mut last_header);
-                if bytes >= BATCH_BYTES {
-                    break;
-                }
+            let topic = queued[start].header.topic.as_deref().unwrap_or("");
+            let mut end = start + 1;
+            let mut bytes = queued[start].body.len();
+            while end < queued.len()
+                && bytes < BATCH_BYTES
+                && queued[end].header.kind != Kind::Control
+                && queued[end].header.topic.as_deref() == Some(topic)
+            {
+                bytes += queued[end].body.len();
+                end += 1;
             }
+            let frames = wire::encode_events(topic, &queued[start..end]);
             if let Err(e) = socket.send(Message::multipart(frames)).await {
                 tracing::warn!(error = %e, "event publisher stopped");
                 break 'outer;
             }
+            start = end;
         }
+        queued.clear();
     }
     let _ = socket.close().await;
-}
-
-/// Appends one event's header and body; reuses the encoded header when it
-/// equals the previous one (the common case of a stream of events).
-fn push_event(e: Envelope, frames: &mut Vec<Bytes>, last: &mut Option<(Header, Bytes)>) -> usize {
-    let header = match last {
-        Some((h, b)) if *h == e.header => b.clone(),
-        _ => {
-            let b = Bytes::from(wire::encode_header(&e.header));
-            *last = Some((e.header, b.clone()));
-            b
-        }
-    };
-    let len = e.body.len();
-    frames.push(header);
-    frames.push(e.body);
-    len
 }
 
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
