@@ -221,8 +221,22 @@ pub(super) async fn idle_rss() -> anyhow::Result<()> {
     let url = format!("zmq://127.0.0.1:{port}");
     let addr: BusAddr = url.parse()?;
     let bus = Bus::start(addr, BusOptions::default()).await?;
-    let mut child = tokio::process::Command::new(super::exe()?)
-        .args(["__service", "echo", "--bus", &url, "--log-level", "warn"])
+    // The example's own binary when it was built (cargo build --release
+    // --workspace), else this one running the same service.
+    let exe = super::exe()?;
+    let example = exe.with_file_name("muster-example-echo");
+    let (mut command, what) = if example.exists() {
+        (
+            tokio::process::Command::new(&example),
+            "muster-example-echo",
+        )
+    } else {
+        let mut c = tokio::process::Command::new(&exe);
+        c.args(["__service", "echo"]);
+        (c, "muster __service echo")
+    };
+    let mut child = command
+        .args(["--bus", &url, "--log-level", "warn"])
         .kill_on_drop(true)
         .spawn()?;
     let client = Client::connect(&url).await?;
@@ -242,14 +256,20 @@ pub(super) async fn idle_rss() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pid = child.id().unwrap_or(0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap_or("VmRSS: ? kB")
-        .trim_start_matches("VmRSS:")
-        .trim()
-        .to_owned();
-    println!("{:<14} idle echo instance RSS {rss}", "idle-rss");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map_or("?".to_owned(), |l| l[name.len()..].trim().to_owned())
+    };
+    println!(
+        "{:<14} idle echo instance ({what}) RSS {} (anonymous {}, file-backed {}), {} threads",
+        "idle-rss",
+        field("VmRSS:"),
+        field("RssAnon:"),
+        field("RssFile:"),
+        field("Threads:")
+    );
     child.kill().await.ok();
     bus.stop().await;
     Ok(())
