@@ -226,6 +226,12 @@ async fn read_replies(socket: Socket, shared: Arc<Shared>, endpoint: String) {
             msg = socket.recv() => {
                 let Ok(msg) = msg else { break };
                 take_reply(&shared, &msg);
+                // Complete every reply already here in one go: the woken
+                // callers then send their next requests as one burst.
+                for _ in 0..BURST {
+                    let Ok(msg) = socket.try_recv() else { break };
+                    take_reply(&shared, &msg);
+                }
             }
             changed = socket.connections_changed(seen) => {
                 let Ok(generation) = changed else { break };
