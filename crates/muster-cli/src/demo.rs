@@ -148,7 +148,8 @@ impl DemoCmd {
     }
 }
 
-async fn wait_for(client: &Client, want: &[(&str, usize)]) -> anyhow::Result<()> {
+/// Waits (up to 15 s) until each service has the given number of instances.
+pub(crate) async fn wait_for(client: &Client, want: &[(&str, usize)]) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let have = client.instances().await.unwrap_or_default();
@@ -159,7 +160,7 @@ async fn wait_for(client: &Client, want: &[(&str, usize)]) -> anyhow::Result<()>
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("example services did not register within 15 s");
+            bail!("services did not register within 15 s: {want:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -57,6 +57,29 @@ pub(crate) enum Mode {
     Direct(Addresses),
 }
 
+/// Runs `job` every `period` until the transport shuts down or is dropped
+/// (heartbeats, registry refreshes).
+pub(crate) fn spawn_periodic<F, Fut>(inner: &Arc<Inner>, period: Duration, job: F)
+where
+    F: Fn(Arc<Inner>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let weak = Arc::downgrade(inner);
+    let stop = inner.shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let Some(inner) = weak.upgrade() else { break };
+            job(inner).await;
+        }
+    });
+}
+
 /// The ZeroMQ transport. Cheap to clone; all clones share sockets.
 #[derive(Debug, Clone)]
 pub struct ZmqTransport {

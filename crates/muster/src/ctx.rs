@@ -180,11 +180,7 @@ impl Ctx {
 
     /// The service's typed config, as declared with
     /// [`Service::config`](crate::Service::config); `None` for another type.
-    pub fn config_of<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        self.config()
-    }
-
-    pub(crate) fn config<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+    pub fn config<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
         self.shared
             .config
             .clone()

@@ -27,7 +27,9 @@ pub struct Tick {
 }
 
 async fn produce(ctx: Ctx) -> Result<(), muster::Error> {
-    let cfg: std::sync::Arc<ProducerConfig> = ctx_config(&ctx);
+    let cfg = ctx
+        .config::<ProducerConfig>()
+        .ok_or_else(|| muster::Error::new(muster::ErrorKind::Config, "producer config missing"))?;
     let mut n = 0;
     let mut every = tokio_interval(cfg.interval_ms);
     loop {
@@ -52,15 +54,6 @@ async fn produce(ctx: Ctx) -> Result<(), muster::Error> {
     }
     tracing::info!(ticks = n, "producer done");
     Ok(())
-}
-
-fn ctx_config(ctx: &Ctx) -> std::sync::Arc<ProducerConfig> {
-    ctx.config_of::<ProducerConfig>().unwrap_or_else(|| {
-        std::sync::Arc::new(ProducerConfig {
-            interval_ms: 1000,
-            count: 0,
-        })
-    })
 }
 
 fn tokio_interval(ms: u64) -> tokio::time::Interval {

@@ -19,16 +19,7 @@ async fn muster_server() -> anyhow::Result<(Bus, tokio::process::Child, Client)>
     let bus = Bus::start(addr, BusOptions::default()).await?;
     let child = spawn_peer(&["muster-echo", "--at", &url])?;
     let client = Client::connect(&url).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client
-        .instances()
-        .await?
-        .iter()
-        .any(|i| i.service == "bench")
-    {
-        anyhow::ensure!(Instant::now() < deadline, "bench service did not register");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::demo::wait_for(&client, &[("bench", 1)]).await?;
     Ok((bus, child, client))
 }
 
@@ -240,16 +231,7 @@ pub(super) async fn idle_rss() -> anyhow::Result<()> {
         .kill_on_drop(true)
         .spawn()?;
     let client = Client::connect(&url).await?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !client
-        .instances()
-        .await?
-        .iter()
-        .any(|i| i.service == "echo")
-    {
-        anyhow::ensure!(Instant::now() < deadline, "echo did not register");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::demo::wait_for(&client, &[("echo", 1)]).await?;
     let _: serde_json::Value = client
         .call("echo.shout", &serde_json::json!({"text": "warm"}))
         .await?;

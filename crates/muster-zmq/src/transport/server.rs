@@ -150,20 +150,8 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
 
 fn start_heartbeats(inner: &Arc<Inner>) {
     inner.served.heartbeat_started.call_once(|| {
-        let weak = Arc::downgrade(inner);
-        let every = inner.options.heartbeat_every;
-        let stop = inner.shutdown.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    _ = tick.tick() => {}
-                }
-                let Some(inner) = weak.upgrade() else { break };
-                heartbeat_once(&inner).await;
-            }
+        super::spawn_periodic(inner, inner.options.heartbeat_every, |inner| async move {
+            heartbeat_once(&inner).await;
         });
     });
 }

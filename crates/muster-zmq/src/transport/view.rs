@@ -139,21 +139,9 @@ impl RegistryView {
             return;
         }
         self.refresher_started.call_once(|| {
-            let weak = Arc::downgrade(inner);
-            let every = inner.options.refresh_every;
-            let stop = inner.shutdown.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        _ = tick.tick() => {}
-                    }
-                    let Some(inner) = weak.upgrade() else { break };
-                    if let Err(e) = inner.view.refresh(&inner).await {
-                        tracing::debug!(error = %e, "registry refresh failed; keeping the last view");
-                    }
+            super::spawn_periodic(inner, inner.options.refresh_every, |inner| async move {
+                if let Err(e) = inner.view.refresh(&inner).await {
+                    tracing::debug!(error = %e, "registry refresh failed; keeping the last view");
                 }
             });
         });
