@@ -73,7 +73,7 @@ impl Bus {
             .await
             .map_err(|e| zmq_error("subscribe event inlet", e))?;
 
-        let mut out_opts = socket::options(SocketType::XPub, options.max_message_size);
+        let mut out_opts = socket::options(options.max_message_size);
         out_opts.xpub_nodrop = true;
         out_opts.send_hwm = options.subscriber_hwm;
         let xpub = omq_tokio::Socket::new(SocketType::XPub, out_opts);

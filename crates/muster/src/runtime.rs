@@ -110,7 +110,7 @@ impl Service {
         let sources = options
             .config
             .unwrap_or_else(|| Sources::default().from_process_env());
-        let (config, _shown) = match &self.config {
+        let (config, config_shown) = match &self.config {
             Some(load) => {
                 let (c, shown) =
                     load(&sources).map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
@@ -172,7 +172,7 @@ impl Service {
             &self,
             ctx.clone(),
             info.clone(),
-            _shown,
+            config_shown,
             started,
         ));
         let served = transport

@@ -61,7 +61,7 @@ async fn publisher(inner: &Inner) -> Result<&Publisher, Error> {
         .events
         .publisher
         .get_or_try_init(|| async {
-            let mut opts = socket::options(SocketType::Pub, inner.options.max_message_size);
+            let mut opts = socket::options(inner.options.max_message_size);
             // Wait instead of dropping when the bus is slow: back-pressure.
             opts.xpub_nodrop = true;
             let s = Socket::new(SocketType::Pub, opts);
