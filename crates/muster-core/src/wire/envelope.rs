@@ -88,7 +88,8 @@ impl Envelope {
     }
 }
 
-/// Frames of a batch of events on one topic, for prefix-filtering buses:
+/// Frames of a batch of events on one topic, for prefix-filtering buses
+/// (every event is delivered on `topic`, whatever its header says):
 /// `[topic, tag, header, body, body, ..., header, body, ...]`. Consecutive
 /// events whose headers are equal share one header whose `count` says how
 /// many bodies follow it. A batch of one is `[topic, tag, header, body]`.
@@ -123,14 +124,14 @@ pub fn encode_events<'a>(
     frames
 }
 
-/// True when two events can share one header frame.
+/// True when two events of one batch can share one header frame. The
+/// topic is not compared: every event of a batch is on the batch's topic.
 pub fn same_event_header(a: &Header, b: &Header) -> bool {
     a.kind == b.kind
         && a.seq.is_none()
         && b.seq.is_none()
         && a.transaction == b.transaction
         && a.content_type == b.content_type
-        && a.topic == b.topic
         && a.id == b.id
         && a.service == b.service
         && a.method == b.method
