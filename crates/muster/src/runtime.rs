@@ -107,6 +107,15 @@ impl Service {
         transport: SharedTransport,
         options: StartOptions,
     ) -> Result<ServiceHandle, Error> {
+        if options.run_main && self.main.is_none() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{}: main mode asked, but the service has no main function",
+                    self.name
+                ),
+            ));
+        }
         let sources = options
             .config
             .unwrap_or_else(|| Sources::default().from_process_env());
@@ -204,15 +213,6 @@ impl Service {
         tracing::info!(service = %self.name, instance = %instance, endpoint = %endpoint, transport = transport.kind(), "service started");
         let main = match (&self.main, options.run_main) {
             (Some(main), true) => Some(tokio::spawn(main(ctx.clone()))),
-            (None, true) => {
-                return Err(Error::new(
-                    ErrorKind::Config,
-                    format!(
-                        "{}: main mode asked, but the service has no main function",
-                        self.name
-                    ),
-                ));
-            }
             _ => None,
         };
         Ok(ServiceHandle {

@@ -242,3 +242,18 @@ fn duplicate_methods_panic_at_the_call_site() {
         .rpc("a", || async { 1 })
         .rpc("a", || async { 2 });
 }
+
+#[tokio::test]
+async fn main_mode_without_main_is_refused_before_serving() {
+    let bus = TestBus::new();
+    let e = Service::new("plain")
+        .rpc("x", || async { 1 })
+        .start_with(bus.transport(), StartOptions::default().main_mode(true))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no main function"), "{e}");
+    assert!(
+        bus.client().instances().await.unwrap().is_empty(),
+        "nothing left serving"
+    );
+}

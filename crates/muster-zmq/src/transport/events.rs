@@ -39,18 +39,23 @@ struct Publisher {
 impl Events {
     pub(crate) async fn close(&self) {
         if let Some(p) = self.publisher.get() {
-            // Closing the queue lets the task flush what is queued and
-            // close the socket (bounded by its linger).
+            // A close marker after the queued events: the task sends what
+            // is before it, then closes the socket (bounded by its linger).
             let task = p
                 .task
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take();
             if let Some(task) = task {
-                let _ =
-                    p.tx.send(Envelope::new(Header::new(Kind::Control), ""))
-                        .await;
-                let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+                // Bounded: a bus that stopped taking events must not hang
+                // the shutdown.
+                let flush = async {
+                    let _ =
+                        p.tx.send(Envelope::new(Header::new(Kind::Control), ""))
+                            .await;
+                    let _ = task.await;
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
             }
         }
     }
