@@ -87,14 +87,7 @@ fn main() -> ExitCode {
         Command::Service { name, args } => demo::run_example(&name, args),
         Command::BenchPeer(p) => bench::run_peer(p),
         other => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = std::env::var("MUSTER_WORKER_THREADS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-            {
-                builder.worker_threads(n);
-            }
-            let runtime = match builder.enable_all().build() {
+            let runtime = match muster::cli::build_runtime(muster::cli::workers_from_env()) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("muster: cannot start the runtime: {e}");

@@ -43,6 +43,9 @@ pub(crate) fn run_peer(p: PeerCmd) -> ExitCode {
             }
         };
     }
+    // Raw peers and the muster publisher are "a user's program": tokio's
+    // default runtime, one worker per core, as `#[tokio::main]` gives.
+    // (muster-echo above runs with `Service::run`'s own defaults.)
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
