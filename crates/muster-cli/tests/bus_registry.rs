@@ -1,7 +1,6 @@
 //! The embedded bus: heartbeats, expiry, balancing, and calls that keep
 //! working while the bus restarts.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use muster::{CallOptions, Client};
@@ -11,16 +10,11 @@ use serde_json::{Value, json};
 const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
 
 fn spawn_bus(url: &str) -> Proc {
-    let mut c = Command::new(MUSTER);
-    c.args(["bus", "--listen", url, "--log-level", "warn"])
-        .stdout(Stdio::null());
-    Proc::spawn("bus", c)
+    muster_test::spawn_bus_process(MUSTER, url)
 }
 
 fn spawn_echo(url: &str) -> Proc {
-    let mut c = Command::new(MUSTER);
-    c.args(["__service", "echo", "--bus", url, "--log-level", "warn"]);
-    Proc::spawn("echo", c)
+    muster_test::spawn_example(MUSTER, url, "echo")
 }
 
 async fn shout(client: &Client, text: &str) -> Result<Value, muster::RpcError> {

@@ -27,16 +27,11 @@ fn stderr(o: &Output) -> String {
 }
 
 fn spawn_bus(url: &str) -> Proc {
-    let mut c = Command::new(MUSTER);
-    c.args(["bus", "--listen", url, "--log-level", "warn"])
-        .stdout(Stdio::null());
-    Proc::spawn("bus", c)
+    muster_test::spawn_bus_process(MUSTER, url)
 }
 
 fn spawn_example(url: &str, name: &str) -> Proc {
-    let mut c = Command::new(MUSTER);
-    c.args(["__service", name, "--bus", url, "--log-level", "warn"]);
-    Proc::spawn(name, c)
+    muster_test::spawn_example(MUSTER, url, name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

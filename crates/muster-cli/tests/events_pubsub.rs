@@ -12,10 +12,7 @@ use serde_json::{Value, json};
 const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
 
 fn spawn_bus(url: &str) -> Proc {
-    let mut c = Command::new(MUSTER);
-    c.args(["bus", "--listen", url, "--log-level", "warn"])
-        .stdout(Stdio::null());
-    Proc::spawn("bus", c)
+    muster_test::spawn_bus_process(MUSTER, url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -155,6 +155,23 @@ where
     }
 }
 
+/// `muster bus --listen URL` as a child process (`muster` is the path of
+/// the binary under test).
+pub fn spawn_bus_process(muster: &str, url: &str) -> Proc {
+    let mut c = Command::new(muster);
+    c.args(["bus", "--listen", url, "--log-level", "warn"])
+        .stdout(Stdio::null());
+    Proc::spawn("bus", c)
+}
+
+/// One of the example services (`echo`, `producer`, `subscriber`) as a
+/// child process, through `muster __service NAME`.
+pub fn spawn_example(muster: &str, url: &str, name: &str) -> Proc {
+    let mut c = Command::new(muster);
+    c.args(["__service", name, "--bus", url, "--log-level", "warn"]);
+    Proc::spawn(name, c)
+}
+
 /// A bus device running in this test process.
 pub async fn start_bus(url: &str) -> muster_zmq::Bus {
     let addr: muster_zmq::BusAddr = url.parse().expect("bus url");
