@@ -138,12 +138,12 @@ impl Client {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let raw = self.call_raw(target, args, options).await?;
-        serde_json::from_str(raw.get()).map_err(|e| {
-            RpcError::parse_error(format!(
-                "result of {target} does not fit {}: {e}",
-                std::any::type_name::<R>()
-            ))
+        let (ct, reply) = self.exchange(target, args, options).await?;
+        jsonrpc::decode_reply_as(ct, &reply.body).map_err(|mut e| {
+            if e.code == crate::code::PARSE_ERROR {
+                e.message = format!("{target}: {}", e.message);
+            }
+            e
         })
     }
 
@@ -157,9 +157,20 @@ impl Client {
         args: &A,
         options: CallOptions,
     ) -> Result<Box<RawValue>, RpcError> {
+        let (ct, reply) = self.exchange(target, args, options).await?;
+        jsonrpc::decode_reply(ct, &reply.body)?
+    }
+
+    /// Sends a request and returns the reply envelope and its content type.
+    async fn exchange<A: Serialize + ?Sized>(
+        &self,
+        target: &str,
+        args: &A,
+        options: CallOptions,
+    ) -> Result<(ContentType, Envelope), RpcError> {
         let (service, method) = split_target(target)?;
-        let id = self.next.fetch_add(1, Ordering::Relaxed).to_string();
-        let body = jsonrpc::encode_request(self.content_type, &id, method, args)?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let body = jsonrpc::encode_request(self.content_type, id, method, args)?;
         let mut header = Header::request(String::new(), service, method);
         header.content_type = self.content_type.header_value();
         header.transaction = options.transaction;
@@ -171,7 +182,7 @@ impl Client {
             .await?;
         let ct = ContentType::from_header(reply.header.content_type.as_deref())
             .map_err(RpcError::parse_error)?;
-        jsonrpc::decode_reply(ct, &reply.body)?
+        Ok((ct, reply))
     }
 
     /// Publishes an event.

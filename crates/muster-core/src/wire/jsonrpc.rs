@@ -45,7 +45,7 @@ struct ValueRequest {
 #[derive(Serialize)]
 struct OutRequest<'a, P: ?Sized> {
     jsonrpc: &'static str,
-    id: &'a str,
+    id: u64,
     method: &'a str,
     params: &'a P,
 }
@@ -56,7 +56,7 @@ struct OutRequest<'a, P: ?Sized> {
 /// When `params` cannot be serialized.
 pub fn encode_request<P: Serialize + ?Sized>(
     ct: ContentType,
-    id: &str,
+    id: u64,
     method: &str,
     params: &P,
 ) -> Result<Vec<u8>, RpcError> {
@@ -210,6 +210,42 @@ pub fn decode_reply(
     }
 }
 
+/// Decodes a reply straight into the result type (one pass, no
+/// intermediate raw value): the caller's hot path.
+///
+/// # Errors
+/// The error the reply carries, or -32700 when the body is not a reply or
+/// its result does not fit `R`.
+pub fn decode_reply_as<R: serde::de::DeserializeOwned>(
+    ct: ContentType,
+    bytes: &[u8],
+) -> Result<R, RpcError> {
+    #[derive(Deserialize)]
+    #[serde(bound = "R: serde::de::DeserializeOwned")]
+    struct Typed<R> {
+        #[serde(default = "Option::default")]
+        result: Option<R>,
+        #[serde(default)]
+        error: Option<RpcError>,
+    }
+    let misfit = |e: &dyn std::fmt::Display| {
+        RpcError::parse_error(format!(
+            "reply does not fit {}: {e}",
+            std::any::type_name::<R>()
+        ))
+    };
+    let typed: Typed<R> = match ct {
+        ContentType::Json => serde_json::from_slice(bytes).map_err(|e| misfit(&e))?,
+        ContentType::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| misfit(&e))?,
+    };
+    match (typed.error, typed.result) {
+        (Some(e), _) => Err(e),
+        (None, Some(r)) => Ok(r),
+        // A null or absent result: whatever `R` makes of null.
+        (None, None) => serde_json::from_str("null").map_err(|e| misfit(&e)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,10 +255,10 @@ mod tests {
     #[test]
     fn request_round_trip_json_and_msgpack() {
         for ct in [ContentType::Json, ContentType::MsgPack] {
-            let b = encode_request(ct, "7", "shout", &serde_json::json!({"text": "hi"})).unwrap();
+            let b = encode_request(ct, 7, "shout", &serde_json::json!({"text": "hi"})).unwrap();
             let r = decode_request(ct, &b).unwrap();
             assert_eq!(r.method, "shout");
-            assert_eq!(r.id, Some(Value::from("7")));
+            assert_eq!(r.id, Some(Value::from(7)));
             assert_eq!(r.params.unwrap().get(), r#"{"text":"hi"}"#);
         }
     }
@@ -261,6 +297,26 @@ mod tests {
             );
             let err = encode_error(ct, &id, &RpcError::method_not_found("x.y"));
             assert_eq!(decode_reply(ct, &err).unwrap().unwrap_err().code, -32601);
+        }
+    }
+
+    #[test]
+    fn typed_replies() {
+        for ct in [ContentType::Json, ContentType::MsgPack] {
+            let id = Some(Value::from(1));
+            let ok = encode_result(ct, &id, &"hi").unwrap();
+            assert_eq!(decode_reply_as::<String>(ct, &ok).unwrap(), "hi");
+            assert_eq!(
+                decode_reply_as::<u32>(ct, &ok).unwrap_err().code,
+                code::PARSE_ERROR
+            );
+            let unit = encode_result(ct, &id, &()).unwrap();
+            decode_reply_as::<()>(ct, &unit).unwrap();
+            let err = encode_error(ct, &id, &RpcError::method_not_found("x"));
+            assert_eq!(
+                decode_reply_as::<String>(ct, &err).unwrap_err().code,
+                -32601
+            );
         }
     }
 
