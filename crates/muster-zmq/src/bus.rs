@@ -35,7 +35,7 @@ impl Default for BusOptions {
             ttl: Duration::from_secs(3),
             sweep_every: Duration::from_millis(250),
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
-            subscriber_hwm: 10_000,
+            subscriber_hwm: 1_000,
         }
     }
 }

@@ -21,7 +21,7 @@ const PUBLISH_QUEUE: usize = 8192;
 /// Most events packed into one message.
 const BATCH_EVENTS: usize = 128;
 /// Most payload bytes packed into one message.
-const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// The process's publisher, made on first publish: a queue drained by
 /// one task that owns the PUB socket.
