@@ -162,21 +162,17 @@ fn demo_once_answers_a_call() {
 fn a_failing_main_exits_non_zero() {
     // No bus: the producer's first publish fails, main returns the error.
     let url = free_bus_url();
-    let o = Command::new(MUSTER)
-        .args([
-            "__service",
-            "producer",
-            "-m",
-            "--count",
-            "1",
-            "--interval_ms",
-            "10",
-            "--bus",
-            &url,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = muster(&[
+        "__service",
+        "producer",
+        "-m",
+        "--count",
+        "1",
+        "--interval_ms",
+        "10",
+        "--bus",
+        &url,
+    ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("no bus takes events"), "{}", stderr(&o));
 }
@@ -185,20 +181,16 @@ fn a_failing_main_exits_non_zero() {
 fn main_mode_exits_0_when_main_returns() {
     let url = free_bus_url();
     let _bus = spawn_bus(&url);
-    let o = Command::new(MUSTER)
-        .args([
-            "__service",
-            "producer",
-            "-m",
-            "--count",
-            "3",
-            "--interval_ms",
-            "10",
-            "--bus",
-            &url,
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = muster(&[
+        "__service",
+        "producer",
+        "-m",
+        "--count",
+        "3",
+        "--interval_ms",
+        "10",
+        "--bus",
+        &url,
+    ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }

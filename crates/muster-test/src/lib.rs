@@ -4,7 +4,6 @@
 
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -172,6 +171,17 @@ pub fn spawn_example(muster: &str, url: &str, name: &str) -> Proc {
     Proc::spawn(name, c)
 }
 
+/// A fresh bus in this test process on free ports, a client connected to
+/// it, and its URL: the start of most tests.
+pub async fn bus_and_client() -> (muster_zmq::Bus, muster::Client, String) {
+    let url = free_bus_url();
+    let bus = start_bus(&url).await;
+    let client = muster::Client::connect(&url)
+        .await
+        .expect("client connects");
+    (bus, client, url)
+}
+
 /// A bus device running in this test process.
 pub async fn start_bus(url: &str) -> muster_zmq::Bus {
     let addr: muster_zmq::BusAddr = url.parse().expect("bus url");
@@ -196,15 +206,4 @@ pub async fn wait_registered(
         },
     )
     .await
-}
-
-/// The path of a binary built by this workspace (`target/<profile>/NAME`),
-/// next to the running test executable.
-pub fn sibling_bin(name: &str) -> PathBuf {
-    let mut p = std::env::current_exe().expect("current exe");
-    p.pop();
-    if p.ends_with("deps") {
-        p.pop();
-    }
-    p.join(name)
 }

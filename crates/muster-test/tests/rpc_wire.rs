@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use muster::Client;
-use muster_test::{Proc, free_bus_url, start_bus, wait_registered};
+use muster_test::{Proc, bus_and_client, free_bus_url, start_bus, wait_registered};
 use omq_tokio::{Message, Options, Socket, SocketType};
 use serde_json::{Value, json};
 
@@ -36,9 +36,7 @@ fn error_of(frames: &[Bytes]) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_get_coded_errors_or_are_dropped() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let _svc = Proc::spawn("svc", {
         let mut c = std::process::Command::new(BIN);
         c.args([

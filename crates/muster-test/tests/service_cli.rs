@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use muster::{CallOptions, Client};
-use muster_test::{Proc, free_bus_url, start_bus, wait_registered};
+use muster_test::{Proc, bus_and_client, wait_registered};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_muster-test-service");
@@ -60,9 +60,7 @@ async fn config_of(client: &Client) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_precedence_file_env_args_and_dotenv() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let dir = std::env::temp_dir().join(format!("muster-cfg-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("svc.toml");
@@ -102,9 +100,7 @@ async fn config_precedence_file_env_args_and_dotenv() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_discovery_and_logs() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let dir = std::env::temp_dir().join(format!("muster-secret-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let log = dir.join("svc.log");
@@ -144,9 +140,7 @@ async fn secrets_stay_out_of_discovery_and_logs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_request_id_and_transaction() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let dir = std::env::temp_dir().join(format!("muster-log-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let log = dir.join("svc.log");
@@ -198,9 +192,7 @@ async fn json_logs_carry_request_id_and_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits_0() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let mut cmd = service(&url, &["--greeting", "hi"]);
     cmd.stderr(Stdio::piped());
     let mut p = Proc::spawn("svc", cmd);
@@ -220,9 +212,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_an_error_reply_not_a_crash() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let _p = Proc::spawn("svc", service(&url, &["--greeting", "hi"]));
     wait_registered(&client, "testsvc", 1).await;
     let e = client
@@ -238,9 +228,7 @@ async fn a_panicking_handler_is_an_error_reply_not_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caller_gets_an_error_when_the_instance_dies_mid_request() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let mut p = Proc::spawn("svc", service(&url, &["--greeting", "hi"]));
     wait_registered(&client, "testsvc", 1).await;
     let c2 = client.clone();
@@ -266,9 +254,7 @@ async fn caller_gets_an_error_when_the_instance_dies_mid_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadline_bounds_a_slow_call() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let _p = Proc::spawn("svc", service(&url, &["--greeting", "hi"]));
     wait_registered(&client, "testsvc", 1).await;
     let e = client
@@ -285,9 +271,7 @@ async fn deadline_bounds_a_slow_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_calls_are_retried_on_another_instance() {
-    let url = free_bus_url();
-    let bus = start_bus(&url).await;
-    let client = Client::connect(&url).await.unwrap();
+    let (bus, client, url) = bus_and_client().await;
     let mut a = Proc::spawn("a", service(&url, &["--greeting", "hi"]));
     let mut b = Proc::spawn("b", service(&url, &["--greeting", "hi"]));
     let instances = wait_registered(&client, "testsvc", 2).await;

@@ -67,17 +67,3 @@ plain_reply!(
     f64,
     serde_json::Value
 );
-
-/// A reply that is already JSON, returned as is.
-#[derive(Debug, Clone)]
-pub struct RawReply(pub Box<RawValue>);
-
-impl IntoReply for RawReply {
-    fn into_reply(self) -> Result<Box<RawValue>, RpcError> {
-        Ok(self.0)
-    }
-
-    fn result_schema() -> Option<Schema> {
-        None
-    }
-}

@@ -30,14 +30,21 @@ pub struct RegistryStats {
 }
 
 #[derive(Debug, Default, Clone)]
-pub(super) struct SharedStats(Arc<[AtomicU64; 3]>);
+pub(super) struct SharedStats(Arc<Counters>);
+
+#[derive(Debug, Default)]
+pub(super) struct Counters {
+    instances: AtomicU64,
+    expired: AtomicU64,
+    bad_messages: AtomicU64,
+}
 
 impl SharedStats {
     pub(super) fn snapshot(&self) -> RegistryStats {
         RegistryStats {
-            instances: self.0[0].load(Ordering::Relaxed),
-            expired: self.0[1].load(Ordering::Relaxed),
-            bad_messages: self.0[2].load(Ordering::Relaxed),
+            instances: self.0.instances.load(Ordering::Relaxed),
+            expired: self.0.expired.load(Ordering::Relaxed),
+            bad_messages: self.0.bad_messages.load(Ordering::Relaxed),
         }
     }
 }
@@ -101,7 +108,7 @@ pub(super) async fn run(
                 });
                 let expired = before - reg.entries.len();
                 if expired > 0 {
-                    stats.0[1].fetch_add(expired as u64, Ordering::Relaxed);
+                    stats.0.expired.fetch_add(expired as u64, Ordering::Relaxed);
                     reg.changed();
                 }
             }
@@ -116,13 +123,16 @@ pub(super) async fn run(
                         }
                     }
                     Err(e) => {
-                        stats.0[2].fetch_add(1, Ordering::Relaxed);
+                        stats.0.bad_messages.fetch_add(1, Ordering::Relaxed);
                         log_dropped("registry message", &e);
                     }
                 }
             }
         }
-        stats.0[0].store(reg.entries.len() as u64, Ordering::Relaxed);
+        stats
+            .0
+            .instances
+            .store(reg.entries.len() as u64, Ordering::Relaxed);
     }
 }
 
