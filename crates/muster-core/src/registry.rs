@@ -68,6 +68,15 @@ pub mod builtin {
     pub const PING: &str = "$ping";
 }
 
+/// The reserved service the host answers control requests on. It is the
+/// one service name with a dot, so no user service can take it.
+pub const HOST_SERVICE: &str = "muster.host";
+
+/// Checks a service name: a valid name, or the reserved [`HOST_SERVICE`].
+pub fn is_valid_service_name(name: &str) -> bool {
+    is_valid_name(name) || name == HOST_SERVICE
+}
+
 /// Checks a service or method name: ASCII letters, digits, `_` and `-`,
 /// starting with a letter; no dots (dots separate service from method).
 pub fn is_valid_name(name: &str) -> bool {
@@ -86,6 +95,8 @@ mod tests {
         assert!(is_valid_name("echo"));
         assert!(is_valid_name("drink_coffee-2"));
         assert!(!is_valid_name("a.b"));
+        assert!(is_valid_service_name("muster.host"));
+        assert!(!is_valid_service_name("muster.other"));
         assert!(!is_valid_name("1x"));
         assert!(!is_valid_name(""));
     }

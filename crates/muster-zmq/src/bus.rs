@@ -12,7 +12,10 @@ use tokio_util::sync::CancellationToken;
 use crate::addr::BusAddr;
 use crate::socket::{self, zmq_error};
 
-pub use registry::RegistryStats;
+pub use registry::{RegistryEvent, RegistryStats};
+
+/// Registry changes kept for a slow [`Bus::watch`] receiver.
+const REGISTRY_EVENT_BACKLOG: usize = 4096;
 
 /// Tuning of the bus device.
 #[derive(Debug, Clone)]
@@ -47,6 +50,7 @@ pub struct Bus {
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     stats: registry::SharedStats,
+    events: tokio::sync::broadcast::Sender<RegistryEvent>,
 }
 
 impl Bus {
@@ -82,12 +86,14 @@ impl Bus {
             .map_err(|e| zmq_error(&format!("bind event outlet {}", addr.events_out()), e))?;
 
         let stats = registry::SharedStats::default();
+        let (events, _) = tokio::sync::broadcast::channel(REGISTRY_EVENT_BACKLOG);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(registry::run(
             router,
             options.clone(),
             shutdown.clone(),
             stats.clone(),
+            events.clone(),
         )));
         let proxy_stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -111,6 +117,7 @@ impl Bus {
             shutdown,
             tasks,
             stats,
+            events,
         })
     }
 
@@ -122,6 +129,13 @@ impl Bus {
     /// Registry counters.
     pub fn stats(&self) -> RegistryStats {
         self.stats.snapshot()
+    }
+
+    /// Registry changes from now on (registrations, goodbyes, expiries).
+    /// A receiver that falls more than 4,096 changes behind gets
+    /// `Lagged` and should list the registry again.
+    pub fn watch(&self) -> tokio::sync::broadcast::Receiver<RegistryEvent> {
+        self.events.subscribe()
     }
 
     /// Stops serving and closes the endpoints.

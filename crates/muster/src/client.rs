@@ -267,9 +267,10 @@ impl Client {
     }
 }
 
-/// Splits `service.method` at the first dot.
+/// Splits `service.method` at the last dot (method names have no dots;
+/// the reserved host service `muster.host` has one).
 pub(crate) fn split_target(target: &str) -> Result<(&str, &str), RpcError> {
-    match target.split_once('.') {
+    match target.rsplit_once('.') {
         Some((s, m)) if !s.is_empty() && !m.is_empty() => Ok((s, m)),
         _ => Err(RpcError::invalid_request(format!(
             "{target:?} is not SERVICE.METHOD"

@@ -12,7 +12,7 @@ use crate::config::{ConfigError, Sources};
 use crate::ctx::Ctx;
 use crate::handler::{ErasedHandler, Handler, Schemas, erase};
 use crate::transport::BoxFuture;
-use muster_core::registry::is_valid_name;
+use muster_core::registry::{is_valid_name, is_valid_service_name};
 use muster_core::topic::Pattern;
 
 /// The error type of `main` and `init` functions.
@@ -103,7 +103,7 @@ impl Service {
     pub fn new(name: impl Into<String>) -> Self {
         let name = name.into();
         assert!(
-            is_valid_name(&name),
+            is_valid_service_name(&name),
             "invalid service name {name:?}: use letters, digits, `_` and `-`, starting with a letter"
         );
         Self {

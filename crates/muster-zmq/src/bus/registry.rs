@@ -81,11 +81,35 @@ impl Registry {
     }
 }
 
+/// A change in the registry, as the bus's own process sees it (the host
+/// uses these for readiness and missed heartbeats).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum RegistryEvent {
+    /// An instance registered (or registered again after a bus restart).
+    Registered(InstanceInfo),
+    /// An instance said goodbye.
+    Unregistered {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        instance: String,
+    },
+    /// An instance missed its heartbeats for the bus's ttl and was dropped.
+    Expired {
+        /// Service name.
+        service: String,
+        /// Instance id.
+        instance: String,
+    },
+}
+
 pub(super) async fn run(
     router: Socket,
     options: BusOptions,
     shutdown: CancellationToken,
     stats: SharedStats,
+    events: tokio::sync::broadcast::Sender<RegistryEvent>,
 ) {
     let mut reg = Registry {
         epoch: random_epoch(),
@@ -103,6 +127,10 @@ pub(super) async fn run(
                     let alive = now.duration_since(e.last_seen) < options.ttl;
                     if !alive {
                         tracing::info!(service = %e.info.service, instance = %id, "instance expired (no heartbeat)");
+                        let _ = events.send(RegistryEvent::Expired {
+                            service: e.info.service.clone(),
+                            instance: id.clone(),
+                        });
                     }
                     alive
                 });
@@ -118,7 +146,7 @@ pub(super) async fn run(
                 let Some((identity, rest)) = parts.split_first() else { continue };
                 match Envelope::from_frames(rest) {
                     Ok(env) => {
-                        if let Some(reply) = handle(&mut reg, env) {
+                        if let Some(reply) = handle(&mut reg, env, &events) {
                             let _ = router.send(routed_message(identity.clone(), &reply)).await;
                         }
                     }
@@ -136,7 +164,11 @@ pub(super) async fn run(
     }
 }
 
-fn handle(reg: &mut Registry, env: Envelope) -> Option<Envelope> {
+fn handle(
+    reg: &mut Registry,
+    env: Envelope,
+    events: &tokio::sync::broadcast::Sender<RegistryEvent>,
+) -> Option<Envelope> {
     if env.header.kind != Kind::Control {
         return None;
     }
@@ -145,6 +177,7 @@ fn handle(reg: &mut Registry, env: Envelope) -> Option<Envelope> {
         control::REGISTER => match serde_json::from_slice::<InstanceInfo>(&env.body) {
             Ok(info) => {
                 tracing::info!(service = %info.service, instance = %info.instance, endpoint = %info.endpoint, "instance registered");
+                let _ = events.send(RegistryEvent::Registered(info.clone()));
                 reg.entries.insert(
                     info.instance.clone(),
                     Entry {
@@ -175,6 +208,10 @@ fn handle(reg: &mut Registry, env: Envelope) -> Option<Envelope> {
             let u: Unregister = serde_json::from_slice(&env.body).ok()?;
             if let Some(e) = reg.entries.remove(&u.instance) {
                 tracing::info!(service = %e.info.service, instance = %u.instance, "instance left");
+                let _ = events.send(RegistryEvent::Unregistered {
+                    service: e.info.service,
+                    instance: u.instance,
+                });
                 reg.changed();
             }
             encode(&Ack::default())
