@@ -41,7 +41,7 @@ pub(crate) struct BenchCmd {
     #[arg(value_enum, default_value_t = Scenario::All)]
     scenario: Scenario,
     /// How long each measurement runs.
-    #[arg(long, default_value = "3s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "3s", value_parser = muster_core::duration::parse)]
     duration: Duration,
     /// Calls in flight for rpc-pipelined.
     #[arg(long, default_value_t = 100)]

@@ -10,7 +10,7 @@ pub(crate) struct BusCmd {
     #[arg(long, value_name = "URL")]
     listen: Option<String>,
     /// Drop an instance after this long without a heartbeat.
-    #[arg(long, default_value = "3s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "3s", value_parser = muster_core::duration::parse)]
     ttl: std::time::Duration,
     /// Log level.
     #[arg(long, default_value = "info")]

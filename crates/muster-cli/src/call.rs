@@ -15,7 +15,7 @@ pub(crate) struct CallCmd {
     /// Params: a JSON object or array (default {}).
     params: Option<String>,
     /// How long to wait for the reply.
-    #[arg(long, default_value = "5s", value_parser = crate::duration::parse)]
+    #[arg(long, default_value = "5s", value_parser = muster_core::duration::parse)]
     timeout: Duration,
     /// Send to one instance only.
     #[arg(long)]

@@ -5,7 +5,6 @@ mod bench;
 mod bus;
 mod call;
 mod demo;
-mod duration;
 mod events;
 mod ls;
 

@@ -28,6 +28,8 @@ pub mod code {
     pub const OVERLOADED: i64 = -32002;
     /// The message is larger than the configured limit.
     pub const TOO_LARGE: i64 = -32003;
+    /// The request lacks the right token (host control).
+    pub const UNAUTHORIZED: i64 = -32004;
 }
 
 /// A coded error reply, as carried in a JSON-RPC `error` member.
@@ -118,6 +120,11 @@ impl RpcError {
             code::TOO_LARGE,
             format!("message of {size} bytes is over the limit of {limit}"),
         )
+    }
+
+    /// -32004: a control request without the host's token.
+    pub fn unauthorized(detail: impl fmt::Display) -> Self {
+        Self::new(code::UNAUTHORIZED, format!("unauthorized: {detail}"))
     }
 
     /// True for errors that another attempt may cure (timeouts, unavailability).

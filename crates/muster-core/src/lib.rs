@@ -13,6 +13,7 @@
 //! assert_eq!(Envelope::from_frames(&frames).unwrap(), env);
 //! ```
 
+pub mod duration;
 pub mod error;
 pub mod id;
 pub mod registry;

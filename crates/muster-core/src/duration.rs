@@ -1,8 +1,15 @@
-//! `500ms`, `5s`, `2m`, `1h`, or plain seconds.
+//! Durations as people write them: `500ms`, `5s`, `2m`, `1h`, or plain
+//! seconds (`2`, `0.5`). Used by the CLI and the host manifest.
 
 use std::time::Duration;
 
-pub(crate) fn parse(s: &str) -> Result<Duration, String> {
+/// Parses a duration; the error says what was wrong, in one line.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(muster_core::duration::parse("250ms"), Ok(Duration::from_millis(250)));
+/// ```
+pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

@@ -1,0 +1,451 @@
+//! The driver: owns the bus, the control service and the child processes,
+//! feeds what happens to the [`Supervisor`] and carries out its effects.
+//! One task holds all state, so there are no locks and every input is
+//! handled to the end before the next.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use muster::Client;
+use muster_core::registry::HOST_SERVICE;
+use muster_core::transport::SharedTransport;
+use muster_core::{Error, ErrorKind};
+use muster_zmq::{Bus, BusAddr, BusOptions, RegistryEvent, ZmqOptions, ZmqTransport};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::control::{self, Command};
+use crate::manifest::{Manifest, ManifestError, Substitutions};
+use crate::supervisor::{Effect, Supervisor, Timer};
+use crate::{persist, process, token};
+
+/// How to run a host.
+#[derive(Debug, Clone, Default)]
+pub struct HostOptions {
+    /// Manifest files; the first may carry `[host]`.
+    pub files: Vec<PathBuf>,
+    /// The `muster` executable that implements `__exec` (children die
+    /// with the host); `None` spawns services directly.
+    pub launcher: Option<PathBuf>,
+    /// `${...}` values for the manifest.
+    pub substitutions: Substitutions,
+}
+
+/// Where a running host can be reached.
+#[derive(Debug, Clone)]
+pub struct HostInfo {
+    /// The bus URL.
+    pub bus: String,
+    /// The control service's endpoint.
+    pub control: String,
+    /// The token file.
+    pub token_file: PathBuf,
+    /// Where instance logs go.
+    pub log_dir: PathBuf,
+    /// Transactions started at boot.
+    pub transactions: Vec<String>,
+}
+
+/// Why a host could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The manifest is not valid.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The bus or the control service could not start.
+    #[error("{0}")]
+    Bus(#[from] Error),
+    /// The state directory or token could not be written.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+enum Input {
+    Exited {
+        transaction: String,
+        generation: u64,
+        status: std::process::ExitStatus,
+    },
+    Timer(Timer),
+}
+
+/// Runs the host until `stop` resolves (or SIGINT/SIGTERM), then stops
+/// every service in reverse dependency order and returns. `ready` gets
+/// where the host can be reached once it is up.
+///
+/// # Errors
+/// An invalid manifest, a bus that cannot bind, an unwritable state dir.
+pub async fn run(
+    options: HostOptions,
+    ready: Option<oneshot::Sender<HostInfo>>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), HostError> {
+    let manifest = Manifest::load(&options.files, &options.substitutions)?;
+    let io = |what: String| move |source| HostError::Io { what, source };
+    let state_dir = manifest.host.state_dir.clone();
+    std::fs::create_dir_all(&state_dir)
+        .map_err(io(format!("cannot create {}", state_dir.display())))?;
+    let token_file = state_dir.join("token");
+    let token = token::ensure(&token_file).map_err(io(format!(
+        "cannot create the token {}",
+        token_file.display()
+    )))?;
+    let log_dir = state_dir.join("logs");
+
+    let addr: BusAddr = manifest.host.bus.parse()?;
+    let bus = Bus::start(addr.clone(), BusOptions::default())
+        .await
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{e} (is another host or bus running on {addr}?)"),
+            )
+        })?;
+    let mut registry = bus.watch();
+    let mut zmq_options = ZmqOptions::default();
+    zmq_options
+        .bind_host
+        .clone_from(&manifest.host.control_bind);
+    let transport: SharedTransport =
+        Arc::new(ZmqTransport::connect(addr.clone(), zmq_options).await?);
+    let client = Client::new(transport.clone());
+    let mut updates = client.subscribe(&[muster::UPDATE_TOPIC]).await?;
+
+    let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
+    let control = control::service(token, commands_tx)
+        .start_with(transport.clone(), muster::StartOptions::default())
+        .await?;
+    let control_endpoint = client
+        .instances()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .find(|i| i.service == HOST_SERVICE)
+        .map(|i| i.endpoint)
+        .unwrap_or_default();
+
+    let (inputs_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
+    let mut driver = Driver {
+        supervisor: Supervisor::new(&manifest.contexts),
+        manifest,
+        options,
+        bus_url: addr.to_string(),
+        log_dir: log_dir.clone(),
+        client: client.clone(),
+        inputs: inputs_tx,
+    };
+    let restored = persist::load(&state_dir);
+    let (booted, effects) = driver.supervisor.boot(Instant::now(), &restored);
+    driver.apply(effects).await;
+    tracing::info!(bus = %addr, control = %control_endpoint, token = %token_file.display(), "host running");
+    if let Some(ready) = ready {
+        let _ = ready.send(HostInfo {
+            bus: addr.to_string(),
+            control: control_endpoint,
+            token_file,
+            log_dir,
+            transactions: booted,
+        });
+    }
+
+    let mut stop = std::pin::pin!(stop);
+    let mut signals = Signals::new()?;
+    let mut stopping = false;
+    loop {
+        if stopping && driver.supervisor.is_idle() {
+            break;
+        }
+        tokio::select! {
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                driver.shutdown().await;
+            }
+            () = signals.recv(), if !stopping => {
+                stopping = true;
+                driver.shutdown().await;
+            }
+            Some(input) = inputs.recv() => driver.input(input).await,
+            Some(cmd) = commands.recv() => driver.command(cmd).await,
+            ev = registry.recv() => match ev {
+                Ok(RegistryEvent::Registered(info)) => {
+                    let e = driver.supervisor.registered(Instant::now(), &info.instance);
+                    driver.apply(e).await;
+                }
+                Ok(RegistryEvent::Expired { instance, .. }) => {
+                    let e = driver.supervisor.expired(Instant::now(), &instance);
+                    driver.apply(e).await;
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "registry watch fell behind");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            Some(ev) = updates.recv() => {
+                let instance = ev.payload.get("instance").and_then(|v| v.as_str()).unwrap_or("");
+                let status = ev.payload.get("status").cloned().unwrap_or_default();
+                let e = driver.supervisor.updated(Instant::now(), instance, status);
+                driver.apply(e).await;
+            }
+        }
+    }
+    tracing::info!("host stopped every service");
+    control.stop().await;
+    drop(updates);
+    transport.close().await;
+    bus.stop().await;
+    Ok(())
+}
+
+struct Driver {
+    supervisor: Supervisor,
+    manifest: Manifest,
+    options: HostOptions,
+    bus_url: String,
+    log_dir: PathBuf,
+    client: Client,
+    inputs: mpsc::UnboundedSender<Input>,
+}
+
+impl Driver {
+    async fn shutdown(&mut self) {
+        tracing::info!("stopping every service");
+        let e = self.supervisor.shutdown(Instant::now());
+        self.apply(e).await;
+    }
+
+    async fn input(&mut self, input: Input) {
+        let now = Instant::now();
+        let e = match input {
+            Input::Exited {
+                transaction,
+                generation,
+                status,
+            } => {
+                self.supervisor
+                    .exited(now, &transaction, generation, process::exit_status(status))
+            }
+            Input::Timer(t) => self.supervisor.timer(now, t),
+        };
+        self.apply(e).await;
+    }
+
+    /// Carries out effects, and those that follow from them (a spawn
+    /// answers with `spawned`), until none are left.
+    async fn apply(&mut self, effects: Vec<Effect>) {
+        let mut queue: VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Spawn(s) => {
+                    let launched = process::spawn(
+                        &s,
+                        &self.bus_url,
+                        &self.log_dir,
+                        self.options.launcher.as_deref(),
+                    );
+                    let now = Instant::now();
+                    let more = match launched.and_then(|c| {
+                        c.id()
+                            .map(|p| (p, c))
+                            .ok_or_else(|| std::io::Error::other("no pid"))
+                    }) {
+                        Ok((pid, mut child)) => {
+                            let tx = self.inputs.clone();
+                            let (transaction, generation) = (s.transaction.clone(), s.generation);
+                            tokio::spawn(async move {
+                                if let Ok(status) = child.wait().await {
+                                    let _ = tx.send(Input::Exited {
+                                        transaction,
+                                        generation,
+                                        status,
+                                    });
+                                }
+                            });
+                            self.supervisor
+                                .spawned(now, &s.transaction, s.generation, pid)
+                        }
+                        Err(e) => self.supervisor.spawn_failed(
+                            now,
+                            &s.transaction,
+                            s.generation,
+                            &format!("cannot run {}: {e}", s.spec.command),
+                        ),
+                    };
+                    queue.extend(more);
+                }
+                Effect::Signal { pid, signal } => process::signal(pid, signal),
+                Effect::Timer { after, timer } => {
+                    let tx = self.inputs.clone();
+                    if after.is_zero() {
+                        let _ = tx.send(Input::Timer(timer));
+                    } else {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(after).await;
+                            let _ = tx.send(Input::Timer(timer));
+                        });
+                    }
+                }
+                Effect::Publish { topic, body } => {
+                    if let Err(e) = self.client.publish(&topic, &body).await {
+                        tracing::warn!(topic, error = %e, "cannot publish a host event");
+                    }
+                }
+                Effect::Persist => {
+                    let record = self.supervisor.persisted();
+                    if let Err(e) = persist::save(&self.manifest.host.state_dir, &record) {
+                        tracing::error!(error = %e, "cannot record the running transactions");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves an omitted transaction: the only running one.
+    fn resolve(&self, transaction: Option<String>) -> Result<String, String> {
+        if let Some(t) = transaction {
+            return Ok(t);
+        }
+        let all = self.supervisor.transactions();
+        let running: Vec<&(String, String, bool)> = all.iter().filter(|t| t.2).collect();
+        match running.as_slice() {
+            [one] => Ok(one.0.clone()),
+            [] => Err("no transaction is running; give one with --transaction".into()),
+            many => Err(format!(
+                "several transactions are running; give one with --transaction: {}",
+                many.iter()
+                    .map(|t| format!("{} ({})", t.0, t.1))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        match cmd {
+            Command::Status { transaction, reply } => {
+                let _ = reply.send(self.supervisor.status(now, transaction.as_deref()));
+            }
+            Command::Start {
+                context,
+                transaction,
+                reply,
+            } => {
+                let (r, e) = self.supervisor.start(now, context.as_deref(), transaction);
+                self.apply(e).await;
+                let _ = reply.send(r);
+            }
+            Command::Stop {
+                transaction,
+                service,
+                reply,
+            } => {
+                let r = match self.resolve(transaction) {
+                    Ok(t) => {
+                        let (r, e) = self.supervisor.stop(now, &t, service.as_deref());
+                        self.apply(e).await;
+                        r.map(|()| t)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Restart {
+                transaction,
+                service,
+                reply,
+            } => {
+                let r = match self.resolve(transaction) {
+                    Ok(t) => {
+                        let (r, e) = self.supervisor.restart(now, &t, service.as_deref());
+                        self.apply(e).await;
+                        r.map(|()| t)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Exit { transaction, reply } => {
+                let r = match self.resolve(transaction) {
+                    Ok(t) => {
+                        let (r, e) = self.supervisor.exit(now, &t);
+                        self.apply(e).await;
+                        r.map(|()| t)
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Reload { reply } => {
+                let r = match Manifest::load(&self.manifest.files, &self.options.substitutions) {
+                    Ok(m) => {
+                        if m.host != self.manifest.host {
+                            tracing::warn!(
+                                "[host] settings changed; they apply when the host starts again"
+                            );
+                        }
+                        let (report, e) = self.supervisor.reload(now, &m.contexts);
+                        self.manifest.contexts = m.contexts;
+                        self.apply(e).await;
+                        Ok(report)
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                let _ = reply.send(r);
+            }
+            Command::Logs {
+                transaction,
+                service,
+                reply,
+            } => {
+                let r = self.resolve(transaction).and_then(|t| {
+                    let status = self.supervisor.status(now, Some(&t));
+                    let svc = status
+                        .transactions
+                        .first()
+                        .and_then(|tx| tx.services.iter().find(|s| s.name == service))
+                        .ok_or_else(|| format!("no service {service:?} in transaction {t}"))?;
+                    Ok(svc
+                        .instances
+                        .iter()
+                        .map(|i| process::log_path(&self.log_dir, &t, &service, i.slot))
+                        .collect())
+                });
+                let _ = reply.send(r);
+            }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, HostError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let io = |source| HostError::Io {
+            what: "cannot watch signals".into(),
+            source,
+        };
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).map_err(io)?,
+            term: signal(SignalKind::terminate()).map_err(io)?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+        }
+    }
+}

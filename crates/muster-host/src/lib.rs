@@ -1,0 +1,35 @@
+//! The muster host: runs contexts of services from a manifest as
+//! supervised OS processes on an embedded bus (`muster up`).
+//!
+//! - [`manifest`] reads `muster.toml` (documented in `docs/manifest.md`).
+//! - [`supervisor`] is the state machine: restart policies, strategies,
+//!   budgets, dependency order, triggers. It does no I/O.
+//! - [`host`] drives it: the bus, the control service `muster.host`,
+//!   processes, timers and the transaction record.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), muster_host::HostError> {
+//! use muster_host::{HostOptions, run};
+//! let options = HostOptions {
+//!     files: vec!["muster.toml".into()],
+//!     ..Default::default()
+//! };
+//! // Runs until SIGINT/SIGTERM (or the future given as `stop`).
+//! run(options, None, std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod control;
+pub mod events;
+mod host;
+pub mod manifest;
+mod persist;
+pub mod process;
+pub mod status;
+pub mod supervisor;
+pub mod token;
+
+pub use control::{ControlRequest, Done, REFUSED};
+pub use host::{HostError, HostInfo, HostOptions, run};
+pub use manifest::{Manifest, ManifestError};
+pub use status::Status;

@@ -1,0 +1,155 @@
+//! Service processes: spawning with the instance's environment and log
+//! file, signalling the process group, and `muster __exec`, the small
+//! launcher that makes a child die with the host.
+//!
+//! Each instance runs in its own process group (so a stop reaches the
+//! programs it started, and Ctrl-C in the host's terminal reaches only the
+//! host, which then stops everything in order). The launcher asks the
+//! kernel to SIGKILL the child when the host dies (`PR_SET_PDEATHSIG`) and
+//! then `exec`s the service, so even a `kill -9` of the host leaves no
+//! orphan service behind.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::supervisor::{ExitStatus, Spawn, StopSignal};
+
+/// Where an instance's stdout and stderr go.
+pub fn log_path(log_dir: &Path, transaction: &str, service: &str, slot: u32) -> PathBuf {
+    log_dir
+        .join(transaction)
+        .join(format!("{service}.{slot}.log"))
+}
+
+/// Starts the process of `spawn`; its stdout and stderr are appended to
+/// its log file.
+///
+/// # Errors
+/// The program cannot be found or started, or the log file cannot be
+/// opened.
+pub fn spawn(
+    spawn: &Spawn,
+    bus: &str,
+    log_dir: &Path,
+    launcher: Option<&Path>,
+) -> std::io::Result<tokio::process::Child> {
+    let spec = &spawn.spec;
+    let program = resolve(&spec.command, &spec.cwd)?;
+    let path = log_path(log_dir, &spawn.transaction, &spec.name, spawn.slot);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
+    let _ = writeln!(
+        log,
+        "--- muster: starting {} as instance {} of transaction {}",
+        spec.command, spawn.instance, spawn.transaction
+    );
+    let mut cmd = match launcher {
+        Some(exe) => {
+            let mut c = tokio::process::Command::new(exe);
+            c.arg("__exec")
+                .arg(std::process::id().to_string())
+                .arg(&program)
+                .args(&spec.args);
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new(&program);
+            c.args(&spec.args);
+            c
+        }
+    };
+    cmd.current_dir(&spec.cwd)
+        .envs(&spec.env)
+        .env("MUSTER_BUS", bus)
+        .env("MUSTER_SERVICE", &spec.name)
+        .env("MUSTER_INSTANCE", &spawn.instance)
+        .env("MUSTER_TRANSACTION", &spawn.transaction)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(false);
+    cmd.spawn()
+}
+
+/// Finds `command` the way the child would: a path (relative to `cwd`)
+/// or a name on `PATH`. Checked before spawning so a missing program is a
+/// clear "failed start" rather than an exit code.
+fn resolve(command: &str, cwd: &Path) -> std::io::Result<PathBuf> {
+    let not_found = |what: String| std::io::Error::new(std::io::ErrorKind::NotFound, what);
+    if command.contains('/') {
+        let p = cwd.join(command);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(not_found(format!("program {} not found", p.display())))
+        };
+    }
+    std::env::var_os("PATH")
+        .unwrap_or_default()
+        .to_string_lossy()
+        .split(':')
+        .map(|d| Path::new(d).join(command))
+        .find(|p| p.is_file())
+        .ok_or_else(|| not_found(format!("program {command:?} not found on PATH")))
+}
+
+/// How a child ended, from its wait status.
+pub fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => ExitStatus::Code(c),
+        (None, Some(s)) => ExitStatus::Signal(s),
+        (None, None) => ExitStatus::Code(-1),
+    }
+}
+
+/// Signals the process group of `pid`; a group already gone is not an error.
+pub fn signal(pid: u32, signal: StopSignal) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let sig = match signal {
+        StopSignal::Term => Signal::SIGTERM,
+        StopSignal::Kill => Signal::SIGKILL,
+    };
+    if let Err(e) = killpg(Pid::from_raw(raw), sig)
+        && e != nix::errno::Errno::ESRCH
+    {
+        tracing::warn!(pid, ?sig, error = %e, "cannot signal process group");
+    }
+}
+
+/// `muster __exec HOST_PID PROGRAM ARGS...`: arranges to be killed when
+/// the host dies, then becomes PROGRAM. Returns only on failure.
+pub fn exec_child(args: Vec<OsString>) -> ExitCode {
+    let mut args = args.into_iter();
+    let host: Option<i32> = args.next().and_then(|a| a.to_str()?.parse().ok());
+    let Some(program) = args.next() else {
+        eprintln!("muster __exec: usage: muster __exec HOST_PID PROGRAM [ARGS...]");
+        return ExitCode::from(2);
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL) {
+        eprintln!("muster __exec: cannot ask to die with the host: {e}");
+    }
+    // The host may have died between fork and prctl: then nobody would
+    // kill us, so do not start at all.
+    if host.is_some_and(|h| nix::unistd::getppid().as_raw() != h) {
+        eprintln!("muster __exec: the host is gone; not starting");
+        return ExitCode::from(1);
+    }
+    let err = std::process::Command::new(&program).args(args).exec();
+    eprintln!(
+        "muster __exec: cannot run {}: {err}",
+        Path::new(&program).display()
+    );
+    ExitCode::from(127)
+}

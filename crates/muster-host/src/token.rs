@@ -1,0 +1,87 @@
+//! The control token: a random secret the host writes (mode 0600) on
+//! first start and `muster ctl` reads. Whoever can read the file may
+//! control the host; nobody else can.
+
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Reads the token at `path`, creating it first if there is none.
+///
+/// # Errors
+/// The file cannot be read or created.
+pub fn ensure(path: &Path) -> std::io::Result<String> {
+    match read(path) {
+        Ok(t) => {
+            let mode = std::fs::metadata(path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), "token file was readable by others; setting mode 0600");
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(t)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let token = generate()?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            writeln!(f, "{token}")?;
+            Ok(token)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads the token at `path`.
+///
+/// # Errors
+/// The file cannot be read or is empty.
+pub fn read(path: &Path) -> std::io::Result<String> {
+    let t = std::fs::read_to_string(path)?.trim().to_owned();
+    if t.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("token file {} is empty", path.display()),
+        ));
+    }
+    Ok(t)
+}
+
+/// 32 random bytes from the operating system, as hex.
+fn generate() -> std::io::Result<String> {
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Compares without stopping at the first difference, so the time taken
+/// does not tell how much of a guess was right.
+pub fn matches(expected: &str, given: &str) -> bool {
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn created_private_and_stable() {
+        let dir = std::env::temp_dir().join(format!("muster-token-{}", std::process::id()));
+        let path = dir.join("token");
+        let _ = std::fs::remove_dir_all(&dir);
+        let t = ensure(&path).unwrap();
+        assert_eq!(t.len(), 64);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(ensure(&path).unwrap(), t, "a second start keeps the token");
+        assert!(matches(&t, &t));
+        assert!(!matches(&t, "nope"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
