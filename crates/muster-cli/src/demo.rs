@@ -1,24 +1,25 @@
-//! `muster demo`: the embedded bus plus the example services, each in its
-//! own process, answering a call.
+//! `muster demo`: a host running the demo context (the seeds'
+//! StateMachineSample chained by triggers, plus two echo instances),
+//! answering calls and printing lifecycle events.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use muster::Client;
-use muster_zmq::{Bus, BusAddr, BusOptions};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
-use tokio::process::{Child, Command};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoCmd {
     /// Where the bus listens.
     #[arg(long, default_value = "zmq://127.0.0.1:7700")]
     bus: String,
-    /// Make the call, print it and exit instead of running until Ctrl-C.
+    /// Run one cycle of the state machine, then stop, instead of running until Ctrl-C.
     #[arg(long)]
     once: bool,
+    /// State directory: token, transaction record, logs.
+    #[arg(long, default_value = ".muster")]
+    state_dir: PathBuf,
 }
 
 /// Runs one example service in this process (the `__service` command).
@@ -27,10 +28,15 @@ pub(crate) fn run_example(name: &str, args: Vec<String>) -> ExitCode {
         "echo" => muster_example_echo::service(),
         "producer" => muster_example_producer::service(),
         "subscriber" => muster_example_subscriber::service(),
-        other => {
-            eprintln!("muster: no example service {other:?} (echo, producer, subscriber)");
-            return ExitCode::from(2);
-        }
+        other => match muster_example_statemachine::service(other) {
+            Some(s) => s,
+            None => {
+                eprintln!(
+                    "muster: no example service {other:?} (echo, producer, subscriber, stand, walk, drink_coffee, run)"
+                );
+                return ExitCode::from(2);
+            }
+        },
     };
     let argv = std::iter::once(format!("muster-{name}")).chain(args);
     match service.run_from(argv) {
@@ -42,109 +48,93 @@ pub(crate) fn run_example(name: &str, args: Vec<String>) -> ExitCode {
     }
 }
 
-struct Children(Vec<(String, Child)>);
-
-impl Children {
-    fn spawn(&mut self, bus: &str, name: &str, extra: &[&str], log: &str) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("cannot find the muster executable")?;
-        let child = Command::new(exe)
-            .arg("__service")
-            .arg(name)
-            .args(["--bus", bus, "--log-level", log])
-            .args(extra)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        self.0.push((name.to_owned(), child));
-        Ok(())
-    }
-
-    /// SIGTERM, then SIGKILL after a grace.
-    async fn stop(mut self) {
-        for (_, c) in &self.0 {
-            if let Some(pid) = c.id().and_then(|p| i32::try_from(p).ok()) {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-            }
-        }
-        for (name, c) in &mut self.0 {
-            match tokio::time::timeout(Duration::from_secs(5), c.wait()).await {
-                Ok(Ok(status)) => println!("  {name} exited: {status}"),
-                _ => {
-                    let _ = c.kill().await;
-                    println!("  {name} killed after 5 s");
-                }
-            }
-        }
-        self.0.clear();
-    }
-}
+/// The demo manifest (also runnable as `muster up examples/demo/muster.toml`).
+const DEMO_MANIFEST: &str = include_str!("../../../examples/demo/muster.toml");
 
 impl DemoCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         crate::init_client_logging();
-        let addr: BusAddr = self.bus.parse()?;
-        let bus = Bus::start(addr.clone(), BusOptions::default())
-            .await
-            .with_context(|| format!("cannot start the bus at {addr} (is another bus running? try --bus zmq://127.0.0.1:PORT)"))?;
-        println!(
-            "bus: {addr}  (registry {}, events in {}, out {})",
-            addr.registry(),
-            addr.events_in(),
-            addr.events_out()
-        );
-
-        let url = addr.to_string();
-        let mut children = Children(Vec::new());
-        let started = async {
-            children.spawn(&url, "echo", &[], "warn")?;
-            children.spawn(&url, "echo", &[], "warn")?;
-            children.spawn(&url, "subscriber", &[], "info")?;
-            let client = Client::connect(&url).await?;
-            wait_for(&client, &[("echo", 2), ("subscriber", 1)]).await?;
-            children.spawn(&url, "producer", &["-m", "--interval_ms", "1000"], "warn")?;
-            anyhow::Ok(client)
-        }
-        .await;
-        let client = match started {
-            Ok(c) => c,
-            Err(e) => {
-                children.stop().await;
-                bus.stop().await;
-                return Err(e);
-            }
+        let state_dir = self.state_dir.clone();
+        std::fs::create_dir_all(&state_dir)
+            .with_context(|| format!("cannot create {}", state_dir.display()))?;
+        let manifest = state_dir.join("demo.toml");
+        std::fs::write(&manifest, DEMO_MANIFEST)
+            .with_context(|| format!("cannot write {}", manifest.display()))?;
+        let options = crate::up::host_options(
+            vec![manifest.clone()],
+            Some(self.bus.clone()),
+            Some(state_dir.clone()),
+        )?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let host = tokio::spawn(muster_host::run(options, Some(ready_tx), async {
+            let _ = stop_rx.await;
+        }));
+        let Ok(info) = ready_rx.await else {
+            return match host.await {
+                Ok(Err(e)) => Err(anyhow::anyhow!("{e}")),
+                _ => Err(anyhow::anyhow!("the host did not start")),
+            };
         };
+        println!("demo manifest: {}", manifest.display());
+        crate::up::print_banner(&info);
+        let shown = self.show(&info).await;
+        // On Ctrl-C the host stops by itself; otherwise tell it to.
+        let _ = stop_tx.send(());
+        let r = host.await.context("the host task failed")?;
+        println!("stopped");
+        r?;
+        shown
+    }
 
+    /// Shows the demo: calls echo across its two instances, prints the
+    /// status, then the lifecycle events (with `--once`, one full cycle).
+    async fn show(&self, info: &muster_host::HostInfo) -> anyhow::Result<()> {
+        let client = Client::connect(&info.bus).await?;
+        let mut events = client.subscribe(&["muster.control.>"]).await?;
+        wait_for(&client, &[("echo", 2)]).await?;
         let args = serde_json::json!({"text": "hi", "times": 2});
-        let reply: Result<serde_json::Value, _> = client.call("echo.shout", &args).await;
+        let mut last = None;
+        for _ in 0..10 {
+            last = Some(client.call::<_, serde_json::Value>("echo.shout", &args).await?);
+        }
         println!(
-            "call echo.shout {args} -> {}",
-            match &reply {
-                Ok(v) => v.to_string(),
-                Err(e) => format!("error {e}"),
-            }
+            "call echo.shout {args} x10 -> {}",
+            last.map(|v| v.to_string()).unwrap_or_default()
         );
-        println!("running: 2 x echo, subscriber, producer (main mode, a clock.tick a second)");
-        for i in client.instances().await.unwrap_or_default() {
-            println!(
-                "  {:<11} {:<20} pid {:<7} {}",
-                i.service, i.instance, i.pid, i.endpoint
-            );
+        for report in client.stats(Some("echo")).await?.into_iter().flatten() {
+            let n = report.methods.get("shout").map_or(0, |m| m.num_requests);
+            println!("  served by {}: {n} calls", report.instance);
         }
+        println!("try, in another terminal:");
+        println!("  muster ctl status");
+        println!("  muster call echo.shout '{{\"text\":\"hi\",\"times\":2}}'");
+        println!("  muster sub 'muster.>'        muster ctl logs echo");
         if !self.once {
-            println!("try, in another terminal:");
-            println!("  muster call echo.shout '{{\"text\":\"hi\",\"times\":2}}'");
-            println!("  muster ls        muster stats        muster sub 'clock.>'");
-            println!("Ctrl-C stops the demo.");
-            crate::bus::wait_for_signal().await;
+            println!("Ctrl-C stops the demo (the host stops every service in reverse order).");
         }
-        println!("stopping");
-        client.transport().close().await;
-        children.stop().await;
-        bus.stop().await;
-        if reply.is_err() {
-            bail!("the demo call failed");
+        println!("lifecycle events (stand -> walk -> drink_coffee -> run -> stand ...):");
+        loop {
+            let ev = tokio::select! {
+                ev = events.recv() => ev,
+                () = crate::bus::wait_for_signal(), if !self.once => return Ok(()),
+                () = tokio::time::sleep(Duration::from_secs(30)) => bail!("no lifecycle event for 30 s"),
+            };
+            let Some(ev) = ev else { return Ok(()) };
+            let p = &ev.payload;
+            let text = |k: &str| p.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
+            let status = p.get("status").map(|s| format!(" {s}")).unwrap_or_default();
+            println!(
+                "  {:<13} {:<8} {}{}",
+                text("service"),
+                text("event"),
+                text("instance"),
+                status
+            );
+            if self.once && text("service") == "run" && text("event") == "exited" {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 }
 

@@ -4,9 +4,11 @@
 mod bench;
 mod bus;
 mod call;
+mod ctl;
 mod demo;
 mod events;
 mod ls;
+mod up;
 
 use std::process::ExitCode;
 
@@ -50,7 +52,11 @@ impl BusArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the embedded bus: registry and event forwarder.
+    /// Run the host: the bus, a control endpoint and the contexts of a manifest.
+    Up(up::UpCmd),
+    /// Control a running host: status, start, stop, restart, exit, reload, logs.
+    Ctl(ctl::CtlCmd),
+    /// Run the embedded bus alone: registry and event forwarder.
     Bus(bus::BusCmd),
     /// Call SERVICE.METHOD with JSON params; print the result (exit 0) or the error (exit 1).
     Call(call::CallCmd),
@@ -62,7 +68,7 @@ enum Command {
     Ls(ls::LsCmd),
     /// Per-method statistics of every instance (or of one service).
     Stats(ls::StatsCmd),
-    /// Run the demo: a bus and the example services as processes, answering a call.
+    /// Run the demo context (StateMachineSample and echo) under a host.
     Demo(demo::DemoCmd),
     /// Measure RPC and pub/sub against raw ZeroMQ and TCP baselines.
     Bench(bench::BenchCmd),
@@ -75,6 +81,13 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Become PROGRAM, dying with the host (used by the host to spawn services).
+    #[command(name = "__exec", hide = true)]
+    Exec {
+        /// PID of the host, then the program and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
+    },
     /// A benchmark peer process (used by `bench`).
     #[command(name = "__bench-peer", hide = true)]
     BenchPeer(bench::PeerCmd),
@@ -84,6 +97,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Service { name, args } => demo::run_example(&name, args),
+        Command::Exec { args } => muster_host::process::exec_child(args),
         Command::BenchPeer(p) => bench::run_peer(p),
         other => {
             let runtime = match muster::cli::build_runtime(muster::cli::workers_from_env()) {
@@ -102,6 +116,8 @@ fn main() -> ExitCode {
 
 async fn dispatch(command: Command) -> ExitCode {
     let result = match command {
+        Command::Up(c) => c.run().await,
+        Command::Ctl(c) => c.run().await,
         Command::Bus(c) => c.run().await,
         Command::Call(c) => return c.run().await,
         Command::Pub(c) => c.run().await,
@@ -110,7 +126,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Stats(c) => c.run().await,
         Command::Demo(c) => c.run().await,
         Command::Bench(c) => c.run().await,
-        Command::Service { .. } | Command::BenchPeer(_) => Ok(()),
+        Command::Service { .. } | Command::Exec { .. } | Command::BenchPeer(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,8 +139,13 @@ async fn dispatch(command: Command) -> ExitCode {
 
 /// Quiet logging for client commands: warnings and errors on stderr.
 fn init_client_logging() {
+    init_logging(&std::env::var("MUSTER_LOG_LEVEL").unwrap_or_else(|_| "warn".into()));
+}
+
+/// Logging on stderr at `level`.
+fn init_logging(level: &str) {
     let _ = muster::logging::init(&muster::logging::LogOptions {
-        level: &std::env::var("MUSTER_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        level,
         file: None,
         rotate: muster::logging::Rotate::Never,
         keep: 1,

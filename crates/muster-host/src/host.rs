@@ -30,6 +30,10 @@ pub struct HostOptions {
     pub launcher: Option<PathBuf>,
     /// `${...}` values for the manifest.
     pub substitutions: Substitutions,
+    /// Overrides `[host] bus`.
+    pub bus: Option<String>,
+    /// Overrides `[host] state_dir`.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where a running host can be reached.
@@ -66,6 +70,17 @@ pub enum HostError {
     },
 }
 
+impl HostOptions {
+    fn apply_overrides(&self, manifest: &mut Manifest) {
+        if let Some(b) = &self.bus {
+            manifest.host.bus.clone_from(b);
+        }
+        if let Some(d) = &self.state_dir {
+            manifest.host.state_dir.clone_from(d);
+        }
+    }
+}
+
 enum Input {
     Exited {
         transaction: String,
@@ -86,7 +101,8 @@ pub async fn run(
     ready: Option<oneshot::Sender<HostInfo>>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), HostError> {
-    let manifest = Manifest::load(&options.files, &options.substitutions)?;
+    let mut manifest = Manifest::load(&options.files, &options.substitutions)?;
+    options.apply_overrides(&mut manifest);
     let io = |what: String| move |source| HostError::Io { what, source };
     let state_dir = manifest.host.state_dir.clone();
     std::fs::create_dir_all(&state_dir)
@@ -384,7 +400,8 @@ impl Driver {
             }
             Command::Reload { reply } => {
                 let r = match Manifest::load(&self.manifest.files, &self.options.substitutions) {
-                    Ok(m) => {
+                    Ok(mut m) => {
+                        self.options.apply_overrides(&mut m);
                         if m.host != self.manifest.host {
                             tracing::warn!(
                                 "[host] settings changed; they apply when the host starts again"

@@ -1,0 +1,260 @@
+//! `muster ctl`: control a running host (token-authenticated calls to
+//! `muster.host`).
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use muster_host::{ControlRequest, Done, Status};
+use serde::de::DeserializeOwned;
+
+use crate::BusArg;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct CtlCmd {
+    #[command(subcommand)]
+    action: Action,
+    #[command(flatten)]
+    bus: BusArg,
+    /// The host's token file [default: $MUSTER_TOKEN_FILE, else .muster/token].
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// Transactions, services and instances with pid, state and restarts.
+    Status {
+        /// Only this transaction.
+        transaction: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a transaction of a context (a new id unless given).
+    Start {
+        /// The context [default: the only one in the manifest].
+        context: Option<String>,
+        /// Transaction id (20 characters A-Z0-9 are generated if omitted).
+        #[arg(short, long)]
+        transaction: Option<String>,
+    },
+    /// Stop a transaction, or one of its services.
+    Stop(Target),
+    /// Restart a transaction, or one of its services.
+    Restart(Target),
+    /// End a transaction: stop everything and forget it.
+    Exit {
+        /// Transaction [default: the only running one].
+        #[arg(short, long)]
+        transaction: Option<String>,
+    },
+    /// Re-read the manifest and apply the difference.
+    Reload,
+    /// Print (and with -f follow) the output of a service's instances.
+    Logs {
+        /// The service.
+        service: String,
+        /// Transaction [default: the only running one].
+        #[arg(short, long)]
+        transaction: Option<String>,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines of each instance's log to print first.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct Target {
+    /// Only this service.
+    service: Option<String>,
+    /// Transaction [default: the only running one].
+    #[arg(short, long)]
+    transaction: Option<String>,
+}
+
+impl CtlCmd {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        crate::init_client_logging();
+        let token = self.token()?;
+        let client = self.bus.client().await?;
+        let call = |method: &'static str, req: ControlRequest| {
+            let client = client.clone();
+            async move { call::<serde_json::Value>(&client, method, req).await }
+        };
+        let req = |transaction: Option<String>, service: Option<String>| ControlRequest {
+            token: token.clone(),
+            transaction,
+            service,
+            context: None,
+        };
+        match self.action {
+            Action::Status { transaction, json } => {
+                let v = call("status", req(transaction, None)).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print_status(&serde_json::from_value(v)?);
+                }
+            }
+            Action::Start {
+                context,
+                transaction,
+            } => {
+                let mut r = req(transaction, None);
+                r.context = context;
+                let d: Done = serde_json::from_value(call("start", r).await?)?;
+                println!("started transaction {}", d.transaction);
+            }
+            Action::Stop(t) => {
+                let what = t.service.clone();
+                let d: Done = serde_json::from_value(call("stop", req(t.transaction, t.service)).await?)?;
+                println!("stopping {}{}", d.transaction, what.map(|s| format!("/{s}")).unwrap_or_default());
+            }
+            Action::Restart(t) => {
+                let what = t.service.clone();
+                let d: Done =
+                    serde_json::from_value(call("restart", req(t.transaction, t.service)).await?)?;
+                println!("restarting {}{}", d.transaction, what.map(|s| format!("/{s}")).unwrap_or_default());
+            }
+            Action::Exit { transaction } => {
+                let d: Done = serde_json::from_value(call("exit", req(transaction, None)).await?)?;
+                println!("ending {}", d.transaction);
+            }
+            Action::Reload => {
+                let v = call("reload", req(None, None)).await?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            Action::Logs {
+                service,
+                transaction,
+                follow,
+                lines,
+            } => {
+                let files: Vec<PathBuf> =
+                    serde_json::from_value(call("logs", req(transaction, Some(service))).await?)?;
+                logs(&files, lines, follow).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn token(&self) -> anyhow::Result<String> {
+        if let Ok(t) = std::env::var("MUSTER_TOKEN")
+            && !t.is_empty()
+        {
+            return Ok(t);
+        }
+        let path = self
+            .token_file
+            .clone()
+            .or_else(|| std::env::var_os("MUSTER_TOKEN_FILE").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(".muster/token"));
+        muster_host::token::read(&path).with_context(|| {
+            format!(
+                "cannot read the host's token from {} (give --token-file or MUSTER_TOKEN_FILE)",
+                path.display()
+            )
+        })
+    }
+}
+
+async fn call<T: DeserializeOwned>(
+    client: &muster::Client,
+    method: &str,
+    req: ControlRequest,
+) -> anyhow::Result<T> {
+    let target = format!("{}.{method}", muster::registry::HOST_SERVICE);
+    match client.call::<_, T>(&target, &req).await {
+        Ok(v) => Ok(v),
+        Err(e) if e.code == muster::code::METHOD_NOT_FOUND => {
+            bail!("no host on this bus ({e})")
+        }
+        Err(e) => bail!("{}", e.message),
+    }
+}
+
+fn print_status(status: &Status) {
+    if status.transactions.is_empty() {
+        println!("no transactions");
+    }
+    for t in &status.transactions {
+        println!(
+            "{}  {}  {}{}  (restarts in window: {})",
+            t.transaction,
+            t.context,
+            t.state,
+            t.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default(),
+            t.recent_restarts
+        );
+        println!(
+            "  {:<14} {:>4} {:<22} {:>7} {:<10} {:>8} {:>9}  {}",
+            "SERVICE", "SLOT", "INSTANCE", "PID", "STATE", "RESTARTS", "UPTIME", "LAST EXIT"
+        );
+        for s in &t.services {
+            for i in &s.instances {
+                println!(
+                    "  {:<14} {:>4} {:<22} {:>7} {:<10} {:>8} {:>9}  {}",
+                    s.name,
+                    i.slot,
+                    if i.instance.is_empty() { "-" } else { &i.instance },
+                    i.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+                    i.state,
+                    i.restarts,
+                    i.uptime_secs
+                        .map_or_else(|| "-".into(), |u| format!("{u:.1}s")),
+                    i.last_exit.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
+}
+
+/// Prints the last `lines` of each file, then (with `follow`) new output
+/// as it comes, each line prefixed with the instance's file name.
+async fn logs(files: &[PathBuf], lines: usize, follow: bool) -> anyhow::Result<()> {
+    let mut offsets = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        for l in &all[all.len().saturating_sub(lines)..] {
+            println!("{}| {l}", label(f));
+        }
+        offsets.push(text.len() as u64);
+    }
+    while follow {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = crate::bus::wait_for_signal() => break,
+        }
+        for (f, off) in files.iter().zip(offsets.iter_mut()) {
+            let Ok(mut file) = std::fs::File::open(f) else { continue };
+            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < *off {
+                *off = 0; // truncated or replaced
+            }
+            if len == *off {
+                continue;
+            }
+            file.seek(SeekFrom::Start(*off))?;
+            let mut buf = String::new();
+            file.read_to_string(&mut buf)?;
+            let complete = buf.rfind('\n').map_or(0, |i| i + 1);
+            for l in buf[..complete].lines() {
+                println!("{}| {l}", label(f));
+            }
+            *off += complete as u64;
+        }
+    }
+    Ok(())
+}
+
+fn label(f: &Path) -> String {
+    f.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

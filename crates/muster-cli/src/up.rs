@@ -1,0 +1,78 @@
+//! `muster up`: the host.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use muster_host::{HostInfo, HostOptions};
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct UpCmd {
+    /// Manifest files, one context each [default: muster.toml].
+    files: Vec<PathBuf>,
+    /// Bus URL [default: the manifest's `[host] bus`, else zmq://127.0.0.1:7700].
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
+    /// State directory: token, transaction record, logs [default: the
+    /// manifest's `[host] state_dir`, else .muster beside the manifest].
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log level or filter directives for the host [default: $MUSTER_LOG_LEVEL, else info].
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+}
+
+impl UpCmd {
+    pub(crate) async fn run(self) -> anyhow::Result<()> {
+        let level = self
+            .log_level
+            .clone()
+            .or_else(|| std::env::var("MUSTER_LOG_LEVEL").ok())
+            .unwrap_or_else(|| "info".into());
+        crate::init_logging(&level);
+        let files = if self.files.is_empty() {
+            vec![PathBuf::from("muster.toml")]
+        } else {
+            self.files
+        };
+        let options = host_options(files, self.bus, self.state_dir)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let printer = tokio::spawn(async move {
+            if let Ok(info) = rx.await {
+                print_banner(&info);
+            }
+        });
+        let r = muster_host::run(options, Some(tx), std::future::pending()).await;
+        let _ = printer.await;
+        r.map_err(Into::into)
+    }
+}
+
+/// Host options with this executable as the launcher and `${MUSTER_EXE}`.
+pub(crate) fn host_options(
+    files: Vec<PathBuf>,
+    bus: Option<String>,
+    state_dir: Option<PathBuf>,
+) -> anyhow::Result<HostOptions> {
+    let exe = std::env::current_exe().context("cannot find the muster executable")?;
+    Ok(HostOptions {
+        files,
+        launcher: Some(exe.clone()),
+        substitutions: muster_host::manifest::Substitutions {
+            muster_exe: Some(exe),
+        },
+        bus,
+        state_dir,
+    })
+}
+
+/// Where the host is and how to talk to it.
+pub(crate) fn print_banner(info: &HostInfo) {
+    println!("muster host running");
+    println!("  bus:        {}", info.bus);
+    println!("  control:    {} (service muster.host)", info.control);
+    println!("  token file: {}", info.token_file.display());
+    println!("  logs:       {}", info.log_dir.display());
+    for t in &info.transactions {
+        println!("  started transaction {t}");
+    }
+}
