@@ -112,14 +112,23 @@ impl CtlCmd {
             }
             Action::Stop(t) => {
                 let what = t.service.clone();
-                let d: Done = serde_json::from_value(call("stop", req(t.transaction, t.service)).await?)?;
-                println!("stopping {}{}", d.transaction, what.map(|s| format!("/{s}")).unwrap_or_default());
+                let d: Done =
+                    serde_json::from_value(call("stop", req(t.transaction, t.service)).await?)?;
+                println!(
+                    "stopping {}{}",
+                    d.transaction,
+                    what.map(|s| format!("/{s}")).unwrap_or_default()
+                );
             }
             Action::Restart(t) => {
                 let what = t.service.clone();
                 let d: Done =
                     serde_json::from_value(call("restart", req(t.transaction, t.service)).await?)?;
-                println!("restarting {}{}", d.transaction, what.map(|s| format!("/{s}")).unwrap_or_default());
+                println!(
+                    "restarting {}{}",
+                    d.transaction,
+                    what.map(|s| format!("/{s}")).unwrap_or_default()
+                );
             }
             Action::Exit { transaction } => {
                 let d: Done = serde_json::from_value(call("exit", req(transaction, None)).await?)?;
@@ -188,7 +197,10 @@ fn print_status(status: &Status) {
             t.transaction,
             t.context,
             t.state,
-            t.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default(),
+            t.reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default(),
             t.recent_restarts
         );
         println!(
@@ -201,7 +213,11 @@ fn print_status(status: &Status) {
                     "  {:<14} {:>4} {:<22} {:>7} {:<10} {:>8} {:>9}  {}",
                     s.name,
                     i.slot,
-                    if i.instance.is_empty() { "-" } else { &i.instance },
+                    if i.instance.is_empty() {
+                        "-"
+                    } else {
+                        &i.instance
+                    },
                     i.pid.map_or_else(|| "-".into(), |p| p.to_string()),
                     i.state,
                     i.restarts,
@@ -232,7 +248,9 @@ async fn logs(files: &[PathBuf], lines: usize, follow: bool) -> anyhow::Result<(
             () = crate::bus::wait_for_signal() => break,
         }
         for (f, off) in files.iter().zip(offsets.iter_mut()) {
-            let Ok(mut file) = std::fs::File::open(f) else { continue };
+            let Ok(mut file) = std::fs::File::open(f) else {
+                continue;
+            };
             let len = file.metadata().map(|m| m.len()).unwrap_or(0);
             if len < *off {
                 *off = 0; // truncated or replaced

@@ -96,7 +96,11 @@ impl DemoCmd {
         let args = serde_json::json!({"text": "hi", "times": 2});
         let mut last = None;
         for _ in 0..10 {
-            last = Some(client.call::<_, serde_json::Value>("echo.shout", &args).await?);
+            last = Some(
+                client
+                    .call::<_, serde_json::Value>("echo.shout", &args)
+                    .await?,
+            );
         }
         println!(
             "call echo.shout {args} x10 -> {}",

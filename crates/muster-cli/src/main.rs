@@ -29,10 +29,10 @@ struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 struct BusArg {
     /// Bus URL [default: $MUSTER_BUS, else zmq://127.0.0.1:7700].
-    #[arg(long, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL")]
     bus: Option<String>,
     /// Direct mode: an addresses file instead of a bus.
-    #[arg(short = 'a', long, value_name = "FILE")]
+    #[arg(short = 'a', long, global = true, value_name = "FILE")]
     addresses: Option<std::path::PathBuf>,
 }
 
@@ -88,6 +88,9 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<std::ffi::OsString>,
     },
+    /// Kill the listed process groups when the host is gone (used by the host).
+    #[command(name = "__guard", hide = true)]
+    Guard,
     /// A benchmark peer process (used by `bench`).
     #[command(name = "__bench-peer", hide = true)]
     BenchPeer(bench::PeerCmd),
@@ -98,6 +101,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Service { name, args } => demo::run_example(&name, args),
         Command::Exec { args } => muster_host::process::exec_child(args),
+        Command::Guard => muster_host::process::guard_main(),
         Command::BenchPeer(p) => bench::run_peer(p),
         other => {
             let runtime = match muster::cli::build_runtime(muster::cli::workers_from_env()) {
@@ -126,7 +130,9 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Stats(c) => c.run().await,
         Command::Demo(c) => c.run().await,
         Command::Bench(c) => c.run().await,
-        Command::Service { .. } | Command::Exec { .. } | Command::BenchPeer(_) => Ok(()),
+        Command::Service { .. } | Command::Exec { .. } | Command::Guard | Command::BenchPeer(_) => {
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

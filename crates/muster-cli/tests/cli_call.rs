@@ -1,4 +1,4 @@
-//! `muster call`, `ls`, `stats` and `demo` as a user runs them, against
+//! `muster call`, `ls` and `stats` as a user runs them, against
 //! `muster bus` and the `echo` example in separate processes.
 
 use std::process::{Command, Output, Stdio};
@@ -143,19 +143,6 @@ fn bad_params_json_is_a_usage_error() {
     let o = muster(&["call", "echo.shout", "{nope", "--bus", "zmq://127.0.0.1:1"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("not valid JSON"));
-}
-
-#[test]
-fn demo_once_answers_a_call() {
-    let url = free_bus_url();
-    let o = muster(&["demo", "--once", "--bus", &url]);
-    let out = stdout(&o);
-    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
-    assert!(
-        out.contains(r#"call echo.shout {"text":"hi","times":2} -> {"text":"hihi"}"#),
-        "{out}"
-    );
-    assert!(out.contains("subscriber"), "{out}");
 }
 
 #[test]

@@ -17,7 +17,8 @@ use crate::token;
 /// The params of every control method.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ControlRequest {
-    /// The host's token (from its token file).
+    /// The host's token (from its token file). Missing counts as wrong.
+    #[serde(default)]
     pub token: String,
     /// The transaction addressed; omitted means the only running one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

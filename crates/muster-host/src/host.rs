@@ -85,6 +85,7 @@ enum Input {
     Exited {
         transaction: String,
         generation: u64,
+        pid: u32,
         status: std::process::ExitStatus,
     },
     Timer(Timer),
@@ -146,8 +147,15 @@ pub async fn run(
         .map(|i| i.endpoint)
         .unwrap_or_default();
 
+    let guard = match &options.launcher {
+        Some(l) => {
+            Some(process::Guard::start(l).map_err(io("cannot start the guard process".into()))?)
+        }
+        None => None,
+    };
     let (inputs_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
     let mut driver = Driver {
+        guard,
         supervisor: Supervisor::new(&manifest.contexts),
         manifest,
         options,
@@ -212,6 +220,9 @@ pub async fn run(
         }
     }
     tracing::info!("host stopped every service");
+    if let Some(g) = driver.guard.take() {
+        g.close();
+    }
     control.stop().await;
     drop(updates);
     transport.close().await;
@@ -220,6 +231,7 @@ pub async fn run(
 }
 
 struct Driver {
+    guard: Option<process::Guard>,
     supervisor: Supervisor,
     manifest: Manifest,
     options: HostOptions,
@@ -242,8 +254,14 @@ impl Driver {
             Input::Exited {
                 transaction,
                 generation,
+                pid,
                 status,
             } => {
+                // Whatever the instance started and left behind goes too.
+                process::signal(pid, crate::supervisor::StopSignal::Kill);
+                if let Some(g) = &mut self.guard {
+                    g.remove(pid);
+                }
                 self.supervisor
                     .exited(now, &transaction, generation, process::exit_status(status))
             }
@@ -272,6 +290,9 @@ impl Driver {
                             .ok_or_else(|| std::io::Error::other("no pid"))
                     }) {
                         Ok((pid, mut child)) => {
+                            if let Some(g) = &mut self.guard {
+                                g.add(pid);
+                            }
                             let tx = self.inputs.clone();
                             let (transaction, generation) = (s.transaction.clone(), s.generation);
                             tokio::spawn(async move {
@@ -279,6 +300,7 @@ impl Driver {
                                     let _ = tx.send(Input::Exited {
                                         transaction,
                                         generation,
+                                        pid,
                                         status,
                                     });
                                 }

@@ -4,13 +4,18 @@
 //!
 //! Each instance runs in its own process group (so a stop reaches the
 //! programs it started, and Ctrl-C in the host's terminal reaches only the
-//! host, which then stops everything in order). The launcher asks the
-//! kernel to SIGKILL the child when the host dies (`PR_SET_PDEATHSIG`) and
-//! then `exec`s the service, so even a `kill -9` of the host leaves no
-//! orphan service behind.
+//! host, which then stops everything in order); when an instance ends, what
+//! is left of its group is killed. Two things make even a `kill -9` of the
+//! host leave nothing behind:
+//! - the launcher asks the kernel to SIGKILL the child when the host dies
+//!   (`PR_SET_PDEATHSIG`), then `exec`s the service;
+//! - one guard process (`muster __guard`) learns every process group over
+//!   a pipe; when the pipe closes (the host is gone, however it died), it
+//!   kills the groups still listed, grandchildren included.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
@@ -152,4 +157,74 @@ pub fn exec_child(args: Vec<OsString>) -> ExitCode {
         Path::new(&program).display()
     );
     ExitCode::from(127)
+}
+
+/// The host's side of the guard process.
+#[derive(Debug)]
+pub struct Guard {
+    child: std::process::Child,
+    pipe: std::process::ChildStdin,
+}
+
+impl Guard {
+    /// Starts `launcher __guard` in its own process group (so Ctrl-C in the
+    /// host's terminal does not reach it).
+    ///
+    /// # Errors
+    /// The guard cannot be started.
+    pub fn start(launcher: &Path) -> std::io::Result<Self> {
+        let mut child = std::process::Command::new(launcher)
+            .arg("__guard")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .process_group(0)
+            .spawn()?;
+        let pipe = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("guard has no stdin"))?;
+        Ok(Self { child, pipe })
+    }
+
+    /// A new process group to kill if the host dies.
+    pub fn add(&mut self, pgid: u32) {
+        if let Err(e) = writeln!(self.pipe, "+{pgid}") {
+            tracing::warn!(error = %e, "the guard process is gone");
+        }
+    }
+
+    /// A process group that ended.
+    pub fn remove(&mut self, pgid: u32) {
+        let _ = writeln!(self.pipe, "-{pgid}");
+    }
+
+    /// Closes the pipe (every group has ended) and reaps the guard.
+    pub fn close(self) {
+        let Self { mut child, pipe } = self;
+        drop(pipe);
+        let _ = child.wait();
+    }
+}
+
+/// `muster __guard`: reads `+PGID` / `-PGID` lines from stdin; at end of
+/// input (the host exited or died) SIGKILLs every group still listed.
+pub fn guard_main() -> ExitCode {
+    let mut groups = BTreeSet::new();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let (op, pgid) = line.split_at(line.len().min(1));
+        match (op, pgid.trim().parse::<u32>()) {
+            ("+", Ok(p)) => {
+                groups.insert(p);
+            }
+            ("-", Ok(p)) => {
+                groups.remove(&p);
+            }
+            _ => {}
+        }
+    }
+    for pgid in groups {
+        signal(pgid, StopSignal::Kill);
+    }
+    ExitCode::SUCCESS
 }

@@ -64,9 +64,10 @@ impl Proc {
         self.child.as_ref().map_or(0, Child::id)
     }
 
-    /// Sends a signal.
+    /// Sends a signal (nothing once reaped: pid 0 would mean our own
+    /// process group).
     pub fn signal(&self, sig: Signal) {
-        if let Ok(pid) = i32::try_from(self.pid()) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()) {
             let _ = kill(Pid::from_raw(pid), sig);
         }
     }

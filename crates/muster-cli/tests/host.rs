@@ -1,0 +1,708 @@
+//! The host as a user runs it: `muster up` with a manifest, real service
+//! processes, `muster ctl`, `kill -9`, SIGTERM, and the process table.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use muster::{Client, Event, Subscription};
+use muster_test::{Proc, eventually, free_bus_url};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A host running a manifest in its own temporary directory.
+struct Host {
+    proc: Proc,
+    dir: PathBuf,
+    bus: String,
+}
+
+fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("muster-host-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+impl Host {
+    /// Writes `manifest` (with `[host] bus` set) and starts `muster up`.
+    async fn up(tag: &str, manifest: &str) -> Self {
+        let dir = tempdir(tag);
+        let bus = free_bus_url();
+        let text = format!("[host]\nbus = \"{bus}\"\n\n{manifest}");
+        std::fs::write(dir.join("muster.toml"), text).unwrap();
+        Self::start(dir, bus).await
+    }
+
+    async fn start(dir: PathBuf, bus: String) -> Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("host.log"))
+            .unwrap();
+        let mut c = Command::new(MUSTER);
+        c.args(["up", "muster.toml", "--log-level", "info"])
+            .current_dir(&dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let host = Self {
+            proc: Proc::spawn("muster up", c),
+            dir,
+            bus,
+        };
+        eventually(WAIT, "the host answers ctl status", || async {
+            host.try_status()
+        })
+        .await;
+        host
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(MUSTER)
+            .arg("ctl")
+            .args(args)
+            .args(["--bus", &self.bus])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    fn try_status(&self) -> Option<Value> {
+        let o = self.ctl(&["status", "--json"]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
+    }
+
+    fn status(&self) -> Value {
+        self.try_status().expect("ctl status works")
+    }
+
+    /// The one transaction's id.
+    fn transaction(&self) -> String {
+        self.status()["transactions"][0]["transaction"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `(pid, state, restarts)` of `service` slot `slot`.
+    fn slot(&self, service: &str, slot: usize) -> (Option<u32>, String, u64) {
+        let st = self.status();
+        let s = st["transactions"][0]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap_or_else(|| panic!("no {service} in {st}"))
+            .clone();
+        let i = &s["instances"][slot];
+        (
+            i["pid"].as_u64().map(|p| p as u32),
+            i["state"].as_str().unwrap().to_owned(),
+            i["restarts"].as_u64().unwrap(),
+        )
+    }
+
+    async fn wait_state(&self, service: &str, slot: usize, state: &str) -> Option<u32> {
+        eventually(WAIT, &format!("{service}.{slot} {state}"), || async {
+            let (pid, s, _) = self.slot(service, slot);
+            (s == state).then_some(pid)
+        })
+        .await
+    }
+
+    async fn events(&self) -> Subscription {
+        let client = Client::connect(&self.bus).await.unwrap();
+        client
+            .subscribe(&["muster.control.>", "muster.context"])
+            .await
+            .unwrap()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("host.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if self.proc.pid() != 0 {
+            self.proc.signal(Signal::SIGTERM);
+            let _ = self.proc.wait_exit(Duration::from_secs(10));
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Next event matching `pred`, within the wait.
+async fn next(events: &mut Subscription, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let found = tokio::time::timeout(WAIT, async {
+        while let Some(Event { payload, .. }) = events.recv().await {
+            if pred(&payload) {
+                return Some(payload);
+            }
+        }
+        None
+    })
+    .await;
+    match found {
+        Ok(Some(v)) => v,
+        _ => panic!("no event: {what}"),
+    }
+}
+
+fn is(service: &str, event: &str) -> impl Fn(&Value) -> bool {
+    let (service, event) = (service.to_owned(), event.to_owned());
+    move |v| v["service"] == service && v["event"] == event
+}
+
+/// Every process whose environment names `transaction` (services and
+/// anything they started).
+fn processes_of(transaction: &str) -> Vec<u32> {
+    let needle = format!("MUSTER_TRANSACTION={transaction}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let is_zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .map(|s| {
+                s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+            .unwrap_or(true);
+        if !is_zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn echo(name: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nrun = [\"{MUSTER}\", \"__service\", \"echo\", \"--log-level\", \"warn\"]\nbackoff = \"100ms\"\n{extra}\n"
+    )
+}
+
+fn sh(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "[[service]]\nname = \"{name}\"\nrun = [\"/bin/sh\", \"-c\", \"{script}\"]\nready = \"spawned\"\nbackoff = \"50ms\"\nstop_timeout = \"2s\"\n{extra}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_is_followed_by_a_restart_and_a_new_started() {
+    let host = Host::up(
+        "kill9",
+        &format!("[context]\nname = \"k\"\n{}", echo("echo", "instances = 2")),
+    )
+    .await;
+    let mut events = host.events().await;
+    let pid = host.wait_state("echo", 0, "running").await.unwrap();
+    host.wait_state("echo", 1, "running").await;
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    let failed = next(&mut events, "echo failed", is("echo", "failed")).await;
+    assert_eq!(failed["signal"], 9);
+    assert_eq!(failed["pid"], pid);
+    let started = next(&mut events, "echo started again", is("echo", "started")).await;
+    assert_eq!(started["slot"], 0);
+    assert_eq!(started["restarts"], 1);
+    assert_ne!(started["pid"], pid);
+    let (new_pid, state, restarts) = host.slot("echo", 0);
+    assert_eq!((state.as_str(), restarts), ("running", 1));
+    assert_ne!(new_pid, Some(pid));
+    assert_eq!(
+        host.slot("echo", 1).2,
+        0,
+        "the other instance was not touched"
+    );
+    // and the replacement serves calls
+    let client = Client::connect(&host.bus).await.unwrap();
+    let r: Value = client
+        .call("echo.shout", &json!({"text": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(r["text"], "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_is_not_restarted_after_exit_0_and_temporary_never() {
+    let manifest = format!(
+        "[context]\nname = \"t\"\n{}{}{}",
+        sh("tr", "sleep 0.2", "restart = \"transient\""),
+        sh("tmp", "sleep 0.2; exit 3", "restart = \"temporary\""),
+        sh(
+            "trfail",
+            "sleep 0.2; exit 4",
+            "restart = \"transient\"\nmax_restarts = 100"
+        ),
+    )
+    .replace("max_restarts = 100\n", "");
+    let host = Host::up("transient", &manifest).await;
+    host.wait_state("tr", 0, "exited").await;
+    host.wait_state("tmp", 0, "failed").await;
+    // transient does restart a failure
+    eventually(WAIT, "trfail restarted", || async {
+        (host.slot("trfail", 0).2 >= 1).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(host.slot("tr", 0), (None, "exited".into(), 0));
+    assert_eq!(host.slot("tmp", 0), (None, "failed".into(), 0));
+}
+
+async fn kill_middle(strategy: &str) -> [(Option<u32>, Option<u32>); 3] {
+    let manifest = format!(
+        "[context]\nname = \"s\"\nstrategy = \"{strategy}\"\n{}{}{}",
+        sh("a", "sleep 1000", ""),
+        sh("b", "sleep 1000", ""),
+        sh("c", "sleep 1000", ""),
+    );
+    let host = Host::up(strategy, &manifest).await;
+    let before: Vec<Option<u32>> = ["a", "b", "c"].iter().map(|s| host.slot(s, 0).0).collect();
+    assert!(before.iter().all(Option::is_some));
+    kill(Pid::from_raw(before[1].unwrap() as i32), Signal::SIGKILL).unwrap();
+    eventually(WAIT, "b restarted", || async {
+        let (pid, state, _) = host.slot("b", 0);
+        (state == "running" && pid != before[1]).then_some(())
+    })
+    .await;
+    for s in ["a", "c"] {
+        host.wait_state(s, 0, "running").await;
+    }
+    let after: Vec<Option<u32>> = ["a", "b", "c"].iter().map(|s| host.slot(s, 0).0).collect();
+    [
+        (before[0], after[0]),
+        (before[1], after[1]),
+        (before[2], after[2]),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_for_all_restarts_every_service() {
+    let r = kill_middle("one_for_all").await;
+    assert!(r.iter().all(|(b, a)| b != a), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_for_one_restarts_the_service_and_those_after_it() {
+    let r = kill_middle("rest_for_one").await;
+    assert_eq!(r[0].0, r[0].1, "a is left alone: {r:?}");
+    assert!(r[1].0 != r[1].1 && r[2].0 != r[2].1, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_restart_budget_the_context_fails_and_stops() {
+    let manifest = format!(
+        "[context]\nname = \"b\"\nmax_restarts = 2\nwithin_secs = 60\n{}{}",
+        sh("crashy", "sleep 0.1; exit 1", ""),
+        sh("bystander", "sleep 1000", ""),
+    );
+    let host = Host::up("budget", &manifest).await;
+    let mut events = host.events().await;
+    let failed = next(&mut events, "context failed", |v| {
+        v["event"] == "failed" && v.get("service").is_none()
+    })
+    .await;
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("more than 2 restarts within 60s"),
+        "{reason}"
+    );
+    let st = host.status();
+    assert_eq!(st["transactions"][0]["state"], "failed");
+    assert_eq!(
+        host.slot("bystander", 0).1,
+        "stopped",
+        "the whole context stopped"
+    );
+    assert!(processes_of(&host.transaction()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_trigger_fires_once_per_event() {
+    let step = |name: &str, extra: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nrun = [\"{MUSTER}\", \"__service\", \"{name}\", \"-m\", \"--step_ms\", \"300\"]\nrestart = \"transient\"\n{extra}\n"
+        )
+    };
+    let manifest = format!(
+        "[context]\nname = \"chain\"\n{}{}{}{}",
+        step(
+            "stand",
+            "on_update = { start = [\"walk\"] }\non_start = { start = [\"drink_coffee\"] }"
+        ),
+        step("walk", "autostart = false\non_exit = { start = [\"run\"] }"),
+        step("drink_coffee", "autostart = false"),
+        step("run", "autostart = false\non_exit = { stop = [\"walk\"] }"),
+    );
+    let host = Host::up("triggers", &manifest).await;
+    let mut events = host.events().await;
+    let _ = next(&mut events, "run exited", is("run", "exited")).await;
+    // Let anything that would fire twice do so.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = host.status();
+    for s in st["transactions"][0]["services"].as_array().unwrap() {
+        let i = &s["instances"][0];
+        assert_eq!(i["state"], "exited", "{s}");
+        assert_eq!(i["restarts"], 0, "{s}");
+    }
+    // Each service was started exactly once: one log marker each.
+    let txn = host.transaction();
+    for s in ["stand", "walk", "drink_coffee", "run"] {
+        let log = std::fs::read_to_string(host.dir.join(format!(".muster/logs/{txn}/{s}.0.log")))
+            .unwrap();
+        assert_eq!(log.matches("--- muster: starting").count(), 1, "{s}: {log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_without_the_token_is_refused_and_logged() {
+    let host = Host::up(
+        "token",
+        &format!("[context]\nname = \"c\"\n{}", sh("s", "sleep 1000", "")),
+    )
+    .await;
+    let pid = host.slot("s", 0).0;
+    let wrong = host.dir.join("wrong-token");
+    std::fs::write(&wrong, "0000").unwrap();
+    let o = host.ctl(&["--token-file", wrong.to_str().unwrap(), "stop"]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unauthorized"), "{err}");
+    let o = Command::new(MUSTER)
+        .args(["call", "muster.host.stop", "{}", "--bus", &host.bus])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(said.contains("-32004"), "{said}");
+    assert_eq!(
+        host.slot("s", 0),
+        (pid, "running".into(), 0),
+        "nothing stopped"
+    );
+    assert!(host.log().contains("control request refused"));
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(host.dir.join(".muster/token"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    // with the token it works
+    let o = host.ctl(&["stop", "s"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    host.wait_state("s", 0, "stopped").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_everything_in_reverse_order_and_leaves_no_process() {
+    let manifest = format!(
+        "[context]\nname = \"o\"\n{}{}{}",
+        echo("db", ""),
+        echo("web", "after = [\"db\"]\ninstances = 2"),
+        sh(
+            "worker",
+            "sleep 1000 & sleep 1000 & wait",
+            "after = [\"web\"]"
+        ),
+    );
+    let mut host = Host::up("sigterm", &manifest).await;
+    host.wait_state("worker", 0, "running").await;
+    let txn = host.transaction();
+    assert!(
+        processes_of(&txn).len() >= 6,
+        "db, 2 web, sh and its two sleeps"
+    );
+    let mut events = host.events().await;
+    host.proc.signal(Signal::SIGTERM);
+    let mut order = Vec::new();
+    while order.len() < 4 {
+        let e = next(&mut events, "stopped events", |v| {
+            v["event"] == "stopped" && v.get("service").is_some()
+        })
+        .await;
+        order.push(e["service"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(order, ["worker", "web", "web", "db"]);
+    let status = host.proc.wait_exit(WAIT);
+    assert!(status.success(), "{status:?}\n{}", host.log());
+    assert_eq!(
+        processes_of(&txn),
+        Vec::<u32>::new(),
+        "no process left behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_host_takes_its_children_and_brings_the_transaction_back() {
+    let manifest = format!(
+        "[context]\nname = \"p\"\n{}",
+        sh("s", "sleep 1000", "instances = 2")
+    );
+    let mut host = Host::up("persist", &manifest).await;
+    let txn = host.transaction();
+    host.wait_state("s", 1, "running").await;
+    // two shells, each with its sleep
+    eventually(WAIT, "4 processes", || async {
+        (processes_of(&txn).len() == 4).then_some(())
+    })
+    .await;
+    host.proc.kill9();
+    eventually(WAIT, "children die with the host", || async {
+        processes_of(&txn).is_empty().then_some(())
+    })
+    .await;
+    // start again in the same directory: the same transaction comes back
+    let dir = host.dir.clone();
+    let bus = host.bus.clone();
+    std::mem::forget(host); // its process is gone; keep the directory
+    let host = Host::start(dir, bus).await;
+    assert_eq!(host.transaction(), txn);
+    host.wait_state("s", 1, "running").await;
+    eventually(WAIT, "4 processes again", || async {
+        (processes_of(&txn).len() == 4).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_run_side_by_side_and_are_addressed_by_id() {
+    let manifest = format!(
+        "[context]\nname = \"x\"\nboot = false\n{}",
+        sh("s", "exec sleep 1000", "")
+    );
+    let host = Host::up("txns", &manifest).await;
+    assert_eq!(host.status()["transactions"], json!([]));
+    let o = host.ctl(&["start", "--transaction", "AAAAAAAAAAAAAAAAAAAA"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = host.ctl(&["start"]);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let second = out.trim().rsplit(' ').next().unwrap().to_owned();
+    assert_eq!(second.len(), 20);
+    assert!(
+        second
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    );
+    eventually(WAIT, "two transactions with a process each", || async {
+        (processes_of("AAAAAAAAAAAAAAAAAAAA").len() == 1 && processes_of(&second).len() == 1)
+            .then_some(())
+    })
+    .await;
+    let o = host.ctl(&["stop"]);
+    assert!(!o.status.success(), "ambiguous without --transaction");
+    let o = host.ctl(&["exit", "-t", "AAAAAAAAAAAAAAAAAAAA"]);
+    assert!(o.status.success());
+    eventually(WAIT, "the first is gone", || async {
+        (processes_of("AAAAAAAAAAAAAAAAAAAA").is_empty()
+            && host.status()["transactions"].as_array().unwrap().len() == 1)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(processes_of(&second).len(), 1, "the second runs on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_only_the_difference() {
+    let base = format!(
+        "[context]\nname = \"r\"\n{}{}{}",
+        sh("keep", "sleep 1000", ""),
+        sh("change", "sleep 1000", ""),
+        sh("drop", "sleep 1000", ""),
+    );
+    let host = Host::up("reload", &base).await;
+    let keep = host.slot("keep", 0).0;
+    let change = host.slot("change", 0).0;
+    let text = std::fs::read_to_string(host.dir.join("muster.toml")).unwrap();
+    let text = text
+        .replace(
+            &sh("drop", "sleep 1000", ""),
+            &sh("added", "sleep 1000", ""),
+        )
+        .replace(
+            &sh("change", "sleep 1000", ""),
+            &sh("change", "sleep 999", ""),
+        );
+    std::fs::write(host.dir.join("muster.toml"), text).unwrap();
+    let o = host.ctl(&["reload"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let txn = host.transaction();
+    assert_eq!(report["unchanged"], json!([format!("{txn}/keep")]));
+    assert_eq!(report["restarted"], json!([format!("{txn}/change")]));
+    assert_eq!(report["stopped"], json!([format!("{txn}/drop")]));
+    assert_eq!(report["started"], json!([format!("{txn}/added")]));
+    host.wait_state("added", 0, "running").await;
+    eventually(WAIT, "change restarted", || async {
+        let (pid, s, _) = host.slot("change", 0);
+        (s == "running" && pid != change).then_some(())
+    })
+    .await;
+    assert_eq!(host.slot("keep", 0).0, keep);
+    let names: Vec<Value> = host.status()["transactions"][0]["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("keep"), json!("change"), json!("added")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_captured_per_instance() {
+    let host = Host::up(
+        "logs",
+        &format!(
+            "[context]\nname = \"l\"\n{}",
+            sh(
+                "talker",
+                "echo hello from $MUSTER_INSTANCE; echo oops >&2; sleep 1000",
+                "instances = 2"
+            )
+        ),
+    )
+    .await;
+    let text = eventually(WAIT, "both instances' output", || async {
+        let o = host.ctl(&["logs", "talker"]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        (out.matches("hello from talker-").count() == 2 && out.matches("oops").count() == 2)
+            .then_some(out)
+    })
+    .await;
+    assert!(text.contains("talker.0| hello from talker-0-"), "{text}");
+    assert!(text.contains("talker.1| hello from talker-1-"), "{text}");
+}
+
+#[test]
+fn an_invalid_manifest_is_refused_with_file_line_and_key() {
+    let dir = tempdir("invalid");
+    let path = dir.join("muster.toml");
+    std::fs::write(&path, "[context]\nname = \"x\"\n\n[[service]]\nname = \"a\"\nrun = [\"a\"]\nrestart = \"sometimes\"\n").unwrap();
+    let o = Command::new(MUSTER)
+        .args(["up", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("muster.toml:7: service[0].restart: unknown variant"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_shows_status_and_balances_echo() {
+    let dir = tempdir("demo");
+    let bus = free_bus_url();
+    let mut c = Command::new(MUSTER);
+    c.args(["demo", "--bus", &bus])
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut demo = Proc::spawn("muster demo", c);
+    let ctl = |args: &[&str]| {
+        Command::new(MUSTER)
+            .arg("ctl")
+            .args(args)
+            .args(["--bus", &bus])
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let table = eventually(WAIT, "ctl status lists every service", || async {
+        let o = ctl(&["status"]);
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        (o.status.success() && out.matches(" running ").count() >= 3).then_some(out)
+    })
+    .await;
+    for s in ["echo", "stand", "walk", "drink_coffee", "run"] {
+        assert!(table.contains(&format!("  {s} ")), "{s} missing:\n{table}");
+    }
+    assert!(
+        table.contains("PID") && table.contains("RESTARTS"),
+        "{table}"
+    );
+    for _ in 0..20 {
+        let o = Command::new(MUSTER)
+            .args([
+                "call",
+                "echo.shout",
+                r#"{"text":"hi","times":2}"#,
+                "--bus",
+                &bus,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            r#"{"text":"hihi"}"#
+        );
+    }
+    let client = Client::connect(&bus).await.unwrap();
+    let served: Vec<u64> = client
+        .stats(Some("echo"))
+        .await
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .map(|r| r.methods.get("shout").map_or(0, |m| m.num_requests))
+        .collect();
+    assert_eq!(served.len(), 2, "{served:?}");
+    assert!(
+        served.iter().all(|n| *n >= 5),
+        "both instances serve calls: {served:?}"
+    );
+    demo.signal(Signal::SIGINT);
+    assert!(demo.wait_exit(WAIT).success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn demo_once_runs_one_cycle() {
+    let dir = tempdir("demo-once");
+    let o = Command::new(MUSTER)
+        .args(["demo", "--once", "--bus", &free_bus_url()])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(out.contains(r#"-> {"text":"hihi"}"#), "{out}");
+    for line in [
+        "stand         updated",
+        "walk          started",
+        "run           exited",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
