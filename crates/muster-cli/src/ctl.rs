@@ -204,8 +204,8 @@ fn print_status(status: &Status) {
             t.recent_restarts
         );
         println!(
-            "  {:<14} {:>4} {:<22} {:>7} {:<10} {:>8} {:>9}  {}",
-            "SERVICE", "SLOT", "INSTANCE", "PID", "STATE", "RESTARTS", "UPTIME", "LAST EXIT"
+            "  {:<14} {:>4} {:<22} {:>7} {:<10} {:>8} {:>9}  LAST EXIT",
+            "SERVICE", "SLOT", "INSTANCE", "PID", "STATE", "RESTARTS", "UPTIME"
         );
         for s in &t.services {
             for i in &s.instances {
@@ -242,7 +242,10 @@ async fn logs(files: &[PathBuf], lines: usize, follow: bool) -> anyhow::Result<(
         }
         offsets.push(text.len() as u64);
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         tokio::select! {
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
             () = crate::bus::wait_for_signal() => break,

@@ -798,11 +798,19 @@ impl Supervisor {
             t.services.iter().enumerate().find_map(|(i, s)| {
                 s.slots
                     .iter()
-                    .position(|sl| sl.instance == instance && sl.phase.has_process())
+                    .position(|sl| sl.phase.has_process() && same_instance(&sl.instance, instance))
                     .map(|j| (t.id.clone(), i, j))
             })
         })
     }
+}
+
+/// The instance ids a process registers under: `MUSTER_INSTANCE` itself,
+/// or `MUSTER_INSTANCE-<service>` for each service of a `Group`.
+fn same_instance(slot: &str, registered: &str) -> bool {
+    registered
+        .strip_prefix(slot)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
 }
 
 fn valid_transaction(t: &str) -> bool {
@@ -1460,7 +1468,9 @@ impl Txn {
                         continue;
                     }
                     for slot in &mut self.services[i].slots {
-                        if slot.phase == Phase::Held {
+                        if (!slot.phase.has_process() && slot.generation != 0)
+                            || slot.phase == Phase::Held
+                        {
                             slot.restarts += 1;
                         }
                     }

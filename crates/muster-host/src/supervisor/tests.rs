@@ -282,6 +282,22 @@ fn one_for_all_restarts_everyone() {
     assert_eq!(sim.events("a", "stopped"), 1);
     assert_eq!(sim.fire(is_group), 1);
     assert_eq!(sim.spawns, ["a", "b", "c", "a", "b", "c"]);
+    for s in ["a", "b", "c"] {
+        assert_eq!(sim.slot(s, 0).restarts, 1, "{s}");
+    }
+}
+
+#[test]
+fn instances_of_a_group_process_are_recognised() {
+    let mut sim = Sim::new(&THREE.replace("STRATEGY", "one_for_one"));
+    sim.start();
+    let i = sim.slot("a", 0).instance;
+    let e = sim.sup.registered(sim.now, &format!("{i}-svc"));
+    sim.feed(e);
+    assert_eq!(sim.state("a"), "running");
+    let e = sim.sup.registered(sim.now, &format!("{i}x"));
+    sim.feed(e);
+    assert_eq!(sim.events("a", "started"), 1);
 }
 
 #[test]
