@@ -3,6 +3,7 @@
 //! both rates and their ratio (this machine is noisy: only same-run
 //! ratios mean anything).
 
+mod host;
 mod peer;
 mod pubsub;
 mod rpc;
@@ -27,6 +28,10 @@ pub(crate) enum Scenario {
     Pubsub,
     /// Resident memory of an idle echo instance.
     IdleRss,
+    /// Host: kill -9 of an instance to its replacement being ready.
+    HostRestart,
+    /// Host: start N instances to ready, then its idle CPU and memory.
+    HostStart,
     /// A muster instance fed by a raw DEALER: the server side alone.
     RpcServer,
     /// muster callers against a do-nothing server: the client side alone.
@@ -52,6 +57,15 @@ pub(crate) struct BenchCmd {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
     size: usize,
+    /// Kills measured by host-restart.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Instances started by host-start.
+    #[arg(long, default_value_t = 100)]
+    instances: u32,
+    /// How long host-start watches the idle host.
+    #[arg(long, default_value = "10s", value_parser = muster_core::duration::parse)]
+    idle_for: Duration,
 }
 
 impl BenchCmd {
@@ -81,6 +95,12 @@ impl BenchCmd {
         }
         if all || self.scenario == Scenario::IdleRss {
             rpc::idle_rss().await?;
+        }
+        if all || self.scenario == Scenario::HostRestart {
+            host::restart(self.rounds).await?;
+        }
+        if all || self.scenario == Scenario::HostStart {
+            host::start_many(self.instances, self.idle_for).await?;
         }
         Ok(())
     }

@@ -1,0 +1,329 @@
+//! Host scenarios: time from `kill -9` of an instance to its replacement
+//! being ready, time to start 100 instances to ready, and the host's own
+//! CPU and memory while it supervises them idle. Each is compared with the
+//! same processes run without a host in the same run: spawned by hand
+//! against a bare bus.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use muster::{Client, Subscription};
+use muster_zmq::{Bus, BusAddr, BusOptions, RegistryEvent};
+use serde_json::{Value, json};
+use tokio::process::{Child, Command};
+
+use super::{exe, free_ports};
+
+/// The echo program both sides run: the example's own binary when it was
+/// built (`cargo build --release --workspace`), else `muster __service echo`.
+fn echo_program() -> anyhow::Result<(PathBuf, Vec<String>)> {
+    let exe = exe()?;
+    let example = exe.with_file_name("muster-example-echo");
+    Ok(if example.exists() {
+        (example, vec![])
+    } else {
+        (exe, vec!["__service".into(), "echo".into()])
+    })
+}
+
+/// A `muster up` in a temporary directory.
+struct HostProc {
+    child: Child,
+    dir: PathBuf,
+    client: Client,
+    token: String,
+}
+
+impl HostProc {
+    async fn start(tag: &str, manifest: &str) -> anyhow::Result<(Self, String)> {
+        let port = free_ports()?;
+        let bus = format!("zmq://127.0.0.1:{port}");
+        let dir = std::env::temp_dir().join(format!("muster-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(
+            dir.join("muster.toml"),
+            format!("[host]\nbus = \"{bus}\"\n\n{manifest}"),
+        )?;
+        let child = Command::new(exe()?)
+            .args(["up", "muster.toml", "--log-level", "warn"])
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start muster up")?;
+        let token_file = dir.join(".muster/token");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let token = loop {
+            if let Ok(t) = muster_host::token::read(&token_file) {
+                break t;
+            }
+            if Instant::now() > deadline {
+                bail!("the host did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let client = Client::connect(&bus).await?;
+        let host = Self {
+            child,
+            dir,
+            client,
+            token,
+        };
+        // Wait until the control service answers.
+        while host.control("status", json!({})).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the host's control service did not answer");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((host, bus))
+    }
+
+    async fn control(&self, method: &str, mut params: Value) -> anyhow::Result<Value> {
+        params["token"] = json!(self.token);
+        Ok(self
+            .client
+            .call(&format!("muster.host.{method}"), &params)
+            .await?)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn manifest(instances: u32, boot: bool) -> anyhow::Result<String> {
+    let (program, args) = echo_program()?;
+    let mut run = vec![program.to_string_lossy().into_owned()];
+    run.extend(args);
+    run.extend(["--log-level".into(), "warn".into()]);
+    Ok(format!(
+        "[context]\nname = \"bench\"\nboot = {boot}\nmax_restarts = 1000\n\n[[service]]\nname = \"echo\"\nrun = {}\ninstances = {instances}\nbackoff = \"0ms\"\n",
+        serde_json::to_string(&run)?
+    ))
+}
+
+async fn next_started(events: &mut Subscription, not_pid: Option<u64>) -> anyhow::Result<u64> {
+    loop {
+        let ev = tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .context("no started event within 20 s")?
+            .context("event stream ended")?;
+        let p = &ev.payload;
+        if p["event"] == "started" {
+            let pid = p["pid"].as_u64().unwrap_or(0);
+            if Some(pid) != not_pid {
+                return Ok(pid);
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// kill -9 → replacement ready, against spawn → registered by hand.
+pub(super) async fn restart(rounds: usize) -> anyhow::Result<()> {
+    let (host, _bus) = HostProc::start("restart", &manifest(1, true)?).await?;
+    let mut events = host.client.subscribe(&["muster.control.>"]).await?;
+    let st = host.control("status", json!({})).await?;
+    let mut pid = st["transactions"][0]["services"][0]["instances"][0]["pid"]
+        .as_u64()
+        .unwrap_or(0);
+    if st["transactions"][0]["services"][0]["instances"][0]["state"] != "running" {
+        pid = next_started(&mut events, None).await?;
+    }
+    let mut host_times = Vec::new();
+    for _ in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let t0 = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        pid = next_started(&mut events, Some(pid)).await?;
+        host_times.push(t0.elapsed());
+    }
+    host.stop().await;
+
+    // Baseline: the same program spawned by hand, until the bus has it.
+    let port = free_ports()?;
+    let url = format!("zmq://127.0.0.1:{port}");
+    let bus = Bus::start(url.parse::<BusAddr>()?, BusOptions::default()).await?;
+    let mut watch = bus.watch();
+    let (program, args) = echo_program()?;
+    let mut raw_times = Vec::new();
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        let mut child = Command::new(&program)
+            .args(&args)
+            .args(["--bus", &url, "--log-level", "warn"])
+            .kill_on_drop(true)
+            .spawn()?;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(20), watch.recv()).await {
+                Ok(Ok(RegistryEvent::Registered(_))) => break,
+                Ok(_) => {}
+                Err(_) => bail!("the echo did not register"),
+            }
+        }
+        raw_times.push(t0.elapsed());
+        child.kill().await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bus.stop().await;
+
+    host_times.sort();
+    raw_times.sort();
+    let (h50, r50) = (percentile(&host_times, 0.5), percentile(&raw_times, 0.5));
+    println!(
+        "{:<14} kill -9 -> replacement ready (backoff 0 ms): p50 {:.1} ms, p90 {:.1} ms, max {:.1} ms   spawn by hand -> registered: p50 {:.1} ms   ratio {:.2}   ({rounds} rounds)",
+        "host-restart",
+        ms(h50),
+        ms(percentile(&host_times, 0.9)),
+        ms(percentile(&host_times, 1.0)),
+        ms(r50),
+        h50.as_secs_f64() / r50.as_secs_f64().max(1e-9),
+    );
+    Ok(())
+}
+
+/// Start `n` instances to ready, then the host's idle CPU and memory.
+pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()> {
+    let (host, _bus) = HostProc::start("start", &manifest(n, false)?).await?;
+    let mut events = host.client.subscribe(&["muster.control.>"]).await?;
+    let t0 = Instant::now();
+    host.control("start", json!({})).await?;
+    let mut ready = 0;
+    while ready < n {
+        next_started(&mut events, None).await?;
+        ready += 1;
+    }
+    let host_time = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let guard = guard_pid(host.pid());
+    let (host_cpu, host_rss) = idle_usage(host.pid(), idle_for).await;
+    let guard_rss = guard.map_or(0, rss_kib);
+    host.stop().await;
+
+    // Baseline: a bare `muster bus` and the same processes spawned by hand.
+    let port = free_ports()?;
+    let url = format!("zmq://127.0.0.1:{port}");
+    let mut bus = Command::new(exe()?)
+        .args(["bus", "--listen", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let client = Client::connect(&url).await?;
+    let (program, args) = echo_program()?;
+    let t0 = Instant::now();
+    let mut children = Vec::new();
+    for _ in 0..n {
+        children.push(
+            Command::new(&program)
+                .args(&args)
+                .args(["--bus", &url, "--log-level", "warn"])
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?,
+        );
+    }
+    loop {
+        let have = client.instances().await.unwrap_or_default();
+        if have.iter().filter(|i| i.service == "echo").count() >= n as usize {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("the instances did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let raw_time = t0.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (bus_cpu, bus_rss) = idle_usage(bus.id().unwrap_or(0), idle_for).await;
+    for mut c in children {
+        let _ = c.kill().await;
+    }
+    let _ = bus.kill().await;
+
+    println!(
+        "{:<14} {n} instances to ready: host {:.0} ms   by hand against a bare bus {:.0} ms   ratio {:.2}",
+        "host-start",
+        ms(host_time),
+        ms(raw_time),
+        host_time.as_secs_f64() / raw_time.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "{:<14} supervising {n} idle instances for {:?}: host CPU {host_cpu:.2}% RSS {} KiB (+ guard {guard_rss} KiB)   bare bus CPU {bus_cpu:.2}% RSS {bus_rss} KiB",
+        "host-idle", idle_for, host_rss
+    );
+    Ok(())
+}
+
+/// CPU % (of one core) over `window`, and RSS at the end, of `pid`.
+async fn idle_usage(pid: u32, window: Duration) -> (f64, u64) {
+    let ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // fields 14 and 15 (utime, stime) are 12 and 13 after the name
+        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    let t0 = ticks(pid);
+    let start = Instant::now();
+    tokio::time::sleep(window).await;
+    let used = ticks(pid).saturating_sub(t0) as f64 / clock_ticks();
+    (used / start.elapsed().as_secs_f64() * 100.0, rss_kib(pid))
+}
+
+/// `/proc` counts CPU time in USER_HZ, which Linux fixes at 100 for
+/// user space whatever the kernel's own tick.
+fn clock_ticks() -> f64 {
+    100.0
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The host's `__guard` child.
+fn guard_pid(host: u32) -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        (ppid == host && cmdline.split(|b| *b == 0).any(|a| a == b"__guard")).then_some(pid)
+    })
+}
