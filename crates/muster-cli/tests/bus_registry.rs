@@ -84,3 +84,30 @@ async fn calls_are_balanced_across_instances() {
         assert!(n >= 20, "instance {} served {n} of 200", i.instance);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evict_drops_an_instance_and_its_group_ids_at_once() {
+    let (bus, client, url) = muster_test::bus_and_client().await;
+    let mut watch = bus.watch();
+    let mut c = std::process::Command::new(MUSTER);
+    c.args(["__service", "echo", "--bus", &url, "--log-level", "warn"])
+        .env("MUSTER_INSTANCE", "echo-0-abcdef");
+    let mut echo = Proc::spawn("echo", c);
+    wait_registered(&client, "echo", 1).await;
+    echo.kill9(); // no goodbye: only the ttl (3 s) or an eviction drops it
+    bus.evict("echo-0-abc"); // a prefix that is not an id: nothing goes
+    bus.evict("echo-0-abcdef");
+    let gone = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            if let Ok(muster_zmq::RegistryEvent::Unregistered { instance, .. }) = watch.recv().await
+            {
+                return instance;
+            }
+        }
+    })
+    .await
+    .expect("an eviction event");
+    assert_eq!(gone, "echo-0-abcdef");
+    let all = client.instances().await.unwrap();
+    assert!(all.iter().all(|i| i.service != "echo"), "{all:?}");
+}

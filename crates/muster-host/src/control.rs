@@ -2,7 +2,9 @@
 //! method takes the host's token in its params; a request without the
 //! right one is refused with -32004 and logged.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 
 use muster::{Args, RpcError, Service};
 use muster_core::registry::HOST_SERVICE;
@@ -36,34 +38,34 @@ pub struct ControlRequest {
 pub(crate) enum Command {
     Status {
         transaction: Option<String>,
-        reply: oneshot::Sender<Status>,
+        reply: Sender<Status>,
     },
     Start {
         context: Option<String>,
         transaction: Option<String>,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: Sender<Done>,
     },
     Stop {
         transaction: Option<String>,
         service: Option<String>,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: Sender<Done>,
     },
     Restart {
         transaction: Option<String>,
         service: Option<String>,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: Sender<Done>,
     },
     Exit {
         transaction: Option<String>,
-        reply: oneshot::Sender<Result<String, String>>,
+        reply: Sender<Done>,
     },
     Reload {
-        reply: oneshot::Sender<Result<ReloadReport, String>>,
+        reply: Sender<ReloadReport>,
     },
     Logs {
         transaction: Option<String>,
         service: String,
-        reply: oneshot::Sender<Result<Vec<PathBuf>, String>>,
+        reply: Sender<Vec<PathBuf>>,
     },
 }
 
@@ -87,19 +89,6 @@ impl Gate {
             ))
         }
     }
-
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<T>) -> Command,
-    ) -> Result<T, RpcError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(make(tx))
-            .await
-            .map_err(|_| RpcError::unavailable("the host is stopping"))?;
-        rx.await
-            .map_err(|_| RpcError::unavailable("the host is stopping"))
-    }
 }
 
 fn refused(e: String) -> RpcError {
@@ -113,114 +102,83 @@ pub struct Done {
     pub transaction: String,
 }
 
+type Reply<T> = Pin<Box<dyn Future<Output = Result<T, RpcError>> + Send>>;
+type Sender<T> = oneshot::Sender<Result<T, String>>;
+
+/// A handler for `method`: checks the token, asks the host's task with the
+/// command `make` builds, and answers its result (a refusal is code 1).
+fn handler<T: Send + 'static>(
+    gate: &Gate,
+    method: &'static str,
+    make: fn(ControlRequest, Sender<T>) -> Result<Command, RpcError>,
+) -> impl Fn(Args<ControlRequest>) -> Reply<T> + Clone + Send + Sync + 'static {
+    let gate = gate.clone();
+    move |Args(r): Args<ControlRequest>| {
+        let gate = gate.clone();
+        Box::pin(async move {
+            gate.check(method, &r)?;
+            let (tx, rx) = oneshot::channel();
+            gate.tx
+                .send(make(r, tx)?)
+                .await
+                .map_err(|_| RpcError::unavailable("the host is stopping"))?;
+            rx.await
+                .map_err(|_| RpcError::unavailable("the host is stopping"))?
+                .map_err(refused)
+        })
+    }
+}
+
 /// Builds the control service, handing requests to the host's task.
 pub(crate) fn service(token: String, tx: mpsc::Sender<Command>) -> Service {
     let gate = Gate {
         token: token.into(),
         tx,
     };
-    let g = gate.clone();
-    let status = move |Args(r): Args<ControlRequest>| {
-        let g = g.clone();
-        async move {
-            g.check("status", &r)?;
-            g.ask(|reply| Command::Status {
-                transaction: r.transaction,
-                reply,
-            })
-            .await
-        }
-    };
-    let g = gate.clone();
-    let start = move |Args(r): Args<ControlRequest>| {
-        let g = g.clone();
-        async move {
-            g.check("start", &r)?;
-            let t = g
-                .ask(|reply| Command::Start {
-                    context: r.context,
-                    transaction: r.transaction,
-                    reply,
-                })
-                .await?
-                .map_err(refused)?;
-            Ok::<_, RpcError>(Done { transaction: t })
-        }
-    };
-    let g = gate.clone();
-    let stop = move |Args(r): Args<ControlRequest>| {
-        let g = g.clone();
-        async move {
-            g.check("stop", &r)?;
-            let t = g
-                .ask(|reply| Command::Stop {
-                    transaction: r.transaction,
-                    service: r.service,
-                    reply,
-                })
-                .await?
-                .map_err(refused)?;
-            Ok::<_, RpcError>(Done { transaction: t })
-        }
-    };
-    let g = gate.clone();
-    let restart = move |Args(r): Args<ControlRequest>| {
-        let g = g.clone();
-        async move {
-            g.check("restart", &r)?;
-            let t = g
-                .ask(|reply| Command::Restart {
-                    transaction: r.transaction,
-                    service: r.service,
-                    reply,
-                })
-                .await?
-                .map_err(refused)?;
-            Ok::<_, RpcError>(Done { transaction: t })
-        }
-    };
-    let g = gate.clone();
-    let exit = move |Args(r): Args<ControlRequest>| {
-        let g = g.clone();
-        async move {
-            g.check("exit", &r)?;
-            let t = g
-                .ask(|reply| Command::Exit {
-                    transaction: r.transaction,
-                    reply,
-                })
-                .await?
-                .map_err(refused)?;
-            Ok::<_, RpcError>(Done { transaction: t })
-        }
-    };
-    let g = gate.clone();
-    let reload = move |Args(r): Args<ControlRequest>| {
-        let g = g.clone();
-        async move {
-            g.check("reload", &r)?;
-            g.ask(|reply| Command::Reload { reply })
-                .await?
-                .map_err(refused)
-        }
-    };
-    let g = gate;
-    let logs = move |Args(r): Args<ControlRequest>| {
-        let g = g.clone();
-        async move {
-            g.check("logs", &r)?;
-            let service = r
-                .service
-                .ok_or_else(|| RpcError::invalid_params("service", "name the service"))?;
-            g.ask(|reply| Command::Logs {
-                transaction: r.transaction,
-                service,
-                reply,
-            })
-            .await?
-            .map_err(refused)
-        }
-    };
+    let status = handler(&gate, "status", |r, reply| {
+        Ok(Command::Status {
+            transaction: r.transaction,
+            reply,
+        })
+    });
+    let start = handler(&gate, "start", |r, reply| {
+        Ok(Command::Start {
+            context: r.context,
+            transaction: r.transaction,
+            reply,
+        })
+    });
+    let stop = handler(&gate, "stop", |r, reply| {
+        Ok(Command::Stop {
+            transaction: r.transaction,
+            service: r.service,
+            reply,
+        })
+    });
+    let restart = handler(&gate, "restart", |r, reply| {
+        Ok(Command::Restart {
+            transaction: r.transaction,
+            service: r.service,
+            reply,
+        })
+    });
+    let exit = handler(&gate, "exit", |r, reply| {
+        Ok(Command::Exit {
+            transaction: r.transaction,
+            reply,
+        })
+    });
+    let reload = handler(&gate, "reload", |_, reply| Ok(Command::Reload { reply }));
+    let logs = handler(&gate, "logs", |r, reply| {
+        let service = r
+            .service
+            .ok_or_else(|| RpcError::invalid_params("service", "name the service"))?;
+        Ok(Command::Logs {
+            transaction: r.transaction,
+            service,
+            reply,
+        })
+    });
     Service::new(HOST_SERVICE)
         .version(env!("CARGO_PKG_VERSION"))
         .rpc("status", status)

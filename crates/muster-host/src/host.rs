@@ -15,7 +15,7 @@ use muster_zmq::{Bus, BusAddr, BusOptions, RegistryEvent, ZmqOptions, ZmqTranspo
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::control::{self, Command};
+use crate::control::{self, Command, Done};
 use crate::manifest::{Manifest, ManifestError, Substitutions};
 use crate::supervisor::{Effect, Supervisor, Timer};
 use crate::{persist, process, token};
@@ -85,6 +85,7 @@ enum Input {
     Exited {
         transaction: String,
         generation: u64,
+        instance: String,
         pid: u32,
         status: std::process::ExitStatus,
     },
@@ -155,6 +156,7 @@ pub async fn run(
     };
     let (inputs_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
     let mut driver = Driver {
+        bus,
         guard,
         supervisor: Supervisor::new(&manifest.contexts),
         manifest,
@@ -226,11 +228,12 @@ pub async fn run(
     control.stop().await;
     drop(updates);
     transport.close().await;
-    bus.stop().await;
+    driver.bus.stop().await;
     Ok(())
 }
 
 struct Driver {
+    bus: Bus,
     guard: Option<process::Guard>,
     supervisor: Supervisor,
     manifest: Manifest,
@@ -254,9 +257,12 @@ impl Driver {
             Input::Exited {
                 transaction,
                 generation,
+                instance,
                 pid,
                 status,
             } => {
+                // Callers stop picking it now, not after the heartbeat ttl.
+                self.bus.evict(&instance);
                 // Whatever the instance started and left behind goes too.
                 process::signal(pid, crate::supervisor::StopSignal::Kill);
                 if let Some(g) = &mut self.guard {
@@ -294,12 +300,14 @@ impl Driver {
                                 g.add(pid);
                             }
                             let tx = self.inputs.clone();
-                            let (transaction, generation) = (s.transaction.clone(), s.generation);
+                            let (transaction, generation, instance) =
+                                (s.transaction.clone(), s.generation, s.instance.clone());
                             tokio::spawn(async move {
                                 if let Ok(status) = child.wait().await {
                                     let _ = tx.send(Input::Exited {
                                         transaction,
                                         generation,
+                                        instance,
                                         pid,
                                         status,
                                     });
@@ -364,11 +372,23 @@ impl Driver {
         }
     }
 
+    /// Runs `act` on the addressed transaction and carries out its effects.
+    async fn on_transaction(
+        &mut self,
+        transaction: Option<String>,
+        act: impl FnOnce(&mut Supervisor, Instant, &str) -> (Result<(), String>, Vec<Effect>),
+    ) -> Result<Done, String> {
+        let t = self.resolve(transaction)?;
+        let (r, e) = act(&mut self.supervisor, Instant::now(), &t);
+        self.apply(e).await;
+        r.map(|()| Done { transaction: t })
+    }
+
     async fn command(&mut self, cmd: Command) {
         let now = Instant::now();
         match cmd {
             Command::Status { transaction, reply } => {
-                let _ = reply.send(self.supervisor.status(now, transaction.as_deref()));
+                let _ = reply.send(Ok(self.supervisor.status(now, transaction.as_deref())));
             }
             Command::Start {
                 context,
@@ -377,21 +397,16 @@ impl Driver {
             } => {
                 let (r, e) = self.supervisor.start(now, context.as_deref(), transaction);
                 self.apply(e).await;
-                let _ = reply.send(r);
+                let _ = reply.send(r.map(|transaction| Done { transaction }));
             }
             Command::Stop {
                 transaction,
                 service,
                 reply,
             } => {
-                let r = match self.resolve(transaction) {
-                    Ok(t) => {
-                        let (r, e) = self.supervisor.stop(now, &t, service.as_deref());
-                        self.apply(e).await;
-                        r.map(|()| t)
-                    }
-                    Err(e) => Err(e),
-                };
+                let r = self
+                    .on_transaction(transaction, |s, now, t| s.stop(now, t, service.as_deref()))
+                    .await;
                 let _ = reply.send(r);
             }
             Command::Restart {
@@ -399,25 +414,17 @@ impl Driver {
                 service,
                 reply,
             } => {
-                let r = match self.resolve(transaction) {
-                    Ok(t) => {
-                        let (r, e) = self.supervisor.restart(now, &t, service.as_deref());
-                        self.apply(e).await;
-                        r.map(|()| t)
-                    }
-                    Err(e) => Err(e),
-                };
+                let r = self
+                    .on_transaction(transaction, |s, now, t| {
+                        s.restart(now, t, service.as_deref())
+                    })
+                    .await;
                 let _ = reply.send(r);
             }
             Command::Exit { transaction, reply } => {
-                let r = match self.resolve(transaction) {
-                    Ok(t) => {
-                        let (r, e) = self.supervisor.exit(now, &t);
-                        self.apply(e).await;
-                        r.map(|()| t)
-                    }
-                    Err(e) => Err(e),
-                };
+                let r = self
+                    .on_transaction(transaction, |s, now, t| s.exit(now, t))
+                    .await;
                 let _ = reply.send(r);
             }
             Command::Reload { reply } => {

@@ -51,6 +51,7 @@ pub struct Bus {
     tasks: Vec<JoinHandle<()>>,
     stats: registry::SharedStats,
     events: tokio::sync::broadcast::Sender<RegistryEvent>,
+    evictions: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 impl Bus {
@@ -87,6 +88,7 @@ impl Bus {
 
         let stats = registry::SharedStats::default();
         let (events, _) = tokio::sync::broadcast::channel(REGISTRY_EVENT_BACKLOG);
+        let (evictions, evictions_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(registry::run(
             router,
@@ -94,6 +96,7 @@ impl Bus {
             shutdown.clone(),
             stats.clone(),
             events.clone(),
+            evictions_rx,
         )));
         let proxy_stop = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -118,6 +121,7 @@ impl Bus {
             tasks,
             stats,
             events,
+            evictions,
         })
     }
 
@@ -136,6 +140,14 @@ impl Bus {
     /// `Lagged` and should list the registry again.
     pub fn watch(&self) -> tokio::sync::broadcast::Receiver<RegistryEvent> {
         self.events.subscribe()
+    }
+
+    /// Drops `instance` (and the `<instance>-<service>` ids of a group
+    /// process) from the registry now, rather than after the heartbeat
+    /// ttl: the host calls this when it sees the process end, so callers
+    /// stop picking a dead instance at once.
+    pub fn evict(&self, instance: &str) {
+        let _ = self.evictions.send(instance.to_owned());
     }
 
     /// Stops serving and closes the endpoints.

@@ -110,6 +110,7 @@ pub(super) async fn run(
     shutdown: CancellationToken,
     stats: SharedStats,
     events: tokio::sync::broadcast::Sender<RegistryEvent>,
+    mut evictions: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     let mut reg = Registry {
         epoch: random_epoch(),
@@ -137,6 +138,25 @@ pub(super) async fn run(
                 let expired = before - reg.entries.len();
                 if expired > 0 {
                     stats.0.expired.fetch_add(expired as u64, Ordering::Relaxed);
+                    reg.changed();
+                }
+            }
+            Some(id) = evictions.recv() => {
+                let before = reg.entries.len();
+                reg.entries.retain(|key, e| {
+                    let gone = key
+                        .strip_prefix(id.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
+                    if gone {
+                        tracing::info!(service = %e.info.service, instance = %key, "instance evicted (its process ended)");
+                        let _ = events.send(RegistryEvent::Unregistered {
+                            service: e.info.service.clone(),
+                            instance: key.clone(),
+                        });
+                    }
+                    !gone
+                });
+                if reg.entries.len() != before {
                     reg.changed();
                 }
             }
