@@ -92,6 +92,16 @@ pub trait Transport: Send + Sync + Debug + 'static {
 
     /// Flushes pending sends and closes sockets.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Claims `key` for `holder`: the first claim of a key wins and is
+    /// kept for `ttl`; a later claim by the same holder is granted again,
+    /// by anyone else refused. This is how a scheduled job runs on one
+    /// instance per fire time. The default, for buses with nobody to
+    /// compete with (direct mode), grants every claim.
+    fn claim(&self, key: &str, holder: &str, ttl: Duration) -> BoxFuture<'_, Result<bool, Error>> {
+        let _ = (key, holder, ttl);
+        Box::pin(async { Ok(true) })
+    }
 }
 
 /// A shared transport handle.

@@ -12,6 +12,23 @@ pub(crate) const HEARTBEAT: &str = "heartbeat";
 pub(crate) const UNREGISTER: &str = "unregister";
 /// Verb: the registry, unless unchanged since a version.
 pub(crate) const LIST: &str = "list";
+/// Verb: claim a key (one instance per scheduled fire time).
+pub(crate) const CLAIM: &str = "claim";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Claim {
+    pub(crate) key: String,
+    pub(crate) holder: String,
+    pub(crate) ttl_ms: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct ClaimReply {
+    pub(crate) granted: bool,
+    /// Who holds the key.
+    #[serde(default)]
+    pub(crate) holder: String,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {

@@ -180,4 +180,26 @@ impl Transport for ZmqTransport {
             self.inner.events.close().await;
         })
     }
+
+    fn claim(&self, key: &str, holder: &str, ttl: Duration) -> BoxFuture<'_, Result<bool, Error>> {
+        let claim = crate::control::Claim {
+            key: key.to_owned(),
+            holder: holder.to_owned(),
+            ttl_ms: u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+        };
+        Box::pin(async move {
+            // Direct mode has no bus: nobody to compete with.
+            let Some(control) = &self.inner.control else {
+                return Ok(true);
+            };
+            let reply: crate::control::ClaimReply = control
+                .call(
+                    crate::control::CLAIM,
+                    &claim,
+                    self.inner.options.control_timeout,
+                )
+                .await?;
+            Ok(reply.granted)
+        })
+    }
 }

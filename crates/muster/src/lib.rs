@@ -55,6 +55,7 @@ pub mod memory;
 pub mod prelude;
 pub mod reply;
 mod runtime;
+pub mod schedule;
 mod secret;
 mod service;
 pub mod stats;

@@ -31,6 +31,8 @@ struct State {
     instances: Vec<Instance>,
     subs: Vec<Sub>,
     next_sub: usize,
+    /// key -> (holder, until)
+    claims: std::collections::HashMap<String, (String, std::time::Instant)>,
 }
 
 /// The in-memory bus. Clones share it.
@@ -252,5 +254,24 @@ impl Transport for MemoryTransport {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    fn claim(&self, key: &str, holder: &str, ttl: Duration) -> BoxFuture<'_, Result<bool, Error>> {
+        let now = std::time::Instant::now();
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.claims.retain(|_, (_, until)| *until > now);
+        let granted = match state.claims.get(key) {
+            Some((h, _)) => h == holder,
+            None => {
+                state
+                    .claims
+                    .insert(key.to_owned(), (holder.to_owned(), now + ttl));
+                true
+            }
+        };
+        Box::pin(async move { Ok(granted) })
     }
 }

@@ -2,6 +2,7 @@
 //! handler, and the [`ServiceHandle`] that stops it.
 
 mod dispatch;
+pub(crate) mod scheduler;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,6 +77,7 @@ pub struct ServiceHandle {
     ctx: Ctx,
     shutdown: CancellationToken,
     main: Option<tokio::task::JoinHandle<Result<(), BoxError>>>,
+    jobs: Vec<tokio::task::JoinHandle<()>>,
     on_shutdown: Option<ShutdownHook>,
     grace: Duration,
 }
@@ -210,6 +212,24 @@ impl Service {
                 }
             }
         };
+        let jobs = dispatch
+            .job_stats()
+            .into_iter()
+            .zip(self.jobs.iter().cloned())
+            .map(|((name, stats), job)| {
+                tokio::spawn(
+                    scheduler::Runner {
+                        name,
+                        ctx: ctx.clone(),
+                        transport: transport.clone(),
+                        clock: self.clock.clone(),
+                        stats,
+                        shutdown: shutdown.clone(),
+                    }
+                    .drive(job),
+                )
+            })
+            .collect();
         tracing::info!(service = %self.name, instance = %instance, endpoint = %endpoint, transport = transport.kind(), "service started");
         let main = match (&self.main, options.run_main) {
             (Some(main), true) => Some(tokio::spawn(main(ctx.clone()))),
@@ -224,6 +244,7 @@ impl Service {
             ctx,
             shutdown,
             main,
+            jobs,
             on_shutdown: self.on_shutdown.map(ShutdownHook),
             grace: self.shutdown_grace,
         })
@@ -284,6 +305,12 @@ impl ServiceHandle {
         }
         if let Some(sub) = self.subscribed.take() {
             sub.cancel().await;
+        }
+        for job in std::mem::take(&mut self.jobs) {
+            // A run in progress finishes (within the grace); no new ones start.
+            if tokio::time::timeout(self.grace, job).await.is_err() {
+                tracing::warn!(service = %self.name, "a scheduled job did not finish within the shutdown grace");
+            }
         }
         if let Some(main) = self.main.take() {
             // main sees ctx.shutdown(); give it the grace to return.

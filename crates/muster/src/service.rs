@@ -13,6 +13,9 @@ use crate::ctx::Ctx;
 use crate::handler::{ErasedHandler, Handler, Schemas, erase};
 use crate::transport::BoxFuture;
 use muster_core::registry::{is_valid_name, is_valid_service_name};
+
+use crate::runtime::scheduler::Job;
+use crate::schedule::{Clock, Misfire, Schedule, SystemClock};
 use muster_core::topic::Pattern;
 
 /// The error type of `main` and `init` functions.
@@ -70,6 +73,8 @@ pub struct Service {
     pub(crate) config: Option<ConfigLoader>,
     pub(crate) max_in_flight: usize,
     pub(crate) shutdown_grace: Duration,
+    pub(crate) jobs: Vec<Arc<Job>>,
+    pub(crate) clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Service {
@@ -117,6 +122,8 @@ impl Service {
             config: None,
             max_in_flight: 1024,
             shutdown_grace: Duration::from_secs(10),
+            jobs: Vec::new(),
+            clock: Arc::new(SystemClock),
         }
     }
 
@@ -169,6 +176,136 @@ impl Service {
             .expect("idempotent() follows an rpc(...)");
         m.idempotent = true;
         self
+    }
+
+    /// Runs `job` on `schedule`. See [`crate::schedule`] for what fires
+    /// when; [`Service::every`], [`Service::cron`] and [`Service::at`] are
+    /// the usual shorthands. With several instances of the service, each
+    /// fire time runs on one of them (claimed on the bus).
+    pub fn schedule<F, Fut, E>(mut self, schedule: Schedule, job: F) -> Self
+    where
+        F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.jobs.push(Arc::new(Job {
+            schedule,
+            misfire: Misfire::default(),
+            at_startup: false,
+            run: hook(job),
+        }));
+        self
+    }
+
+    /// Runs `job` every `period`, at the multiples of `period` since the
+    /// Unix epoch.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use muster::prelude::*;
+    /// let s = Service::new("reports").every(Duration::from_secs(60), |ctx: Ctx| async move {
+    ///     ctx.publish("reports.tick", &1).await
+    /// });
+    /// ```
+    ///
+    /// # Panics
+    /// A zero period.
+    #[track_caller]
+    pub fn every<F, Fut, E>(self, period: Duration, job: F) -> Self
+    where
+        F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let s = Schedule::every(period).unwrap_or_else(|e| panic!("every: {e}"));
+        self.schedule(s, job)
+    }
+
+    /// Runs `job` on a cron expression (5, 6 or 7 fields; UTC unless
+    /// followed by [`Service::tz`]).
+    ///
+    /// # Panics
+    /// An invalid expression (build a [`Schedule`] and use
+    /// [`Service::schedule`] for expressions that come from config).
+    #[track_caller]
+    pub fn cron<F, Fut, E>(self, expr: &str, job: F) -> Self
+    where
+        F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let s = Schedule::cron(expr).unwrap_or_else(|e| panic!("cron: {e}"));
+        self.schedule(s, job)
+    }
+
+    /// Runs `job` daily at `HH:MM[:SS]` (UTC unless followed by
+    /// [`Service::tz`]).
+    ///
+    /// # Panics
+    /// Not a time of day.
+    #[track_caller]
+    pub fn at<F, Fut, E>(self, time: &str, job: F) -> Self
+    where
+        F: Fn(Ctx) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        let s = Schedule::at(time).unwrap_or_else(|e| panic!("at: {e}"));
+        self.schedule(s, job)
+    }
+
+    /// Reads the last scheduled job's cron or `at` time in the IANA zone
+    /// `zone` (`Europe/Berlin`).
+    ///
+    /// # Panics
+    /// No job yet, or an unknown zone.
+    #[track_caller]
+    pub fn tz(mut self, zone: &str) -> Self {
+        let job = self.last_job("tz");
+        job.schedule = job
+            .schedule
+            .clone()
+            .in_zone(zone)
+            .unwrap_or_else(|e| panic!("tz: {e}"));
+        self
+    }
+
+    /// What the last scheduled job does about fire times it missed
+    /// (default [`Misfire::RunOnce`]).
+    ///
+    /// # Panics
+    /// No job yet.
+    #[track_caller]
+    pub fn misfire(mut self, policy: Misfire) -> Self {
+        self.last_job("misfire").misfire = policy;
+        self
+    }
+
+    /// Also runs the last scheduled job once when the instance starts
+    /// (on every instance: a start-up run is not claimed).
+    ///
+    /// # Panics
+    /// No job yet.
+    #[track_caller]
+    pub fn run_at_startup(mut self) -> Self {
+        self.last_job("run_at_startup").at_startup = true;
+        self
+    }
+
+    /// The clock schedules read (tests pass a
+    /// [`VirtualClock`](crate::schedule::VirtualClock)).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    #[track_caller]
+    fn last_job(&mut self, what: &str) -> &mut Job {
+        let job = self
+            .jobs
+            .last_mut()
+            .unwrap_or_else(|| panic!("{what}() follows every(), cron(), at() or schedule()"));
+        Arc::get_mut(job).expect("jobs are not shared before the service starts")
     }
 
     /// Handles events whose topic matches `pattern` (`*` one token, `>` the rest).

@@ -16,6 +16,7 @@ const BUCKETS: usize = 40 * SUB as usize;
 /// Live counters of one method (or subscription).
 #[derive(Debug)]
 pub(crate) struct MethodStats {
+    skipped: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicI64,
@@ -27,6 +28,7 @@ pub(crate) struct MethodStats {
 impl Default for MethodStats {
     fn default() -> Self {
         Self {
+            skipped: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
@@ -58,6 +60,11 @@ fn bucket_upper_us(i: usize) -> u64 {
 }
 
 impl MethodStats {
+    /// Scheduled fire times that did not run (overlap or misfire policy).
+    pub(crate) fn skipped(&self, n: u64) {
+        self.skipped.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub(crate) fn begin(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
@@ -116,6 +123,7 @@ impl MethodStats {
                 .unwrap_or(0),
             p50_us: self.quantile_us(&counts, total, 0.50),
             p99_us: self.quantile_us(&counts, total, 0.99),
+            num_skipped: self.skipped.load(Ordering::Relaxed),
         }
     }
 }
@@ -138,6 +146,15 @@ pub struct MethodReport {
     pub p50_us: u64,
     /// 99th percentile handler time, microseconds.
     pub p99_us: u64,
+    /// Scheduled jobs only: fire times that did not run (they came while
+    /// the previous run was going, or were missed and the misfire policy
+    /// let them go).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub num_skipped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What an instance answers to `$stats`.

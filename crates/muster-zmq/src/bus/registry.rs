@@ -14,7 +14,9 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::BusOptions;
-use crate::control::{self, Ack, Heartbeat, HeartbeatReply, List, ListReply, Unregister};
+use crate::control::{
+    self, Ack, Claim, ClaimReply, Heartbeat, HeartbeatReply, List, ListReply, Unregister,
+};
 use crate::socket::{frames, log_dropped, routed_message};
 
 /// Counters of the registry, for `muster bus` logs and tests.
@@ -58,6 +60,8 @@ struct Registry {
     epoch: String,
     version: u64,
     entries: HashMap<String, Entry>,
+    /// Claimed keys: key -> (holder, until).
+    claims: HashMap<String, (String, Instant)>,
 }
 
 impl Registry {
@@ -116,6 +120,7 @@ pub(super) async fn run(
         epoch: random_epoch(),
         version: 0,
         entries: HashMap::new(),
+        claims: HashMap::new(),
     };
     let mut sweep = tokio::time::interval(options.sweep_every);
     loop {
@@ -123,6 +128,7 @@ pub(super) async fn run(
             () = shutdown.cancelled() => break,
             _ = sweep.tick() => {
                 let now = Instant::now();
+                reg.claims.retain(|_, (_, until)| *until > now);
                 let before = reg.entries.len();
                 reg.entries.retain(|id, e| {
                     let alive = now.duration_since(e.last_seen) < options.ttl;
@@ -236,6 +242,29 @@ fn handle(
             }
             encode(&Ack::default())
         }
+        control::CLAIM => match serde_json::from_slice::<Claim>(&env.body) {
+            Ok(c) => {
+                let now = Instant::now();
+                let reply = match reg.claims.get(&c.key) {
+                    Some((holder, until)) if *until > now => ClaimReply {
+                        granted: *holder == c.holder,
+                        holder: holder.clone(),
+                    },
+                    _ => {
+                        let ttl = std::time::Duration::from_millis(c.ttl_ms.min(86_400_000));
+                        reg.claims.insert(c.key, (c.holder.clone(), now + ttl));
+                        ClaimReply {
+                            granted: true,
+                            holder: c.holder,
+                        }
+                    }
+                };
+                encode(&reply)
+            }
+            Err(e) => encode(&Ack {
+                error: Some(format!("bad claim: {e}")),
+            }),
+        },
         control::LIST => {
             let req: List = serde_json::from_slice(&env.body).unwrap_or_default();
             encode(&reg.list(&req))

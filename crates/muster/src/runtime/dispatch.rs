@@ -36,6 +36,8 @@ pub(super) struct ServiceDispatch {
     service: String,
     methods: HashMap<String, Entry>,
     events: Vec<EventEntry>,
+    /// Scheduled jobs: (`schedule:<expression>`, stats), in job order.
+    jobs: Vec<(String, Arc<MethodStats>)>,
     ctx: Ctx,
     info: InstanceInfo,
     config_shown: Value,
@@ -76,11 +78,20 @@ impl ServiceDispatch {
                     })
                 })
                 .collect(),
+            jobs: super::scheduler::job_names(&service.jobs)
+                .into_iter()
+                .map(|n| (n, Arc::default()))
+                .collect(),
             ctx,
             info,
             config_shown,
             started,
         }
+    }
+
+    /// The name and stats of each scheduled job, in job order.
+    pub(super) fn job_stats(&self) -> Vec<(String, Arc<MethodStats>)> {
+        self.jobs.clone()
     }
 
     fn stats_report(&self) -> StatsReport {
@@ -91,6 +102,9 @@ impl ServiceDispatch {
             .collect();
         for e in &self.events {
             methods.insert(format!("event:{}", e.pattern.as_str()), e.stats.report());
+        }
+        for (name, stats) in &self.jobs {
+            methods.insert(name.clone(), stats.report());
         }
         StatsReport {
             service: self.service.clone(),
