@@ -8,6 +8,7 @@ mod ctl;
 mod demo;
 mod events;
 mod ls;
+mod schedule;
 mod up;
 
 use std::process::ExitCode;
@@ -68,6 +69,8 @@ enum Command {
     Ls(ls::LsCmd),
     /// Per-method statistics of every instance (or of one service).
     Stats(ls::StatsCmd),
+    /// Check a schedule: its next fire times.
+    Schedule(schedule::ScheduleCmd),
     /// Run the demo context (StateMachineSample and echo) under a host.
     Demo(demo::DemoCmd),
     /// Measure RPC and pub/sub against raw ZeroMQ and TCP baselines.
@@ -129,6 +132,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Ls(c) => c.run().await,
         Command::Stats(c) => c.run().await,
         Command::Demo(c) => c.run().await,
+        Command::Schedule(c) => c.run(),
         Command::Bench(c) => c.run().await,
         Command::Service { .. } | Command::Exec { .. } | Command::Guard | Command::BenchPeer(_) => {
             Ok(())
