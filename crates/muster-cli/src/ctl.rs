@@ -226,6 +226,27 @@ fn print_status(status: &Status) {
                     i.last_exit.as_deref().unwrap_or("")
                 );
             }
+            if let Some(sc) = &s.schedule {
+                println!(
+                    "  {:<14} schedule {}{}: next {}, runs {} (ok {}, failed {}), skipped {}{}",
+                    "",
+                    sc.schedule,
+                    if sc.paused { " (paused)" } else { "" },
+                    sc.next.as_deref().unwrap_or("never"),
+                    sc.runs,
+                    sc.succeeded,
+                    sc.failed,
+                    sc.skipped,
+                    sc.recent
+                        .last()
+                        .map(|r| format!(
+                            ", last: {} for {}",
+                            r.outcome.as_deref().unwrap_or("running"),
+                            r.fire
+                        ))
+                        .unwrap_or_default()
+                );
+            }
         }
     }
 }

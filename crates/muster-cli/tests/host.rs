@@ -706,3 +706,45 @@ fn demo_once_runs_one_cycle() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_services_run_to_completion_and_their_runs_are_recorded() {
+    let manifest = format!(
+        "[context]\nname = \"cron\"\n{}{}",
+        "[[service]]\nname = \"ok\"\nrun = [\"/bin/sh\", \"-c\", \"exit 0\"]\nready = \"spawned\"\nschedule = \"* * * * * *\"\n",
+        "[[service]]\nname = \"bad\"\nrun = [\"/bin/sh\", \"-c\", \"exit 3\"]\nready = \"spawned\"\nschedule = \"every 1s\"\n",
+    );
+    let host = Host::up("schedule", &manifest).await;
+    let st = eventually(WAIT, "three runs each", || async {
+        let st = host.status();
+        let svcs = st["transactions"][0]["services"].as_array()?.clone();
+        svcs.iter()
+            .all(|s| s["schedule"]["runs"].as_u64().unwrap_or(0) >= 3)
+            .then_some(st)
+    })
+    .await;
+    let svcs = st["transactions"][0]["services"].as_array().unwrap();
+    let ok = &svcs[0]["schedule"];
+    assert_eq!(ok["failed"], 0, "{ok}");
+    assert_eq!(ok["recent"][0]["outcome"], "exit code 0");
+    let bad = &svcs[1]["schedule"];
+    assert_eq!(bad["succeeded"], 0, "{bad}");
+    assert_eq!(bad["recent"][0]["outcome"], "exit code 3");
+    assert_eq!(
+        svcs[1]["instances"][0]["restarts"], 0,
+        "never restarted by a policy"
+    );
+    let fires: Vec<&str> = ok["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["fire"].as_str().unwrap())
+        .collect();
+    let mut unique = fires.clone();
+    unique.dedup();
+    assert_eq!(fires, unique, "one run per fire time");
+    let o = host.ctl(&["status"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("schedule * * * * * *: next"), "{table}");
+    assert!(table.contains("last: exit code 3"), "{table}");
+}

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use muster::schedule::{Misfire, Schedule};
 use muster_core::registry::is_valid_name;
 use serde::{Deserialize, Deserializer, Serialize};
 use toml::Spanned;
@@ -163,6 +164,28 @@ pub struct ServiceSpec {
     pub backoff: Backoff,
     /// Triggers.
     pub triggers: Triggers,
+    /// Started on a schedule, run to completion (never restarted).
+    pub schedule: Option<Scheduled>,
+}
+
+/// A service the host starts on a schedule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scheduled {
+    /// `every 30s`, `at 19:42` or a cron expression.
+    pub expr: String,
+    /// Zone for cron and `at` times.
+    pub tz: String,
+    /// Fire times missed while a run was going or the host was down.
+    pub misfire: Misfire,
+}
+
+impl Scheduled {
+    /// The checked schedule.
+    pub fn schedule(&self) -> Schedule {
+        Schedule::parse(&self.expr)
+            .and_then(|s| s.in_zone(&self.tz))
+            .unwrap_or_else(|_| unreachable!("checked when the manifest was read"))
+    }
 }
 
 /// One context: a set of services started together under a transaction.
@@ -342,10 +365,12 @@ struct RawService {
     env: BTreeMap<String, String>,
     cwd: Option<String>,
     instances: Option<Spanned<u32>>,
-    #[serde(default)]
-    restart: RestartPolicy,
+    restart: Option<Spanned<RestartPolicy>>,
     #[serde(default)]
     after: Vec<Spanned<String>>,
+    schedule: Option<Spanned<String>>,
+    schedule_tz: Option<Spanned<String>>,
+    misfire: Option<Spanned<String>>,
     autostart: Option<bool>,
     stop_timeout: Option<DurationValue>,
     #[serde(default)]
@@ -581,6 +606,7 @@ impl Checker<'_> {
         } else {
             command
         };
+        let schedule = self.scheduled(i, s, instances)?;
         let backoff = Backoff {
             initial: s.backoff.map_or(Duration::from_millis(100), |d| d.0),
             max: s.backoff_max.map_or(Duration::from_secs(30), |d| d.0),
@@ -600,15 +626,91 @@ impl Checker<'_> {
                 .as_deref()
                 .map_or_else(|| self.dir.clone(), |c| self.dir.join(self.expand(c))),
             instances,
-            restart: s.restart,
+            restart: s.restart.as_ref().map_or_else(
+                || {
+                    if schedule.is_some() {
+                        RestartPolicy::Temporary
+                    } else {
+                        RestartPolicy::Permanent
+                    }
+                },
+                |r| *r.get_ref(),
+            ),
             after: s.after.iter().map(|a| a.get_ref().clone()).collect(),
-            autostart: s.autostart.unwrap_or(true),
+            autostart: s.autostart.unwrap_or(true) && schedule.is_none(),
             stop_timeout: s.stop_timeout.map_or(Duration::from_secs(5), |d| d.0),
             ready: s.ready,
             ready_timeout: s.ready_timeout.map_or(Duration::from_secs(10), |d| d.0),
             backoff,
             triggers,
+            schedule,
         })
+    }
+
+    /// `schedule`, `schedule_tz` and `misfire`, checked.
+    fn scheduled(
+        &self,
+        i: usize,
+        s: &RawService,
+        instances: u32,
+    ) -> Result<Option<Scheduled>, ManifestError> {
+        let key = |k: &str| format!("service[{i}].{k}");
+        let Some(expr) = &s.schedule else {
+            for (k, v) in [("schedule_tz", &s.schedule_tz), ("misfire", &s.misfire)] {
+                if let Some(v) = v {
+                    return Err(self.err(
+                        v.span().start,
+                        key(k),
+                        "only for a service with `schedule`",
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        let tz = s
+            .schedule_tz
+            .as_ref()
+            .map_or_else(|| "UTC".to_owned(), |t| t.get_ref().clone());
+        Schedule::parse(expr.get_ref())
+            .map_err(|e| self.err(expr.span().start, key("schedule"), e))?
+            .in_zone(&tz)
+            .map_err(|e| {
+                let at = s
+                    .schedule_tz
+                    .as_ref()
+                    .map_or(expr.span().start, |t| t.span().start);
+                self.err(at, key("schedule_tz"), e)
+            })?;
+        let misfire = match &s.misfire {
+            Some(m) => m
+                .get_ref()
+                .parse::<Misfire>()
+                .map_err(|e| self.err(m.span().start, key("misfire"), e))?,
+            None => Misfire::default(),
+        };
+        if instances != 1 {
+            let at = s
+                .instances
+                .as_ref()
+                .map_or(expr.span().start, |n| n.span().start);
+            return Err(self.err(
+                at,
+                key("instances"),
+                "a scheduled service runs one process per fire time",
+            ));
+        }
+        if let Some(r) = &s.restart {
+            return Err(self.err(
+                r.span().start,
+                key("restart"),
+                "a scheduled service runs to completion; the schedule starts it, not a restart policy",
+            ));
+        }
+        Ok(Some(Scheduled {
+            expr: expr.get_ref().trim().to_owned(),
+            tz,
+            misfire,
+        }))
     }
 
     fn known(
@@ -846,6 +948,35 @@ on_exit = { exit = true }
         );
         let (_, _, msg) = fault(&GOOD.replace("name = \"stand\"", "name = \"db\""));
         assert!(msg.contains("twice"), "{msg}");
+    }
+
+    #[test]
+    fn schedules_are_checked() {
+        let src = GOOD.replace(
+            "run = [\"bin/db\", \"--port\", \"1\"]",
+            "run = [\"bin/db\"]\nschedule = \"0 0,12 * * *\"\nschedule_tz = \"Europe/Berlin\"\nmisfire = \"catch_up:3\"",
+        );
+        let c = load(&src).unwrap();
+        let s = c.services[0].schedule.clone().unwrap();
+        assert_eq!(
+            (s.expr.as_str(), s.tz.as_str(), s.misfire),
+            ("0 0,12 * * *", "Europe/Berlin", Misfire::CatchUp(3))
+        );
+        assert_eq!(c.services[0].restart, RestartPolicy::Temporary);
+        assert!(!c.services[0].autostart);
+        let (line, key, msg) = fault(&src.replace("0 0,12 * * *", "0 0,25 * * *"));
+        assert_eq!((line, key.as_str()), (11, "service[0].schedule"));
+        assert!(msg.contains("not a cron expression"), "{msg}");
+        let (_, key, _) = fault(&src.replace("Europe/Berlin", "Europe/Nowhere"));
+        assert_eq!(key, "service[0].schedule_tz");
+        let (_, key, _) = fault(&src.replace("catch_up:3", "later"));
+        assert_eq!(key, "service[0].misfire");
+        let (_, key, msg) =
+            fault(&src.replace("name = \"db\"", "name = \"db\"\nrestart = \"permanent\""));
+        assert!(
+            key.ends_with("restart") && msg.contains("runs to completion"),
+            "{key}: {msg}"
+        );
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub struct ServiceStatus {
     pub wanted: bool,
     /// Its instances.
     pub instances: Vec<InstanceStatus>,
+    /// Its schedule, for a service started on one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleStatus>,
 }
 
 /// One instance slot.
@@ -59,4 +62,42 @@ pub struct InstanceStatus {
     /// How the last process ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+}
+
+/// The schedule of a run-to-completion service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScheduleStatus {
+    /// The schedule as shown (with its zone).
+    pub schedule: String,
+    /// The expression as written.
+    pub expr: String,
+    /// The next fire time (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// Stopped on request: no run starts until it is started again.
+    pub paused: bool,
+    /// Runs that ended.
+    pub runs: u64,
+    /// Runs that exited 0.
+    pub succeeded: u64,
+    /// Runs that failed (or were stopped).
+    pub failed: u64,
+    /// Fire times that did not run (a run was going, or the host was
+    /// down, and the misfire policy let them go).
+    pub skipped: u64,
+    /// The most recent runs, oldest first.
+    pub recent: Vec<RunStatus>,
+}
+
+/// One run of a scheduled service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct RunStatus {
+    /// The fire time it ran for.
+    pub fire: String,
+    /// When it started.
+    pub started: String,
+    /// How it ended (`exit code 0`, `exit code 3`, `killed by signal 9`),
+    /// while running absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }

@@ -14,8 +14,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use muster::schedule::{Clock, SystemClock};
 use serde_json::Value;
 use tokio::time::Instant;
+
+use self::scheduled::SchedState;
 
 use crate::events::{
     CONTEXT_TOPIC, ContextChange, ContextEvent, InstanceEvent, Lifecycle, control_topic,
@@ -128,6 +132,15 @@ pub enum Timer {
         /// Which group restart.
         round: u64,
     },
+    /// A scheduled service's fire time came.
+    Fire {
+        /// The transaction.
+        transaction: String,
+        /// The service.
+        service: String,
+        /// Which arming of its schedule.
+        round: u64,
+    },
 }
 
 /// A transaction to bring back after a host restart.
@@ -137,6 +150,10 @@ pub struct Persisted {
     pub transaction: String,
     /// Its context.
     pub context: String,
+    /// Scheduled services: the last fire time that came (Unix ms), so a
+    /// host that was down applies the misfire policy to what it missed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub last_fires: BTreeMap<String, i64>,
 }
 
 /// What a reload changed.
@@ -226,12 +243,14 @@ struct Svc {
     spec: Arc<ServiceSpec>,
     wanted: bool,
     slots: Vec<Slot>,
+    sched: Option<SchedState>,
 }
 
 impl Svc {
     fn new(spec: Arc<ServiceSpec>) -> Self {
         let slots = (0..spec.instances).map(Slot::new).collect();
         Self {
+            sched: spec.schedule.as_ref().map(SchedState::new),
             spec,
             wanted: false,
             slots,
@@ -314,6 +333,8 @@ struct Txn {
 struct Out {
     effects: Vec<Effect>,
     now: Instant,
+    /// Wall-clock time of the current input (schedules).
+    wall: DateTime<Utc>,
     next_generation: u64,
 }
 
@@ -333,6 +354,7 @@ pub struct Supervisor {
     txns: BTreeMap<String, Txn>,
     out: Out,
     shutting_down: bool,
+    clock: Arc<dyn Clock>,
 }
 
 impl Supervisor {
@@ -347,14 +369,24 @@ impl Supervisor {
             out: Out {
                 effects: Vec::new(),
                 now: Instant::now(),
+                wall: Utc::now(),
                 next_generation: 1,
             },
             shutting_down: false,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// Reads wall-clock time for schedules from `clock` (tests).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn begin(&mut self, now: Instant) {
         self.out.now = now;
+        self.out.wall = self.clock.now();
     }
 
     fn finish(&mut self) -> Vec<Effect> {
@@ -440,6 +472,7 @@ impl Supervisor {
                 txn.start_service(out, i);
             }
         }
+        txn.arm_schedules(out);
         out.effects.push(Effect::Persist);
         Ok(id)
     }
@@ -548,6 +581,14 @@ impl Supervisor {
             .map(|t| Persisted {
                 transaction: t.id.clone(),
                 context: t.context.name.clone(),
+                last_fires: t
+                    .services
+                    .iter()
+                    .filter_map(|s| {
+                        let f = s.sched.as_ref()?.last_fire?;
+                        Some((s.spec.name.clone(), f.timestamp_millis()))
+                    })
+                    .collect(),
             })
             .collect()
     }
@@ -680,7 +721,8 @@ impl Supervisor {
         let (Timer::Restart { transaction, .. }
         | Timer::Kill { transaction, .. }
         | Timer::Ready { transaction, .. }
-        | Timer::Group { transaction, .. }) = &timer;
+        | Timer::Group { transaction, .. }
+        | Timer::Fire { transaction, .. }) = &timer;
         let transaction = transaction.clone();
         let _ = self.with_txn(&transaction, |txn, out| {
             txn.on_timer(out, timer);
@@ -737,7 +779,12 @@ impl Supervisor {
         let mut started = Vec::new();
         for p in restored {
             match self.start_txn(Some(&p.context), Some(p.transaction.clone())) {
-                Ok(id) => started.push(id),
+                Ok(id) => {
+                    if let Some(txn) = self.txns.get_mut(&id) {
+                        txn.missed_while_down(&mut self.out, &p.last_fires);
+                    }
+                    started.push(id);
+                }
                 Err(e) => tracing::warn!(transaction = %p.transaction, "not brought back: {e}"),
             }
         }
@@ -945,8 +992,21 @@ impl Txn {
     /// it waiting for its `after` services). Slots starting, running or in
     /// backoff are left as they are.
     fn start_service(&mut self, out: &mut Out, i: usize) {
+        self.start_run(out, i, None);
+    }
+
+    /// Starts service `i`; for a scheduled one, a run for `fire` (now, when
+    /// started by hand or by a trigger).
+    fn start_run(&mut self, out: &mut Out, i: usize, fire: Option<DateTime<Utc>>) {
         if self.state != TxnState::Running {
             return;
+        }
+        let idle = !self.services[i].has_process();
+        if let Some(sc) = &mut self.services[i].sched {
+            sc.paused = false;
+            if idle {
+                sc.started(fire.unwrap_or(out.wall), out.wall);
+            }
         }
         self.services[i].wanted = true;
         let deps_ready = self.deps_ready(i);
@@ -1070,6 +1130,9 @@ impl Txn {
         let id = self.id.clone();
         let svc = &mut self.services[i];
         svc.wanted = false;
+        if let Some(sc) = &mut svc.sched {
+            sc.paused = true;
+        }
         if let Some(g) = &mut self.group {
             g.services.remove(&svc.spec.name);
         }
@@ -1303,9 +1366,14 @@ impl Txn {
             _ => Phase::Failed,
         };
         let ran_for = slot.ready_at.map(|t| now.saturating_duration_since(t));
+        let outcome = slot.last_exit.clone().unwrap_or_default();
+        if let Some(sc) = &mut svc.sched {
+            sc.ended(event == Lifecycle::Exited, outcome);
+        }
         // Publish with the pid it had, then forget it.
         self.event(out, i, j, event, reason.clone(), status, None);
         self.services[i].slots[j].pid = None;
+        self.next_scheduled_run(out, i);
 
         let restart = self.state == TxnState::Running
             && self.services[i].wanted
@@ -1456,6 +1524,26 @@ impl Txn {
                     }
                 }
             }
+            Timer::Fire { service, round, .. } => {
+                let Ok(i) = self.index(&service) else { return };
+                let busy = self.services[i].has_process();
+                let Some(sc) = &mut self.services[i].sched else {
+                    return;
+                };
+                if sc.round != round || self.state != TxnState::Running {
+                    return;
+                }
+                let Some(fire) = sc.next else { return };
+                sc.last_fire = Some(fire);
+                if busy {
+                    // Runs never overlap: this one waits for the misfire policy.
+                    sc.busy(fire);
+                } else if !sc.paused {
+                    self.start_run(out, i, Some(fire));
+                }
+                self.arm(out, i, fire);
+                out.effects.push(Effect::Persist);
+            }
             Timer::Group { round, .. } => {
                 let Some(group) = self.group.take_if(|g| g.round == round) else {
                     return;
@@ -1501,11 +1589,15 @@ impl Txn {
                                 spec: svc.spec.clone(),
                                 wanted: false,
                                 slots: extra,
+                                sched: None,
                             });
                         }
                         while svc.slots.len() < new.instances as usize {
                             let n = u32::try_from(svc.slots.len()).unwrap_or(u32::MAX);
                             svc.slots.push(Slot::new(n));
+                        }
+                        if svc.spec.schedule != new.schedule {
+                            svc.sched = new.schedule.as_ref().map(SchedState::new);
                         }
                         svc.spec = new.clone();
                         if svc.wanted || svc.has_process() {
@@ -1550,7 +1642,80 @@ impl Txn {
         for i in added {
             self.start_service(out, i);
         }
+        self.arm_schedules(out);
         self.context_event(out, ContextChange::Reloaded, None);
+    }
+
+    /// Arms every schedule not armed yet.
+    fn arm_schedules(&mut self, out: &mut Out) {
+        for i in 0..self.services.len() {
+            if self.services[i]
+                .sched
+                .as_ref()
+                .is_some_and(|sc| sc.next.is_none())
+            {
+                self.arm(out, i, out.wall);
+            }
+        }
+    }
+
+    /// Arms service `i`'s next fire time after `after`.
+    fn arm(&mut self, out: &mut Out, i: usize, after: DateTime<Utc>) {
+        let id = self.id.clone();
+        let name = self.services[i].spec.name.clone();
+        let Some(sc) = &mut self.services[i].sched else {
+            return;
+        };
+        match sc.arm(after, out.wall) {
+            Some((round, wait)) => out.effects.push(Effect::Timer {
+                after: wait,
+                timer: Timer::Fire {
+                    transaction: id,
+                    service: name,
+                    round,
+                },
+            }),
+            None => tracing::info!(service = %name, "schedule has no further fire time"),
+        }
+        self.next_scheduled_run(out, i);
+    }
+
+    /// When service `i` is idle, starts the next run the misfire policy
+    /// kept (fire times missed while busy or while the host was down).
+    fn next_scheduled_run(&mut self, out: &mut Out, i: usize) {
+        if self.state != TxnState::Running || self.services[i].has_process() {
+            return;
+        }
+        let Some(sc) = &mut self.services[i].sched else {
+            return;
+        };
+        if sc.paused {
+            return;
+        }
+        if let Some(fire) = sc.take_next_run() {
+            self.start_run(out, i, Some(fire));
+        }
+    }
+
+    /// After a host restart: the fire times that passed while it was down.
+    fn missed_while_down(&mut self, out: &mut Out, last_fires: &BTreeMap<String, i64>) {
+        for i in 0..self.services.len() {
+            let name = self.services[i].spec.name.clone();
+            let Some(sc) = &mut self.services[i].sched else {
+                continue;
+            };
+            let Some(last) = last_fires
+                .get(&name)
+                .and_then(|ms| DateTime::<Utc>::from_timestamp_millis(*ms))
+            else {
+                continue;
+            };
+            sc.last_fire = Some(last);
+            // Everything after the last fire up to the armed one was missed.
+            let armed = sc.next.unwrap_or(out.wall);
+            sc.missed_since(last, armed.min(out.wall));
+            self.next_scheduled_run(out, i);
+        }
     }
 
     fn status(&self, now: Instant) -> TransactionStatus {
@@ -1595,6 +1760,7 @@ impl Txn {
                             last_exit: sl.last_exit.clone(),
                         })
                         .collect(),
+                    schedule: s.sched.as_ref().map(SchedState::status),
                 })
                 .collect(),
         }
@@ -1612,5 +1778,6 @@ fn backoff_delay(spec: &ServiceSpec, failures: u32) -> Duration {
     base.mul_f64(1.0 + jitter).min(b.max.max(b.initial))
 }
 
+mod scheduled;
 #[cfg(test)]
 mod tests;

@@ -32,7 +32,11 @@ async fn two_instances_of_a_cron_service_fire_each_second_once_between_them() {
     let mut unique = only.clone();
     unique.dedup();
     assert_eq!(only, unique, "a second ran twice: {seconds:?}");
-    assert!(unique.len() >= 9, "ten seconds, {} runs: {seconds:?}", unique.len());
+    assert!(
+        unique.len() >= 9,
+        "ten seconds, {} runs: {seconds:?}",
+        unique.len()
+    );
     assert_eq!(
         unique.last().unwrap() - unique.first().unwrap() + 1,
         unique.len() as i64,

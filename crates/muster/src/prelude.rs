@@ -5,6 +5,7 @@ pub use crate::client::{CallOptions, Client};
 pub use crate::ctx::Ctx;
 pub use crate::extract::{Args, Config};
 pub use crate::group::Group;
+pub use crate::schedule::{Misfire, Schedule};
 pub use crate::secret::Secret;
 pub use crate::service::Service;
 pub use crate::wire::Header;

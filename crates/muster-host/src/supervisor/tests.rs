@@ -4,13 +4,26 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use chrono::{DateTime, Utc};
+use muster::schedule::Clock;
 use serde_json::{Value, json};
 
 use super::*;
 use crate::manifest::{Substitutions, parse};
 
+/// A wall clock the simulation sets.
+#[derive(Debug)]
+struct ManualClock(std::sync::Mutex<DateTime<Utc>>);
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap()
+    }
+}
+
 struct Sim {
     sup: Supervisor,
+    wall: Arc<ManualClock>,
     now: Instant,
     next_pid: u32,
     /// pid -> (transaction, generation)
@@ -30,8 +43,12 @@ impl Sim {
             &Substitutions::default(),
         )
         .unwrap();
+        let wall = Arc::new(ManualClock(std::sync::Mutex::new(
+            "2026-01-01T00:00:00.500Z".parse().unwrap(),
+        )));
         Self {
-            sup: Supervisor::new(&[Arc::new(ctx)]),
+            sup: Supervisor::new(&[Arc::new(ctx)]).with_clock(wall.clone()),
+            wall,
             now: Instant::now(),
             next_pid: 100,
             procs: HashMap::new(),
@@ -135,11 +152,27 @@ impl Sim {
         self.timers = keep;
         let n = due.len();
         for (after, t) in due {
-            self.now += after;
+            self.advance(after);
             let e = self.sup.timer(self.now, t);
             self.feed(e);
         }
         n
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        *self.wall.0.lock().unwrap() += chrono::Duration::from_std(by).unwrap();
+    }
+
+    fn schedule(&self, service: &str) -> Value {
+        let st = serde_json::to_value(self.sup.status(self.now, Some("T1"))).unwrap();
+        st["transactions"][0]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == service)
+            .unwrap()["schedule"]
+            .clone()
     }
 
     fn events(&self, service: &str, event: &str) -> usize {
@@ -533,7 +566,114 @@ fn shutdown_remembers_running_transactions() {
         sim.sup.persisted(),
         [Persisted {
             transaction: "T1".into(),
-            context: "c".into()
+            context: "c".into(),
+            last_fires: BTreeMap::new(),
         }]
     );
+}
+
+fn is_fire(t: &Timer) -> bool {
+    matches!(t, Timer::Fire { .. })
+}
+
+const SCHEDULED: &str = r#"
+[context]
+name = "cron"
+[[service]]
+name = "report"
+run = ["/bin/report"]
+schedule = "every 10s"
+misfire = "MISFIRE"
+"#;
+
+#[test]
+fn a_scheduled_service_runs_on_its_fire_times_and_records_runs() {
+    let mut sim = Sim::new(&SCHEDULED.replace("MISFIRE", "run_once"));
+    sim.start();
+    assert!(sim.spawns.is_empty(), "not started with the context");
+    let wait = sim.timers.iter().find(|(_, t)| is_fire(t)).unwrap().0;
+    assert_eq!(wait, Duration::from_millis(9_500));
+    sim.fire(is_fire);
+    assert_eq!(sim.spawns, ["report"]);
+    sim.register("report", 0);
+    sim.end("report", 0, ExitStatus::Code(0));
+    assert!(
+        sim.timers.iter().all(|(_, t)| !is_restart(t)),
+        "run to completion: no restart"
+    );
+    sim.fire(is_fire);
+    sim.register("report", 0);
+    sim.end("report", 0, ExitStatus::Code(3));
+    let s = sim.schedule("report");
+    assert_eq!(
+        (
+            s["runs"].as_u64(),
+            s["succeeded"].as_u64(),
+            s["failed"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    assert_eq!(s["recent"][0]["fire"], "2026-01-01T00:00:10+00:00");
+    assert_eq!(s["recent"][0]["outcome"], "exit code 0");
+    assert_eq!(s["recent"][1]["outcome"], "exit code 3");
+    assert_eq!(s["next"], "2026-01-01T00:00:30+00:00");
+}
+
+fn busy_run(misfire: &str) -> Sim {
+    let mut sim = Sim::new(&SCHEDULED.replace("MISFIRE", misfire));
+    sim.start();
+    sim.fire(is_fire); // :10, starts
+    sim.register("report", 0);
+    sim.fire(is_fire); // :20 while running
+    sim.fire(is_fire); // :30 while running
+    assert_eq!(sim.spawns.len(), 1, "runs never overlap");
+    sim.end("report", 0, ExitStatus::Code(0));
+    sim
+}
+
+#[test]
+fn fire_times_that_come_while_running_follow_the_misfire_policy() {
+    let sim = busy_run("skip");
+    assert_eq!(sim.spawns.len(), 1);
+    assert_eq!(sim.schedule("report")["skipped"], 2);
+
+    let sim = busy_run("run_once");
+    assert_eq!(sim.spawns.len(), 2, "one run for both");
+    assert_eq!(sim.schedule("report")["skipped"], 1);
+    assert_eq!(
+        sim.schedule("report")["recent"][1]["fire"],
+        "2026-01-01T00:00:30+00:00"
+    );
+
+    let mut sim = busy_run("catch_up");
+    assert_eq!(sim.spawns.len(), 2);
+    sim.register("report", 0);
+    sim.end("report", 0, ExitStatus::Code(0));
+    assert_eq!(sim.spawns.len(), 3, "each missed one, back to back");
+    assert_eq!(sim.schedule("report")["skipped"], 0);
+}
+
+#[test]
+fn fire_times_missed_while_the_host_was_down_are_caught_up() {
+    let mut sim = Sim::new(&SCHEDULED.replace("MISFIRE", "catch_up:2"));
+    sim.advance(Duration::from_secs(60)); // now 01:00.5; last fire was at :10
+    let restored = [Persisted {
+        transaction: "T1".into(),
+        context: "cron".into(),
+        last_fires: [("report".to_owned(), 1_767_225_610_000)].into(),
+    }];
+    let (_, e) = sim.sup.boot(sim.now, &restored);
+    sim.feed(e);
+    assert_eq!(
+        sim.spawns,
+        ["report"],
+        ":20 .. 1:00 missed, the last two run"
+    );
+    sim.register("report", 0);
+    sim.end("report", 0, ExitStatus::Code(0));
+    assert_eq!(sim.spawns.len(), 2);
+    sim.register("report", 0);
+    sim.end("report", 0, ExitStatus::Code(0));
+    assert_eq!(sim.spawns.len(), 2);
+    assert_eq!(sim.schedule("report")["skipped"], 3);
 }
