@@ -7,6 +7,7 @@ mod host;
 mod peer;
 mod pubsub;
 mod rpc;
+mod state;
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -32,6 +33,8 @@ pub(crate) enum Scenario {
     HostRestart,
     /// Host: start N instances to ready, then its idle CPU and memory.
     HostStart,
+    /// Replicated state: changes/s to 3 readers; a 100,000-key snapshot.
+    State,
     /// A muster instance fed by a raw DEALER: the server side alone.
     RpcServer,
     /// muster callers against a do-nothing server: the client side alone.
@@ -98,6 +101,9 @@ impl BenchCmd {
         }
         if all || self.scenario == Scenario::HostRestart {
             host::restart(self.rounds).await?;
+        }
+        if all || self.scenario == Scenario::State {
+            state::run(100_000).await?;
         }
         if all || self.scenario == Scenario::HostStart {
             host::start_many(self.instances, self.idle_for).await?;

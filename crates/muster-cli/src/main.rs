@@ -9,6 +9,7 @@ mod demo;
 mod events;
 mod ls;
 mod schedule;
+mod state;
 mod up;
 
 use std::process::ExitCode;
@@ -69,6 +70,8 @@ enum Command {
     Ls(ls::LsCmd),
     /// Per-method statistics of every instance (or of one service).
     Stats(ls::StatsCmd),
+    /// Read a replicated state from its owner.
+    State(state::StateCmd),
     /// Check a schedule: its next fire times.
     Schedule(schedule::ScheduleCmd),
     /// Run the demo context (StateMachineSample and echo) under a host.
@@ -133,6 +136,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Stats(c) => c.run().await,
         Command::Demo(c) => c.run().await,
         Command::Schedule(c) => c.run(),
+        Command::State(c) => c.run().await,
         Command::Bench(c) => c.run().await,
         Command::Service { .. } | Command::Exec { .. } | Command::Guard | Command::BenchPeer(_) => {
             Ok(())

@@ -21,6 +21,7 @@ pub(crate) struct CtxShared {
     pub(crate) transaction: Option<String>,
     pub(crate) config: Option<Arc<dyn Any + Send + Sync>>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) states: crate::state::States,
 }
 
 /// The context of a handler: call other services, publish events, report
@@ -133,6 +134,67 @@ impl Ctx {
             "status": serde_json::to_value(status).unwrap_or_default(),
         });
         self.publish(UPDATE_TOPIC, &body).await
+    }
+
+    /// Changes the owned state of kind `S`: `f` edits the value, the change
+    /// it made is published with the next sequence number, which is
+    /// returned. Changes are applied and published one at a time, in order.
+    ///
+    /// # Errors
+    /// The service does not own a state of kind `S`; the change cannot be
+    /// persisted or published.
+    pub async fn update_state<S, F>(&self, f: F) -> Result<u64, Error>
+    where
+        S: crate::state::StateKind,
+        F: FnOnce(&mut S),
+    {
+        let owner = self.owner::<S>()?;
+        owner.update(f).await
+    }
+
+    /// Replaces the value of the owned [`Full<T>`](crate::state::Full) state.
+    ///
+    /// # Errors
+    /// As [`Ctx::update_state`].
+    pub async fn set_state<T>(&self, value: T) -> Result<u64, Error>
+    where
+        crate::state::Full<T>: crate::state::StateKind,
+    {
+        self.update_state::<crate::state::Full<T>, _>(|s| s.0 = value)
+            .await
+    }
+
+    /// The state of kind `S` (owned or replicated) as of now; `None` when
+    /// the service declares no such state. Never waits.
+    pub fn state<S: crate::state::StateKind>(&self) -> Option<crate::state::State<S>> {
+        let any = self.shared.states.get::<S>()?;
+        if let Ok(owner) = any.clone().downcast::<crate::state::Owner<S>>() {
+            return Some(owner.current());
+        }
+        any.downcast::<crate::state::Reader<S>>()
+            .ok()
+            .map(|r| r.read())
+    }
+
+    fn owner<S: crate::state::StateKind>(&self) -> Result<Arc<crate::state::Owner<S>>, Error> {
+        self.shared
+            .states
+            .get::<S>()
+            .and_then(|a| a.downcast::<crate::state::Owner<S>>().ok())
+            .ok_or_else(|| {
+                Error::new(
+                    crate::ErrorKind::Config,
+                    format!(
+                        "service {} owns no state of type {} (declare it with state_out)",
+                        self.shared.service,
+                        std::any::type_name::<S>()
+                    ),
+                )
+            })
+    }
+
+    pub(crate) fn states(&self) -> &crate::state::States {
+        &self.shared.states
     }
 
     /// The transaction of the current request, else of this instance.

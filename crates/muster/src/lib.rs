@@ -58,6 +58,7 @@ mod runtime;
 pub mod schedule;
 mod secret;
 mod service;
+pub mod state;
 pub mod stats;
 pub mod testing;
 

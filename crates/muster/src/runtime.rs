@@ -78,6 +78,7 @@ pub struct ServiceHandle {
     shutdown: CancellationToken,
     main: Option<tokio::task::JoinHandle<Result<(), BoxError>>>,
     jobs: Vec<tokio::task::JoinHandle<()>>,
+    state_subs: Vec<Box<dyn crate::transport::Subscribed>>,
     on_shutdown: Option<ShutdownHook>,
     grace: Duration,
 }
@@ -137,13 +138,45 @@ impl Service {
             .transaction
             .or_else(|| std::env::var("MUSTER_TRANSACTION").ok());
         let shutdown = CancellationToken::new();
+        let client = Client::new(transport.clone());
+        // States first: an owner answers snapshots from its first request,
+        // a reader's subscription is active before it asks for one.
+        let mut states = crate::state::States::default();
+        let mut state_subs = Vec::new();
+        for decl in &self.states {
+            let started = (decl.start)(crate::service::StateStart {
+                service: self.name.clone(),
+                client: client.clone(),
+                persist: decl.persist.clone(),
+            })
+            .await;
+            match started {
+                Ok((handle, sub)) => {
+                    states.handles.push((decl.type_id, handle));
+                    state_subs.extend(sub);
+                }
+                Err(e) => {
+                    for (_, h) in &states.handles {
+                        h.stop();
+                    }
+                    for sub in state_subs {
+                        sub.cancel().await;
+                    }
+                    return Err(Error::new(
+                        e.kind(),
+                        format!("{}: state {}: {e}", self.name, decl.label),
+                    ));
+                }
+            }
+        }
         let ctx = Ctx::new(Arc::new(CtxShared {
-            client: Client::new(transport.clone()),
+            client,
             service: self.name.clone(),
             instance: instance.clone(),
             transaction: transaction.clone(),
             config,
             shutdown: shutdown.clone(),
+            states,
         }));
 
         if let Some(init) = &self.init {
@@ -245,6 +278,7 @@ impl Service {
             shutdown,
             main,
             jobs,
+            state_subs,
             on_shutdown: self.on_shutdown.map(ShutdownHook),
             grace: self.shutdown_grace,
         })
@@ -305,6 +339,12 @@ impl ServiceHandle {
         }
         if let Some(sub) = self.subscribed.take() {
             sub.cancel().await;
+        }
+        for sub in std::mem::take(&mut self.state_subs) {
+            sub.cancel().await;
+        }
+        for (_, h) in &self.ctx.states().handles {
+            h.stop();
         }
         for job in std::mem::take(&mut self.jobs) {
             // A run in progress finishes (within the grace); no new ones start.

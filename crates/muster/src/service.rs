@@ -16,6 +16,7 @@ use muster_core::registry::{is_valid_name, is_valid_service_name};
 
 use crate::runtime::scheduler::Job;
 use crate::schedule::{Clock, Misfire, Schedule, SystemClock};
+use crate::state::{Faults, Owner, OwnerHandle, Reader, ReaderHandle, StateHandle, StateKind};
 use muster_core::topic::Pattern;
 
 /// The error type of `main` and `init` functions.
@@ -75,6 +76,40 @@ pub struct Service {
     pub(crate) shutdown_grace: Duration,
     pub(crate) jobs: Vec<Arc<Job>>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) states: Vec<StateDecl>,
+}
+
+/// Starts one declared state when the instance starts.
+pub(crate) type StateStarter = Arc<
+    dyn Fn(
+            StateStart,
+        ) -> BoxFuture<
+            'static,
+            Result<
+                (
+                    Arc<dyn StateHandle>,
+                    Option<Box<dyn crate::transport::Subscribed>>,
+                ),
+                crate::Error,
+            >,
+        > + Send
+        + Sync,
+>;
+
+/// What a state needs to start.
+pub(crate) struct StateStart {
+    pub(crate) service: String,
+    pub(crate) client: crate::Client,
+    pub(crate) persist: Option<std::path::PathBuf>,
+}
+
+/// A `state_out` or `state_in` of the service.
+pub(crate) struct StateDecl {
+    pub(crate) type_id: std::any::TypeId,
+    pub(crate) label: String,
+    pub(crate) owned: bool,
+    pub(crate) persist: Option<std::path::PathBuf>,
+    pub(crate) start: StateStarter,
 }
 
 impl std::fmt::Debug for Service {
@@ -124,6 +159,7 @@ impl Service {
             shutdown_grace: Duration::from_secs(10),
             jobs: Vec::new(),
             clock: Arc::new(SystemClock),
+            states: Vec::new(),
         }
     }
 
@@ -306,6 +342,101 @@ impl Service {
             .last_mut()
             .unwrap_or_else(|| panic!("{what}() follows every(), cron(), at() or schedule()"));
         Arc::get_mut(job).expect("jobs are not shared before the service starts")
+    }
+
+    /// Owns the state `name` of kind `S` ([`Full`](crate::state::Full) or
+    /// [`Delta`](crate::state::Delta)); handlers change it with
+    /// [`Ctx::update_state`] and read it with the
+    /// [`State<S>`](crate::state::State) extractor. See [`crate::state`].
+    ///
+    /// # Panics
+    /// An invalid name, or a second state of the same type (wrap one in a
+    /// newtype).
+    #[track_caller]
+    pub fn state_out<S: StateKind>(mut self, name: &str) -> Self {
+        assert!(is_valid_name(name), "invalid state name {name:?}");
+        self.check_state_type::<S>();
+        let state_name = name.to_owned();
+        self.states.push(StateDecl {
+            type_id: std::any::TypeId::of::<S>(),
+            label: name.to_owned(),
+            owned: true,
+            persist: None,
+            start: Arc::new(move |st: StateStart| {
+                let name = state_name.clone();
+                Box::pin(async move {
+                    let owner = Owner::<S>::start(&st.service, &name, st.persist, st.client)?;
+                    Ok((Arc::new(OwnerHandle(owner)) as Arc<dyn StateHandle>, None))
+                })
+            }),
+        });
+        self
+    }
+
+    /// Keeps the last owned state in `file` (a snapshot line and a line per
+    /// change, appended), so a restarted owner resumes its value and its
+    /// sequence numbers instead of starting empty.
+    ///
+    /// # Panics
+    /// When the last state declared is not owned.
+    #[track_caller]
+    pub fn persist(mut self, file: impl Into<std::path::PathBuf>) -> Self {
+        let decl = self
+            .states
+            .last_mut()
+            .filter(|d| d.owned)
+            .expect("persist() follows a state_out(...)");
+        decl.persist = Some(file.into());
+        self
+    }
+
+    /// Replicates the state `source` (`"service/name"`) owned by another
+    /// service; handlers read it with the [`State<S>`](crate::state::State)
+    /// extractor. The instance starts without waiting for the owner.
+    ///
+    /// # Panics
+    /// A source that is not `service/name`, or a second state of the same type.
+    #[track_caller]
+    pub fn state_in<S: StateKind>(mut self, source: &str) -> Self {
+        let Some((owner, name)) = source
+            .split_once('/')
+            .filter(|(o, n)| is_valid_service_name(o) && is_valid_name(n))
+        else {
+            panic!("state_in({source:?}): expected \"service/name\"");
+        };
+        self.check_state_type::<S>();
+        let (owner, name) = (owner.to_owned(), name.to_owned());
+        self.states.push(StateDecl {
+            type_id: std::any::TypeId::of::<S>(),
+            label: source.to_owned(),
+            owned: false,
+            persist: None,
+            start: Arc::new(move |st: StateStart| {
+                let (owner, name) = (owner.clone(), name.clone());
+                Box::pin(async move {
+                    let (reader, sub) =
+                        Reader::<S>::start(&owner, &name, st.client, Faults::from_env()).await?;
+                    Ok((
+                        Arc::new(ReaderHandle(reader)) as Arc<dyn StateHandle>,
+                        Some(sub),
+                    ))
+                })
+            }),
+        });
+        self
+    }
+
+    #[track_caller]
+    fn check_state_type<S: StateKind>(&self) {
+        assert!(
+            !self
+                .states
+                .iter()
+                .any(|d| d.type_id == std::any::TypeId::of::<S>()),
+            "service {:?} already has a state of type {}; wrap one in a newtype",
+            self.name,
+            std::any::type_name::<S>()
+        );
     }
 
     /// Handles events whose topic matches `pattern` (`*` one token, `>` the rest).

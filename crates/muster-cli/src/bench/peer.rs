@@ -9,7 +9,7 @@ use omq_tokio::{Message, Options, Proxy, Socket, SocketType};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct PeerCmd {
-    /// raw-router | tcp-echo | muster-echo | raw-proxy | raw-pub | muster-pub
+    /// raw-router | tcp-echo | muster-echo | raw-proxy | raw-pub | muster-pub | state-reader | event-counter
     kind: String,
     /// Endpoint (raw peers) or bus URL (muster peers).
     #[arg(long)]
@@ -33,6 +33,9 @@ pub(crate) fn run_peer(p: PeerCmd) -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if p.kind == "state-reader" || p.kind == "event-counter" {
+        return run_service(counting_service(&p.kind), &p.at);
     }
     if p.kind == "tcp-echo" {
         return match tcp_echo(&p.at) {
@@ -71,6 +74,45 @@ pub(crate) fn run_peer(p: PeerCmd) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench peer {}: {e:#}", p.kind);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A reader of `benchstate/items` answering `seq`, or a subscriber to
+/// `benchev.>` answering `count`: what the state benchmark measures.
+fn counting_service(kind: &str) -> Service {
+    use muster::state::{Delta, State};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    if kind == "state-reader" {
+        return Service::new("benchreader")
+            .state_in::<Delta<u64>>("benchstate/items")
+            .rpc("seq", |s: State<Delta<u64>>| async move {
+                Ok::<_, RpcError>(if s.is_stale() { 0 } else { s.seq() })
+            });
+    }
+    let count = Arc::new(AtomicU64::new(0));
+    let seen = count.clone();
+    Service::new("benchcounter")
+        .subscribe("benchev.>", move |_: Args<serde_json::Value>| {
+            let c = seen.clone();
+            async move {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .rpc("count", move || {
+            let c = count.clone();
+            async move { c.load(Ordering::Relaxed) }
+        })
+}
+
+fn run_service(svc: Service, bus: &str) -> ExitCode {
+    let argv = ["peer", "--bus", bus, "--log-level", "warn"].map(str::to_owned);
+    match svc.run_from(argv) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench peer: {e}");
             ExitCode::FAILURE
         }
     }

@@ -205,6 +205,29 @@ impl Dispatch for ServiceDispatch {
             Err(e) => return Box::pin(std::future::ready(reply(reply_header, ct, &None, Err(e)))),
         };
         let method = header.method.clone().unwrap_or(decoded.method);
+        if method == crate::state::SNAPSHOT_METHOD {
+            let name = decoded
+                .params
+                .as_deref()
+                .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+                .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_default();
+            let snapshot = self.ctx.states().owned(&name).and_then(|h| h.snapshot());
+            let service = self.service.clone();
+            let id = decoded.id;
+            return Box::pin(async move {
+                let outcome = match snapshot {
+                    Some(f) => f.await.and_then(|v| {
+                        serde_json::value::to_raw_value(&v).map_err(RpcError::internal)
+                    }),
+                    None => Err(RpcError::method_not_found(format!(
+                        "{service}.{}: no state {name:?}",
+                        crate::state::SNAPSHOT_METHOD
+                    ))),
+                };
+                reply(reply_header, ct, &id, outcome)
+            });
+        }
         if let Some(outcome) = self.builtin(&method) {
             return Box::pin(std::future::ready(reply(
                 reply_header,
