@@ -26,7 +26,10 @@ fn pyzmq_available() -> bool {
             std::env::var_os("MUSTER_REQUIRE_PYTHON").is_none(),
             "MUSTER_REQUIRE_PYTHON is set but python3 with pyzmq is not available"
         );
-        eprintln!("SKIPPED python interop: python3 with pyzmq not found (pip install pyzmq)");
+        muster_test::skipped(
+            "python_calls_muster_and_muster_calls_python",
+            "python3 with pyzmq not found (pip install pyzmq)",
+        );
     }
     ok
 }

@@ -208,3 +208,26 @@ pub async fn wait_registered(
     )
     .await
 }
+
+/// Says, where a user running `cargo test` sees it (not captured by the
+/// test harness), that `test` was skipped and why.
+pub fn skipped(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+}
+
+/// The broker URL in the environment variable `var`; `None`, after saying
+/// that `test` is skipped, when it is not set. `.ci/run` sets every such
+/// variable, so in CI an unreachable broker fails the test instead.
+pub fn broker_url(var: &str, test: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            skipped(
+                test,
+                &format!("{var} is not set (see .ci/run for the URL it uses)"),
+            );
+            None
+        }
+    }
+}

@@ -150,39 +150,86 @@ async fn a_reader_without_its_owner_serves_its_last_value_as_stale() {
     assert_eq!(after["seq"], 500);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_persisted_owner_resumes_its_value_and_sequence() {
+/// An owner persisting to `target` applies 2,000 changes, is killed, and
+/// a new owner on the same store resumes at 2,000 and goes on to 2,500;
+/// the reader follows without a reset.
+async fn persisted_owner_resumes(target: &str) {
     let (_bus, client, url) = bus_and_client().await;
-    let dir = std::env::temp_dir().join(format!("muster-state-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let file = dir.join("items.state");
-    let file = file.to_str().unwrap();
-    let _a = reader(&url, "reader-a");
+    let state = format!("items{}", std::process::id());
+    let _a = {
+        let mut c = std::process::Command::new(STATE);
+        c.args([
+            "--role",
+            "reader",
+            "--state",
+            &state,
+            "--bus",
+            &url,
+            "--log-level",
+            "warn",
+        ])
+        .env("MUSTER_INSTANCE", "reader-a");
+        Proc::spawn("reader-a", c)
+    };
     wait_registered(&client, "statereader", 1).await;
-    let mut o = owner(&url, "owner-1", &["--changes", "2000", "--persist", file]);
+    let args = ["--changes", "2000", "--persist", target, "--state", &state];
+    let mut o = owner(&url, "owner-1", &args);
     eventually(WAIT, "2,000 changes", || async {
         (owner_seq(&client, "owner-1").await == 2_000).then_some(())
     })
     .await;
-    let first = digest(&client, "stateowner", "owner-1").await.unwrap();
     converged(&client, "owner-1", &["reader-a"]).await;
     o.kill9();
-    // Same file: the value and the sequence come back, then 500 more changes.
-    let _o2 = owner(
-        &url,
-        "owner-2",
-        &["--changes", "500", "--seed", "3", "--persist", file],
-    );
+    let args = [
+        "--changes",
+        "500",
+        "--seed",
+        "3",
+        "--persist",
+        target,
+        "--state",
+        &state,
+    ];
+    let _o2 = owner(&url, "owner-2", &args);
+    // The second owner's first answer is already 2,000 or more: no reset.
+    let first = eventually(WAIT, "the new owner", || async {
+        digest(&client, "stateowner", "owner-2").await
+    })
+    .await;
+    assert!(first["seq"].as_u64().unwrap() >= 2_000, "{first}");
     eventually(WAIT, "2,500 changes", || async {
         (owner_seq(&client, "owner-2").await == 2_500).then_some(())
     })
     .await;
     converged(&client, "owner-2", &["reader-a"]).await;
-    let resumed = std::fs::read_to_string(file).unwrap();
-    assert!(
-        resumed.lines().count() > 1,
-        "changes are appended to the file"
-    );
-    assert_ne!(first["hash"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_owner_resumes_from_a_file() {
+    let dir = std::env::temp_dir().join(format!("muster-state-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let file = dir.join("items.state");
+    persisted_owner_resumes(file.to_str().unwrap()).await;
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.lines().count() > 1, "changes are appended to the file");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_owner_resumes_from_redis() {
+    if let Some(url) =
+        muster_test::broker_url("MUSTER_TEST_REDIS", "a_persisted_owner_resumes_from_redis")
+    {
+        persisted_owner_resumes(&url).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_owner_resumes_from_postgres() {
+    if let Some(url) = muster_test::broker_url(
+        "MUSTER_TEST_POSTGRES",
+        "a_persisted_owner_resumes_from_postgres",
+    ) {
+        persisted_owner_resumes(&url).await;
+    }
 }

@@ -100,7 +100,7 @@ pub(crate) type StateStarter = Arc<
 pub(crate) struct StateStart {
     pub(crate) service: String,
     pub(crate) client: crate::Client,
-    pub(crate) persist: Option<std::path::PathBuf>,
+    pub(crate) persist: Option<String>,
 }
 
 /// A `state_out` or `state_in` of the service.
@@ -108,7 +108,7 @@ pub(crate) struct StateDecl {
     pub(crate) type_id: std::any::TypeId,
     pub(crate) label: String,
     pub(crate) owned: bool,
-    pub(crate) persist: Option<std::path::PathBuf>,
+    pub(crate) persist: Option<String>,
     pub(crate) start: StateStarter,
 }
 
@@ -365,7 +365,8 @@ impl Service {
             start: Arc::new(move |st: StateStart| {
                 let name = state_name.clone();
                 Box::pin(async move {
-                    let owner = Owner::<S>::start(&st.service, &name, st.persist, st.client)?;
+                    let owner =
+                        Owner::<S>::start(&st.service, &name, st.persist, st.client).await?;
                     Ok((Arc::new(OwnerHandle(owner)) as Arc<dyn StateHandle>, None))
                 })
             }),
@@ -373,20 +374,21 @@ impl Service {
         self
     }
 
-    /// Keeps the last owned state in `file` (a snapshot line and a line per
-    /// change, appended), so a restarted owner resumes its value and its
-    /// sequence numbers instead of starting empty.
+    /// Keeps the last owned state in `target`: a file path, a
+    /// `redis://...` URL or a `postgres://...` URL. A restarted owner
+    /// resumes its value and its sequence numbers instead of starting
+    /// empty; each change is written before it is published.
     ///
     /// # Panics
     /// When the last state declared is not owned.
     #[track_caller]
-    pub fn persist(mut self, file: impl Into<std::path::PathBuf>) -> Self {
+    pub fn persist(mut self, target: impl Into<String>) -> Self {
         let decl = self
             .states
             .last_mut()
             .filter(|d| d.owned)
             .expect("persist() follows a state_out(...)");
-        decl.persist = Some(file.into());
+        decl.persist = Some(target.into());
         self
     }
 

@@ -23,6 +23,8 @@ struct Conf {
     pause_us: u64,
     #[serde(default)]
     persist: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
 }
 
 fn default_changes() -> u64 {
@@ -103,14 +105,18 @@ fn main() -> muster::Result<()> {
         .windows(2)
         .find(|w| w[0] == "--persist")
         .map(|w| w[1].clone());
+    let state = args
+        .windows(2)
+        .find(|w| w[0] == "--state")
+        .map_or("items", |w| w[1].as_str());
     let service = if role == "owner" {
-        let mut s = Service::new("stateowner").state_out::<Delta<u64>>("items");
+        let mut s = Service::new("stateowner").state_out::<Delta<u64>>(state);
         if let Some(p) = persist {
             s = s.persist(p);
         }
         s.main(churn)
     } else {
-        Service::new("statereader").state_in::<Delta<u64>>("stateowner/items")
+        Service::new("statereader").state_in::<Delta<u64>>(&format!("stateowner/{state}"))
     };
     service.config::<Conf>().rpc("hash", hash).run()
 }

@@ -2,14 +2,13 @@
 //! publishing changes in order, answering snapshots, beating, persisting.
 
 use std::any::Any;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::store::FileStore;
+use super::store::Store;
 use super::{Snapshot, StateHandle, StateKind, StateMessage};
 use crate::client::Client;
 use crate::transport::BoxFuture;
@@ -18,11 +17,10 @@ use crate::{Error, ErrorKind, RpcError};
 /// How often the owner tells readers its sequence number when idle.
 pub(crate) const BEAT: Duration = Duration::from_millis(500);
 
-/// The value and what goes with it, under one short (non-async) lock.
+/// The value and its sequence number, under one short (non-async) lock.
 struct Current<S> {
     value: Arc<S>,
     seq: u64,
-    store: Option<FileStore>,
 }
 
 /// An owned state.
@@ -31,8 +29,10 @@ pub(crate) struct Owner<S: StateKind> {
     topic: String,
     epoch: String,
     client: Client,
-    /// Held across publishing, so changes go out in sequence order.
-    order: tokio::sync::Mutex<()>,
+    /// Held across persisting and publishing, so changes go out in
+    /// sequence order and a snapshot (taken under it) never shows a
+    /// change that is not persisted yet.
+    order: tokio::sync::Mutex<Option<Store>>,
     /// The value only this lock guards: handlers take an `Arc` of it
     /// without waiting on a publish, and a change clones the value only
     /// while a handler still holds an older one.
@@ -43,23 +43,23 @@ pub(crate) struct Owner<S: StateKind> {
 impl<S: StateKind> Owner<S> {
     /// Starts owning `name`: loads it from `persist` when given (keeping
     /// its epoch and sequence), and beats until stopped.
-    pub(crate) fn start(
+    pub(crate) async fn start(
         service: &str,
         name: &str,
-        persist: Option<PathBuf>,
+        persist: Option<String>,
         client: Client,
     ) -> Result<Arc<Self>, Error> {
-        let io =
-            |e: std::io::Error| Error::new(ErrorKind::Io, format!("state {service}/{name}: {e}"));
+        let io = |e: String| Error::new(ErrorKind::Io, format!("state {service}/{name}: {e}"));
         let (epoch, seq, value, store) = match &persist {
-            Some(path) => {
-                let loaded = FileStore::load::<S>(path).map_err(io)?;
+            Some(target) => {
+                let (mut store, loaded) =
+                    Store::open::<S>(target, service, name).await.map_err(io)?;
                 let (epoch, seq, value) = match loaded {
                     Some(l) => (l.epoch, l.seq, l.value),
                     None => (muster_core::id::transaction_id(), 0, S::default()),
                 };
-                let store = FileStore::create(path, &epoch, seq, &value).map_err(io)?;
-                tracing::info!(state = name, seq, file = %path.display(), "state loaded");
+                store.reset(&epoch, seq, &value).await.map_err(io)?;
+                tracing::info!(state = name, seq, store = %target, "state loaded");
                 (epoch, seq, value, Some(store))
             }
             None => (muster_core::id::transaction_id(), 0, S::default(), None),
@@ -69,11 +69,10 @@ impl<S: StateKind> Owner<S> {
             topic: super::topic(service, name),
             epoch,
             client,
-            order: tokio::sync::Mutex::new(()),
+            order: tokio::sync::Mutex::new(store),
             current: std::sync::Mutex::new(Current {
                 value: Arc::new(value),
                 seq,
-                store,
             }),
             stop: CancellationToken::new(),
         });
@@ -117,7 +116,7 @@ impl<S: StateKind> Owner<S> {
     /// Applies `f` to the value; publishes the change it made (if any)
     /// with the next sequence number, which it returns.
     pub(crate) async fn update(&self, f: impl FnOnce(&mut S)) -> Result<u64, Error> {
-        let _order = self.order.lock().await;
+        let mut store = self.order.lock().await;
         let (seq, change) = {
             let mut cur = self.lock();
             let value = Arc::make_mut(&mut cur.value);
@@ -126,17 +125,17 @@ impl<S: StateKind> Owner<S> {
                 return Ok(cur.seq);
             };
             cur.seq += 1;
-            let seq = cur.seq;
-            // Persisted before anyone can see it (a snapshot reads under
-            // this lock): a restarted owner never reuses a number it gave out.
-            let Current { value, store, .. } = &mut *cur;
-            if let Some(store) = store {
-                store
-                    .append(&self.epoch, seq, &change, || (**value).clone())
-                    .map_err(|e| Error::new(ErrorKind::Io, format!("state {}: {e}", self.name)))?;
-            }
-            (seq, change)
+            (cur.seq, change)
         };
+        // Persisted before any snapshot can show it (snapshots wait for
+        // `order`): a restarted owner never reuses a number it gave out.
+        if let Some(store) = &mut *store {
+            let value = self.lock().value.clone();
+            store
+                .append(&self.epoch, seq, &change, || (*value).clone())
+                .await
+                .map_err(|e| Error::new(ErrorKind::Io, format!("state {}: {e}", self.name)))?;
+        }
         let msg = StateMessage {
             epoch: self.epoch.clone(),
             seq,
@@ -169,8 +168,12 @@ impl<S: StateKind> StateHandle for OwnerHandle<S> {
     fn snapshot(&self) -> Option<BoxFuture<'static, Result<Value, RpcError>>> {
         let owner = self.0.clone();
         Some(Box::pin(async move {
-            // Clone the Arc under the lock; serialize outside it.
-            let state = owner.current();
+            // Under `order`: only persisted, published changes; serialized
+            // after the lock is let go.
+            let state = {
+                let _order = owner.order.lock().await;
+                owner.current()
+            };
             serde_json::to_value(Snapshot {
                 epoch: owner.epoch.clone(),
                 seq: state.seq(),
