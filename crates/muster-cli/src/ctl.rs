@@ -52,6 +52,15 @@ enum Action {
     },
     /// Re-read the manifest and apply the difference.
     Reload,
+    /// The latest monitor sample of every instance: process figures and method statistics.
+    Top {
+        /// Print JSON (the full sample).
+        #[arg(long)]
+        json: bool,
+        /// With --json: the full list of memory maps of this service's instances.
+        #[arg(long, value_name = "SERVICE")]
+        maps: Option<String>,
+    },
     /// Print (and with -f follow) the output of a service's instances.
     Logs {
         /// The service.
@@ -84,13 +93,14 @@ impl CtlCmd {
         let client = self.bus.client().await?;
         let call = |method: &'static str, req: ControlRequest| {
             let client = client.clone();
-            async move { call::<serde_json::Value>(&client, method, req).await }
+            async move { call::<serde_json::Value>(method, req, &client).await }
         };
         let req = |transaction: Option<String>, service: Option<String>| ControlRequest {
             token: token.clone(),
             transaction,
             service,
             context: None,
+            maps: false,
         };
         match self.action {
             Action::Status { transaction, json } => {
@@ -138,6 +148,19 @@ impl CtlCmd {
                 let v = call("reload", req(None, None)).await?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
+            Action::Top { json, maps } => {
+                let mut r = req(None, maps.clone());
+                r.maps = maps.is_some();
+                let v = call("top", r).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                } else {
+                    print!(
+                        "{}",
+                        crate::top::render(&v, crate::top::Sort::Cpu, 80, &Default::default())
+                    );
+                }
+            }
             Action::Logs {
                 service,
                 transaction,
@@ -152,30 +175,35 @@ impl CtlCmd {
         Ok(())
     }
 
-    fn token(&self) -> anyhow::Result<String> {
-        if let Ok(t) = std::env::var("MUSTER_TOKEN")
-            && !t.is_empty()
-        {
-            return Ok(t);
-        }
-        let path = self
-            .token_file
-            .clone()
-            .or_else(|| std::env::var_os("MUSTER_TOKEN_FILE").map(PathBuf::from))
-            .unwrap_or_else(|| PathBuf::from(".muster/token"));
-        muster_host::token::read(&path).with_context(|| {
-            format!(
-                "cannot read the host's token from {} (give --token-file or MUSTER_TOKEN_FILE)",
-                path.display()
-            )
-        })
+    pub(crate) fn token(&self) -> anyhow::Result<String> {
+        token_from(self.token_file.as_deref())
     }
 }
 
-async fn call<T: DeserializeOwned>(
-    client: &muster::Client,
+/// The host's token: `MUSTER_TOKEN`, else the token file (`--token-file`,
+/// `MUSTER_TOKEN_FILE`, else `.muster/token`).
+pub(crate) fn token_from(file: Option<&Path>) -> anyhow::Result<String> {
+    if let Ok(t) = std::env::var("MUSTER_TOKEN")
+        && !t.is_empty()
+    {
+        return Ok(t);
+    }
+    let path = file
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("MUSTER_TOKEN_FILE").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(".muster/token"));
+    muster_host::token::read(&path).with_context(|| {
+        format!(
+            "cannot read the host's token from {} (give --token-file or MUSTER_TOKEN_FILE)",
+            path.display()
+        )
+    })
+}
+
+pub(crate) async fn call<T: DeserializeOwned>(
     method: &str,
     req: ControlRequest,
+    client: &muster::Client,
 ) -> anyhow::Result<T> {
     let target = format!("{}.{method}", muster::registry::HOST_SERVICE);
     match client.call::<_, T>(&target, &req).await {

@@ -10,6 +10,7 @@ mod events;
 mod ls;
 mod schedule;
 mod state;
+mod top;
 mod up;
 
 use std::process::ExitCode;
@@ -58,6 +59,8 @@ enum Command {
     Up(up::UpCmd),
     /// Control a running host: status, start, stop, restart, exit, reload, logs.
     Ctl(ctl::CtlCmd),
+    /// A live view of a running host: instances with CPU, memory, restarts, request rate.
+    Top(top::TopCmd),
     /// Run the embedded bus alone: registry and event forwarder.
     Bus(bus::BusCmd),
     /// Call SERVICE.METHOD with JSON params; print the result (exit 0) or the error (exit 1).
@@ -128,6 +131,7 @@ async fn dispatch(command: Command) -> ExitCode {
     let result = match command {
         Command::Up(c) => c.run().await,
         Command::Ctl(c) => c.run().await,
+        Command::Top(c) => c.run().await,
         Command::Bus(c) => c.run().await,
         Command::Call(c) => return c.run().await,
         Command::Pub(c) => c.run().await,

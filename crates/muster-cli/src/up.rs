@@ -72,6 +72,11 @@ pub(crate) fn print_banner(info: &HostInfo) {
     println!("  control:    {} (service muster.host)", info.control);
     println!("  token file: {}", info.token_file.display());
     println!("  logs:       {}", info.log_dir.display());
+    if let Some(http) = &info.http {
+        println!(
+            "  dashboard:  http://{http}/   (metrics /metrics, gateway POST /call/SERVICE.METHOD)"
+        );
+    }
     for t in &info.transactions {
         println!("  started transaction {t}");
     }

@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::monitor::SharedMonitor;
 use crate::status::Status;
 use crate::supervisor::ReloadReport;
 use crate::token;
@@ -31,6 +32,9 @@ pub struct ControlRequest {
     /// The context to start (start; omitted when the manifest has one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<String>,
+    /// `top`: the full list of memory maps of `service`'s instances.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub maps: bool,
 }
 
 /// A request for the host's task.
@@ -76,6 +80,31 @@ pub const REFUSED: i64 = 1;
 struct Gate {
     token: std::sync::Arc<str>,
     tx: mpsc::Sender<Command>,
+}
+
+/// `top`: the latest monitor samples (with full memory maps of one
+/// service's instances on request).
+fn top(monitor: &SharedMonitor, r: &ControlRequest) -> serde_json::Value {
+    let latest = monitor
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .latest();
+    let mut v = serde_json::to_value(&latest).unwrap_or_default();
+    if let (true, Some(service), Some(txns)) = (r.maps, &r.service, v.as_array_mut()) {
+        for t in txns {
+            for i in t["instances"].as_array_mut().into_iter().flatten() {
+                if i["service"] == service.as_str()
+                    && let Some(pid) = i["process"]["pid"]
+                        .as_u64()
+                        .and_then(|p| u32::try_from(p).ok())
+                {
+                    i["maps"] =
+                        serde_json::to_value(crate::procstat::maps(pid)).unwrap_or_default();
+                }
+            }
+        }
+    }
+    v
 }
 
 impl Gate {
@@ -130,10 +159,19 @@ fn handler<T: Send + 'static>(
 }
 
 /// Builds the control service, handing requests to the host's task.
-pub(crate) fn service(token: String, tx: mpsc::Sender<Command>) -> Service {
+pub(crate) fn service(token: String, tx: mpsc::Sender<Command>, monitor: SharedMonitor) -> Service {
     let gate = Gate {
         token: token.into(),
         tx,
+    };
+    let g = gate.clone();
+    let top_handler = move |Args(r): Args<ControlRequest>| {
+        let g = g.clone();
+        let monitor = monitor.clone();
+        async move {
+            g.check("top", &r)?;
+            Ok::<_, RpcError>(top(&monitor, &r))
+        }
     };
     let status = handler(&gate, "status", |r, reply| {
         Ok(Command::Status {
@@ -188,4 +226,5 @@ pub(crate) fn service(token: String, tx: mpsc::Sender<Command>) -> Service {
         .rpc("exit", exit)
         .rpc("reload", reload)
         .rpc("logs", logs)
+        .rpc("top", top_handler)
 }

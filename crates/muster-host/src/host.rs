@@ -47,6 +47,8 @@ pub struct HostInfo {
     pub token_file: PathBuf,
     /// Where instance logs go.
     pub log_dir: PathBuf,
+    /// Where the HTTP endpoint listens, if on.
+    pub http: Option<String>,
     /// Transactions started at boot.
     pub transactions: Vec<String>,
 }
@@ -82,6 +84,10 @@ impl HostOptions {
 }
 
 enum Input {
+    Sampled {
+        samples: Vec<crate::monitor::MonitorSample>,
+        over: Vec<crate::monitor::OverLimit>,
+    },
     Exited {
         transaction: String,
         generation: u64,
@@ -136,7 +142,39 @@ pub async fn run(
     let mut updates = client.subscribe(&[muster::UPDATE_TOPIC]).await?;
 
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
-    let control = control::service(token, commands_tx)
+    let monitor = crate::monitor::SharedMonitor::default();
+    let recent: crate::http::Recent = Arc::default();
+    let http_addr = match &manifest.host.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(io(format!(
+                    "cannot serve HTTP on {addr} (set [host] http, or \"off\")"
+                )))?;
+            let bound = listener
+                .local_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default();
+            let stats = bus.stats_handle();
+            let app = crate::http::router(crate::http::AppState {
+                monitor: monitor.clone(),
+                commands: commands_tx.clone(),
+                client: client.clone(),
+                token: token.clone().into(),
+                gateway_open: manifest.host.gateway_open,
+                recent: recent.clone(),
+                bus: Arc::new(move || stats.snapshot()),
+            });
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "HTTP endpoint stopped");
+                }
+            });
+            Some(bound)
+        }
+        None => None,
+    };
+    let control = control::service(token, commands_tx, monitor.clone())
         .start_with(transport.clone(), muster::StartOptions::default())
         .await?;
     let control_endpoint = client
@@ -156,6 +194,9 @@ pub async fn run(
     };
     let (inputs_tx, mut inputs) = mpsc::unbounded_channel::<Input>();
     let mut driver = Driver {
+        monitor,
+        recent,
+        sampling: false,
         bus,
         guard,
         supervisor: Supervisor::new(&manifest.contexts),
@@ -176,10 +217,13 @@ pub async fn run(
             control: control_endpoint,
             token_file,
             log_dir,
+            http: http_addr,
             transactions: booted,
         });
     }
 
+    let mut sample_every = tokio::time::interval(driver.manifest.host.monitor_every);
+    sample_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut stop = std::pin::pin!(stop);
     let mut signals = Signals::new()?;
     let mut stopping = false;
@@ -197,6 +241,7 @@ pub async fn run(
                 driver.shutdown().await;
             }
             Some(input) = inputs.recv() => driver.input(input).await,
+            _ = sample_every.tick(), if !driver.sampling && !stopping => driver.sample(),
             Some(cmd) = commands.recv() => driver.command(cmd).await,
             ev = registry.recv() => match ev {
                 Ok(RegistryEvent::Registered(info)) => {
@@ -233,6 +278,10 @@ pub async fn run(
 }
 
 struct Driver {
+    monitor: crate::monitor::SharedMonitor,
+    recent: crate::http::Recent,
+    /// A sample is being taken.
+    sampling: bool,
     bus: Bus,
     guard: Option<process::Guard>,
     supervisor: Supervisor,
@@ -245,6 +294,21 @@ struct Driver {
 }
 
 impl Driver {
+    /// Starts taking a sample in the background; it comes back as
+    /// `Input::Sampled`.
+    fn sample(&mut self) {
+        self.sampling = true;
+        let status = self.supervisor.status(Instant::now(), None);
+        let limits = self.supervisor.limits();
+        let monitor = self.monitor.clone();
+        let client = self.client.clone();
+        let tx = self.inputs.clone();
+        tokio::spawn(async move {
+            let (samples, over) = crate::monitor::sample(&monitor, &status, &client, &limits).await;
+            let _ = tx.send(Input::Sampled { samples, over });
+        });
+    }
+
     async fn shutdown(&mut self) {
         tracing::info!("stopping every service");
         let e = self.supervisor.shutdown(Instant::now());
@@ -254,6 +318,23 @@ impl Driver {
     async fn input(&mut self, input: Input) {
         let now = Instant::now();
         let e = match input {
+            Input::Sampled { samples, over } => {
+                self.sampling = false;
+                for s in &samples {
+                    if let Err(e) = self
+                        .client
+                        .publish(&crate::monitor::monitor_topic(&s.transaction), s)
+                        .await
+                    {
+                        tracing::debug!(error = %e, "monitor sample not published");
+                    }
+                }
+                let mut effects = Vec::new();
+                for o in over {
+                    effects.extend(self.supervisor.over_limit(now, &o.instance, &o.reason));
+                }
+                effects
+            }
             Input::Exited {
                 transaction,
                 generation,
@@ -338,6 +419,16 @@ impl Driver {
                     }
                 }
                 Effect::Publish { topic, body } => {
+                    {
+                        let mut recent = self
+                            .recent
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        recent.push_back(body.clone());
+                        while recent.len() > crate::http::RECENT_EVENTS {
+                            recent.pop_front();
+                        }
+                    }
                     if let Err(e) = self.client.publish(&topic, &body).await {
                         tracing::warn!(topic, error = %e, "cannot publish a host event");
                     }

@@ -22,9 +22,12 @@
 mod control;
 pub mod events;
 mod host;
+mod http;
 pub mod manifest;
+pub mod monitor;
 mod persist;
 pub mod process;
+pub mod procstat;
 pub mod status;
 pub mod supervisor;
 pub mod token;

@@ -39,6 +39,9 @@ pub enum ManifestError {
     },
 }
 
+/// Where the HTTP endpoint listens unless `[host] http` says otherwise.
+pub const DEFAULT_HTTP: &str = "127.0.0.1:7780";
+
 /// The host's own settings: the `[host]` table (first manifest only).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostSpec {
@@ -48,6 +51,12 @@ pub struct HostSpec {
     pub control_bind: String,
     /// Where the token, the transaction record and the logs live.
     pub state_dir: PathBuf,
+    /// Where the HTTP endpoint listens (`None`: off).
+    pub http: Option<String>,
+    /// How often instances are sampled.
+    pub monitor_every: Duration,
+    /// `POST /call/...` without the token.
+    pub gateway_open: bool,
 }
 
 /// How a context reacts when one of its instances dies (OTP strategies).
@@ -166,6 +175,8 @@ pub struct ServiceSpec {
     pub triggers: Triggers,
     /// Started on a schedule, run to completion (never restarted).
     pub schedule: Option<Scheduled>,
+    /// Resource limits, checked at each monitor sample.
+    pub limits: crate::monitor::Limits,
 }
 
 /// A service the host starts on a schedule.
@@ -274,6 +285,9 @@ impl Manifest {
                 bus: muster_zmq::DEFAULT_BUS.to_owned(),
                 control_bind: "127.0.0.1".to_owned(),
                 state_dir: first_dir.join(".muster"),
+                http: Some(DEFAULT_HTTP.to_owned()),
+                monitor_every: Duration::from_secs(1),
+                gateway_open: false,
             }),
             contexts,
         })
@@ -341,6 +355,9 @@ struct RawHost {
     bus: Option<Spanned<String>>,
     control_bind: Option<String>,
     state_dir: Option<String>,
+    http: Option<Spanned<String>>,
+    monitor_every: Option<Spanned<DurationValue>>,
+    gateway_open: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +388,9 @@ struct RawService {
     schedule: Option<Spanned<String>>,
     schedule_tz: Option<Spanned<String>>,
     misfire: Option<Spanned<String>>,
+    max_rss: Option<Spanned<String>>,
+    max_cpu: Option<Spanned<f64>>,
+    cpu_window: Option<DurationValue>,
     autostart: Option<bool>,
     stop_timeout: Option<DurationValue>,
     #[serde(default)]
@@ -469,6 +489,31 @@ impl Checker<'_> {
             }
             Some(h) => {
                 let h = h.into_inner();
+                let http = match h.http {
+                    None => Some(DEFAULT_HTTP.to_owned()),
+                    Some(a) if a.get_ref() == "off" => None,
+                    Some(a) => {
+                        a.get_ref().parse::<std::net::SocketAddr>().map_err(|e| {
+                            self.err(
+                                a.span().start,
+                                "host.http",
+                                format!("{:?}: {e} (IP:PORT, or \"off\")", a.get_ref()),
+                            )
+                        })?;
+                        Some(a.into_inner())
+                    }
+                };
+                let monitor_every = match h.monitor_every {
+                    Some(d) if d.get_ref().0 < Duration::from_millis(100) => {
+                        return Err(self.err(
+                            d.span().start,
+                            "host.monitor_every",
+                            "at least 100ms",
+                        ));
+                    }
+                    Some(d) => d.get_ref().0,
+                    None => Duration::from_secs(1),
+                };
                 let bus = match h.bus {
                     Some(b) => {
                         b.get_ref()
@@ -484,6 +529,9 @@ impl Checker<'_> {
                     state_dir: self
                         .dir
                         .join(self.expand(h.state_dir.as_deref().unwrap_or(".muster"))),
+                    http,
+                    monitor_every,
+                    gateway_open: h.gateway_open.unwrap_or(false),
                 })
             }
         };
@@ -607,6 +655,27 @@ impl Checker<'_> {
             command
         };
         let schedule = self.scheduled(i, s, instances)?;
+        let limits = crate::monitor::Limits {
+            max_rss: match &s.max_rss {
+                Some(v) => Some(
+                    parse_size(v.get_ref())
+                        .map_err(|e| self.err(v.span().start, key("max_rss"), e))?,
+                ),
+                None => None,
+            },
+            max_cpu: match &s.max_cpu {
+                Some(v) if !(v.get_ref().is_finite() && *v.get_ref() > 0.0) => {
+                    return Err(self.err(
+                        v.span().start,
+                        key("max_cpu"),
+                        "a percentage of one core above 0 (e.g. 90, or 150 for 1.5 cores)",
+                    ));
+                }
+                Some(v) => Some(*v.get_ref()),
+                None => None,
+            },
+            cpu_window: s.cpu_window.map_or(Duration::from_secs(30), |d| d.0),
+        };
         let backoff = Backoff {
             initial: s.backoff.map_or(Duration::from_millis(100), |d| d.0),
             max: s.backoff_max.map_or(Duration::from_secs(30), |d| d.0),
@@ -644,6 +713,7 @@ impl Checker<'_> {
             backoff,
             triggers,
             schedule,
+            limits,
         })
     }
 
@@ -799,6 +869,26 @@ impl Checker<'_> {
         }
         Ok(())
     }
+}
+
+/// `512MB`, `2GB`, `800KB` or plain bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512MB)"))?;
+    let mult = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1.0,
+        "K" | "KB" | "KIB" => 1024.0,
+        "M" | "MB" | "MIB" => 1024.0 * 1024.0,
+        "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KB, MB, GB)")),
+    };
+    Ok((n * mult) as u64)
 }
 
 fn line_of(src: &str, offset: usize) -> usize {

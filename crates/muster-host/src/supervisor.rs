@@ -692,6 +692,24 @@ impl Supervisor {
         self.finish()
     }
 
+    /// An instance went over a resource limit: stop it (SIGTERM, then
+    /// SIGKILL after `stop_timeout`); its end is a failure with `reason`,
+    /// restarted as its policy says.
+    pub fn over_limit(&mut self, now: Instant, instance: &str, reason: &str) -> Vec<Effect> {
+        self.begin(now);
+        if let Some((t, i, j)) = self.locate(instance) {
+            let txn = self.txns.get_mut(&t).expect("located");
+            let timeout = txn.services[i].spec.stop_timeout;
+            let slot = &mut txn.services[i].slots[j];
+            if matches!(slot.phase, Phase::Starting | Phase::Running) {
+                tracing::warn!(instance, reason, "over a resource limit: restarting");
+                slot.kill_reason = Some(reason.to_owned());
+                Txn::signal_slot(&mut self.out, &t, slot, timeout);
+            }
+        }
+        self.finish()
+    }
+
     /// An instance reported progress with `ctx.update`.
     pub fn updated(&mut self, now: Instant, instance: &str, status: Value) -> Vec<Effect> {
         self.begin(now);
@@ -800,6 +818,18 @@ impl Supervisor {
             }
         }
         (started, self.finish())
+    }
+
+    /// Resource limits by `transaction/service`, for the monitor.
+    pub fn limits(&self) -> std::collections::HashMap<String, crate::monitor::Limits> {
+        self.txns
+            .values()
+            .flat_map(|t| {
+                t.services
+                    .iter()
+                    .map(move |s| (format!("{}/{}", t.id, s.spec.name), s.spec.limits))
+            })
+            .collect()
     }
 
     /// What `ctl status` shows.

@@ -43,6 +43,17 @@ impl Default for BusOptions {
     }
 }
 
+/// Reads a bus's registry counters from anywhere.
+#[derive(Debug, Clone)]
+pub struct StatsHandle(registry::SharedStats);
+
+impl StatsHandle {
+    /// The counters now.
+    pub fn snapshot(&self) -> RegistryStats {
+        self.0.snapshot()
+    }
+}
+
 /// A running bus device. Dropping it does not stop it; call [`Bus::stop`].
 #[derive(Debug)]
 pub struct Bus {
@@ -133,6 +144,11 @@ impl Bus {
     /// Registry counters.
     pub fn stats(&self) -> RegistryStats {
         self.stats.snapshot()
+    }
+
+    /// A handle that reads the registry counters, for another task.
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.stats.clone())
     }
 
     /// Registry changes from now on (registrations, goodbyes, expiries).

@@ -1,0 +1,256 @@
+//! The host's monitor: samples every instance (with its children and
+//! threads) from `/proc`, joins in the method statistics each instance
+//! reports (`$stats`), publishes one sample per transaction on
+//! `muster.monitor.<transaction>`, keeps the latest for `muster ctl top`,
+//! `muster top` and the HTTP endpoints, and checks resource limits.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use muster::stats::MethodReport;
+use muster::{CallOptions, Client};
+use serde::{Deserialize, Serialize};
+
+use crate::procstat::{self, CpuHistory, ProcSample, SocketTable};
+use crate::status::Status;
+
+/// Topic of a transaction's samples.
+pub fn monitor_topic(transaction: &str) -> String {
+    format!("muster.monitor.{transaction}")
+}
+
+/// One instance in a sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSample {
+    /// Service.
+    pub service: String,
+    /// Slot.
+    pub slot: u32,
+    /// Instance id.
+    pub instance: String,
+    /// Supervisor state (`running`, `backoff`...).
+    pub state: String,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// Seconds since it became ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_secs: Option<f64>,
+    /// How the last process ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+    /// Its process, while it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcSample>,
+    /// What the instance reports of its methods, jobs and subscriptions.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub methods: BTreeMap<String, MethodReport>,
+}
+
+/// One transaction's sample, as published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorSample {
+    /// The transaction.
+    pub transaction: String,
+    /// Its context.
+    pub context: String,
+    /// Its state.
+    pub state: String,
+    /// When it was taken (RFC 3339).
+    pub at: String,
+    /// Its instances.
+    pub instances: Vec<InstanceSample>,
+}
+
+/// Resource limits of a service (manifest `max_rss`, `max_cpu`, `cpu_window`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Resident memory, bytes, of the instance and its children.
+    pub max_rss: Option<u64>,
+    /// CPU % of one core, averaged over `cpu_window`.
+    pub max_cpu: Option<f64>,
+    /// The CPU average's window.
+    pub cpu_window: Duration,
+}
+
+/// An instance over one of its limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OverLimit {
+    /// The instance id.
+    pub instance: String,
+    /// Which limit, with the figures.
+    pub reason: String,
+}
+
+/// The monitor's memory between samples.
+#[derive(Debug, Default)]
+pub struct Monitor {
+    cpu: CpuHistory,
+    /// Per instance: recent (time, CPU %) for the CPU limit.
+    cpu_window: HashMap<String, VecDeque<(Instant, f64)>>,
+    latest: Vec<MonitorSample>,
+}
+
+/// Shared handle on the monitor.
+pub type SharedMonitor = Arc<Mutex<Monitor>>;
+
+impl Monitor {
+    /// The latest samples.
+    pub fn latest(&self) -> Vec<MonitorSample> {
+        self.latest.clone()
+    }
+}
+
+/// Takes one sample of every transaction in `status`, and returns the
+/// instances over their limits (`limits` by `transaction/service`).
+pub async fn sample(
+    monitor: &SharedMonitor,
+    status: &Status,
+    client: &Client,
+    limits: &HashMap<String, Limits>,
+) -> (Vec<MonitorSample>, Vec<OverLimit>) {
+    let pids: Vec<u32> = status
+        .transactions
+        .iter()
+        .flat_map(|t| &t.services)
+        .flat_map(|s| &s.instances)
+        .filter_map(|i| i.pid)
+        .collect();
+    let m = monitor.clone();
+    let procs: HashMap<u32, ProcSample> = tokio::task::spawn_blocking(move || {
+        let sockets = SocketTable::read();
+        let mut mon = m.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut seen = HashSet::new();
+        let out = pids
+            .iter()
+            .filter_map(|p| procstat::sample(*p, &sockets, &mut mon.cpu, &mut seen, 2))
+            .map(|s| (s.pid, s))
+            .collect();
+        mon.cpu.retain(&seen);
+        out
+    })
+    .await
+    .unwrap_or_default();
+
+    // Method statistics, asked of every running instance at once.
+    let asks = status
+        .transactions
+        .iter()
+        .flat_map(|t| &t.services)
+        .flat_map(|s| s.instances.iter().map(move |i| (s.name.clone(), i)))
+        .filter(|(_, i)| i.state == "running")
+        .map(|(service, i)| {
+            let client = client.clone();
+            let instance = i.instance.clone();
+            async move {
+                let opts = CallOptions::default()
+                    .instance(instance.clone())
+                    .timeout(Duration::from_millis(500));
+                let r: Option<muster::stats::StatsReport> = client
+                    .call_with(&format!("{service}.$stats"), &serde_json::json!({}), opts)
+                    .await
+                    .ok();
+                (instance, r.map(|r| r.methods).unwrap_or_default())
+            }
+        });
+    let methods: HashMap<String, BTreeMap<String, MethodReport>> =
+        futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .collect();
+
+    let at = chrono::Utc::now().to_rfc3339();
+    let mut over = Vec::new();
+    let mut mon = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+    let now = Instant::now();
+    let samples: Vec<MonitorSample> = status
+        .transactions
+        .iter()
+        .map(|t| MonitorSample {
+            transaction: t.transaction.clone(),
+            context: t.context.clone(),
+            state: t.state.clone(),
+            at: at.clone(),
+            instances: t
+                .services
+                .iter()
+                .flat_map(|s| {
+                    s.instances.iter().map(|i| InstanceSample {
+                        service: s.name.clone(),
+                        slot: i.slot,
+                        instance: i.instance.clone(),
+                        state: i.state.clone(),
+                        restarts: i.restarts,
+                        uptime_secs: i.uptime_secs,
+                        last_exit: i.last_exit.clone(),
+                        process: i.pid.and_then(|p| procs.get(&p).cloned()),
+                        methods: methods.get(&i.instance).cloned().unwrap_or_default(),
+                    })
+                })
+                .collect(),
+        })
+        .collect();
+    for t in &samples {
+        for i in &t.instances {
+            let Some(p) = &i.process else { continue };
+            let Some(l) = limits.get(&format!("{}/{}", t.transaction, i.service)) else {
+                continue;
+            };
+            let rss = total_rss(p);
+            if let Some(max) = l.max_rss
+                && rss > max
+            {
+                over.push(OverLimit {
+                    instance: i.instance.clone(),
+                    reason: format!(
+                        "resident memory {} MB over the limit of {} MB",
+                        rss >> 20,
+                        max >> 20
+                    ),
+                });
+                continue;
+            }
+            if let Some(max) = l.max_cpu {
+                let w = mon.cpu_window.entry(i.instance.clone()).or_default();
+                w.push_back((now, total_cpu(p)));
+                while w
+                    .front()
+                    .is_some_and(|(t0, _)| now.duration_since(*t0) > l.cpu_window)
+                {
+                    w.pop_front();
+                }
+                let full = w.front().is_some_and(|(t0, _)| {
+                    now.duration_since(*t0) + Duration::from_millis(1500) >= l.cpu_window
+                });
+                let avg = w.iter().map(|(_, c)| c).sum::<f64>() / w.len().max(1) as f64;
+                if full && avg > max {
+                    over.push(OverLimit {
+                        instance: i.instance.clone(),
+                        reason: format!(
+                            "CPU {avg:.0}% over {:?} is over the limit of {max:.0}%",
+                            l.cpu_window
+                        ),
+                    });
+                    w.clear();
+                }
+            }
+        }
+    }
+    let live: HashSet<&str> = samples
+        .iter()
+        .flat_map(|t| t.instances.iter().map(|i| i.instance.as_str()))
+        .collect();
+    mon.cpu_window.retain(|k, _| live.contains(k.as_str()));
+    mon.latest = samples.clone();
+    (samples, over)
+}
+
+/// RSS of a process and its children.
+pub fn total_rss(p: &ProcSample) -> u64 {
+    p.rss + p.children.iter().map(total_rss).sum::<u64>()
+}
+
+/// CPU % of a process and its children.
+pub fn total_cpu(p: &ProcSample) -> f64 {
+    p.cpu + p.children.iter().map(total_cpu).sum::<f64>()
+}
