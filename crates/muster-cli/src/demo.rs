@@ -20,6 +20,9 @@ pub(crate) struct DemoCmd {
     /// State directory: token, transaction record, logs.
     #[arg(long, default_value = ".muster")]
     state_dir: PathBuf,
+    /// HTTP endpoint (dashboard, metrics, gateway): IP:PORT or "off".
+    #[arg(long, default_value = muster_host::manifest::DEFAULT_HTTP)]
+    http: String,
 }
 
 /// Runs one example service in this process (the `__service` command).
@@ -64,6 +67,7 @@ impl DemoCmd {
             vec![manifest.clone()],
             Some(self.bus.clone()),
             Some(state_dir.clone()),
+            Some(self.http.clone()),
         )?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -16,6 +16,10 @@ pub(crate) struct UpCmd {
     /// manifest's `[host] state_dir`, else .muster beside the manifest].
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// HTTP endpoint (dashboard, metrics, gateway): IP:PORT or "off"
+    /// [default: the manifest's `[host] http`, else 127.0.0.1:7780].
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
     /// Log level or filter directives for the host [default: $MUSTER_LOG_LEVEL, else info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -34,7 +38,7 @@ impl UpCmd {
         } else {
             self.files
         };
-        let options = host_options(files, self.bus, self.state_dir)?;
+        let options = host_options(files, self.bus, self.state_dir, self.http)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let printer = tokio::spawn(async move {
             if let Ok(info) = rx.await {
@@ -52,6 +56,7 @@ pub(crate) fn host_options(
     files: Vec<PathBuf>,
     bus: Option<String>,
     state_dir: Option<PathBuf>,
+    http: Option<String>,
 ) -> anyhow::Result<HostOptions> {
     let exe = std::env::current_exe().context("cannot find the muster executable")?;
     Ok(HostOptions {
@@ -62,6 +67,7 @@ pub(crate) fn host_options(
         },
         bus,
         state_dir,
+        http,
     })
 }
 

@@ -34,6 +34,8 @@ pub struct HostOptions {
     pub bus: Option<String>,
     /// Overrides `[host] state_dir`.
     pub state_dir: Option<PathBuf>,
+    /// Overrides `[host] http` (`"off"` turns it off).
+    pub http: Option<String>,
 }
 
 /// Where a running host can be reached.
@@ -79,6 +81,9 @@ impl HostOptions {
         }
         if let Some(d) = &self.state_dir {
             manifest.host.state_dir.clone_from(d);
+        }
+        if let Some(h) = &self.http {
+            manifest.host.http = (h != "off").then(|| h.clone());
         }
     }
 }

@@ -45,7 +45,7 @@ impl HostProc {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("muster.toml"),
-            format!("[host]\nbus = \"{bus}\"\n\n{manifest}"),
+            format!("[host]\nbus = \"{bus}\"\nhttp = \"off\"\n\n{manifest}"),
         )?;
         let child = Command::new(exe()?)
             .args(["up", "muster.toml", "--log-level", "warn"])

@@ -43,6 +43,25 @@ async fn sleep(Args(a): Args<SleepArgs>) -> Result<u64, RpcError> {
     Ok(a.ms)
 }
 
+/// Memory held on purpose, for the monitor's tests.
+static HELD: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+#[derive(Deserialize, JsonSchema)]
+struct AllocArgs {
+    mb: usize,
+}
+
+/// Allocates and touches `mb` megabytes, and keeps them.
+async fn alloc(Args(a): Args<AllocArgs>) -> Result<usize, RpcError> {
+    let mut block = vec![0u8; a.mb.min(4096) << 20];
+    for i in (0..block.len()).step_by(4096) {
+        block[i] = 1;
+    }
+    let mut held = HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    held.push(block);
+    Ok(held.iter().map(Vec::len).sum::<usize>() >> 20)
+}
+
 async fn crash() -> Result<(), RpcError> {
     panic!("asked to crash")
 }
@@ -56,6 +75,7 @@ fn main() -> muster::Result<()> {
         .rpc("sleep", sleep)
         .idempotent()
         .rpc("crash", crash)
+        .rpc("alloc", alloc)
         .on_shutdown(|_ctx| async {
             tracing::info!("shutdown hook ran");
             eprintln!("shutdown hook ran");
