@@ -82,10 +82,11 @@ pub(crate) fn render(top: &Value, sort: Sort, width: usize, rates: &Rates) -> St
         );
         let mut rows: Vec<&Value> = t["instances"].as_array().into_iter().flatten().collect();
         let key = |i: &Value, f: &str| {
-            i["process"]
-                .is_object()
-                .then(|| total(&i["process"], f))
-                .unwrap_or(-1.0)
+            if i["process"].is_object() {
+                total(&i["process"], f)
+            } else {
+                -1.0
+            }
         };
         match sort {
             Sort::Cpu => rows.sort_by(|a, b| key(b, "cpu").total_cmp(&key(a, "cpu"))),

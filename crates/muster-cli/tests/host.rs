@@ -802,7 +802,10 @@ fn testsvc_process(sample: &Value) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn samples_match_the_kernel_and_show_50_mb_within_two_samples() {
-    let manifest = format!("[host]\nhttp = \"off\"\nmonitor_every = \"200ms\"\n[context]\nname = \"m\"\n{}", hog(""));
+    let manifest = format!(
+        "[host]\nhttp = \"off\"\nmonitor_every = \"200ms\"\n[context]\nname = \"m\"\n{}",
+        hog("")
+    );
     let host = Host::up("monitor", &manifest).await;
     let pid = host.wait_state("testsvc", 0, "running").await.unwrap();
     let client = Client::connect(&host.bus).await.unwrap();
@@ -810,18 +813,35 @@ async fn samples_match_the_kernel_and_show_50_mb_within_two_samples() {
         .subscribe(&[&format!("muster.monitor.{}", host.transaction())])
         .await
         .unwrap();
-    let p = testsvc_process(&next_sample(&mut samples).await);
+    // Connections are counted every 5 s: wait for a count taken after the
+    // instance connected.
+    let mut p = testsvc_process(&next_sample(&mut samples).await);
+    for _ in 0..60 {
+        if p["connections"]["tcp"].as_u64().unwrap_or(0) >= 2 {
+            break;
+        }
+        p = testsvc_process(&next_sample(&mut samples).await);
+    }
     assert_eq!(p["pid"], pid);
     let rss = p["rss"].as_u64().unwrap();
     let kernel_rss = kib(pid, "VmRSS:") * 1024;
-    assert!(rss.abs_diff(kernel_rss) < 4 << 20, "sampled {rss}, kernel {kernel_rss}");
+    assert!(
+        rss.abs_diff(kernel_rss) < 4 << 20,
+        "sampled {rss}, kernel {kernel_rss}"
+    );
     assert_eq!(p["vms"].as_u64().unwrap(), kib(pid, "VmSize:") * 1024);
     assert_eq!(p["threads"].as_u64().unwrap(), kib(pid, "Threads:"));
     assert!(p["open_files"].as_u64().unwrap() > 3);
-    assert!(p["connections"]["tcp"].as_u64().unwrap() >= 2, "bus and RPC sockets: {p}");
+    assert!(
+        p["connections"]["tcp"].as_u64().unwrap() >= 2,
+        "bus and RPC sockets: {p}"
+    );
     assert!(p["maps"]["count"].as_u64().unwrap() > 10);
 
-    let held: u64 = client.call("testsvc.alloc", &json!({"mb": 50})).await.unwrap();
+    let held: u64 = client
+        .call("testsvc.alloc", &json!({"mb": 50}))
+        .await
+        .unwrap();
     assert_eq!(held, 50);
     let mut seen = Vec::new();
     for _ in 0..2 {
@@ -832,10 +852,23 @@ async fn samples_match_the_kernel_and_show_50_mb_within_two_samples() {
         seen.iter().any(|r| *r >= rss + (48 << 20)),
         "50 MB more than {rss} within two samples: {seen:?}"
     );
-    // The method statistics are joined in.
-    let s = next_sample(&mut samples).await;
-    let i = s["instances"].as_array().unwrap().iter().find(|i| i["service"] == "testsvc").unwrap().clone();
-    assert_eq!(i["methods"]["alloc"]["num_requests"], 1, "{i}");
+    // The method statistics are joined in (refreshed every 5 s).
+    let mut joined = false;
+    for _ in 0..60 {
+        let s = next_sample(&mut samples).await;
+        let i = s["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["service"] == "testsvc")
+            .unwrap()
+            .clone();
+        if i["methods"]["alloc"]["num_requests"] == 1 {
+            joined = true;
+            break;
+        }
+    }
+    assert!(joined, "alloc's count in a sample");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,11 +881,22 @@ async fn an_instance_over_its_memory_limit_is_restarted_with_the_reason() {
     host.wait_state("testsvc", 0, "running").await;
     let mut events = host.events().await;
     let client = Client::connect(&host.bus).await.unwrap();
-    let _: Value = client.call("testsvc.alloc", &json!({"mb": 50})).await.unwrap();
+    let _: Value = client
+        .call("testsvc.alloc", &json!({"mb": 50}))
+        .await
+        .unwrap();
     let failed = next(&mut events, "testsvc failed", is("testsvc", "failed")).await;
     let reason = failed["reason"].as_str().unwrap();
-    assert!(reason.contains("resident memory") && reason.contains("limit of 40 MB"), "{reason}");
-    let started = next(&mut events, "testsvc started again", is("testsvc", "started")).await;
+    assert!(
+        reason.contains("resident memory") && reason.contains("limit of 40 MB"),
+        "{reason}"
+    );
+    let started = next(
+        &mut events,
+        "testsvc started again",
+        is("testsvc", "started"),
+    )
+    .await;
     assert_eq!(started["restarts"], 1);
 }
 
@@ -867,7 +911,9 @@ fn free_http() -> String {
 fn http(method: &str, addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -877,7 +923,10 @@ fn http(method: &str, addr: &str, path: &str, token: Option<&str>, body: &str) -
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
     // Bodies may come chunked: keep what looks like the payload.
     (status, body)
 }
@@ -895,53 +944,117 @@ async fn http_serves_metrics_the_gateway_and_openapi() {
     let token = token.trim();
     let metrics = eventually(WAIT, "metrics with the echo instance", || async {
         let (code, body) = http("GET", &addr, "/metrics", None, "");
-        (code == 200 && body.contains("muster_instance_resident_bytes{") && body.contains("service=\"echo\"")).then_some(body)
+        (code == 200
+            && body.contains("muster_instance_resident_bytes{")
+            && body.contains("service=\"echo\""))
+        .then_some(body)
     })
     .await;
-    for family in ["muster_instance_cpu_percent", "muster_instance_restarts_total", "muster_method_requests_total", "muster_bus_instances"] {
-        assert!(metrics.contains(&format!("# TYPE {family}")), "{family} missing");
+    for family in [
+        "muster_instance_cpu_percent",
+        "muster_instance_restarts_total",
+        "muster_method_requests_total",
+        "muster_bus_instances",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {family}")),
+            "{family} missing"
+        );
     }
     let (code, body) = http("POST", &addr, "/call/echo.shout", None, r#"{"text":"x"}"#);
     assert_eq!(code, 401, "{body}");
-    let (code, body) = http("POST", &addr, "/call/echo.shout", Some(token), r#"{"text":"ab","times":2}"#);
+    let (code, body) = http(
+        "POST",
+        &addr,
+        "/call/echo.shout",
+        Some(token),
+        r#"{"text":"ab","times":2}"#,
+    );
     assert_eq!(code, 200);
     assert!(body.contains(r#""text":"abab""#), "{body}");
-    let (code, body) = http("POST", &addr, "/call/echo.shout", Some(token), r#"{"times":"x"}"#);
+    let (code, body) = http(
+        "POST",
+        &addr,
+        "/call/echo.shout",
+        Some(token),
+        r#"{"times":"x"}"#,
+    );
     assert_eq!(code, 400);
     assert!(body.contains("-32602"), "{body}");
     let (code, _) = http("POST", &addr, "/call/echo.nope", Some(token), "{}");
     assert_eq!(code, 404);
     let (code, _) = http("POST", &addr, "/call/echo.shout", Some(token), "{nope");
     assert_eq!(code, 400);
-    let (code, body) = http("POST", &addr, "/call/echo.shout", Some(token), r#"{"text":"x","times":5000}"#);
+    let (code, body) = http(
+        "POST",
+        &addr,
+        "/call/echo.shout",
+        Some(token),
+        r#"{"text":"x","times":5000}"#,
+    );
     assert_eq!(code, 422, "an application error: {body}");
     let (code, body) = http("GET", &addr, "/openapi.json", None, "");
     assert_eq!(code, 200);
-    assert!(body.contains("/call/echo.shout") && body.contains("\"openapi\""), "{body}");
+    assert!(
+        body.contains("/call/echo.shout") && body.contains("\"openapi\""),
+        "{body}"
+    );
     let (code, body) = http("GET", &addr, "/", None, "");
     assert_eq!(code, 200);
-    assert!(body.contains("<canvas") || body.contains("charts"), "the dashboard page");
-    let (code, _) = http("POST", &addr, "/api/ctl/restart", None, r#"{"service":"echo"}"#);
+    assert!(
+        body.contains("<canvas") || body.contains("charts"),
+        "the dashboard page"
+    );
+    let (code, _) = http(
+        "POST",
+        &addr,
+        "/api/ctl/restart",
+        None,
+        r#"{"service":"echo"}"#,
+    );
     assert_eq!(code, 401, "control needs the token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn muster_top_runs_in_80_columns_under_tmux() {
-    let manifest = format!("[host]\nhttp = \"off\"\nmonitor_every = \"200ms\"\n[context]\nname = \"top\"\n{}", echo("echo", "instances = 2"));
+    let manifest = format!(
+        "[host]\nhttp = \"off\"\nmonitor_every = \"200ms\"\n[context]\nname = \"top\"\n{}",
+        echo("echo", "instances = 2")
+    );
     let host = Host::up("top", &manifest).await;
     host.wait_state("echo", 1, "running").await;
     let session = format!("muster-top-{}", std::process::id());
-    let cmd = format!("cd {} && {MUSTER} top --bus {}", host.dir.display(), host.bus);
+    let cmd = format!(
+        "cd {} && {MUSTER} top --bus {}",
+        host.dir.display(),
+        host.bus
+    );
     let ok = Command::new("tmux")
-        .args(["new-session", "-d", "-s", &session, "-x", "80", "-y", "24", &cmd])
+        .args([
+            "new-session",
+            "-d",
+            "-s",
+            &session,
+            "-x",
+            "80",
+            "-y",
+            "24",
+            &cmd,
+        ])
         .status();
     let Ok(ok) = ok else {
-        muster_test::skipped("muster_top_runs_in_80_columns_under_tmux", "tmux is not installed");
+        muster_test::skipped(
+            "muster_top_runs_in_80_columns_under_tmux",
+            "tmux is not installed",
+        );
         return;
     };
     assert!(ok.success());
     let capture = || {
-        let o = Command::new("tmux").args(["capture-pane", "-p", "-t", &session]).output().unwrap();
+        let o = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &session])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&o.stdout).to_string()
     };
     let screen = eventually(WAIT, "muster top shows both echo instances", || async {
@@ -949,13 +1062,29 @@ async fn muster_top_runs_in_80_columns_under_tmux() {
         (s.matches("  echo ").count() >= 2 && s.contains("running")).then_some(s)
     })
     .await;
-    assert!(screen.contains("muster top") && screen.contains("CPU%"), "{screen}");
+    assert!(
+        screen.contains("muster top") && screen.contains("CPU%"),
+        "{screen}"
+    );
     assert!(screen.lines().all(|l| l.chars().count() <= 80), "{screen}");
-    Command::new("tmux").args(["send-keys", "-t", &session, "m"]).status().unwrap();
-    eventually(WAIT, "sorted by memory", || async { capture().contains("sort: Memory").then_some(()) }).await;
-    Command::new("tmux").args(["send-keys", "-t", &session, "q"]).status().unwrap();
+    Command::new("tmux")
+        .args(["send-keys", "-t", &session, "m"])
+        .status()
+        .unwrap();
+    eventually(WAIT, "sorted by memory", || async {
+        capture().contains("sort: Memory").then_some(())
+    })
+    .await;
+    Command::new("tmux")
+        .args(["send-keys", "-t", &session, "q"])
+        .status()
+        .unwrap();
     eventually(WAIT, "q quits", || async {
-        let alive = Command::new("tmux").args(["has-session", "-t", &session]).status().unwrap().success();
+        let alive = Command::new("tmux")
+            .args(["has-session", "-t", &session])
+            .status()
+            .unwrap()
+            .success();
         (!alive).then_some(())
     })
     .await;
@@ -987,7 +1116,8 @@ async fn the_dashboard_lists_services_and_draws_charts_in_chromium() {
         .stderr(Stdio::null());
     let mut demo = Proc::spawn("muster demo", c);
     eventually(WAIT, "the dashboard answers", || async {
-        let (code, body) = std::panic::catch_unwind(|| http("GET", &addr, "/api/top", None, "")).ok()?;
+        let (code, body) =
+            std::panic::catch_unwind(|| http("GET", &addr, "/api/top", None, "")).ok()?;
         (code == 200 && body.contains("echo")).then_some(())
     })
     .await;
@@ -1016,13 +1146,19 @@ async fn the_dashboard_lists_services_and_draws_charts_in_chromium() {
     let dom = browser(&["--dump-dom"]);
     let dom = String::from_utf8_lossy(&dom.stdout).to_string();
     for s in ["echo", "stand", "walk", "drink_coffee", "run"] {
-        assert!(dom.contains(&format!("<td>{s}</td>")), "{s} not listed:\n{dom}");
+        assert!(
+            dom.contains(&format!("<td>{s}</td>")),
+            "{s} not listed:\n{dom}"
+        );
     }
     let points: Vec<u64> = dom
         .match_indices("data-points=\"")
         .filter_map(|(i, m)| dom[i + m.len()..].split('"').next()?.parse().ok())
         .collect();
-    assert!(points.iter().any(|p| *p >= 2), "a chart has drawn points: {points:?}");
+    assert!(
+        points.iter().any(|p| *p >= 2),
+        "a chart has drawn points: {points:?}"
+    );
     let shot = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/dashboard.png");
     let o = browser(&[&format!("--screenshot={shot}")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

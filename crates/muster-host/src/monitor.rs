@@ -82,10 +82,23 @@ pub struct OverLimit {
     pub reason: String,
 }
 
+/// How long connection counts, memory-map summaries and method statistics
+/// are reused between samples: they cost far more to gather than CPU and
+/// memory figures (kernel socket tables, a file per process, an RPC per
+/// instance), and change more slowly.
+const SLOW_FIGURES_EVERY: Duration = Duration::from_secs(5);
+
 /// The monitor's memory between samples.
 #[derive(Debug, Default)]
 pub struct Monitor {
     cpu: CpuHistory,
+    maps: Option<procstat::MapsCache>,
+    /// When the slow figures were last gathered.
+    slow_at: Option<Instant>,
+    /// Per pid: connections and open files, as last counted.
+    connections: HashMap<u32, (procstat::Connections, u64)>,
+    /// Per instance: method statistics, as last asked.
+    methods: HashMap<String, BTreeMap<String, MethodReport>>,
     /// Per instance: recent (time, CPU %) for the CPU limit.
     cpu_window: HashMap<String, VecDeque<(Instant, f64)>>,
     latest: Vec<MonitorSample>,
@@ -116,17 +129,53 @@ pub async fn sample(
         .flat_map(|s| &s.instances)
         .filter_map(|i| i.pid)
         .collect();
+    let slow = {
+        let mut mon = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+        let due = mon
+            .slow_at
+            .is_none_or(|t| t.elapsed() >= SLOW_FIGURES_EVERY);
+        if due {
+            mon.slow_at = Some(Instant::now());
+        }
+        due
+    };
     let m = monitor.clone();
     let procs: HashMap<u32, ProcSample> = tokio::task::spawn_blocking(move || {
-        let sockets = SocketTable::read();
         let mut mon = m.lock().unwrap_or_else(PoisonError::into_inner);
+        let sockets = if slow {
+            SocketTable::read()
+        } else {
+            SocketTable::default()
+        };
+        let mut maps = mon
+            .maps
+            .take()
+            .unwrap_or_else(|| procstat::MapsCache::new(SLOW_FIGURES_EVERY));
         let mut seen = HashSet::new();
         let out = pids
             .iter()
-            .filter_map(|p| procstat::sample(*p, &sockets, &mut mon.cpu, &mut seen, 2))
+            .filter_map(|p| procstat::sample(*p, &sockets, &mut mon.cpu, &mut maps, &mut seen, 2))
             .map(|s| (s.pid, s))
             .collect();
         mon.cpu.retain(&seen);
+        maps.retain(&seen);
+        mon.maps = Some(maps);
+        // Connections: counted on slow rounds, carried over in between.
+        let mut out: HashMap<u32, ProcSample> = out;
+        if slow {
+            mon.connections = out
+                .values()
+                .map(|p| (p.pid, (p.connections.clone(), p.open_files)))
+                .collect();
+        } else {
+            for p in out.values_mut() {
+                if let Some((c, files)) = mon.connections.get(&p.pid) {
+                    p.connections = c.clone();
+                    p.open_files = *files;
+                }
+            }
+        }
+        mon.connections.retain(|pid, _| seen.contains(pid));
         out
     })
     .await
@@ -153,11 +202,25 @@ pub async fn sample(
                 (instance, r.map(|r| r.methods).unwrap_or_default())
             }
         });
-    let methods: HashMap<String, BTreeMap<String, MethodReport>> =
-        futures_util::future::join_all(asks)
+    let methods: HashMap<String, BTreeMap<String, MethodReport>> = if slow {
+        let fresh: HashMap<_, _> = futures_util::future::join_all(asks)
             .await
             .into_iter()
             .collect();
+        monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .methods
+            .clone_from(&fresh);
+        fresh
+    } else {
+        drop(asks);
+        monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .methods
+            .clone()
+    };
 
     let at = chrono::Utc::now().to_rfc3339();
     let mut over = Vec::new();

@@ -90,6 +90,11 @@ pub struct SocketTable {
 }
 
 impl SocketTable {
+    /// True when nothing was read (connections are then not counted).
+    pub fn is_empty(&self) -> bool {
+        self.tcp.is_empty() && self.udp.is_empty() && self.unix.is_empty()
+    }
+
     /// Reads `/proc/net/{tcp,tcp6,udp,udp6,unix}`.
     pub fn read() -> Self {
         let mut t = Self::default();
@@ -149,12 +154,54 @@ impl CpuHistory {
     }
 }
 
+/// Memory-map summaries, re-read at most every `every` per process (maps
+/// change rarely and reading them is the dearest part of a sample).
+#[derive(Debug)]
+pub struct MapsCache {
+    every: std::time::Duration,
+    by_pid: HashMap<u32, (std::time::Instant, MapsSummary)>,
+}
+
+impl MapsCache {
+    /// Summaries kept for `every`.
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            by_pid: HashMap::new(),
+        }
+    }
+
+    fn get(&mut self, pid: u32) -> MapsSummary {
+        let now = std::time::Instant::now();
+        match self.by_pid.get(&pid) {
+            Some((at, m)) if now.duration_since(*at) < self.every => m.clone(),
+            _ => {
+                let m = maps_summary(pid);
+                self.by_pid.insert(pid, (now, m.clone()));
+                m
+            }
+        }
+    }
+
+    /// Forgets processes not seen in the last sample.
+    pub fn retain(&mut self, seen: &HashSet<u32>) {
+        self.by_pid.retain(|pid, _| seen.contains(pid));
+    }
+}
+
+impl Default for MapsCache {
+    fn default() -> Self {
+        Self::new(std::time::Duration::ZERO)
+    }
+}
+
 /// Samples `pid` and its children (to `depth` levels). `None` when the
 /// process is gone.
 pub fn sample(
     pid: u32,
     sockets: &SocketTable,
     cpu: &mut CpuHistory,
+    maps: &mut MapsCache,
     seen: &mut HashSet<u32>,
     depth: u32,
 ) -> Option<ProcSample> {
@@ -176,7 +223,14 @@ pub fn sample(
         threads: num(17),
         ..ProcSample::default()
     };
-    if let Ok(fds) = std::fs::read_dir(format!("{dir}/fd")) {
+    // Open files and connections are counted on slow rounds only (an empty
+    // socket table): listing descriptors is the dearest part of a sample.
+    let fds = if sockets.is_empty() {
+        None
+    } else {
+        std::fs::read_dir(format!("{dir}/fd")).ok()
+    };
+    if let Some(fds) = fds {
         for fd in fds.flatten() {
             s.open_files += 1;
             let Ok(target) = std::fs::read_link(fd.path()) else {
@@ -200,11 +254,11 @@ pub fn sample(
             }
         }
     }
-    s.maps = maps_summary(pid);
+    s.maps = maps.get(pid);
     if depth > 0 {
         s.children = children(pid)
             .into_iter()
-            .filter_map(|c| sample(c, sockets, cpu, seen, depth - 1))
+            .filter_map(|c| sample(c, sockets, cpu, maps, seen, depth - 1))
             .collect();
     }
     Some(s)
@@ -286,7 +340,15 @@ mod tests {
     fn figures_match_the_kernels_own() {
         let pid = std::process::id();
         let mut cpu = CpuHistory::default();
-        let s = sample(pid, &SocketTable::read(), &mut cpu, &mut HashSet::new(), 1).unwrap();
+        let s = sample(
+            pid,
+            &SocketTable::read(),
+            &mut cpu,
+            &mut MapsCache::default(),
+            &mut HashSet::new(),
+            1,
+        )
+        .unwrap();
         let rss = status_kib(pid, "VmRSS:") * 1024;
         let vms = status_kib(pid, "VmSize:") * 1024;
         // RSS moves a little between the two reads; VmSize is exact.
@@ -309,6 +371,7 @@ mod tests {
                 u32::MAX - 1,
                 &SocketTable::default(),
                 &mut CpuHistory::default(),
+                &mut MapsCache::default(),
                 &mut HashSet::new(),
                 0
             )

@@ -224,9 +224,14 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
         ready += 1;
     }
     let host_time = t0.elapsed();
+    let mut samples = host.client.subscribe(&["muster.monitor.>"]).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let guard = guard_pid(host.pid());
     let (host_cpu, host_rss) = idle_usage(host.pid(), idle_for).await;
+    let mut sample_bytes = 0;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(10), samples.recv()).await {
+        sample_bytes = serde_json::to_vec(&ev.payload)?.len();
+    }
     let guard_rss = guard.map_or(0, rss_kib);
     host.stop().await;
 
@@ -279,8 +284,14 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
         host_time.as_secs_f64() / raw_time.as_secs_f64().max(1e-9)
     );
     println!(
-        "{:<14} supervising {n} idle instances for {:?}: host CPU {host_cpu:.2}% RSS {} KiB (+ guard {guard_rss} KiB)   bare bus CPU {bus_cpu:.2}% RSS {bus_rss} KiB",
+        "{:<14} supervising and sampling (1 s) {n} idle instances for {:?}: host CPU {host_cpu:.2}% RSS {} KiB (+ guard {guard_rss} KiB)   bare bus CPU {bus_cpu:.2}% RSS {bus_rss} KiB",
         "host-idle", idle_for, host_rss
+    );
+    println!(
+        "{:<14} one monitor sample of {n} instances: {} KB of JSON ({} bytes per instance)",
+        "host-monitor",
+        sample_bytes / 1024,
+        sample_bytes / n.max(1) as usize
     );
     Ok(())
 }

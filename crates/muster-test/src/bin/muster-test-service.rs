@@ -57,7 +57,9 @@ async fn alloc(Args(a): Args<AllocArgs>) -> Result<usize, RpcError> {
     for i in (0..block.len()).step_by(4096) {
         block[i] = 1;
     }
-    let mut held = HELD.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut held = HELD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     held.push(block);
     Ok(held.iter().map(Vec::len).sum::<usize>() >> 20)
 }
