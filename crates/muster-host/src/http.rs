@@ -291,7 +291,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
             label(&t.transaction),
             label(&t.context),
             label(&i.service),
-            label(&i.instance)
+            label(&i.status.instance)
         )
     };
     let all: Vec<_> = latest
@@ -343,7 +343,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
         "counter",
         "Restarts of the instance's slot",
         all.iter()
-            .map(|(t, i)| (inst(t, i), f64::from(i.restarts)))
+            .map(|(t, i)| (inst(t, i), f64::from(i.status.restarts)))
             .collect(),
     );
     family(
@@ -353,8 +353,8 @@ async fn metrics(State(s): State<AppState>) -> Response {
         all.iter()
             .map(|(t, i)| {
                 (
-                    format!(r#"{},state="{}""#, inst(t, i), label(&i.state)),
-                    f64::from(u8::from(i.state == "running")),
+                    format!(r#"{},state="{}""#, inst(t, i), label(&i.status.state)),
+                    f64::from(u8::from(i.status.state == "running")),
                 )
             })
             .collect(),

@@ -13,32 +13,22 @@ use muster::{CallOptions, Client};
 use serde::{Deserialize, Serialize};
 
 use crate::procstat::{self, CpuHistory, ProcSample, SocketTable};
-use crate::status::Status;
+use crate::status::{InstanceStatus, Status};
 
 /// Topic of a transaction's samples.
 pub fn monitor_topic(transaction: &str) -> String {
     format!("muster.monitor.{transaction}")
 }
 
-/// One instance in a sample.
+/// One instance in a sample: its status as `ctl status` shows it, its
+/// process figures and its method statistics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceSample {
     /// Service.
     pub service: String,
-    /// Slot.
-    pub slot: u32,
-    /// Instance id.
-    pub instance: String,
-    /// Supervisor state (`running`, `backoff`...).
-    pub state: String,
-    /// Restarts so far.
-    pub restarts: u32,
-    /// Seconds since it became ready.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uptime_secs: Option<f64>,
-    /// How the last process ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_exit: Option<String>,
+    /// Slot, instance id, state, restarts, uptime, last exit.
+    #[serde(flatten)]
+    pub status: InstanceStatus,
     /// Its process, while it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcSample>,
@@ -240,12 +230,7 @@ pub async fn sample(
                 .flat_map(|s| {
                     s.instances.iter().map(|i| InstanceSample {
                         service: s.name.clone(),
-                        slot: i.slot,
-                        instance: i.instance.clone(),
-                        state: i.state.clone(),
-                        restarts: i.restarts,
-                        uptime_secs: i.uptime_secs,
-                        last_exit: i.last_exit.clone(),
+                        status: i.clone(),
                         process: i.pid.and_then(|p| procs.get(&p).cloned()),
                         methods: methods.get(&i.instance).cloned().unwrap_or_default(),
                     })
@@ -264,7 +249,7 @@ pub async fn sample(
                 && rss > max
             {
                 over.push(OverLimit {
-                    instance: i.instance.clone(),
+                    instance: i.status.instance.clone(),
                     reason: format!(
                         "resident memory {} MB over the limit of {} MB",
                         rss >> 20,
@@ -274,7 +259,7 @@ pub async fn sample(
                 continue;
             }
             if let Some(max) = l.max_cpu {
-                let w = mon.cpu_window.entry(i.instance.clone()).or_default();
+                let w = mon.cpu_window.entry(i.status.instance.clone()).or_default();
                 w.push_back((now, total_cpu(p)));
                 while w
                     .front()
@@ -288,7 +273,7 @@ pub async fn sample(
                 let avg = w.iter().map(|(_, c)| c).sum::<f64>() / w.len().max(1) as f64;
                 if full && avg > max {
                     over.push(OverLimit {
-                        instance: i.instance.clone(),
+                        instance: i.status.instance.clone(),
                         reason: format!(
                             "CPU {avg:.0}% over {:?} is over the limit of {max:.0}%",
                             l.cpu_window
@@ -301,7 +286,7 @@ pub async fn sample(
     }
     let live: HashSet<&str> = samples
         .iter()
-        .flat_map(|t| t.instances.iter().map(|i| i.instance.as_str()))
+        .flat_map(|t| t.instances.iter().map(|i| i.status.instance.as_str()))
         .collect();
     mon.cpu_window.retain(|k, _| live.contains(k.as_str()));
     mon.latest = samples.clone();

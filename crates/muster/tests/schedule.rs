@@ -59,7 +59,17 @@ impl Recorder {
         Service::new(name).clock(self.clock.clone())
     }
 
-    /// Start times as `HH:MM:SS.mmm` (or RFC 3339 when `full`).
+    /// Start times in RFC 3339.
+    fn full_starts(&self) -> Vec<String> {
+        self.starts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(DateTime::to_rfc3339)
+            .collect()
+    }
+
+    /// Start times as `HH:MM:SS.mmm`.
     fn starts(&self) -> Vec<String> {
         self.starts
             .lock()
@@ -101,15 +111,8 @@ async fn cron_with_a_list_over_two_days() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2 * 86_400)).await;
-    let full: Vec<String> = rec
-        .starts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(DateTime::to_rfc3339)
-        .collect();
     assert_eq!(
-        full,
+        rec.full_starts(),
         [
             "2026-01-01T12:00:00+00:00",
             "2026-01-02T00:00:00+00:00",
@@ -128,15 +131,8 @@ async fn a_daily_time_in_a_zone_across_the_spring_change() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3 * 86_400)).await;
-    let full: Vec<String> = rec
-        .starts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(DateTime::to_rfc3339)
-        .collect();
     assert_eq!(
-        full,
+        rec.full_starts(),
         [
             "2026-03-28T01:30:00+00:00",
             "2026-03-29T01:00:00+00:00",
