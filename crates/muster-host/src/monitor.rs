@@ -72,10 +72,10 @@ pub struct OverLimit {
     pub reason: String,
 }
 
-/// How long connection counts, memory-map summaries and method statistics
-/// are reused between samples: they cost far more to gather than CPU and
-/// memory figures (kernel socket tables, a file per process, an RPC per
-/// instance), and change more slowly.
+/// How long connection counts, open files, memory-map summaries, child
+/// lists and method statistics are reused between samples: they cost far
+/// more to gather than CPU and memory figures (kernel socket tables,
+/// files per process, an RPC per instance), and change more slowly.
 const SLOW_FIGURES_EVERY: Duration = Duration::from_secs(5);
 
 /// The monitor's memory between samples.

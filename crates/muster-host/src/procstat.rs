@@ -154,12 +154,14 @@ impl CpuHistory {
     }
 }
 
-/// Memory-map summaries, re-read at most every `every` per process (maps
-/// change rarely and reading them is the dearest part of a sample).
+/// Memory-map summaries and child lists, re-read at most every `every`
+/// per process: they change rarely, and reading them costs more than the
+/// rest of a sample.
 #[derive(Debug)]
 pub struct MapsCache {
     every: std::time::Duration,
     by_pid: HashMap<u32, (std::time::Instant, MapsSummary)>,
+    children: HashMap<u32, (std::time::Instant, Vec<u32>)>,
 }
 
 impl MapsCache {
@@ -168,6 +170,19 @@ impl MapsCache {
         Self {
             every,
             by_pid: HashMap::new(),
+            children: HashMap::new(),
+        }
+    }
+
+    fn children(&mut self, pid: u32) -> Vec<u32> {
+        let now = std::time::Instant::now();
+        match self.children.get(&pid) {
+            Some((at, c)) if now.duration_since(*at) < self.every => c.clone(),
+            _ => {
+                let c = children(pid);
+                self.children.insert(pid, (now, c.clone()));
+                c
+            }
         }
     }
 
@@ -186,6 +201,7 @@ impl MapsCache {
     /// Forgets processes not seen in the last sample.
     pub fn retain(&mut self, seen: &HashSet<u32>) {
         self.by_pid.retain(|pid, _| seen.contains(pid));
+        self.children.retain(|pid, _| seen.contains(pid));
     }
 }
 
@@ -256,7 +272,8 @@ pub fn sample(
     }
     s.maps = maps.get(pid);
     if depth > 0 {
-        s.children = children(pid)
+        s.children = maps
+            .children(pid)
             .into_iter()
             .filter_map(|c| sample(c, sockets, cpu, maps, seen, depth - 1))
             .collect();
