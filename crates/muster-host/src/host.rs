@@ -149,6 +149,7 @@ pub async fn run(
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
     let monitor = crate::monitor::SharedMonitor::default();
     let recent: crate::http::Recent = Arc::default();
+    let http_stop = tokio_util::sync::CancellationToken::new();
     let http_addr = match &manifest.host.http {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -170,8 +171,11 @@ pub async fn run(
                 recent: recent.clone(),
                 bus: Arc::new(move || stats.snapshot()),
             });
+            let stopped = http_stop.clone();
             tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
+                let serve = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stopped.cancelled().await });
+                if let Err(e) = serve.await {
                     tracing::error!(error = %e, "HTTP endpoint stopped");
                 }
             });
@@ -272,6 +276,7 @@ pub async fn run(
         }
     }
     tracing::info!("host stopped every service");
+    http_stop.cancel();
     if let Some(g) = driver.guard.take() {
         g.close();
     }
