@@ -191,11 +191,16 @@ pub struct Scheduled {
 }
 
 impl Scheduled {
-    /// The checked schedule.
+    /// The schedule (checked when the manifest was read; a spec built by
+    /// hand with a bad expression never fires).
     pub fn schedule(&self) -> Schedule {
         Schedule::parse(&self.expr)
             .and_then(|s| s.in_zone(&self.tz))
-            .unwrap_or_else(|_| unreachable!("checked when the manifest was read"))
+            .unwrap_or_else(|e| {
+                tracing::error!(expr = %self.expr, error = %e, "bad schedule: it never fires");
+                Schedule::cron("0 0 0 30 2 *")
+                    .unwrap_or_else(|_| unreachable!("a valid expression"))
+            })
     }
 }
 

@@ -212,15 +212,10 @@ pub fn guard_main() -> ExitCode {
     let mut groups = BTreeSet::new();
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
-        let (op, pgid) = line.split_at(line.len().min(1));
-        match (op, pgid.trim().parse::<u32>()) {
-            ("+", Ok(p)) => {
-                groups.insert(p);
-            }
-            ("-", Ok(p)) => {
-                groups.remove(&p);
-            }
-            _ => {}
+        if let Some(Ok(p)) = line.strip_prefix('+').map(|p| p.trim().parse::<u32>()) {
+            groups.insert(p);
+        } else if let Some(Ok(p)) = line.strip_prefix('-').map(|p| p.trim().parse::<u32>()) {
+            groups.remove(&p);
         }
     }
     for pgid in groups {
