@@ -1192,7 +1192,14 @@ impl Txn {
             timer_set: false,
         });
         group.delay = group.delay.max(delay);
+        let before = group.services.len();
         group.services.extend(names);
+        if group.services.len() > before && group.timer_set {
+            // New members while the delay runs: wait for them to be down
+            // too, under a new round (the pending timer is ignored).
+            group.round = round;
+            group.timer_set = false;
+        }
         let id = self.id.clone();
         let members = group.services.clone();
         for svc in &mut self.services {

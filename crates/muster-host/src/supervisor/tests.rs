@@ -348,6 +348,25 @@ fn rest_for_one_restarts_the_rest() {
 }
 
 #[test]
+fn a_failure_during_a_group_restart_delay_joins_the_group() {
+    let mut sim = Sim::new(&THREE.replace("STRATEGY", "rest_for_one"));
+    sim.start();
+    sim.register_all();
+    sim.end("c", 0, ExitStatus::Code(1)); // group {c}: its delay starts
+    sim.end("a", 0, ExitStatus::Code(1)); // group {a, b, c}: b must stop first
+    assert_eq!(sim.state("b"), "stopping");
+    sim.fire(is_group); // the first delay ends: stale, nothing starts yet
+    assert_eq!(sim.spawns, ["a", "b", "c"]);
+    sim.obey_signals(); // b is down: the group's own delay starts
+    sim.fire(is_group);
+    assert_eq!(sim.spawns, ["a", "b", "c", "a", "b", "c"]);
+    sim.register_all();
+    for s in ["a", "b", "c"] {
+        assert_eq!(sim.state(s), "running", "{s}");
+    }
+}
+
+#[test]
 fn over_budget_fails_and_stops_the_context() {
     let mut sim = Sim::new(&THREE.replace("STRATEGY", "one_for_one"));
     sim.start();
