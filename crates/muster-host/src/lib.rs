@@ -4,7 +4,7 @@
 //! - [`manifest`] reads `muster.toml` (documented in `docs/manifest.md`).
 //! - [`supervisor`] is the state machine: restart policies, strategies,
 //!   budgets, dependency order, triggers. It does no I/O.
-//! - [`host`] drives it: the bus, the control service `muster.host`,
+//! - [`run`] drives it: the bus, the control service `muster.host`,
 //!   processes, timers and the transaction record.
 //!
 //! ```no_run
