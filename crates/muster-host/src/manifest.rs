@@ -935,18 +935,25 @@ fn key_path(src: &str, offset: usize) -> String {
     }
 }
 
+/// The context of a manifest given as text, as if read from
+/// `/tmp/m/muster.toml` (tests).
+#[cfg(test)]
+pub(crate) fn parse_text(src: &str) -> Result<ContextSpec, ManifestError> {
+    parse(
+        Path::new("/tmp/m/muster.toml"),
+        src,
+        true,
+        &Substitutions::default(),
+    )
+    .map(|(_, c)| c)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn load(src: &str) -> Result<ContextSpec, ManifestError> {
-        parse(
-            Path::new("/tmp/m/muster.toml"),
-            src,
-            true,
-            &Substitutions::default(),
-        )
-        .map(|(_, c)| c)
+        parse_text(src)
     }
 
     fn fault(src: &str) -> (usize, String, String) {

@@ -283,6 +283,11 @@ pub fn sample(
     Some(s)
 }
 
+/// Resident memory of `pid`, bytes (`VmRSS` of `/proc/PID/status`).
+pub fn resident_bytes(pid: u32) -> Option<u64> {
+    status_bytes(&format!("/proc/{pid}"), "VmRSS:")
+}
+
 /// A `kB` figure of `/proc/PID/status`, in bytes.
 fn status_bytes(dir: &str, key: &str) -> Option<u64> {
     read(format!("{dir}/status"))?

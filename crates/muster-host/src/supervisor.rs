@@ -663,72 +663,54 @@ impl Supervisor {
 
     /// An instance registered on the bus.
     pub fn registered(&mut self, now: Instant, instance: &str) -> Vec<Effect> {
-        self.begin(now);
-        if let Some((t, i, j)) = self.locate(instance) {
-            let txn = self.txns.get_mut(&t).expect("located");
+        self.on_instance(now, instance, |txn, out, i, j| {
             if txn.services[i].slots[j].phase == Phase::Starting {
-                txn.ready(&mut self.out, i, j);
+                txn.ready(out, i, j);
             }
-        }
-        self.finish()
+        })
     }
 
     /// An instance missed its heartbeats: kill it; it has failed.
     pub fn expired(&mut self, now: Instant, instance: &str) -> Vec<Effect> {
-        self.begin(now);
-        if let Some((t, i, j)) = self.locate(instance) {
-            let txn = self.txns.get_mut(&t).expect("located");
-            let slot = &mut txn.services[i].slots[j];
-            if matches!(slot.phase, Phase::Starting | Phase::Running) {
-                slot.kill_reason = Some("missed heartbeats".into());
-                if let Some(pid) = slot.pid {
-                    self.out.effects.push(Effect::Signal {
-                        pid,
-                        signal: StopSignal::Kill,
-                    });
-                }
-            }
-        }
-        self.finish()
+        self.on_instance(now, instance, |txn, out, i, j| {
+            txn.fail(out, i, j, "missed heartbeats".into(), StopSignal::Kill);
+        })
     }
 
     /// An instance went over a resource limit: stop it (SIGTERM, then
     /// SIGKILL after `stop_timeout`); its end is a failure with `reason`,
     /// restarted as its policy says.
     pub fn over_limit(&mut self, now: Instant, instance: &str, reason: &str) -> Vec<Effect> {
-        self.begin(now);
-        if let Some((t, i, j)) = self.locate(instance) {
-            let txn = self.txns.get_mut(&t).expect("located");
-            let timeout = txn.services[i].spec.stop_timeout;
-            let slot = &mut txn.services[i].slots[j];
-            if matches!(slot.phase, Phase::Starting | Phase::Running) {
-                tracing::warn!(instance, reason, "over a resource limit: restarting");
-                slot.kill_reason = Some(reason.to_owned());
-                Txn::signal_slot(&mut self.out, &t, slot, timeout);
-            }
-        }
-        self.finish()
+        self.on_instance(now, instance, |txn, out, i, j| {
+            tracing::warn!(instance = %txn.services[i].slots[j].instance, reason, "over a resource limit: restarting");
+            txn.fail(out, i, j, reason.to_owned(), StopSignal::Term);
+        })
     }
 
     /// An instance reported progress with `ctx.update`.
     pub fn updated(&mut self, now: Instant, instance: &str, status: Value) -> Vec<Effect> {
-        self.begin(now);
-        if let Some((t, i, j)) = self.locate(instance) {
-            let txn = self.txns.get_mut(&t).expect("located");
+        self.on_instance(now, instance, |txn, out, i, j| {
             if matches!(
                 txn.services[i].slots[j].phase,
                 Phase::Starting | Phase::Running
             ) {
-                txn.event(
-                    &mut self.out,
-                    i,
-                    j,
-                    Lifecycle::Updated,
-                    None,
-                    None,
-                    Some(status),
-                );
+                txn.event(out, i, j, Lifecycle::Updated, None, None, Some(status));
             }
+        })
+    }
+
+    /// Runs `f` on the slot whose live process registered as `instance`.
+    fn on_instance(
+        &mut self,
+        now: Instant,
+        instance: &str,
+        f: impl FnOnce(&mut Txn, &mut Out, usize, usize),
+    ) -> Vec<Effect> {
+        self.begin(now);
+        if let Some((t, i, j)) = self.locate(instance)
+            && let Some(txn) = self.txns.get_mut(&t)
+        {
+            f(txn, &mut self.out, i, j);
         }
         self.finish()
     }
@@ -1155,6 +1137,25 @@ impl Txn {
         }
     }
 
+    /// Ends a starting or running instance for the host's own `reason`
+    /// (missed heartbeats, not ready in time, over a limit): its end is a
+    /// failure with that reason. `Term` stops it gracefully (SIGKILL after
+    /// `stop_timeout`), `Kill` at once.
+    fn fail(&mut self, out: &mut Out, i: usize, j: usize, reason: String, signal: StopSignal) {
+        let id = self.id.clone();
+        let timeout = self.services[i].spec.stop_timeout;
+        let slot = &mut self.services[i].slots[j];
+        if !matches!(slot.phase, Phase::Starting | Phase::Running) {
+            return;
+        }
+        slot.kill_reason = Some(reason);
+        match (signal, slot.pid) {
+            (StopSignal::Term, _) => Self::signal_slot(out, &id, slot, timeout),
+            (StopSignal::Kill, Some(pid)) => out.effects.push(Effect::Signal { pid, signal }),
+            (StopSignal::Kill, None) => {}
+        }
+    }
+
     /// Stops service `i` on request: it stays down.
     fn stop_service(&mut self, out: &mut Out, i: usize) {
         let id = self.id.clone();
@@ -1548,17 +1549,10 @@ impl Txn {
                     return;
                 };
                 let timeout = self.services[i].spec.ready_timeout;
-                let slot = &mut self.services[i].slots[j];
-                if slot.phase == Phase::Starting {
-                    slot.kill_reason = Some(format!(
-                        "failed start: not registered on the bus within {timeout:?}"
-                    ));
-                    if let Some(pid) = slot.pid {
-                        out.effects.push(Effect::Signal {
-                            pid,
-                            signal: StopSignal::Kill,
-                        });
-                    }
+                if self.services[i].slots[j].phase == Phase::Starting {
+                    let reason =
+                        format!("failed start: not registered on the bus within {timeout:?}");
+                    self.fail(out, i, j, reason, StopSignal::Kill);
                 }
             }
             Timer::Fire { service, round, .. } => {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use muster::{Client, Subscription};
+use muster_host::procstat;
 use muster_zmq::{Bus, BusAddr, BusOptions, RegistryEvent};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
@@ -296,51 +297,33 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
     Ok(())
 }
 
-/// CPU % (of one core) over `window`, and RSS at the end, of `pid`.
+/// CPU % (of one core) over `window`, and RSS (KiB) at the end, of
+/// `pid`: two samples by the host's own sampler.
 async fn idle_usage(pid: u32, window: Duration) -> (f64, u64) {
-    let ticks = |pid: u32| -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let after = stat.rsplit(')').next().unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        // fields 14 and 15 (utime, stime) are 12 and 13 after the name
-        f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-            + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    let mut cpu = procstat::CpuHistory::default();
+    let take = |cpu: &mut procstat::CpuHistory| {
+        procstat::sample(
+            pid,
+            &procstat::SocketTable::default(),
+            cpu,
+            &mut procstat::MapsCache::default(),
+            &mut std::collections::HashSet::new(),
+            0,
+        )
     };
-    let t0 = ticks(pid);
-    let start = Instant::now();
+    take(&mut cpu);
     tokio::time::sleep(window).await;
-    let used = ticks(pid).saturating_sub(t0) as f64 / clock_ticks();
-    (used / start.elapsed().as_secs_f64() * 100.0, rss_kib(pid))
-}
-
-/// `/proc` counts CPU time in USER_HZ, which Linux fixes at 100 for
-/// user space whatever the kernel's own tick.
-fn clock_ticks() -> f64 {
-    100.0
+    take(&mut cpu).map_or((0.0, 0), |s| (s.cpu, s.rss / 1024))
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    procstat::resident_bytes(pid).unwrap_or(0) / 1024
 }
 
 /// The host's `__guard` child.
 fn guard_pid(host: u32) -> Option<u32> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        let ppid: u32 = stat
-            .rsplit(')')
-            .next()?
-            .split_whitespace()
-            .nth(1)?
-            .parse()
-            .ok()?;
-        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-        (ppid == host && cmdline.split(|b| *b == 0).any(|a| a == b"__guard")).then_some(pid)
+    procstat::children(host).into_iter().find(|p| {
+        std::fs::read(format!("/proc/{p}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__guard"))
     })
 }

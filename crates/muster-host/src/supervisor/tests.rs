@@ -2,14 +2,13 @@
 //! plays spawns, exits, registrations and timers.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use muster::schedule::Clock;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::manifest::{Substitutions, parse};
+use crate::manifest::parse_text;
 
 /// A wall clock the simulation sets.
 #[derive(Debug)]
@@ -36,13 +35,7 @@ struct Sim {
 
 impl Sim {
     fn new(manifest: &str) -> Self {
-        let (_, ctx) = parse(
-            Path::new("/tmp/t/muster.toml"),
-            manifest,
-            true,
-            &Substitutions::default(),
-        )
-        .unwrap();
+        let ctx = parse_text(manifest).unwrap();
         let wall = Arc::new(ManualClock(std::sync::Mutex::new(
             "2026-01-01T00:00:00.500Z".parse().unwrap(),
         )));
@@ -552,13 +545,7 @@ fn reload_applies_only_the_difference() {
         .replace("[[service]]\nname = \"a\"\nrun = [\"/bin/a\"]\n", "")
         .replace("run = [\"/bin/b\"]", "run = [\"/bin/b\", \"--fast\"]")
         + "[[service]]\nname = \"d\"\nrun = [\"/bin/d\"]\n";
-    let (_, ctx) = parse(
-        Path::new("/tmp/t/muster.toml"),
-        &new,
-        true,
-        &Substitutions::default(),
-    )
-    .unwrap();
+    let ctx = parse_text(&new).unwrap();
     let c_pid = sim.slot("c", 0).pid;
     let (report, e) = sim.sup.reload(sim.now, &[Arc::new(ctx)]);
     sim.feed(e);
