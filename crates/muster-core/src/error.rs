@@ -30,6 +30,8 @@ pub mod code {
     pub const TOO_LARGE: i64 = -32003;
     /// The request lacks the right token (host control).
     pub const UNAUTHORIZED: i64 = -32004;
+    /// A job that can never succeed: dead-letter it, do not retry.
+    pub const PERMANENT: i64 = -32005;
 }
 
 /// A coded error reply, as carried in a JSON-RPC `error` member.
@@ -125,6 +127,12 @@ impl RpcError {
     /// -32004: a control request without the host's token.
     pub fn unauthorized(detail: impl fmt::Display) -> Self {
         Self::new(code::UNAUTHORIZED, format!("unauthorized: {detail}"))
+    }
+
+    /// -32005: a job that can never succeed; a work queue moves it to its
+    /// dead-letter queue at once instead of retrying.
+    pub fn permanent(detail: impl fmt::Display) -> Self {
+        Self::new(code::PERMANENT, format!("permanent failure: {detail}"))
     }
 
     /// True for errors that another attempt may cure (timeouts, unavailability).

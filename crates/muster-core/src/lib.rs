@@ -16,6 +16,7 @@
 pub mod duration;
 pub mod error;
 pub mod id;
+pub mod queue;
 pub mod registry;
 pub mod topic;
 pub mod transport;

@@ -38,6 +38,9 @@ pub struct InstanceInfo {
     /// Topic patterns it subscribes to.
     #[serde(default)]
     pub subscriptions: Vec<String>,
+    /// Work queues it consumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<String>,
     /// Operating-system process id.
     #[serde(default)]
     pub pid: u32,

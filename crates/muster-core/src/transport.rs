@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::{Error, RpcError};
+use crate::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use crate::registry::InstanceInfo;
 use crate::wire::Envelope;
 
@@ -102,6 +103,46 @@ pub trait Transport: Send + Sync + Debug + 'static {
         let _ = (key, holder, ttl);
         Box::pin(async { Ok(true) })
     }
+
+    /// Adds `job` to the work queue `queue`. Returns once the bus holds it
+    /// (on RabbitMQ: confirmed by the broker).
+    ///
+    /// # Errors
+    /// The bus cannot take it (down past the publish wait, queue full).
+    fn enqueue(&self, queue: &str, job: Job) -> BoxFuture<'_, Result<(), Error>> {
+        let _ = (queue, job);
+        Box::pin(async move { Err(no_queues(self.kind())) })
+    }
+
+    /// Delivers the jobs of `queue` to `sink`, up to `options.prefetch` at
+    /// once, and settles each as the sink says. Cancel the returned handle
+    /// to stop; jobs not yet settled go back to the queue.
+    fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+        sink: Arc<dyn JobSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let _ = (queue, options, sink);
+        Box::pin(async move { Err(no_queues(self.kind())) })
+    }
+
+    /// Runs an operator command (stats, peek, purge, requeue-dead).
+    fn queue_command(
+        &self,
+        queue: &str,
+        command: QueueCommand,
+    ) -> BoxFuture<'_, Result<QueueReply, Error>> {
+        let _ = (queue, command);
+        Box::pin(async move { Err(no_queues(self.kind())) })
+    }
+}
+
+fn no_queues(kind: &str) -> Error {
+    Error::new(
+        crate::ErrorKind::Config,
+        format!("the {kind} transport has no work queues in this mode"),
+    )
 }
 
 /// A shared transport handle.

@@ -30,6 +30,8 @@ pub struct BusOptions {
     /// Messages queued per subscriber before the forwarder waits
     /// (back-pressure: the bus never drops events for a slow subscriber).
     pub subscriber_hwm: u32,
+    /// Most jobs waiting in one work queue; more are refused ("queue full").
+    pub queue_limit: usize,
 }
 
 impl Default for BusOptions {
@@ -39,6 +41,7 @@ impl Default for BusOptions {
             sweep_every: Duration::from_millis(250),
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
             subscriber_hwm: 1_000,
+            queue_limit: muster_core::queue::DEFAULT_QUEUE_LIMIT,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The registry protocol between instances and the bus: control messages
 //! on the registry ROUTER (see `docs/protocol.md`, "Registry").
 
+use muster_core::queue::{Job, QueueCommand, QueueReply};
 use muster_core::registry::InstanceInfo;
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,75 @@ pub(crate) const UNREGISTER: &str = "unregister";
 pub(crate) const LIST: &str = "list";
 /// Verb: claim a key (one instance per scheduled fire time).
 pub(crate) const CLAIM: &str = "claim";
+
+/// Verb: add a job to a work queue.
+pub(crate) const ENQUEUE: &str = "enqueue";
+/// Verb: take jobs (waiting up to `wait_ms` for the first).
+pub(crate) const TAKE: &str = "take";
+/// Verb: settle a taken job.
+pub(crate) const SETTLE: &str = "settle";
+/// Verb: give back every job a holder has not settled.
+pub(crate) const RELEASE: &str = "release";
+/// Verb: an operator command on a queue.
+pub(crate) const QUEUE: &str = "queue";
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Enqueue {
+    pub(crate) queue: String,
+    pub(crate) job: Job,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Take {
+    pub(crate) queue: String,
+    pub(crate) holder: String,
+    pub(crate) max: usize,
+    #[serde(default)]
+    pub(crate) wait_ms: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Taken {
+    pub(crate) tag: u64,
+    pub(crate) job: Job,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct TakeReply {
+    #[serde(default)]
+    pub(crate) jobs: Vec<Taken>,
+    #[serde(default)]
+    pub(crate) error: Option<String>,
+}
+
+/// `ack`, `retry` or `dead` (with `reason`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Settle {
+    pub(crate) queue: String,
+    pub(crate) tag: u64,
+    pub(crate) outcome: String,
+    #[serde(default)]
+    pub(crate) reason: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Release {
+    pub(crate) holder: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct QueueOp {
+    pub(crate) queue: String,
+    pub(crate) command: QueueCommand,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct QueueOpReply {
+    #[serde(default)]
+    pub(crate) reply: Option<QueueReply>,
+    #[serde(default)]
+    pub(crate) error: Option<String>,
+}
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Claim {

@@ -3,6 +3,7 @@
 
 mod control_client;
 mod events;
+mod queue_source;
 mod rpc_client;
 mod server;
 mod view;
@@ -10,14 +11,17 @@ mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
+use muster_core::queue::consumer;
+use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use muster_core::registry::InstanceInfo;
 use muster_core::transport::{
     BoxFuture, Dispatch, EventSink, Registration, Served, Subscribed, Transport,
 };
 use muster_core::wire::Envelope;
-use muster_core::{Error, RpcError};
+use muster_core::{Error, ErrorKind, RpcError};
 
 use crate::addr::{Addresses, BusAddr};
+use crate::control;
 use control_client::ControlClient;
 
 /// Tuning of the ZeroMQ transport.
@@ -200,6 +204,77 @@ impl Transport for ZmqTransport {
                 )
                 .await?;
             Ok(reply.granted)
+        })
+    }
+
+    fn enqueue(&self, queue: &str, job: Job) -> BoxFuture<'_, Result<(), Error>> {
+        let req = control::Enqueue {
+            queue: queue.to_owned(),
+            job,
+        };
+        Box::pin(async move {
+            let reply: control::Ack = self
+                .bus_control()?
+                .call(control::ENQUEUE, &req, self.inner.options.control_timeout)
+                .await?;
+            match reply.error {
+                None => Ok(()),
+                Some(e) => Err(Error::new(ErrorKind::Unavailable, e)),
+            }
+        })
+    }
+
+    fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+        sink: Arc<dyn JobSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let queue = queue.to_owned();
+        Box::pin(async move {
+            let source = Arc::new(queue_source::ZmqSource {
+                control: self.bus_control()?.clone(),
+                queue,
+                holder: format!("{}-{}", options.holder, muster_core::id::short_id()),
+                timeout: self.inner.options.control_timeout,
+            });
+            Ok(Box::new(consumer::spawn(source, sink, options.prefetch)) as Box<dyn Subscribed>)
+        })
+    }
+
+    fn queue_command(
+        &self,
+        queue: &str,
+        command: QueueCommand,
+    ) -> BoxFuture<'_, Result<QueueReply, Error>> {
+        let req = control::QueueOp {
+            queue: queue.to_owned(),
+            command,
+        };
+        Box::pin(async move {
+            let reply: control::QueueOpReply = self
+                .bus_control()?
+                .call(control::QUEUE, &req, self.inner.options.control_timeout)
+                .await?;
+            match (reply.reply, reply.error) {
+                (Some(r), None) => Ok(r),
+                (_, e) => Err(Error::new(
+                    ErrorKind::Protocol,
+                    e.unwrap_or_else(|| "empty reply to a queue command".into()),
+                )),
+            }
+        })
+    }
+}
+
+impl ZmqTransport {
+    /// The registry client; direct mode has no bus to hold queues.
+    fn bus_control(&self) -> Result<&Arc<ControlClient>, Error> {
+        self.inner.control.as_ref().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                "work queues live on the bus; direct mode (an addresses file) has none",
+            )
         })
     }
 }

@@ -197,6 +197,39 @@ impl Client {
         self.publish_in(topic, value, None).await
     }
 
+    /// Adds a job to the work queue `queue`; returns once the bus holds it.
+    ///
+    /// # Errors
+    /// A bad queue name, an unencodable value, a full queue or no bus.
+    pub async fn enqueue<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        job: &T,
+    ) -> Result<String, Error> {
+        self.enqueue_in(queue, job, None).await
+    }
+
+    pub(crate) async fn enqueue_in<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        job: &T,
+        transaction: Option<String>,
+    ) -> Result<String, Error> {
+        if !muster_core::queue::is_valid_queue_name(queue) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("invalid queue name {queue:?}: use letters, digits, _, -, . and :"),
+            ));
+        }
+        let body = serde_json::to_vec(job)
+            .map_err(|e| Error::new(ErrorKind::Codec, format!("cannot encode job: {e}")))?;
+        let mut job = muster_core::queue::Job::new(body);
+        job.transaction = transaction;
+        let id = job.id.clone();
+        self.transport.enqueue(queue, job).await?;
+        Ok(id)
+    }
+
     pub(crate) async fn publish_in<T: Serialize + ?Sized>(
         &self,
         topic: &str,

@@ -121,6 +121,23 @@ impl Ctx {
             .await
     }
 
+    /// Adds a job to the work queue `queue`, tagged with the current
+    /// transaction; returns the job's id once the bus holds it. See
+    /// [`Service::consume`](crate::Service::consume).
+    ///
+    /// # Errors
+    /// A bad queue name, an unencodable value, a full queue or no bus.
+    pub async fn enqueue<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        job: &T,
+    ) -> Result<String, Error> {
+        self.shared
+            .client
+            .enqueue_in(queue, job, self.transaction().map(str::to_owned))
+            .await
+    }
+
     /// Reports progress to the host (an `updated` lifecycle event that can
     /// fire `on_update` triggers), published on `muster.update`.
     ///

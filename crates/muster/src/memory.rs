@@ -5,6 +5,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use muster_core::queue::consumer::{self, JobSource};
+use muster_core::queue::{
+    ConsumeOptions, Job, JobSink, Outcome, QueueBook, QueueCommand, QueueReply,
+};
 use muster_core::registry::InstanceInfo;
 use muster_core::topic::{Pattern, is_valid_topic};
 use muster_core::transport::{
@@ -33,12 +37,15 @@ struct State {
     next_sub: usize,
     /// key -> (holder, until)
     claims: std::collections::HashMap<String, (String, std::time::Instant)>,
+    queues: QueueBook,
 }
 
 /// The in-memory bus. Clones share it.
 #[derive(Clone, Default)]
 pub struct MemoryTransport {
     state: Arc<Mutex<State>>,
+    /// Woken when a job is enqueued.
+    jobs_ready: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for MemoryTransport {
@@ -273,5 +280,77 @@ impl Transport for MemoryTransport {
             }
         };
         Box::pin(async move { Ok(granted) })
+    }
+
+    fn enqueue(&self, queue: &str, job: Job) -> BoxFuture<'_, Result<(), Error>> {
+        let pushed = self.lock().queues.push(queue, job);
+        self.jobs_ready.notify_waiters();
+        Box::pin(async move { pushed.map_err(|e| Error::new(ErrorKind::Unavailable, e)) })
+    }
+
+    fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+        sink: Arc<dyn JobSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let source = Arc::new(MemSource {
+            bus: self.clone(),
+            queue: queue.to_owned(),
+            holder: format!("{}-{}", options.holder, muster_core::id::short_id()),
+        });
+        let prefetch = options.prefetch;
+        Box::pin(async move {
+            Ok(Box::new(consumer::spawn(source, sink, prefetch)) as Box<dyn Subscribed>)
+        })
+    }
+
+    fn queue_command(
+        &self,
+        queue: &str,
+        command: QueueCommand,
+    ) -> BoxFuture<'_, Result<QueueReply, Error>> {
+        let reply = self.lock().queues.command(queue, &command);
+        if command == QueueCommand::RequeueDead {
+            self.jobs_ready.notify_waiters();
+        }
+        Box::pin(async move { Ok(reply) })
+    }
+}
+
+/// One consumer of an in-memory queue.
+struct MemSource {
+    bus: MemoryTransport,
+    queue: String,
+    holder: String,
+}
+
+impl JobSource for MemSource {
+    fn take(&self, max: usize) -> BoxFuture<'_, Result<Vec<(u64, Job)>, Error>> {
+        Box::pin(async move {
+            let ready = self.bus.jobs_ready.notified();
+            let jobs = self.bus.lock().queues.take(&self.queue, &self.holder, max);
+            if !jobs.is_empty() {
+                return Ok(jobs);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(1), ready).await;
+            Ok(self.bus.lock().queues.take(&self.queue, &self.holder, max))
+        })
+    }
+
+    fn settle(&self, tag: u64, _job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
+        let retried = matches!(outcome, Outcome::Retry { .. });
+        self.bus.lock().queues.settle(&self.queue, tag, &outcome);
+        if retried {
+            self.bus.jobs_ready.notify_waiters();
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn release(&self) -> BoxFuture<'_, ()> {
+        if self.bus.lock().queues.release(&self.holder) > 0 {
+            self.bus.jobs_ready.notify_waiters();
+        }
+        Box::pin(async {})
     }
 }

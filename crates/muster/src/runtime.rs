@@ -74,6 +74,7 @@ pub struct ServiceHandle {
     endpoint: String,
     served: Option<Box<dyn Served>>,
     subscribed: Option<Box<dyn Subscribed>>,
+    consumers: Vec<Box<dyn Subscribed>>,
     ctx: Ctx,
     shutdown: CancellationToken,
     main: Option<tokio::task::JoinHandle<Result<(), BoxError>>>,
@@ -208,6 +209,7 @@ impl Service {
                 .iter()
                 .map(|s| s.pattern.clone())
                 .collect(),
+            queues: self.consumers.iter().map(|c| c.queue.clone()).collect(),
             pid: std::process::id(),
             transaction,
         };
@@ -245,6 +247,24 @@ impl Service {
                 }
             }
         };
+        let mut consumers = Vec::new();
+        for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(&self)) {
+            let options =
+                muster_core::queue::ConsumeOptions::new(instance.clone()).prefetch(c.prefetch);
+            match transport.consume(&c.queue, options, sink).await {
+                Ok(s) => consumers.push(s),
+                Err(e) => {
+                    for s in consumers {
+                        s.cancel().await;
+                    }
+                    if let Some(s) = subscribed {
+                        s.cancel().await;
+                    }
+                    served.stop(Duration::ZERO).await;
+                    return Err(e);
+                }
+            }
+        }
         let jobs = dispatch
             .job_stats()
             .into_iter()
@@ -274,6 +294,7 @@ impl Service {
             endpoint,
             served: Some(served),
             subscribed,
+            consumers,
             ctx,
             shutdown,
             main,
@@ -339,6 +360,10 @@ impl ServiceHandle {
         }
         if let Some(sub) = self.subscribed.take() {
             sub.cancel().await;
+        }
+        // Stop taking jobs; running ones finish, unsettled ones go back.
+        for consumer in std::mem::take(&mut self.consumers) {
+            consumer.cancel().await;
         }
         for sub in std::mem::take(&mut self.state_subs) {
             sub.cancel().await;

@@ -37,6 +37,14 @@ pub(crate) struct Method {
     pub(crate) idempotent: bool,
 }
 
+/// A work queue the service consumes.
+pub(crate) struct Consumer {
+    pub(crate) queue: String,
+    pub(crate) handler: Arc<dyn ErasedHandler>,
+    pub(crate) prefetch: usize,
+    pub(crate) max_attempts: u32,
+}
+
 pub(crate) struct Subscription {
     pub(crate) pattern: String,
     pub(crate) handler: Arc<dyn ErasedHandler>,
@@ -68,6 +76,7 @@ pub struct Service {
     pub(crate) version: String,
     pub(crate) methods: Vec<Method>,
     pub(crate) subscriptions: Vec<Subscription>,
+    pub(crate) consumers: Vec<Consumer>,
     pub(crate) main: Option<HookFn>,
     pub(crate) init: Option<HookFn>,
     pub(crate) on_shutdown: Option<ShutdownFn>,
@@ -151,6 +160,7 @@ impl Service {
             version: String::from("0.0.0"),
             methods: Vec::new(),
             subscriptions: Vec::new(),
+            consumers: Vec::new(),
             main: None,
             init: None,
             on_shutdown: None,
@@ -455,6 +465,81 @@ impl Service {
             pattern: pattern.to_owned(),
             handler,
         });
+        self
+    }
+
+    /// Works jobs from the queue `queue` (see [`Ctx::enqueue`]): the handler
+    /// takes the job as `Args<T>` like a method takes its params.
+    ///
+    /// `Ok` acknowledges the job. An error retries it with backoff (200 ms
+    /// doubling, at most 10 s) up to [`Service::max_attempts`] (default 5);
+    /// then, or at once for [`RpcError::permanent`](crate::RpcError::permanent)
+    /// and for a body that does not decode into `T`, the job moves to the
+    /// dead-letter queue `<queue>.dead` with the reason. Up to
+    /// [`Service::prefetch`] jobs (default 16) run at once.
+    ///
+    /// ```no_run
+    /// use muster::prelude::*;
+    ///
+    /// #[derive(Deserialize, JsonSchema)]
+    /// struct Resize { image: String }
+    ///
+    /// async fn resize(Args(job): Args<Resize>) -> Result<(), RpcError> {
+    ///     if job.image.is_empty() {
+    ///         return Err(RpcError::permanent("no image"));
+    ///     }
+    ///     Ok(())
+    /// }
+    ///
+    /// fn main() -> muster::Result<()> {
+    ///     Service::new("thumbs").consume("images", resize).prefetch(4).run()
+    /// }
+    /// ```
+    ///
+    /// # Panics
+    /// On an invalid queue name.
+    #[track_caller]
+    pub fn consume<H: Handler<T>, T: 'static>(mut self, queue: &str, handler: H) -> Self {
+        assert!(
+            muster_core::queue::is_valid_queue_name(queue),
+            "invalid queue name {queue:?}: use letters, digits, _, -, . and :"
+        );
+        let (handler, _) = erase(handler);
+        self.consumers.push(Consumer {
+            queue: queue.to_owned(),
+            handler,
+            prefetch: 16,
+            max_attempts: 5,
+        });
+        self
+    }
+
+    /// Jobs of the last [`Service::consume`] run at once (at least 1).
+    ///
+    /// # Panics
+    /// When no `consume` comes before it.
+    #[track_caller]
+    pub fn prefetch(mut self, n: usize) -> Self {
+        let c = self
+            .consumers
+            .last_mut()
+            .expect("prefetch() applies to the consume() before it");
+        c.prefetch = n.max(1);
+        self
+    }
+
+    /// Attempts of a job of the last [`Service::consume`] before it is
+    /// dead-lettered (at least 1).
+    ///
+    /// # Panics
+    /// When no `consume` comes before it.
+    #[track_caller]
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        let c = self
+            .consumers
+            .last_mut()
+            .expect("max_attempts() applies to the consume() before it");
+        c.max_attempts = n.max(1);
         self
     }
 

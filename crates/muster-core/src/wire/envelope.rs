@@ -88,6 +88,42 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// One buffer for buses that carry a message as a single value (Redis):
+    /// `MUSTER/1 \n header JSON \n body`. The header JSON holds no raw
+    /// newline, so the first two newlines split it.
+    pub fn to_blob(&self) -> Vec<u8> {
+        let header = encode_header(&self.header);
+        let mut out = Vec::with_capacity(PROTOCOL_TAG.len() + header.len() + self.body.len() + 2);
+        out.extend_from_slice(PROTOCOL_TAG);
+        out.push(b'\n');
+        out.extend_from_slice(&header);
+        out.push(b'\n');
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// Reads [`Envelope::to_blob`]'s format.
+    ///
+    /// # Errors
+    /// A [`WireError`]; never panics on any input.
+    pub fn from_blob(blob: &[u8]) -> Result<Self, WireError> {
+        let mut parts = blob.splitn(3, |b| *b == b'\n');
+        let (Some(tag), Some(header), Some(body)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(WireError::Frames {
+                expected: 3,
+                got: blob.iter().filter(|b| **b == b'\n').count() + 1,
+            });
+        };
+        check_tag(tag)?;
+        Ok(Self {
+            header: decode_header(header)?,
+            body: Bytes::copy_from_slice(body),
+        })
+    }
+}
+
 /// Frames of a batch of events on one topic, for prefix-filtering buses
 /// (every event is delivered on `topic`, whatever its header says):
 /// `[topic, tag, header, body, body, ..., header, body, ...]`. Consecutive
@@ -261,6 +297,9 @@ mod tests {
         let b = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "2");
         let mut c = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "3");
         c.header.transaction = Some("T1".into());
+        for e in [&a, &b, &c] {
+            assert_eq!(&Envelope::from_blob(&e.to_blob()).unwrap(), e);
+        }
         let frames = encode_events("t.a", [&a, &b, &c]);
         // a and b share one header; c has its own.
         assert_eq!(frames.len(), 2 + 1 + 2 + 1 + 1);
@@ -285,6 +324,14 @@ mod tests {
         fn decoder_never_panics(frames in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..6)) {
             let frames: Vec<Bytes> = frames.into_iter().map(Bytes::from).collect();
             let _ = Envelope::from_frames(&frames);
+        }
+
+        #[test]
+        fn blob_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Envelope::from_blob(&bytes);
+            let mut tagged = b"MUSTER/1\n".to_vec();
+            tagged.extend_from_slice(&bytes);
+            let _ = Envelope::from_blob(&tagged);
         }
 
         #[test]

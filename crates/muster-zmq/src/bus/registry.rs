@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::BusOptions;
 use crate::control::{
-    self, Ack, Claim, ClaimReply, Heartbeat, HeartbeatReply, List, ListReply, Unregister,
+    self, Ack, Claim, ClaimReply, Enqueue, Heartbeat, HeartbeatReply, List, ListReply, QueueOp,
+    QueueOpReply, Release, Settle, Take, TakeReply, Taken, Unregister,
 };
 use crate::socket::{frames, log_dropped, routed_message};
+use muster_core::queue::{Outcome, QueueBook};
 
 /// Counters of the registry, for `muster bus` logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -62,9 +64,84 @@ struct Registry {
     entries: HashMap<String, Entry>,
     /// Claimed keys: key -> (holder, until).
     claims: HashMap<String, (String, Instant)>,
+    /// Work queues held by the bus.
+    queues: QueueBook,
+    /// `take`s waiting for a job.
+    waiters: Vec<Waiter>,
+    /// Consumers: holder -> last take or settle.
+    holders: HashMap<String, Instant>,
+    /// Replies made outside the request that caused them (to waiters).
+    outbox: Vec<(Bytes, Envelope)>,
 }
 
+/// A `take` parked until a job comes or its wait ends.
+struct Waiter {
+    identity: Bytes,
+    header: Header,
+    take: Take,
+    until: Instant,
+}
+
+/// A consumer that is not a registered instance is given up after this
+/// long without a take or settle (instances are given up with their entry).
+const HOLDER_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Registry {
+    /// Answers parked takes of queues that have jobs, and expired ones.
+    fn serve_waiters(&mut self, now: Instant) {
+        let mut parked = std::mem::take(&mut self.waiters);
+        parked.retain(|w| {
+            let jobs = self.queues.take(&w.take.queue, &w.take.holder, w.take.max);
+            if jobs.is_empty() && w.until > now {
+                return true;
+            }
+            let reply = TakeReply {
+                jobs: jobs
+                    .into_iter()
+                    .map(|(tag, job)| Taken { tag, job })
+                    .collect(),
+                error: None,
+            };
+            self.outbox.push((
+                w.identity.clone(),
+                Envelope::new(Header::reply_to(&w.header), encode(&reply)),
+            ));
+            false
+        });
+        self.waiters = parked;
+    }
+
+    /// Gives back the jobs of consumers that belong to `instance`.
+    fn release_instance(&mut self, instance: &str) {
+        let n = self.queues.release(instance);
+        if n > 0 {
+            tracing::info!(instance, jobs = n, "jobs of a departed consumer given back");
+        }
+        self.holders.retain(|h, _| {
+            !h.strip_prefix(instance)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+        });
+    }
+
+    /// Gives back the jobs of unregistered consumers silent for too long.
+    fn release_silent_holders(&mut self, now: Instant) {
+        let silent: Vec<String> = self
+            .holders
+            .iter()
+            .filter(|(h, seen)| {
+                now.duration_since(**seen) > HOLDER_TTL
+                    && !self.entries.keys().any(|id| {
+                        h.strip_prefix(id.as_str())
+                            .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+                    })
+            })
+            .map(|(h, _)| h.clone())
+            .collect();
+        for h in silent {
+            self.release_instance(&h);
+        }
+    }
+
     fn changed(&mut self) {
         self.version += 1;
     }
@@ -121,6 +198,10 @@ pub(super) async fn run(
         version: 0,
         entries: HashMap::new(),
         claims: HashMap::new(),
+        queues: QueueBook::new(options.queue_limit),
+        waiters: Vec::new(),
+        holders: HashMap::new(),
+        outbox: Vec::new(),
     };
     let mut sweep = tokio::time::interval(options.sweep_every);
     loop {
@@ -130,9 +211,11 @@ pub(super) async fn run(
                 let now = Instant::now();
                 reg.claims.retain(|_, (_, until)| *until > now);
                 let before = reg.entries.len();
+                let mut gone = Vec::new();
                 reg.entries.retain(|id, e| {
                     let alive = now.duration_since(e.last_seen) < options.ttl;
                     if !alive {
+                        gone.push(id.clone());
                         tracing::info!(service = %e.info.service, instance = %id, "instance expired (no heartbeat)");
                         let _ = events.send(RegistryEvent::Expired {
                             service: e.info.service.clone(),
@@ -146,6 +229,11 @@ pub(super) async fn run(
                     stats.0.expired.fetch_add(expired as u64, Ordering::Relaxed);
                     reg.changed();
                 }
+                for id in gone {
+                    reg.release_instance(&id);
+                }
+                reg.release_silent_holders(now);
+                reg.serve_waiters(now);
             }
             Some(id) = evictions.recv() => {
                 let before = reg.entries.len();
@@ -165,6 +253,8 @@ pub(super) async fn run(
                 if reg.entries.len() != before {
                     reg.changed();
                 }
+                reg.release_instance(&id);
+                reg.serve_waiters(Instant::now());
             }
             msg = router.recv() => {
                 let Ok(msg) = msg else { break };
@@ -172,7 +262,7 @@ pub(super) async fn run(
                 let Some((identity, rest)) = parts.split_first() else { continue };
                 match Envelope::from_frames(rest) {
                     Ok(env) => {
-                        if let Some(reply) = handle(&mut reg, env, &events) {
+                        if let Some(reply) = handle(&mut reg, identity, env, &events) {
                             let _ = router.send(routed_message(identity.clone(), &reply)).await;
                         }
                     }
@@ -183,6 +273,9 @@ pub(super) async fn run(
                 }
             }
         }
+        for (identity, reply) in std::mem::take(&mut reg.outbox) {
+            let _ = router.send(routed_message(identity, &reply)).await;
+        }
         stats
             .0
             .instances
@@ -192,6 +285,7 @@ pub(super) async fn run(
 
 fn handle(
     reg: &mut Registry,
+    identity: &Bytes,
     env: Envelope,
     events: &tokio::sync::broadcast::Sender<RegistryEvent>,
 ) -> Option<Envelope> {
@@ -233,6 +327,8 @@ fn handle(
         control::UNREGISTER => {
             let u: Unregister = serde_json::from_slice(&env.body).ok()?;
             if let Some(e) = reg.entries.remove(&u.instance) {
+                reg.release_instance(&u.instance);
+                reg.serve_waiters(Instant::now());
                 tracing::info!(service = %e.info.service, instance = %u.instance, "instance left");
                 let _ = events.send(RegistryEvent::Unregistered {
                     service: e.info.service,
@@ -263,6 +359,103 @@ fn handle(
             }
             Err(e) => encode(&Ack {
                 error: Some(format!("bad claim: {e}")),
+            }),
+        },
+        control::ENQUEUE => {
+            let reply = match serde_json::from_slice::<Enqueue>(&env.body) {
+                Ok(q) => match reg.queues.push(&q.queue, q.job) {
+                    Ok(()) => {
+                        reg.serve_waiters(Instant::now());
+                        Ack::default()
+                    }
+                    Err(e) => Ack { error: Some(e) },
+                },
+                Err(e) => Ack {
+                    error: Some(format!("bad enqueue: {e}")),
+                },
+            };
+            encode(&reply)
+        }
+        control::TAKE => match serde_json::from_slice::<Take>(&env.body) {
+            Ok(take) => {
+                let now = Instant::now();
+                reg.holders.insert(take.holder.clone(), now);
+                let jobs = reg.queues.take(&take.queue, &take.holder, take.max);
+                if jobs.is_empty() && take.wait_ms > 0 && take.max > 0 {
+                    let wait = std::time::Duration::from_millis(take.wait_ms.min(10_000));
+                    reg.waiters.push(Waiter {
+                        identity: identity.clone(),
+                        header: env.header,
+                        take,
+                        until: now + wait,
+                    });
+                    return None;
+                }
+                encode(&TakeReply {
+                    jobs: jobs
+                        .into_iter()
+                        .map(|(tag, job)| Taken { tag, job })
+                        .collect(),
+                    error: None,
+                })
+            }
+            Err(e) => encode(&TakeReply {
+                jobs: Vec::new(),
+                error: Some(format!("bad take: {e}")),
+            }),
+        },
+        control::SETTLE => match serde_json::from_slice::<Settle>(&env.body) {
+            Ok(s) => {
+                let outcome = match s.outcome.as_str() {
+                    "ack" => Some(Outcome::Ack),
+                    "retry" => Some(Outcome::Retry {
+                        after: std::time::Duration::ZERO,
+                        reason: s.reason.unwrap_or_default(),
+                    }),
+                    "dead" => Some(Outcome::Dead {
+                        reason: s.reason.unwrap_or_default(),
+                    }),
+                    _ => None,
+                };
+                match outcome {
+                    Some(outcome) => {
+                        // An unknown tag was settled already or given back
+                        // (its holder looked dead): nothing to do either way.
+                        reg.queues.settle(&s.queue, s.tag, &outcome);
+                        reg.serve_waiters(Instant::now());
+                        encode(&Ack::default())
+                    }
+                    None => encode(&Ack {
+                        error: Some(format!("unknown outcome {:?}", s.outcome)),
+                    }),
+                }
+            }
+            Err(e) => encode(&Ack {
+                error: Some(format!("bad settle: {e}")),
+            }),
+        },
+        control::RELEASE => match serde_json::from_slice::<Release>(&env.body) {
+            Ok(r) => {
+                reg.release_instance(&r.holder);
+                reg.serve_waiters(Instant::now());
+                encode(&Ack::default())
+            }
+            Err(e) => encode(&Ack {
+                error: Some(format!("bad release: {e}")),
+            }),
+        },
+        control::QUEUE => match serde_json::from_slice::<QueueOp>(&env.body) {
+            Ok(op) => {
+                let reply = reg.queues.command(&op.queue, &op.command);
+                reg.serve_waiters(Instant::now());
+                encode(&QueueOpReply {
+                    reply: Some(reply),
+                    error: None,
+                })
+            }
+            Err(e) => encode(&QueueOpReply {
+                reply: None,
+                error: Some(format!("bad queue command: {e}")),
             }),
         },
         control::LIST => {

@@ -44,6 +44,7 @@ impl RegistryView {
                 let mut routes = Vec::new();
                 for ep in endpoints {
                     let info = InstanceInfo {
+                        queues: Vec::new(),
                         service: service.clone(),
                         instance: ep.clone(),
                         version: String::new(),

@@ -17,7 +17,8 @@ use crate::handler::ErasedHandler;
 use crate::service::Service;
 use crate::stats::{MethodStats, StatsReport};
 use crate::transport::{BoxFuture, Dispatch, EventSink};
-use crate::wire::{ContentType, Envelope, Header, jsonrpc};
+use crate::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
+use muster_core::queue::{Job, JobSink, Outcome};
 use muster_core::registry::{InstanceInfo, builtin};
 use muster_core::topic::Pattern;
 
@@ -38,6 +39,8 @@ pub(super) struct ServiceDispatch {
     events: Vec<EventEntry>,
     /// Scheduled jobs: (`schedule:<expression>`, stats), in job order.
     jobs: Vec<(String, Arc<MethodStats>)>,
+    /// Consumed queues: (`queue:<name>`, stats), in consumer order.
+    queues: Vec<(String, Arc<MethodStats>)>,
     ctx: Ctx,
     info: InstanceInfo,
     config_shown: Value,
@@ -82,11 +85,34 @@ impl ServiceDispatch {
                 .into_iter()
                 .map(|n| (n, Arc::default()))
                 .collect(),
+            queues: service
+                .consumers
+                .iter()
+                .map(|c| (format!("queue:{}", c.queue), Arc::default()))
+                .collect(),
             ctx,
             info,
             config_shown,
             started,
         }
+    }
+
+    /// The job sink of each consumer, in consumer order.
+    pub(super) fn queue_sinks(&self, service: &Service) -> Vec<Arc<QueueDispatch>> {
+        service
+            .consumers
+            .iter()
+            .zip(&self.queues)
+            .map(|(c, (_, stats))| {
+                Arc::new(QueueDispatch {
+                    queue: c.queue.clone(),
+                    handler: c.handler.clone(),
+                    stats: stats.clone(),
+                    ctx: self.ctx.clone(),
+                    max_attempts: c.max_attempts,
+                })
+            })
+            .collect()
     }
 
     /// The name and stats of each scheduled job, in job order.
@@ -103,7 +129,7 @@ impl ServiceDispatch {
         for e in &self.events {
             methods.insert(format!("event:{}", e.pattern.as_str()), e.stats.report());
         }
-        for (name, stats) in &self.jobs {
+        for (name, stats) in self.jobs.iter().chain(&self.queues) {
             methods.insert(name.clone(), stats.report());
         }
         StatsReport {
@@ -338,6 +364,103 @@ impl EventSink for ServiceDispatch {
     }
 }
 
+/// Runs a consumer's handler on each job and turns its result into an
+/// [`Outcome`]: the retry and dead-letter rules live here, the same on every
+/// transport.
+pub(super) struct QueueDispatch {
+    queue: String,
+    handler: Arc<dyn ErasedHandler>,
+    stats: Arc<MethodStats>,
+    ctx: Ctx,
+    max_attempts: u32,
+}
+
+impl JobSink for QueueDispatch {
+    fn handle(&self, job: Job) -> BoxFuture<'static, Outcome> {
+        let span = tracing::info_span!(
+            "job",
+            queue = %self.queue,
+            job = %job.id,
+            attempt = job.attempt,
+            transaction = job.transaction.as_deref().unwrap_or(""),
+        );
+        self.stats.begin();
+        let payload = std::str::from_utf8(&job.body)
+            .map_err(|e| e.to_string())
+            .and_then(|t| RawValue::from_string(t.to_owned()).map_err(|e| e.to_string()));
+        let payload = match payload {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = format!("cannot decode job body: {e}");
+                span.in_scope(|| tracing::warn!(%reason, "job dead-lettered"));
+                self.stats.end(Duration::ZERO, Some(&reason));
+                return Box::pin(std::future::ready(Outcome::Dead { reason }));
+            }
+        };
+        let mut header = Header::new(Kind::Event);
+        header.id.clone_from(&job.id);
+        header.transaction.clone_from(&job.transaction);
+        let inv = Invocation {
+            header,
+            payload: Some(payload),
+            ctx: self.ctx.scoped(CallScope {
+                request_id: Some(job.id.clone()),
+                transaction: job.transaction.clone(),
+                deadline: None,
+            }),
+        };
+        let fut = span.in_scope(|| self.handler.call(inv));
+        let stats = self.stats.clone();
+        let max_attempts = self.max_attempts;
+        Box::pin(
+            async move {
+                let started = Instant::now();
+                let result = guarded(fut).await;
+                stats.end(
+                    started.elapsed(),
+                    result.as_ref().err().map(|e| e.message.as_str()),
+                );
+                let outcome = job_outcome(result.map(|_| ()), job.attempt, max_attempts);
+                match &outcome {
+                    Outcome::Ack => {}
+                    Outcome::Retry { reason, after } => {
+                        tracing::info!(%reason, retry_in = ?after, "job failed; will retry");
+                    }
+                    Outcome::Dead { reason } => tracing::warn!(%reason, "job dead-lettered"),
+                }
+                outcome
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// The retry rules: decode and permanent errors are dead at once, other
+/// errors retry with backoff until `max_attempts`.
+fn job_outcome(result: Result<(), RpcError>, attempt: u32, max_attempts: u32) -> Outcome {
+    use muster_core::error::code;
+    let Err(e) = result else {
+        return Outcome::Ack;
+    };
+    if matches!(
+        e.code,
+        code::INVALID_PARAMS | code::PARSE_ERROR | code::PERMANENT
+    ) {
+        return Outcome::Dead {
+            reason: e.to_string(),
+        };
+    }
+    if attempt >= max_attempts {
+        return Outcome::Dead {
+            reason: format!("{e}; gave up after {attempt} attempts"),
+        };
+    }
+    Outcome::Retry {
+        after: muster_core::queue::retry_delay(attempt),
+        reason: e.to_string(),
+    }
+}
+
 fn decode_payload(event: &Envelope) -> Result<Box<RawValue>, String> {
     match ContentType::from_header(event.header.content_type.as_deref())
         .map_err(|e| e.to_string())?
@@ -349,6 +472,27 @@ fn decode_payload(event: &Envelope) -> Result<Box<RawValue>, String> {
         ContentType::MsgPack => {
             let v: Value = rmp_serde::from_slice(&event.body).map_err(|e| e.to_string())?;
             serde_json::value::to_raw_value(&v).map_err(|e| e.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_rules() {
+        assert_eq!(job_outcome(Ok(()), 1, 5), Outcome::Ack);
+        let flaky = || Err(RpcError::internal("db down"));
+        assert!(matches!(job_outcome(flaky(), 1, 5), Outcome::Retry { .. }));
+        assert!(
+            matches!(job_outcome(flaky(), 5, 5), Outcome::Dead { reason } if reason.contains("after 5 attempts"))
+        );
+        for e in [
+            RpcError::permanent("no such image"),
+            RpcError::invalid_params("image", "missing"),
+        ] {
+            assert!(matches!(job_outcome(Err(e), 1, 5), Outcome::Dead { .. }));
         }
     }
 }

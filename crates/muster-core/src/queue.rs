@@ -1,0 +1,488 @@
+//! Work queues: the vocabulary every transport shares ([`Job`],
+//! [`Outcome`], [`JobSink`], operator commands) and [`QueueBook`], the
+//! in-process queue store behind the in-memory transport and the embedded
+//! ZeroMQ bus.
+//!
+//! A job is a JSON body with an id, an attempt number and the transaction it
+//! belongs to. A consumer answers each job with an [`Outcome`]: acknowledged,
+//! retried after a delay (the job goes back with `attempt + 1`), or moved to
+//! the dead-letter queue `<queue>.dead` with the reason.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::transport::BoxFuture;
+
+pub mod consumer;
+
+/// Suffix of a queue's dead-letter queue.
+pub const DEAD_SUFFIX: &str = ".dead";
+
+/// The dead-letter queue of `queue`.
+pub fn dead_queue(queue: &str) -> String {
+    format!("{queue}{DEAD_SUFFIX}")
+}
+
+/// True for a usable queue name: 1-200 characters of letters, digits,
+/// `_`, `-`, `.` and `:`.
+pub fn is_valid_queue_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+}
+
+/// One unit of work.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique id, kept across retries (duplicates share it).
+    pub id: String,
+    /// The job's body, JSON as sent.
+    #[serde(with = "text_body")]
+    pub body: Bytes,
+    /// 1 for the first delivery, +1 for each retry.
+    #[serde(default = "one")]
+    pub attempt: u32,
+    /// The transaction the job belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction: Option<String>,
+    /// Why the job is in a dead-letter queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Job {
+    /// A first attempt at `body` with a fresh id.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Self {
+            id: crate::id::short_id(),
+            body: body.into(),
+            attempt: 1,
+            transaction: None,
+            reason: None,
+        }
+    }
+
+    /// The same job, one attempt later.
+    #[must_use]
+    pub fn next_attempt(&self) -> Self {
+        Self {
+            attempt: self.attempt.saturating_add(1),
+            reason: None,
+            ..self.clone()
+        }
+    }
+
+    /// The same job, marked dead for `reason`.
+    #[must_use]
+    pub fn dead(&self, reason: &str) -> Self {
+        Self {
+            reason: Some(reason.to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+/// Bodies travel as text inside JSON control messages; a body that is not
+/// UTF-8 is carried lossily (it could not be a JSON job anyway, and goes to
+/// the dead-letter queue on delivery).
+mod text_body {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(b: &Bytes, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(b))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Bytes, D::Error> {
+        Ok(Bytes::from(String::deserialize(d)?))
+    }
+}
+
+/// What a consumer made of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done: remove it.
+    Ack,
+    /// Failed in a way another attempt may cure: enqueue it again with
+    /// `attempt + 1` after `after`.
+    Retry {
+        /// Delay before the next attempt.
+        after: Duration,
+        /// The failure, for logs.
+        reason: String,
+    },
+    /// Can never succeed (or retries are exhausted): move it to
+    /// `<queue>.dead` with the reason.
+    Dead {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Handles the jobs of a consumer. Up to `prefetch` calls run at once.
+pub trait JobSink: Send + Sync + 'static {
+    /// Processes one job and says what to do with it.
+    fn handle(&self, job: Job) -> BoxFuture<'static, Outcome>;
+}
+
+/// How a consumer takes jobs.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConsumeOptions {
+    /// Jobs held (delivered, not yet settled) at once. Survives reconnects.
+    pub prefetch: usize,
+    /// Who consumes (the instance id); jobs held by a holder that dies are
+    /// delivered again.
+    pub holder: String,
+    /// Redis: a job pending this long on a consumer is claimed by another.
+    pub claim_after: Duration,
+}
+
+impl ConsumeOptions {
+    /// Options for `holder` with default prefetch (16) and claim time (30 s).
+    pub fn new(holder: impl Into<String>) -> Self {
+        Self {
+            prefetch: 16,
+            holder: holder.into(),
+            claim_after: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the prefetch (at least 1).
+    #[must_use]
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// Sets the time after which another consumer claims a pending job.
+    #[must_use]
+    pub fn claim_after(mut self, d: Duration) -> Self {
+        self.claim_after = d;
+        self
+    }
+}
+
+/// Counts of one queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    /// The queue.
+    pub queue: String,
+    /// Waiting for a consumer.
+    pub ready: u64,
+    /// Delivered and not yet settled.
+    pub in_flight: u64,
+    /// In `<queue>.dead`.
+    pub dead: u64,
+    /// Consumers attached now (where the transport knows).
+    pub consumers: u64,
+}
+
+/// An operator command on a queue (`muster queue ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum QueueCommand {
+    /// Counts.
+    Stats,
+    /// The first `count` jobs, without taking them.
+    Peek {
+        /// How many.
+        count: usize,
+    },
+    /// Deletes the waiting jobs; returns how many.
+    Purge,
+    /// Moves every job of `<queue>.dead` back to `<queue>` (attempt 1).
+    RequeueDead,
+}
+
+/// The answer to a [`QueueCommand`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum QueueReply {
+    /// For `Stats`.
+    Stats(QueueStats),
+    /// For `Peek`.
+    Jobs(Vec<Job>),
+    /// For `Purge` and `RequeueDead`: jobs affected.
+    Count(u64),
+}
+
+/// Most jobs a [`QueueBook`] queue holds by default.
+pub const DEFAULT_QUEUE_LIMIT: usize = 1_000_000;
+
+#[derive(Debug, Default)]
+struct Queue {
+    ready: VecDeque<Job>,
+    in_flight: HashMap<u64, (String, Job)>,
+}
+
+/// In-process work queues: ready jobs, jobs held by consumers (by tag), and
+/// dead-letter queues. Jobs held by a holder that goes away are put back at
+/// the front with [`QueueBook::release`].
+#[derive(Debug)]
+pub struct QueueBook {
+    queues: HashMap<String, Queue>,
+    next_tag: u64,
+    limit: usize,
+}
+
+impl Default for QueueBook {
+    fn default() -> Self {
+        Self::new(DEFAULT_QUEUE_LIMIT)
+    }
+}
+
+impl QueueBook {
+    /// Queues of at most `limit` waiting jobs each.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            queues: HashMap::new(),
+            next_tag: 0,
+            limit: limit.max(1),
+        }
+    }
+
+    /// Adds a job at the back.
+    ///
+    /// # Errors
+    /// The queue holds `limit` jobs already (the job is not taken).
+    pub fn push(&mut self, queue: &str, job: Job) -> Result<(), String> {
+        let q = self.queues.entry(queue.to_owned()).or_default();
+        if q.ready.len() >= self.limit {
+            return Err(format!(
+                "queue {queue:?} is full ({} jobs waiting)",
+                self.limit
+            ));
+        }
+        q.ready.push_back(job);
+        Ok(())
+    }
+
+    /// Takes up to `max` jobs for `holder`, each with its settling tag.
+    pub fn take(&mut self, queue: &str, holder: &str, max: usize) -> Vec<(u64, Job)> {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(job) = q.ready.pop_front() else {
+                break;
+            };
+            self.next_tag += 1;
+            q.in_flight
+                .insert(self.next_tag, (holder.to_owned(), job.clone()));
+            out.push((self.next_tag, job));
+        }
+        out
+    }
+
+    /// True when `queue` has jobs waiting.
+    pub fn has_ready(&self, queue: &str) -> bool {
+        self.queues.get(queue).is_some_and(|q| !q.ready.is_empty())
+    }
+
+    /// Settles a held job. Returns false for an unknown tag (settled
+    /// already, or released when its holder went away).
+    pub fn settle(&mut self, queue: &str, tag: u64, outcome: &Outcome) -> bool {
+        let Some((_, job)) = self
+            .queues
+            .get_mut(queue)
+            .and_then(|q| q.in_flight.remove(&tag))
+        else {
+            return false;
+        };
+        match outcome {
+            Outcome::Ack => {}
+            Outcome::Retry { .. } => {
+                // A retry is never refused for space: the job was counted.
+                self.queues
+                    .entry(queue.to_owned())
+                    .or_default()
+                    .ready
+                    .push_back(job.next_attempt());
+            }
+            Outcome::Dead { reason } => {
+                self.queues
+                    .entry(dead_queue(queue))
+                    .or_default()
+                    .ready
+                    .push_back(job.dead(reason));
+            }
+        }
+        true
+    }
+
+    /// Puts every job held by holders whose id is `holder` (or starts with
+    /// `holder-`) back at the front of its queue. Returns how many.
+    pub fn release(&mut self, holder: &str) -> usize {
+        let mut n = 0;
+        for q in self.queues.values_mut() {
+            let mut back: Vec<(u64, Job)> = Vec::new();
+            q.in_flight.retain(|tag, (h, job)| {
+                let gone = h
+                    .strip_prefix(holder)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
+                if gone {
+                    back.push((*tag, job.clone()));
+                }
+                !gone
+            });
+            back.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
+            n += back.len();
+            for (_, job) in back {
+                q.ready.push_front(job);
+            }
+        }
+        n
+    }
+
+    /// Runs an operator command.
+    pub fn command(&mut self, queue: &str, command: &QueueCommand) -> QueueReply {
+        match command {
+            QueueCommand::Stats => {
+                let (ready, in_flight) = self
+                    .queues
+                    .get(queue)
+                    .map(|q| (q.ready.len() as u64, q.in_flight.len() as u64))
+                    .unwrap_or_default();
+                let dead = self
+                    .queues
+                    .get(&dead_queue(queue))
+                    .map(|q| q.ready.len() as u64)
+                    .unwrap_or_default();
+                QueueReply::Stats(QueueStats {
+                    queue: queue.to_owned(),
+                    ready,
+                    in_flight,
+                    dead,
+                    consumers: 0,
+                })
+            }
+            QueueCommand::Peek { count } => QueueReply::Jobs(
+                self.queues
+                    .get(queue)
+                    .map(|q| q.ready.iter().take(*count).cloned().collect())
+                    .unwrap_or_default(),
+            ),
+            QueueCommand::Purge => QueueReply::Count(
+                self.queues
+                    .get_mut(queue)
+                    .map(|q| std::mem::take(&mut q.ready).len() as u64)
+                    .unwrap_or_default(),
+            ),
+            QueueCommand::RequeueDead => {
+                let dead: Vec<Job> = self
+                    .queues
+                    .get_mut(&dead_queue(queue))
+                    .map(|q| std::mem::take(&mut q.ready).into())
+                    .unwrap_or_default();
+                let n = dead.len() as u64;
+                let q = self.queues.entry(queue.to_owned()).or_default();
+                for job in dead {
+                    q.ready.push_back(Job {
+                        attempt: 1,
+                        reason: None,
+                        ..job
+                    });
+                }
+                QueueReply::Count(n)
+            }
+        }
+    }
+}
+
+/// The delay before attempt `attempt + 1`: 200 ms doubled per attempt, at
+/// most 10 s.
+pub fn retry_delay(attempt: u32) -> Duration {
+    let ms = 200u64.saturating_mul(1u64 << attempt.saturating_sub(1).min(16));
+    Duration::from_millis(ms.min(10_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(n: u32) -> Job {
+        Job::new(n.to_string())
+    }
+
+    #[test]
+    fn take_settle_and_dead_letter() {
+        let mut book = QueueBook::default();
+        for n in 0..3 {
+            book.push("q", job(n)).unwrap();
+        }
+        let got = book.take("q", "a", 2);
+        assert_eq!(got.len(), 2);
+        assert!(book.settle("q", got[0].0, &Outcome::Ack));
+        assert!(!book.settle("q", got[0].0, &Outcome::Ack), "settled twice");
+        assert!(book.settle(
+            "q",
+            got[1].0,
+            &Outcome::Dead {
+                reason: "bad".into()
+            }
+        ));
+        let QueueReply::Stats(s) = book.command("q", &QueueCommand::Stats) else {
+            panic!()
+        };
+        assert_eq!((s.ready, s.in_flight, s.dead), (1, 0, 1));
+        let QueueReply::Jobs(dead) = book.command("q.dead", &QueueCommand::Peek { count: 5 })
+        else {
+            panic!()
+        };
+        assert_eq!(dead[0].reason.as_deref(), Some("bad"));
+        assert_eq!(
+            book.command("q", &QueueCommand::RequeueDead),
+            QueueReply::Count(1)
+        );
+        assert_eq!(book.take("q", "a", 10).len(), 2);
+    }
+
+    #[test]
+    fn retry_counts_attempts_and_release_puts_back_in_order() {
+        let mut book = QueueBook::default();
+        book.push("q", job(1)).unwrap();
+        book.push("q", job(2)).unwrap();
+        let got = book.take("q", "inst-1", 1);
+        book.settle(
+            "q",
+            got[0].0,
+            &Outcome::Retry {
+                after: Duration::ZERO,
+                reason: "x".into(),
+            },
+        );
+        let got = book.take("q", "inst-1", 2);
+        assert_eq!(got[0].1.body, "2");
+        assert_eq!((got[1].1.body.as_ref(), got[1].1.attempt), (&b"1"[..], 2));
+        assert_eq!(book.release("ins"), 0, "a prefix must end at a dash");
+        assert_eq!(book.release("inst-1"), 2);
+        let again = book.take("q", "b", 2);
+        assert_eq!(again[0].1.body, "2");
+    }
+
+    #[test]
+    fn full_queue_refuses() {
+        let mut book = QueueBook::new(1);
+        book.push("q", job(1)).unwrap();
+        let e = book.push("q", job(2)).unwrap_err();
+        assert!(e.contains("full"), "{e}");
+    }
+
+    #[test]
+    fn delays_grow_and_cap() {
+        assert_eq!(retry_delay(1), Duration::from_millis(200));
+        assert_eq!(retry_delay(2), Duration::from_millis(400));
+        assert_eq!(retry_delay(40), Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,141 @@
+//! The consumer loop every transport runs: take jobs up to the prefetch,
+//! hand each to the sink, wait out a retry's delay, settle.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::{Job, JobSink, Outcome};
+use crate::Error;
+use crate::transport::{BoxFuture, Subscribed};
+
+/// Where a consumer loop takes jobs from and settles them: one per
+/// transport.
+pub trait JobSource: Send + Sync + 'static {
+    /// Up to `max` jobs with their settling tags. May wait (about a second
+    /// at most) for the first; an empty answer is fine.
+    fn take(&self, max: usize) -> BoxFuture<'_, Result<Vec<(u64, Job)>, Error>>;
+
+    /// Settles a job taken earlier: ack, retry (enqueue `attempt + 1`, then
+    /// ack) or dead-letter (enqueue on `<queue>.dead`, then ack).
+    fn settle(&self, tag: u64, job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>>;
+
+    /// Called once after the loop ends: give back whatever is still held.
+    fn release(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// How long a stopping consumer waits for the jobs it is running.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A running consumer loop; [`Subscribed::cancel`] stops taking jobs,
+/// waits up to [`STOP_GRACE`] for the running ones and gives back the rest.
+#[derive(Debug)]
+pub struct Consuming {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscribed for Consuming {
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let _ = self.stop.send(true);
+            let _ = self.task.await;
+        })
+    }
+}
+
+/// Starts the consumer loop of `source` on the current runtime.
+pub fn spawn<S: JobSource>(source: Arc<S>, sink: Arc<dyn JobSink>, prefetch: usize) -> Consuming {
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(run(source, sink, prefetch.max(1), stopped));
+    Consuming { stop, task }
+}
+
+async fn run<S: JobSource>(
+    source: Arc<S>,
+    sink: Arc<dyn JobSink>,
+    prefetch: usize,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(prefetch));
+    let mut running = JoinSet::new();
+    let mut failures = 0u32;
+    loop {
+        while running.try_join_next().is_some() {}
+        let first = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => break,
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let free = 1 + slots.available_permits();
+        let taken = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => break,
+            t = source.take(free) => t,
+        };
+        let jobs = match taken {
+            Ok(jobs) => {
+                failures = 0;
+                jobs
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
+                tracing::warn!(error = %e, retry_in = ?wait, "cannot take jobs");
+                drop(first);
+                tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => break,
+                    () = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        let mut first = Some(first);
+        for (tag, job) in jobs {
+            let permit = match first.take() {
+                Some(p) => p,
+                // Only this loop takes slots, so the ones counted are free;
+                // still, a job must never be dropped unsettled: wait.
+                None => match slots.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let source = source.clone();
+            let sink = sink.clone();
+            running.spawn(async move {
+                let outcome = sink.handle(job.clone()).await;
+                if let Outcome::Retry { after, reason } = &outcome {
+                    tracing::debug!(job = %job.id, attempt = job.attempt, %reason, "job will be retried");
+                    tokio::time::sleep(*after).await;
+                }
+                settle(&*source, tag, job, outcome).await;
+                drop(permit);
+            });
+        }
+    }
+    let drained = tokio::time::timeout(STOP_GRACE, async {
+        while running.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("jobs still running at stop; they go back to the queue");
+        running.abort_all();
+    }
+    source.release().await;
+}
+
+/// Settles with a few attempts: a settle lost to a broken connection leaves
+/// the job to be delivered again (at least once), never lost.
+async fn settle<S: JobSource + ?Sized>(source: &S, tag: u64, job: Job, outcome: Outcome) {
+    for attempt in 1..=3u64 {
+        match source.settle(tag, job.clone(), outcome.clone()).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(job = %job.id, error = %e, "cannot settle job; it will be delivered again if this keeps failing");
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+            }
+        }
+    }
+}
