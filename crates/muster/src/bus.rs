@@ -32,6 +32,7 @@ impl Default for BusOptions {
 /// | URL | transport |
 /// |---|---|
 /// | `zmq://HOST:PORT` | the embedded ZeroMQ bus (default `zmq://127.0.0.1:7700`) |
+/// | `redis://HOST:PORT[/DB][?prefix=NAME]` | Redis (lists, pub/sub, streams) |
 ///
 /// # Errors
 /// An unknown scheme, a malformed URL or addresses file.
@@ -60,13 +61,18 @@ pub async fn connect_with(
             let addr: BusAddr = url.parse()?;
             Ok(Arc::new(ZmqTransport::connect(addr, zmq).await?))
         }
-        "amqp" | "amqps" | "redis" | "rediss" => Err(Error::new(
-            ErrorKind::Config,
-            format!("the {scheme} transport is not part of this build yet; use zmq://HOST:PORT"),
-        )),
+        "redis" | "rediss" => {
+            let mut redis = muster_redis::RedisOptions::default();
+            redis.max_message_size = options.max_message_size;
+            Ok(Arc::new(
+                muster_redis::RedisTransport::connect_with(url, redis).await?,
+            ))
+        }
         _ => Err(Error::new(
             ErrorKind::Config,
-            format!("unknown bus URL {url:?}: expected zmq://HOST:PORT"),
+            format!(
+                "unknown bus URL {url:?}: expected zmq://HOST:PORT, amqp://HOST:PORT or redis://HOST:PORT"
+            ),
         )),
     }
 }

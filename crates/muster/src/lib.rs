@@ -67,6 +67,8 @@ pub use ctx::{Ctx, UPDATE_TOPIC};
 pub use extract::{Args, Config};
 pub use group::Group;
 pub use handler::Handler;
+pub use muster_core::id;
+pub use muster_core::queue;
 pub use muster_core::registry;
 pub use muster_core::transport;
 pub use muster_core::wire;

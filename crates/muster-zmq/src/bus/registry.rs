@@ -111,16 +111,19 @@ impl Registry {
         self.waiters = parked;
     }
 
-    /// Gives back the jobs of consumers that belong to `instance`.
+    /// Gives back the jobs of consumers that belong to `instance`, and
+    /// forgets their parked takes (nobody reads those answers any more).
     fn release_instance(&mut self, instance: &str) {
+        let belongs = |h: &str| {
+            h.strip_prefix(instance)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+        };
+        self.waiters.retain(|w| !belongs(&w.take.holder));
         let n = self.queues.release(instance);
         if n > 0 {
             tracing::info!(instance, jobs = n, "jobs of a departed consumer given back");
         }
-        self.holders.retain(|h, _| {
-            !h.strip_prefix(instance)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
-        });
+        self.holders.retain(|h, _| !belongs(h));
     }
 
     /// Gives back the jobs of unregistered consumers silent for too long.

@@ -1,0 +1,463 @@
+//! Work queues on Redis streams. A job is a stream entry of
+//! `<p>:q:<queue>` with the fields `body` (JSON), and optionally `id`,
+//! `attempt`, `txn` (anything that `XADD`s a `body` field is a producer).
+//! Consumers read with the group `muster`; a settled job is acknowledged and
+//! deleted in one `MULTI`, together with its retry or dead-letter copy
+//! (`<p>:q:<queue>.dead`, with a `reason` field), so a job is never in
+//! neither place. Jobs pending on a consumer for `claim_after` are taken
+//! over by another with `XAUTOCLAIM`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use muster_core::queue::consumer::{self, Consuming, JobSource};
+use muster_core::queue::{
+    ConsumeOptions, Job, JobSink, Outcome, QueueCommand, QueueReply, QueueStats, dead_queue,
+};
+use muster_core::transport::BoxFuture;
+use muster_core::{Error, ErrorKind};
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
+use redis::{RedisError, Value};
+
+use crate::{Inner, unavailable};
+
+/// The consumer group every muster consumer reads with.
+pub(crate) const GROUP: &str = "muster";
+
+fn job_fields(job: &Job) -> Vec<(&'static str, Vec<u8>)> {
+    let mut f = vec![
+        ("body", job.body.to_vec()),
+        ("id", job.id.clone().into_bytes()),
+        ("attempt", job.attempt.to_string().into_bytes()),
+    ];
+    if let Some(t) = &job.transaction {
+        f.push(("txn", t.clone().into_bytes()));
+    }
+    if let Some(r) = &job.reason {
+        f.push(("reason", r.clone().into_bytes()));
+    }
+    f
+}
+
+fn xadd(pipe: &mut redis::Pipeline, key: &str, job: &Job) {
+    pipe.cmd("XADD").arg(key).arg("*");
+    for (k, v) in job_fields(job) {
+        pipe.arg(k).arg(v);
+    }
+    pipe.ignore();
+}
+
+/// A stream entry as a job; a missing or odd field gives what it can (a
+/// missing body is an empty one, which goes to the dead-letter queue).
+fn entry_job(entry: &StreamId) -> Job {
+    let text = |k: &str| -> Option<String> {
+        match entry.map.get(k)? {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            _ => None,
+        }
+    };
+    let body = match entry.map.get("body") {
+        Some(Value::BulkString(b)) => b.clone(),
+        _ => Vec::new(),
+    };
+    Job {
+        id: text("id").unwrap_or_else(|| entry.id.clone()),
+        body: body.into(),
+        attempt: text("attempt")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1)
+            .max(1),
+        transaction: text("txn"),
+        reason: text("reason"),
+    }
+}
+
+pub(crate) async fn enqueue(inner: &Inner, queue: &str, job: &Job) -> Result<(), Error> {
+    let key = inner.keys.queue(queue);
+    let deadline = Instant::now() + inner.options.publish_wait;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let mut pipe = redis::pipe();
+        xadd(&mut pipe, &key, job);
+        let mut conn = inner.conn.clone();
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => return Ok(()),
+            // Redis refused it (out of memory, wrong type): no use waiting.
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+                    || is_refusal(&e) =>
+            {
+                return Err(Error::new(
+                    ErrorKind::Unavailable,
+                    format!("Redis refused the job for {queue:?}: {e}"),
+                ));
+            }
+            Err(e) if Instant::now() + wait > deadline => {
+                return Err(unavailable(
+                    &format!(
+                        "enqueue on {queue:?} (Redis unreachable for {:?})",
+                        inner.options.publish_wait
+                    ),
+                    &e,
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis unreachable; the enqueue waits");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn is_refusal(e: &RedisError) -> bool {
+    e.code().is_some_and(|c| c == "OOM" || c == "WRONGTYPE")
+}
+
+async fn ensure_group(conn: &mut redis::aio::ConnectionManager, key: &str) -> Result<(), Error> {
+    let created: Result<(), RedisError> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(key)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(conn)
+        .await;
+    match created {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+        Err(e) => Err(unavailable("create the consumer group", &e)),
+    }
+}
+
+pub(crate) async fn consume(
+    inner: Arc<Inner>,
+    queue: &str,
+    options: ConsumeOptions,
+    sink: Arc<dyn JobSink>,
+) -> Result<Consuming, Error> {
+    let mut conn = inner.dedicated().await?;
+    let key = inner.keys.queue(queue);
+    ensure_group(&mut conn, &key).await?;
+    let source = Arc::new(RedisSource {
+        dead_key: inner.keys.queue(&dead_queue(queue)),
+        inner,
+        key,
+        consumer: format!("{}-{}", options.holder, muster_core::id::short_id()),
+        claim_after: options.claim_after,
+        conn: tokio::sync::Mutex::new(conn),
+        tags: Mutex::default(),
+        last_claim: Mutex::new(None),
+    });
+    Ok(consumer::spawn(source, sink, options.prefetch))
+}
+
+struct RedisSource {
+    inner: Arc<Inner>,
+    key: String,
+    dead_key: String,
+    consumer: String,
+    claim_after: Duration,
+    /// The blocking connection (only `take` uses it).
+    conn: tokio::sync::Mutex<redis::aio::ConnectionManager>,
+    /// tag -> stream entry id.
+    tags: Mutex<HashMap<u64, String>>,
+    last_claim: Mutex<Option<Instant>>,
+}
+
+impl RedisSource {
+    fn tag(&self, entry: &StreamId) -> u64 {
+        let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
+        let tag = muster_core::id::random_u64();
+        tags.insert(tag, entry.id.clone());
+        tag
+    }
+
+    fn claim_due(&self) -> bool {
+        let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
+        let every = (self.claim_after / 2).max(Duration::from_millis(100));
+        if last.is_some_and(|t| t.elapsed() < every) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
+    }
+}
+
+impl JobSource for RedisSource {
+    fn take(&self, max: usize) -> BoxFuture<'_, Result<Vec<(u64, Job)>, Error>> {
+        Box::pin(async move {
+            let mut conn = self.conn.lock().await;
+            let mut out = Vec::new();
+            if self.claim_due() {
+                let idle = u64::try_from(self.claim_after.as_millis()).unwrap_or(u64::MAX);
+                let claimed: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                    .arg(&self.key)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(idle)
+                    .arg("0-0")
+                    .arg("COUNT")
+                    .arg(max)
+                    .query_async(&mut *conn)
+                    .await
+                    .map_err(|e| unavailable("claim pending jobs", &e))?;
+                if !claimed.claimed.is_empty() {
+                    tracing::info!(jobs = claimed.claimed.len(), queue = %self.key, "took over jobs pending on a silent consumer");
+                }
+                for e in &claimed.claimed {
+                    out.push((self.tag(e), entry_job(e)));
+                }
+                if !out.is_empty() {
+                    return Ok(out);
+                }
+            }
+            let read: Result<Option<StreamReadReply>, RedisError> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(max)
+                .arg("BLOCK")
+                .arg(1000)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(">")
+                .query_async(&mut *conn)
+                .await;
+            let read = match read {
+                Ok(r) => r,
+                Err(e) if e.code() == Some("NOGROUP") => {
+                    // The stream was deleted (or Redis restarted empty).
+                    ensure_group(&mut conn, &self.key).await?;
+                    return Ok(out);
+                }
+                Err(e) => return Err(unavailable("take jobs", &e)),
+            };
+            for stream in read.map(|r| r.keys).unwrap_or_default() {
+                for e in &stream.ids {
+                    out.push((self.tag(e), entry_job(e)));
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn settle(&self, tag: u64, job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let entry = self
+                .tags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&tag)
+                .cloned();
+            let Some(entry) = entry else {
+                return Ok(());
+            };
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            match &outcome {
+                Outcome::Ack => {}
+                Outcome::Retry { .. } => xadd(&mut pipe, &self.key, &job.next_attempt()),
+                Outcome::Dead { reason } => xadd(&mut pipe, &self.dead_key, &job.dead(reason)),
+            }
+            pipe.cmd("XACK")
+                .arg(&self.key)
+                .arg(GROUP)
+                .arg(&entry)
+                .ignore();
+            pipe.cmd("XDEL").arg(&self.key).arg(&entry).ignore();
+            let mut conn = self.inner.conn.clone();
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| unavailable("settle a job", &e))?;
+            self.tags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&tag);
+            Ok(())
+        })
+    }
+
+    fn release(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // Unsettled entries stay pending on this consumer; handing them
+            // back at once spares the others the claim wait.
+            let held: Vec<String> = self
+                .tags
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+                .map(|(_, e)| e)
+                .collect();
+            let mut conn = self.inner.conn.clone();
+            for entry in held {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                let read: Result<StreamRangeReply, _> = redis::cmd("XRANGE")
+                    .arg(&self.key)
+                    .arg(&entry)
+                    .arg(&entry)
+                    .query_async(&mut conn)
+                    .await;
+                let Ok(read) = read else { continue };
+                for e in &read.ids {
+                    xadd(&mut pipe, &self.key, &entry_job(e));
+                }
+                pipe.cmd("XACK")
+                    .arg(&self.key)
+                    .arg(GROUP)
+                    .arg(&entry)
+                    .ignore();
+                pipe.cmd("XDEL").arg(&self.key).arg(&entry).ignore();
+                let _ = pipe.query_async::<()>(&mut conn).await;
+            }
+            let _: Result<(), _> = redis::cmd("XGROUP")
+                .arg("DELCONSUMER")
+                .arg(&self.key)
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .query_async(&mut conn)
+                .await;
+        })
+    }
+}
+
+pub(crate) async fn command(
+    inner: &Inner,
+    queue: &str,
+    command: QueueCommand,
+) -> Result<QueueReply, Error> {
+    let key = inner.keys.queue(queue);
+    let dead_key = inner.keys.queue(&dead_queue(queue));
+    let mut conn = inner.conn.clone();
+    let fail = |e: RedisError| unavailable("queue command", &e);
+    match command {
+        QueueCommand::Stats => {
+            let (len, dead): (u64, u64) = redis::pipe()
+                .cmd("XLEN")
+                .arg(&key)
+                .cmd("XLEN")
+                .arg(&dead_key)
+                .query_async(&mut conn)
+                .await
+                .map_err(fail)?;
+            let groups: Value = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(Value::Nil);
+            let (pending, consumers) = group_counts(&groups);
+            Ok(QueueReply::Stats(QueueStats {
+                queue: queue.to_owned(),
+                ready: len.saturating_sub(pending),
+                in_flight: pending,
+                dead,
+                consumers,
+            }))
+        }
+        QueueCommand::Peek { count } => {
+            let read: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(count)
+                .query_async(&mut conn)
+                .await
+                .map_err(fail)?;
+            Ok(QueueReply::Jobs(read.ids.iter().map(entry_job).collect()))
+        }
+        QueueCommand::Purge => {
+            let len: u64 = redis::cmd("XLEN")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(fail)?;
+            let _: u64 = redis::cmd("XTRIM")
+                .arg(&key)
+                .arg("MAXLEN")
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .map_err(fail)?;
+            Ok(QueueReply::Count(len))
+        }
+        QueueCommand::RequeueDead => {
+            let mut moved = 0u64;
+            loop {
+                let read: StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(&dead_key)
+                    .arg("-")
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(500)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(fail)?;
+                if read.ids.is_empty() {
+                    break;
+                }
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for e in &read.ids {
+                    let job = Job {
+                        attempt: 1,
+                        reason: None,
+                        ..entry_job(e)
+                    };
+                    xadd(&mut pipe, &key, &job);
+                    pipe.cmd("XDEL").arg(&dead_key).arg(&e.id).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await.map_err(fail)?;
+                moved += read.ids.len() as u64;
+            }
+            Ok(QueueReply::Count(moved))
+        }
+    }
+}
+
+/// (pending, consumers) of the group `muster` in an `XINFO GROUPS` reply.
+fn group_counts(groups: &Value) -> (u64, u64) {
+    let Value::Array(groups) = groups else {
+        return (0, 0);
+    };
+    for g in groups {
+        let fields: Vec<(String, i64)> = match g {
+            Value::Array(kv) => kv
+                .chunks(2)
+                .filter_map(|c| match c {
+                    [Value::BulkString(k), Value::Int(v)] => {
+                        Some((String::from_utf8_lossy(k).into_owned(), *v))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            _ => continue,
+        };
+        let name = match g {
+            Value::Array(kv) => kv.chunks(2).find_map(|c| match c {
+                [Value::BulkString(k), Value::BulkString(v)] if k == b"name" => {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                }
+                _ => None,
+            }),
+            _ => None,
+        };
+        if name.as_deref() != Some(GROUP) {
+            continue;
+        }
+        let get = |k: &str| {
+            fields
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(0, |(_, v)| u64::try_from(*v).unwrap_or(0))
+        };
+        return (get("pending"), get("consumers"));
+    }
+    (0, 0)
+}

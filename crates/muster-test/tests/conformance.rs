@@ -1,0 +1,514 @@
+//! One conformance suite, run on every bus: the embedded ZeroMQ bus,
+//! RabbitMQ (`MUSTER_TEST_AMQP`) and Redis (`MUSTER_TEST_REDIS`). Each test
+//! is written once against the transport trait and the service framework;
+//! the `zmq`, `amqp` and `redis` modules at the bottom stamp it out per bus.
+//! What it proves is the table in `docs/guarantees.md`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use muster::prelude::*;
+use muster::queue::{Job, QueueCommand, QueueReply};
+use muster::transport::SharedTransport;
+use muster_test::{broker_url, eventually};
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Zmq,
+    Amqp,
+    Redis,
+}
+
+/// One bus for one test: a private namespace on a shared broker (a key
+/// prefix on Redis, an exchange on RabbitMQ), a fresh bus on ZeroMQ.
+struct Bus {
+    url: String,
+    /// Suffix that keeps names of concurrent tests apart.
+    ns: String,
+    _zmq: Option<muster_zmq::Bus>,
+}
+
+impl Bus {
+    async fn open(kind: Kind, test: &str) -> Option<Self> {
+        let ns = format!("t{:x}", muster::id::random_u64() & 0xff_ffff);
+        let (url, zmq) = match kind {
+            Kind::Zmq => {
+                let url = muster_test::free_bus_url();
+                let bus = muster_test::start_bus(&url).await;
+                (url, Some(bus))
+            }
+            Kind::Redis => {
+                let base = broker_url("MUSTER_TEST_REDIS", test)?;
+                (with_query(&base, &format!("prefix={ns}")), None)
+            }
+            Kind::Amqp => {
+                let base = broker_url("MUSTER_TEST_AMQP", test)?;
+                (with_query(&base, &format!("exchange={ns}")), None)
+            }
+        };
+        Some(Self { url, ns, _zmq: zmq })
+    }
+
+    /// A new connection, as a separate process would have.
+    async fn connect(&self) -> SharedTransport {
+        muster::bus::connect(&self.url, None)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+    }
+
+    async fn client(&self) -> Client {
+        Client::new(self.connect().await)
+    }
+
+    fn name(&self, base: &str) -> String {
+        format!("{base}-{}", self.ns)
+    }
+}
+
+fn with_query(url: &str, kv: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{kv}")
+    } else {
+        format!("{url}?{kv}")
+    }
+}
+
+#[derive(Deserialize, Serialize, JsonSchema)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+async fn add(Args(x): Args<Add>) -> Result<i64, RpcError> {
+    Ok(x.a + x.b)
+}
+
+async fn rpc_call_and_errors(bus: &Bus) {
+    let svc = bus.name("calc");
+    let h = Service::new(&svc)
+        .rpc("add", add)
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &svc, 1).await;
+    let sum: i64 = client
+        .call(&format!("{svc}.add"), &serde_json::json!({"a": 2, "b": 3}))
+        .await
+        .unwrap();
+    assert_eq!(sum, 5);
+    let by_position: i64 = client
+        .call(&format!("{svc}.add"), &serde_json::json!([4, 5]))
+        .await
+        .unwrap();
+    assert_eq!(by_position, 9, "params as an array fill fields in order");
+    let wrong = client
+        .call::<_, i64>(
+            &format!("{svc}.add"),
+            &serde_json::json!({"a": "x", "b": 1}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code, -32602, "{wrong}");
+    assert_eq!(wrong.data.unwrap()["path"], "a");
+    let unknown = client
+        .call::<_, i64>(&format!("{svc}.nope"), &serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code, -32601, "{unknown}");
+    let nobody = client
+        .call::<_, i64>(&bus.name("nobody.x"), &serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(nobody.code, -32601, "{nobody}");
+    h.stop().await;
+}
+
+async fn rpc_balanced_over_instances(bus: &Bus) {
+    let svc = bus.name("who");
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        handles.push(
+            Service::new(&svc)
+                .rpc("who", |ctx: Ctx| async move {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    Ok::<_, RpcError>(ctx.instance().to_owned())
+                })
+                .start(bus.connect().await)
+                .await
+                .unwrap(),
+        );
+    }
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &svc, 2).await;
+    let calls = (0..40).map(|_| {
+        let client = client.clone();
+        let target = format!("{svc}.who");
+        async move {
+            client
+                .call::<_, String>(&target, &serde_json::json!({}))
+                .await
+                .unwrap()
+        }
+    });
+    let served: HashSet<String> = futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(served.len(), 2, "both instances took calls: {served:?}");
+    for h in handles {
+        h.stop().await;
+    }
+}
+
+async fn rpc_timeout(bus: &Bus) {
+    let svc = bus.name("slow");
+    let h = Service::new(&svc)
+        .rpc("nap", || async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok::<_, RpcError>(())
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &svc, 1).await;
+    let e = client
+        .call_with::<_, ()>(
+            &format!("{svc}.nap"),
+            &serde_json::json!({}),
+            muster::CallOptions::default().timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, -32000, "{e}");
+    drop(h);
+}
+
+async fn events_in_order_and_filtered(bus: &Bus) {
+    let got: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let seen = got.clone();
+    let prefix = bus.name("ev");
+    let h = Service::new(&bus.name("listener"))
+        .subscribe(
+            &format!("{prefix}.a.*"),
+            move |h: Header, Args(n): Args<u32>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock()
+                        .unwrap()
+                        .push((h.topic.clone().unwrap_or_default(), n));
+                    Ok::<_, RpcError>(())
+                }
+            },
+        )
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    // A subscription is live when start returns on brokers; the ZeroMQ
+    // forwarder needs its subscription to travel: publish until one lands.
+    eventually(Duration::from_secs(10), "first event delivered", || async {
+        client
+            .publish(&format!("{prefix}.a.warmup"), &0u32)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (!got.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    got.lock().unwrap().clear();
+    for n in 1..=50u32 {
+        client.publish(&format!("{prefix}.b.x"), &n).await.unwrap();
+        client.publish(&format!("{prefix}.a.x"), &n).await.unwrap();
+    }
+    let events = eventually(Duration::from_secs(10), "50 events", || async {
+        let g = got.lock().unwrap().clone();
+        (g.iter().filter(|(t, _)| t.ends_with(".a.x")).count() >= 50).then_some(g)
+    })
+    .await;
+    let ns: Vec<u32> = events
+        .iter()
+        .filter(|(t, _)| t.ends_with(".a.x"))
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(
+        ns,
+        (1..=50).collect::<Vec<_>>(),
+        "in publish order, once each"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|(t, _)| t.starts_with(&format!("{prefix}.a."))),
+        "only matching topics: {events:?}"
+    );
+    h.stop().await;
+}
+
+/// What the queue test's consumer did: attempts per job number.
+type Attempts = Arc<Mutex<BTreeMap<u32, u32>>>;
+
+async fn queue_retry_and_dead_letter(bus: &Bus) {
+    let queue = bus.name("work");
+    let attempts: Attempts = Arc::default();
+    let done: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let (a, d) = (attempts.clone(), done.clone());
+    let h = Service::new(&bus.name("worker"))
+        .consume(&queue, move |Args(n): Args<u32>| {
+            let (a, d) = (a.clone(), d.clone());
+            async move {
+                let attempt = {
+                    let mut a = a.lock().unwrap();
+                    let e = a.entry(n).or_default();
+                    *e += 1;
+                    *e
+                };
+                match n % 10 {
+                    3 => Err(RpcError::permanent(format!("job {n} can never work"))),
+                    5 if attempt == 1 => Err(RpcError::internal("flaky once")),
+                    7 => Err(RpcError::internal("always fails")),
+                    _ => {
+                        d.lock().unwrap().push(n);
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .prefetch(4)
+        .max_attempts(3)
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let producer = bus.connect().await;
+    let client = Client::new(producer.clone());
+    for n in 0..30u32 {
+        client.enqueue(&queue, &n).await.unwrap();
+    }
+    producer
+        .enqueue(&queue, Job::new("this is not json"))
+        .await
+        .unwrap();
+    let dead_queue = format!("{queue}.dead");
+    let dead = eventually(Duration::from_secs(30), "7 dead jobs", || async {
+        match producer
+            .queue_command(&dead_queue, QueueCommand::Peek { count: 100 })
+            .await
+            .ok()?
+        {
+            QueueReply::Jobs(j) if j.len() >= 7 => Some(j),
+            _ => None,
+        }
+    })
+    .await;
+    let done = eventually(Duration::from_secs(30), "24 jobs done", || async {
+        let d = done.lock().unwrap().clone();
+        (d.len() >= 24).then_some(d)
+    })
+    .await;
+    let mut done_sorted = done.clone();
+    done_sorted.sort_unstable();
+    let expected: Vec<u32> = (0..30).filter(|n| ![3, 7].contains(&(n % 10))).collect();
+    assert_eq!(done_sorted, expected, "every good job done exactly once");
+    assert_eq!(dead.len(), 7, "{dead:?}");
+    let reasons: Vec<&str> = dead.iter().filter_map(|j| j.reason.as_deref()).collect();
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("can never work"))
+            .count(),
+        3
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("gave up after 3 attempts"))
+            .count(),
+        3
+    );
+    assert_eq!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("cannot decode"))
+            .count(),
+        1
+    );
+    let a = attempts.lock().unwrap().clone();
+    assert_eq!(a[&5], 2, "a flaky job is retried once");
+    assert_eq!(a[&7], 3, "max_attempts bounds the retries");
+    assert_eq!(a[&3], 1, "a permanent failure is not retried");
+    let QueueReply::Stats(stats) = producer
+        .queue_command(&queue, QueueCommand::Stats)
+        .await
+        .unwrap()
+    else {
+        panic!("stats")
+    };
+    assert_eq!(
+        (stats.ready, stats.in_flight, stats.dead),
+        (0, 0, 7),
+        "{stats:?}"
+    );
+    // The operator puts the dead jobs back: the permanent ones fail again.
+    h.stop().await;
+    assert_eq!(
+        producer
+            .queue_command(&queue, QueueCommand::RequeueDead)
+            .await
+            .unwrap(),
+        QueueReply::Count(7)
+    );
+    assert_eq!(
+        producer
+            .queue_command(&queue, QueueCommand::Purge)
+            .await
+            .unwrap(),
+        QueueReply::Count(7)
+    );
+}
+
+async fn queue_balanced_consumers(bus: &Bus) {
+    let queue = bus.name("shared");
+    let seen: Arc<Mutex<HashMap<u32, Vec<String>>>> = Arc::default();
+    let mut handles = Vec::new();
+    for _ in 0..2 {
+        let seen = seen.clone();
+        handles.push(
+            Service::new(&bus.name("balanced"))
+                .consume(&queue, move |ctx: Ctx, Args(n): Args<u32>| {
+                    let seen = seen.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        seen.lock()
+                            .unwrap()
+                            .entry(n)
+                            .or_default()
+                            .push(ctx.instance().to_owned());
+                        Ok::<_, RpcError>(())
+                    }
+                })
+                .prefetch(8)
+                .start(bus.connect().await)
+                .await
+                .unwrap(),
+        );
+    }
+    let client = bus.client().await;
+    for n in 0..300u32 {
+        client.enqueue(&queue, &n).await.unwrap();
+    }
+    let seen = eventually(Duration::from_secs(30), "300 jobs", || async {
+        let s = seen.lock().unwrap().clone();
+        (s.len() >= 300).then_some(s)
+    })
+    .await;
+    assert!(
+        seen.values().all(|who| who.len() == 1),
+        "no job twice without a failure"
+    );
+    let by: HashSet<&String> = seen.values().flatten().collect();
+    assert_eq!(by.len(), 2, "both consumers took jobs");
+    for h in handles {
+        h.stop().await;
+    }
+}
+
+async fn state_replicates(bus: &Bus) {
+    use muster::state::Full;
+    let owner_name = bus.name("counter");
+    let owner = Service::new(&owner_name)
+        .state_out::<Full<u64>>("count")
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let reader = Service::new(&bus.name("watcher"))
+        .state_in::<Full<u64>>(&format!("{owner_name}/count"))
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    for n in 1..=200u64 {
+        owner.ctx().set_state(n).await.unwrap();
+    }
+    eventually(Duration::from_secs(20), "reader holds 200", || async {
+        let s = reader.ctx().state::<Full<u64>>()?;
+        (s.value().0 == 200).then_some(())
+    })
+    .await;
+    reader.stop().await;
+    owner.stop().await;
+}
+
+async fn claim_has_one_winner(bus: &Bus) {
+    let (a, b) = (bus.connect().await, bus.connect().await);
+    let key = bus.name("fire-0900");
+    let ttl = Duration::from_secs(30);
+    let first = a.claim(&key, "holder-a", ttl).await.unwrap();
+    let second = b.claim(&key, "holder-b", ttl).await.unwrap();
+    let again = a.claim(&key, "holder-a", ttl).await.unwrap();
+    assert!(first && !second && again, "{first} {second} {again}");
+}
+
+async fn discovery_lists_methods_and_queues(bus: &Bus) {
+    let svc = bus.name("described");
+    let h = Service::new(&svc)
+        .rpc("add", add)
+        .consume(&bus.name("inbox"), |Args(_): Args<u32>| async {
+            Ok::<_, RpcError>(())
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    let found = muster_test::wait_registered(&client, &svc, 1).await;
+    let add = found[0].method("add").expect("add is listed");
+    let schema = add.params.as_ref().expect("with its params schema");
+    assert!(schema.to_string().contains("\"a\""), "{schema}");
+    assert_eq!(found[0].queues, vec![bus.name("inbox")]);
+    h.stop().await;
+    eventually(Duration::from_secs(10), "gone after stop", || async {
+        let all = client.instances().await.ok()?;
+        (!all.iter().any(|i| i.service == svc)).then_some(())
+    })
+    .await;
+}
+
+macro_rules! suite {
+    ($kind:ident: $($test:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $test() {
+                let name = concat!(stringify!($kind), "::", stringify!($test));
+                if let Some(bus) = super::Bus::open(super::Kind::$kind, name).await {
+                    super::$test(&bus).await;
+                }
+            }
+        )*
+    };
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod zmq {
+            suite!(Zmq: $($test),*);
+        }
+        mod redis {
+            suite!(Redis: $($test),*);
+        }
+        mod amqp {
+            suite!(Amqp: $($test),*);
+        }
+    };
+}
+
+conformance!(
+    rpc_call_and_errors,
+    rpc_balanced_over_instances,
+    rpc_timeout,
+    events_in_order_and_filtered,
+    queue_retry_and_dead_letter,
+    queue_balanced_consumers,
+    state_replicates,
+    claim_has_one_winner,
+    discovery_lists_methods_and_queues,
+);
