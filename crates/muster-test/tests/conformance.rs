@@ -190,7 +190,7 @@ async fn events_in_order_and_filtered(bus: &Bus) {
     let got: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
     let seen = got.clone();
     let prefix = bus.name("ev");
-    let h = Service::new(&bus.name("listener"))
+    let h = Service::new(bus.name("listener"))
         .subscribe(
             &format!("{prefix}.a.*"),
             move |h: Header, Args(n): Args<u32>| {
@@ -255,7 +255,7 @@ async fn queue_retry_and_dead_letter(bus: &Bus) {
     let attempts: Attempts = Arc::default();
     let done: Arc<Mutex<Vec<u32>>> = Arc::default();
     let (a, d) = (attempts.clone(), done.clone());
-    let h = Service::new(&bus.name("worker"))
+    let h = Service::new(bus.name("worker"))
         .consume(&queue, move |Args(n): Args<u32>| {
             let (a, d) = (a.clone(), d.clone());
             async move {
@@ -375,7 +375,7 @@ async fn queue_balanced_consumers(bus: &Bus) {
     for _ in 0..2 {
         let seen = seen.clone();
         handles.push(
-            Service::new(&bus.name("balanced"))
+            Service::new(bus.name("balanced"))
                 .consume(&queue, move |ctx: Ctx, Args(n): Args<u32>| {
                     let seen = seen.clone();
                     async move {
@@ -422,7 +422,7 @@ async fn state_replicates(bus: &Bus) {
         .start(bus.connect().await)
         .await
         .unwrap();
-    let reader = Service::new(&bus.name("watcher"))
+    let reader = Service::new(bus.name("watcher"))
         .state_in::<Full<u64>>(&format!("{owner_name}/count"))
         .start(bus.connect().await)
         .await
