@@ -179,8 +179,9 @@ pub struct QueueStats {
     pub queue: String,
     /// Waiting for a consumer.
     pub ready: u64,
-    /// Delivered and not yet settled.
-    pub in_flight: u64,
+    /// Delivered and not yet settled; `None` where the broker does not
+    /// say (RabbitMQ without its management plugin).
+    pub in_flight: Option<u64>,
     /// In `<queue>.dead`.
     pub dead: u64,
     /// Consumers attached now (where the transport knows).
@@ -362,7 +363,7 @@ impl QueueBook {
                 QueueReply::Stats(QueueStats {
                     queue: queue.to_owned(),
                     ready,
-                    in_flight,
+                    in_flight: Some(in_flight),
                     dead,
                     consumers: 0,
                 })
@@ -435,7 +436,7 @@ mod tests {
         let QueueReply::Stats(s) = book.command("q", &QueueCommand::Stats) else {
             panic!()
         };
-        assert_eq!((s.ready, s.in_flight, s.dead), (1, 0, 1));
+        assert_eq!((s.ready, s.in_flight, s.dead), (1, Some(0), 1));
         let QueueReply::Jobs(dead) = book.command("q.dead", &QueueCommand::Peek { count: 5 })
         else {
             panic!()

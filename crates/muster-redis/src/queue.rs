@@ -355,7 +355,7 @@ pub(crate) async fn command(
             Ok(QueueReply::Stats(QueueStats {
                 queue: queue.to_owned(),
                 ready: len.saturating_sub(pending),
-                in_flight: pending,
+                in_flight: Some(pending),
                 dead,
                 consumers,
             }))

@@ -346,7 +346,7 @@ async fn queue_retry_and_dead_letter(bus: &Bus) {
         panic!("stats")
     };
     assert_eq!(
-        (stats.ready, stats.in_flight, stats.dead),
+        (stats.ready, stats.in_flight.unwrap_or(0), stats.dead),
         (0, 0, 7),
         "{stats:?}"
     );

@@ -32,6 +32,7 @@ impl Default for BusOptions {
 /// | URL | transport |
 /// |---|---|
 /// | `zmq://HOST:PORT` | the embedded ZeroMQ bus (default `zmq://127.0.0.1:7700`) |
+/// | `amqp://USER:PASS@HOST:PORT/VHOST[?exchange=NAME]` | RabbitMQ (topic exchange, durable queues) |
 /// | `redis://HOST:PORT[/DB][?prefix=NAME]` | Redis (lists, pub/sub, streams) |
 ///
 /// # Errors
@@ -60,6 +61,13 @@ pub async fn connect_with(
         "zmq" | "tcp" => {
             let addr: BusAddr = url.parse()?;
             Ok(Arc::new(ZmqTransport::connect(addr, zmq).await?))
+        }
+        "amqp" => {
+            let mut amqp = muster_amqp::AmqpOptions::default();
+            amqp.max_message_size = options.max_message_size;
+            Ok(Arc::new(
+                muster_amqp::AmqpTransport::connect_with(url, amqp).await?,
+            ))
         }
         "redis" | "rediss" => {
             let mut redis = muster_redis::RedisOptions::default();

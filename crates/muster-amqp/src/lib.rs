@@ -1,0 +1,259 @@
+//! The RabbitMQ transport of muster (`--bus amqp://USER:PASS@HOST:PORT/VHOST`).
+//!
+//! | pattern | on RabbitMQ |
+//! |---|---|
+//! | RPC | topic exchange (`muster`, or `?exchange=NAME`); a durable queue `<exchange>.rpc.<service>` bound to `<service>.*`; routing key `<service>.<method>`; JSON-RPC 2.0 body; reply to `reply_to` (direct reply-to) through the default exchange with `correlation_id` echoed |
+//! | events | the same exchange, routing key = topic; a bounded exclusive queue per subscriber |
+//! | work queues | a durable queue named as the queue, persistent messages, publisher confirms, manual acks; `<queue>.dead` for dead letters |
+//! | registry | every instance also listens on the routing key `$discover` and answers with its description |
+//!
+//! A job published by any AMQP client as a plain JSON body to the default
+//! exchange with routing key = queue name is consumed; a JSON-RPC request
+//! published by any client with a `reply_to` is answered. The formats are in
+//! `docs/protocol.md`, "RabbitMQ".
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), muster_core::Error> {
+//! use muster_core::transport::Transport;
+//! let bus = muster_amqp::AmqpTransport::connect("amqp://guest:guest@127.0.0.1:5672/%2f").await?;
+//! println!("{} instances", bus.instances().await?.len());
+//! # Ok(()) }
+//! ```
+
+mod events;
+mod link;
+mod props;
+mod queue;
+mod rpc;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
+use muster_core::registry::InstanceInfo;
+use muster_core::transport::{
+    BoxFuture, Dispatch, EventSink, Registration, Served, Subscribed, Transport,
+};
+use muster_core::wire::Envelope;
+use muster_core::{Error, ErrorKind, RpcError};
+
+use link::{Link, Publisher};
+
+/// The exchange used unless the URL says `?exchange=NAME`.
+pub const DEFAULT_EXCHANGE: &str = "muster";
+
+/// Settings of the AMQP transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AmqpOptions {
+    /// The topic exchange for RPC, events and discovery.
+    pub exchange: String,
+    /// Largest message sent or accepted.
+    pub max_message_size: usize,
+    /// How long an enqueue or publish waits for the broker to come back.
+    pub publish_wait: Duration,
+    /// How long `instances()` collects answers to a discovery request.
+    pub discovery_wait: Duration,
+}
+
+impl Default for AmqpOptions {
+    fn default() -> Self {
+        Self {
+            exchange: DEFAULT_EXCHANGE.into(),
+            max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
+            publish_wait: Duration::from_secs(10),
+            discovery_wait: Duration::from_millis(300),
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    link: Arc<Link>,
+    options: AmqpOptions,
+    /// Confirmed publishes (jobs).
+    confirmed: Publisher,
+    /// Fire-and-forget publishes (events).
+    fast: Publisher,
+    rpc: rpc::Caller,
+    declared: queue::Declared,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpTransport")
+            .field("exchange", &self.options.exchange)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The RabbitMQ bus. Clones share the connection.
+#[derive(Debug, Clone)]
+pub struct AmqpTransport {
+    inner: Arc<Inner>,
+}
+
+impl AmqpTransport {
+    /// Connects with default options; `?exchange=NAME` in the URL sets the
+    /// exchange.
+    ///
+    /// # Errors
+    /// RabbitMQ cannot be reached or refuses the credentials.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, AmqpOptions::default()).await
+    }
+
+    /// Connects with `options` (an `?exchange=` in the URL wins).
+    ///
+    /// # Errors
+    /// As [`AmqpTransport::connect`].
+    pub async fn connect_with(url: &str, mut options: AmqpOptions) -> Result<Self, Error> {
+        let (url, exchange) = split_exchange(url);
+        if let Some(x) = exchange {
+            options.exchange = x;
+        }
+        if options.exchange.is_empty() || options.exchange.len() > 200 {
+            return Err(Error::new(
+                ErrorKind::Config,
+                "the exchange name must be 1-200 characters",
+            ));
+        }
+        let link = Link::open(&url).await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                confirmed: Publisher::new(link.clone(), true),
+                fast: Publisher::new(link.clone(), false),
+                rpc: rpc::Caller::new(link.clone()),
+                declared: queue::Declared::default(),
+                link,
+                options,
+            }),
+        })
+    }
+}
+
+fn split_exchange(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut exchange = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("exchange=") {
+            Some(x) => {
+                exchange = Some(x.to_owned());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, exchange)
+}
+
+impl Transport for AmqpTransport {
+    fn kind(&self) -> &'static str {
+        "amqp"
+    }
+
+    fn serve(
+        &self,
+        registration: Registration,
+        dispatch: Arc<dyn Dispatch>,
+    ) -> BoxFuture<'_, Result<Box<dyn Served>, Error>> {
+        Box::pin(async move {
+            rpc::serve(self.inner.clone(), registration, dispatch)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Served>)
+        })
+    }
+
+    fn request(
+        &self,
+        request: Envelope,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Envelope, RpcError>> {
+        Box::pin(rpc::request(&self.inner, request, timeout))
+    }
+
+    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(events::publish(&self.inner, event))
+    }
+
+    fn subscribe(
+        &self,
+        patterns: &[String],
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let patterns = patterns.to_vec();
+        Box::pin(async move {
+            events::subscribe(self.inner.clone(), &patterns, sink)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Subscribed>)
+        })
+    }
+
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<InstanceInfo>, Error>> {
+        Box::pin(rpc::discover(&self.inner))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.inner.link.shutdown.cancel();
+        Box::pin(async {})
+    }
+
+    fn claim(&self, key: &str, holder: &str, ttl: Duration) -> BoxFuture<'_, Result<bool, Error>> {
+        let key = key.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move { queue::claim(&self.inner, &key, &holder, ttl).await })
+    }
+
+    fn enqueue(&self, queue: &str, job: Job) -> BoxFuture<'_, Result<(), Error>> {
+        let queue = queue.to_owned();
+        Box::pin(async move { queue::enqueue(&self.inner, &queue, &job).await })
+    }
+
+    fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+        sink: Arc<dyn JobSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let queue = queue.to_owned();
+        Box::pin(async move {
+            queue::consume(self.inner.clone(), &queue, options, sink)
+                .await
+                .map(|c| Box::new(c) as Box<dyn Subscribed>)
+        })
+    }
+
+    fn queue_command(
+        &self,
+        queue: &str,
+        command: QueueCommand,
+    ) -> BoxFuture<'_, Result<QueueReply, Error>> {
+        let queue = queue.to_owned();
+        Box::pin(async move { queue::command(&self.inner, &queue, command).await })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exchange_comes_out_of_the_url() {
+        assert_eq!(
+            super::split_exchange("amqp://h/%2f?exchange=t1&heartbeat=10"),
+            (
+                "amqp://h/%2f?heartbeat=10".to_owned(),
+                Some("t1".to_owned())
+            )
+        );
+        assert_eq!(
+            super::split_exchange("amqp://h"),
+            ("amqp://h".to_owned(), None)
+        );
+    }
+}

@@ -1,0 +1,617 @@
+//! RPC and discovery on RabbitMQ.
+//!
+//! A request goes to the topic exchange with routing key
+//! `<service>.<method>` (or, for one instance, to the default exchange with
+//! the instance's queue as routing key), `reply_to` = direct reply-to,
+//! `correlation_id` = request id, `expiration` = the deadline, and
+//! `mandatory`, so a request nobody can receive comes back at once as
+//! -32601. An instance consumes its service's durable queue (shared with
+//! the other instances: the broker balances) and its own exclusive queue,
+//! acknowledges a request after its reply is sent (a request whose instance
+//! dies is delivered again to another while its deadline lasts), and
+//! answers `$discover` with its description.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Consumer};
+use muster_core::registry::InstanceInfo;
+use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
+use muster_core::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
+use muster_core::{Error, RpcError};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::link::{Link, amqp_error};
+use crate::props::{read_header, with_header};
+use crate::{Inner, events};
+
+/// RabbitMQ's direct reply-to pseudo queue.
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+/// Routing key of discovery requests.
+pub(crate) const DISCOVER: &str = "$discover";
+
+enum Waiter {
+    One(oneshot::Sender<Result<Envelope, RpcError>>),
+    Many(mpsc::UnboundedSender<Envelope>),
+}
+
+type Pending = Mutex<HashMap<String, Waiter>>;
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, Waiter>> {
+    p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The calling side: one channel consuming direct reply-to, on which every
+/// request of this transport is published.
+pub(crate) struct Caller {
+    link: Arc<Link>,
+    channel: tokio::sync::Mutex<Option<Channel>>,
+    pending: Arc<Pending>,
+    next: AtomicU64,
+    prefix: String,
+}
+
+impl Caller {
+    pub(crate) fn new(link: Arc<Link>) -> Self {
+        Self {
+            link,
+            channel: tokio::sync::Mutex::new(None),
+            pending: Arc::default(),
+            next: AtomicU64::new(0),
+            prefix: muster_core::id::short_id(),
+        }
+    }
+
+    async fn channel(&self) -> Result<Channel, Error> {
+        let mut slot = self.channel.lock().await;
+        if let Some(ch) = slot.as_ref()
+            && ch.status().connected()
+        {
+            return Ok(ch.clone());
+        }
+        let (_, ch) = self.link.channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(|e| amqp_error("enable confirms", &e))?;
+        let replies = ch
+            .basic_consume(
+                REPLY_TO.into(),
+                format!("muster-replies-{}", self.prefix).as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| amqp_error("consume replies", &e))?;
+        tokio::spawn(read_replies(replies, self.pending.clone()));
+        *slot = Some(ch.clone());
+        Ok(ch)
+    }
+
+    fn next_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.prefix)
+    }
+}
+
+async fn read_replies(mut replies: Consumer, pending: Arc<Pending>) {
+    while let Some(d) = replies.next().await {
+        let Ok(d) = d else { break };
+        let Some(id) = d
+            .properties
+            .correlation_id()
+            .as_ref()
+            .map(|c| c.as_str().to_owned())
+        else {
+            continue;
+        };
+        let header = read_header(&d.properties).unwrap_or_else(|| {
+            let mut h = Header::new(Kind::Reply);
+            h.id.clone_from(&id);
+            h
+        });
+        let env = Envelope::new(header, d.data);
+        let mut pending = lock(&pending);
+        match pending.get(&id) {
+            Some(Waiter::Many(tx)) => {
+                let _ = tx.send(env);
+            }
+            Some(Waiter::One(_)) => {
+                if let Some(Waiter::One(tx)) = pending.remove(&id) {
+                    let _ = tx.send(Ok(env));
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+fn service_queue(exchange: &str, service: &str) -> String {
+    format!("{exchange}.rpc.{service}")
+}
+
+fn instance_queue(exchange: &str, service: &str, instance: &str) -> String {
+    format!("{exchange}.rpc.{service}.{instance}")
+}
+
+pub(crate) async fn request(
+    inner: &Arc<Inner>,
+    mut request: Envelope,
+    timeout: Duration,
+) -> Result<Envelope, RpcError> {
+    let service = request.header.service.clone().unwrap_or_default();
+    let method = request.header.method.clone().unwrap_or_default();
+    if request.header.id.is_empty() {
+        request.header.id = inner.rpc.next_id();
+    }
+    let timeout_ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    request.header.deadline_ms = Some(timeout_ms);
+    if request.body.len() > inner.options.max_message_size {
+        return Err(RpcError::too_large(
+            request.body.len(),
+            inner.options.max_message_size,
+        ));
+    }
+    let (exchange, routing_key) = match &request.header.instance {
+        Some(id) => (
+            String::new(),
+            instance_queue(&inner.options.exchange, &service, id),
+        ),
+        None => (
+            inner.options.exchange.clone(),
+            format!("{service}.{method}"),
+        ),
+    };
+    let id = request.header.id.clone();
+    let mut props = BasicProperties::default()
+        .with_reply_to(REPLY_TO.into())
+        .with_correlation_id(id.as_str().into())
+        .with_expiration(timeout_ms.to_string().as_str().into())
+        .with_content_type(content_type(&request.header).into());
+    props = with_header(props, &request.header);
+    let (tx, rx) = oneshot::channel();
+    lock(&inner.rpc.pending).insert(id.clone(), Waiter::One(tx));
+    let published = async {
+        let ch = inner.rpc.channel().await?;
+        let sent = ch
+            .basic_publish(
+                exchange.as_str().into(),
+                routing_key.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &request.body,
+                props,
+            )
+            .await;
+        if sent.is_err() {
+            *inner.rpc.channel.lock().await = None;
+        }
+        sent.map_err(|e| amqp_error("send request", &e))
+    }
+    .await;
+    let confirm = match published {
+        Ok(c) => c,
+        Err(e) => {
+            lock(&inner.rpc.pending).remove(&id);
+            return Err(e.into());
+        }
+    };
+    {
+        let pending = inner.rpc.pending.clone();
+        let id = id.clone();
+        let target = format!("{service}.{method}");
+        tokio::spawn(async move {
+            if let Ok(c) = confirm.await
+                && c.take_message().is_some()
+                && let Some(Waiter::One(tx)) = lock(&pending).remove(&id)
+            {
+                let _ = tx.send(Err(RpcError::method_not_found(format!(
+                    "{target} (no service is bound to it on the exchange)"
+                ))));
+            }
+        });
+    }
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(reply)) => reply,
+        _ => {
+            lock(&inner.rpc.pending).remove(&id);
+            Err(RpcError::timeout(format!(
+                "no reply from {service}.{method} within {timeout:?}"
+            )))
+        }
+    }
+}
+
+fn content_type(header: &Header) -> &'static str {
+    ContentType::from_header(header.content_type.as_deref())
+        .unwrap_or_default()
+        .as_str()
+}
+
+/// Asks every instance for its description and collects the answers for
+/// `discovery_wait`.
+pub(crate) async fn discover(inner: &Arc<Inner>) -> Result<Vec<InstanceInfo>, Error> {
+    let ch = inner.rpc.channel().await?;
+    let id = format!("discover-{}", inner.rpc.next_id());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    lock(&inner.rpc.pending).insert(id.clone(), Waiter::Many(tx));
+    let props = BasicProperties::default()
+        .with_reply_to(REPLY_TO.into())
+        .with_correlation_id(id.as_str().into())
+        .with_expiration("5000".into());
+    events::declare_exchange(&ch, &inner.options.exchange).await?;
+    let sent = ch
+        .basic_publish(
+            inner.options.exchange.as_str().into(),
+            DISCOVER.into(),
+            BasicPublishOptions::default(),
+            b"{}",
+            props,
+        )
+        .await;
+    if let Err(e) = sent {
+        lock(&inner.rpc.pending).remove(&id);
+        *inner.rpc.channel.lock().await = None;
+        return Err(amqp_error("send discovery request", &e));
+    }
+    let mut found: HashMap<String, InstanceInfo> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + inner.options.discovery_wait;
+    while let Ok(Some(env)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        match serde_json::from_slice::<InstanceInfo>(&env.body) {
+            Ok(info) => {
+                found.insert(info.instance.clone(), info);
+            }
+            Err(e) => tracing::debug!(error = %e, "unreadable discovery answer"),
+        }
+    }
+    lock(&inner.rpc.pending).remove(&id);
+    let mut all: Vec<InstanceInfo> = found.into_values().collect();
+    all.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
+    Ok(all)
+}
+
+/// A served instance.
+#[derive(Debug)]
+pub(crate) struct AmqpServed {
+    stop: CancellationToken,
+    in_flight: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+    endpoint: String,
+}
+
+impl Served for AmqpServed {
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            let deadline = tokio::time::Instant::now() + grace;
+            while self.in_flight.load(Ordering::Acquire) > 0
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+}
+
+struct Serving {
+    channel: Channel,
+    consumers: Vec<Consumer>,
+    tags: Vec<String>,
+}
+
+async fn setup(
+    ch: Channel,
+    exchange: &str,
+    info: &InstanceInfo,
+    prefetch: u16,
+) -> Result<Serving, Error> {
+    let fail = |what: &str, e: lapin::Error| amqp_error(what, &e);
+    events::declare_exchange(&ch, exchange).await?;
+    let shared = service_queue(exchange, &info.service);
+    let own = instance_queue(exchange, &info.service, &info.instance);
+    ch.queue_declare(
+        shared.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| fail("declare the service queue", e))?;
+    ch.queue_bind(
+        shared.as_str().into(),
+        exchange.into(),
+        format!("{}.*", info.service).as_str().into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| fail("bind the service queue", e))?;
+    ch.queue_declare(
+        own.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| fail("declare the instance queue", e))?;
+    ch.queue_bind(
+        own.as_str().into(),
+        exchange.into(),
+        DISCOVER.into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .map_err(|e| fail("bind the instance queue", e))?;
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| fail("set the prefetch", e))?;
+    let mut consumers = Vec::new();
+    let mut tags = Vec::new();
+    for (queue, kind) in [(&shared, "svc"), (&own, "own")] {
+        let tag = format!("muster-{kind}-{}", info.instance);
+        consumers.push(
+            ch.basic_consume(
+                queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| fail("consume requests", e))?,
+        );
+        tags.push(tag);
+    }
+    Ok(Serving {
+        channel: ch,
+        consumers,
+        tags,
+    })
+}
+
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    registration: Registration,
+    dispatch: Arc<dyn Dispatch>,
+) -> Result<AmqpServed, Error> {
+    let mut info = registration.info;
+    let exchange = inner.options.exchange.clone();
+    info.endpoint = instance_queue(&exchange, &info.service, &info.instance);
+    let prefetch = u16::try_from(registration.max_in_flight.clamp(1, 65_535)).unwrap_or(u16::MAX);
+    // The first set-up fails the start: a service told to use a broker it
+    // cannot reach says so. Later ones retry for ever.
+    let (_, ch) = inner.link.channel().await?;
+    let first = setup(ch, &exchange, &info, prefetch).await?;
+    let stop = CancellationToken::new();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let endpoint = info.endpoint.clone();
+    let task = tokio::spawn(serve_loop(
+        inner,
+        Arc::new(info),
+        prefetch,
+        dispatch,
+        first,
+        stop.clone(),
+        in_flight.clone(),
+    ));
+    Ok(AmqpServed {
+        stop,
+        in_flight,
+        task,
+        endpoint,
+    })
+}
+
+async fn serve_loop(
+    inner: Arc<Inner>,
+    info: Arc<InstanceInfo>,
+    prefetch: u16,
+    dispatch: Arc<dyn Dispatch>,
+    first: Serving,
+    stop: CancellationToken,
+    in_flight: Arc<AtomicUsize>,
+) {
+    let exchange = inner.options.exchange.clone();
+    let mut next = Some(first);
+    loop {
+        let serving = match next.take() {
+            Some(s) => s,
+            None => {
+                let got = inner
+                    .link
+                    .with_retry(&stop, "serving requests", |_, ch| {
+                        let (exchange, info) = (exchange.clone(), info.clone());
+                        async move { setup(ch, &exchange, &info, prefetch).await }
+                    })
+                    .await;
+                match got {
+                    Some(s) => {
+                        tracing::info!(service = %info.service, "serving requests again after a broker reconnect");
+                        s
+                    }
+                    None => break,
+                }
+            }
+        };
+        let Serving {
+            channel,
+            consumers,
+            tags,
+        } = serving;
+        let mut deliveries = futures_util::stream::select_all(consumers);
+        loop {
+            let d = tokio::select! {
+                () = stop.cancelled() => {
+                    for tag in &tags {
+                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    }
+                    // Wait for the requests being answered, then close:
+                    // deliveries not yet started go back to the queue.
+                    while in_flight.load(Ordering::Acquire) > 0 {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    let _ = channel.close(0, "muster: instance stopped".into()).await;
+                    return;
+                }
+                d = deliveries.next() => d,
+            };
+            match d {
+                Some(Ok(d)) => {
+                    in_flight.fetch_add(1, Ordering::AcqRel);
+                    let (inner, info, dispatch, channel, in_flight) = (
+                        inner.clone(),
+                        info.clone(),
+                        dispatch.clone(),
+                        channel.clone(),
+                        in_flight.clone(),
+                    );
+                    tokio::spawn(async move {
+                        answer(&inner, &info, &*dispatch, &channel, d).await;
+                        in_flight.fetch_sub(1, Ordering::AcqRel);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "request consumer failed; reconnecting");
+                    break;
+                }
+                None => {
+                    tracing::warn!("request consumer ended; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Serves one delivery: answers it (when it has a `reply_to`), then acks.
+async fn answer(
+    inner: &Inner,
+    info: &InstanceInfo,
+    dispatch: &dyn Dispatch,
+    ch: &Channel,
+    d: Delivery,
+) {
+    let reply_to = d
+        .properties
+        .reply_to()
+        .as_ref()
+        .map(|s| s.as_str().to_owned());
+    let correlation = d
+        .properties
+        .correlation_id()
+        .as_ref()
+        .map(|s| s.as_str().to_owned());
+    let reply = if d.routing_key.as_str() == DISCOVER {
+        let mut h = Header::new(Kind::Reply);
+        h.id = correlation.clone().unwrap_or_default();
+        Some(Envelope::new(
+            h,
+            serde_json::to_vec(info).unwrap_or_default(),
+        ))
+    } else {
+        let request = incoming_request(&d, &info.service, correlation.as_deref());
+        Some(if d.data.len() > inner.options.max_message_size {
+            error_reply(
+                &request.header,
+                RpcError::too_large(d.data.len(), inner.options.max_message_size),
+            )
+        } else {
+            dispatch.dispatch(request).await
+        })
+    };
+    if let (Some(reply), Some(to)) = (reply, reply_to) {
+        let mut props =
+            BasicProperties::default().with_content_type(content_type(&reply.header).into());
+        if let Some(c) = &correlation {
+            props = props.with_correlation_id(c.as_str().into());
+        }
+        props = with_header(props, &reply.header);
+        let sent = ch
+            .basic_publish(
+                "".into(),
+                to.as_str().into(),
+                BasicPublishOptions::default(),
+                &reply.body,
+                props,
+            )
+            .await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot send a reply; the caller will time out");
+        }
+    }
+    if let Err(e) = d.ack(BasicAckOptions::default()).await {
+        tracing::debug!(error = %e, "ack of a request failed (the channel went away)");
+    }
+}
+
+/// The request of a delivery: its muster header, or one rebuilt from the
+/// routing key and properties for a plain AMQP client.
+fn incoming_request(d: &Delivery, service: &str, correlation: Option<&str>) -> Envelope {
+    if let Some(h) = read_header(&d.properties)
+        && h.kind == Kind::Request
+    {
+        return Envelope::new(h, d.data.clone());
+    }
+    let method = d
+        .routing_key
+        .as_str()
+        .strip_prefix(service)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .map(str::to_owned)
+        .or_else(|| {
+            serde_json::from_slice::<serde_json::Value>(&d.data)
+                .ok()?
+                .get("method")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let id = correlation.map_or_else(muster_core::id::short_id, str::to_owned);
+    let mut header = Header::request(id, service, &method);
+    if let Some(ct) = d.properties.content_type()
+        && ct.as_str().contains("msgpack")
+    {
+        header.content_type = Some("application/msgpack".into());
+    }
+    header.deadline_ms = d
+        .properties
+        .expiration()
+        .as_ref()
+        .and_then(|e| e.as_str().parse().ok());
+    Envelope::new(header, d.data.clone())
+}
+
+fn error_reply(request: &Header, error: RpcError) -> Envelope {
+    let mut header = Header::reply_to(request);
+    let ct = ContentType::from_header(request.content_type.as_deref()).unwrap_or_default();
+    if ct == ContentType::Json {
+        header.content_type = None;
+    }
+    Envelope::new(header, jsonrpc::encode_error(ct, &None, &error))
+}
