@@ -75,25 +75,10 @@ fn delivery_job(props: &BasicProperties, body: &[u8]) -> Job {
     }
 }
 
-/// Declares `queue` durable unless it exists (then it is used as it is,
-/// whatever its arguments: a queue made by someone else is fine).
+/// Declares `queue` durable. A queue someone else made with other
+/// arguments (a quorum queue, a length limit) is refused by the broker as
+/// `PRECONDITION_FAILED`: it exists, and is used as it is.
 async fn ensure_queue(inner: &Inner, queue: &str) -> Result<(), Error> {
-    let (_, probe) = inner.link.channel().await?;
-    let exists = probe
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .is_ok();
-    let _ = probe.close(0, "muster: probe".into()).await;
-    if exists {
-        return Ok(());
-    }
     let (_, ch) = inner.link.channel().await?;
     let made = ch
         .queue_declare(
@@ -104,11 +89,13 @@ async fn ensure_queue(inner: &Inner, queue: &str) -> Result<(), Error> {
             },
             FieldTable::default(),
         )
-        .await
-        .map(|_| ())
-        .map_err(|e| amqp_error(&format!("declare the queue {queue:?}"), &e));
+        .await;
     let _ = ch.close(0, "muster: declared".into()).await;
-    made
+    match made {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("PRECONDITION_FAILED") => Ok(()),
+        Err(e) => Err(amqp_error(&format!("declare the queue {queue:?}"), &e)),
+    }
 }
 
 /// Queues this transport has declared (so an enqueue is one publish).

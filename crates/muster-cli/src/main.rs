@@ -8,6 +8,7 @@ mod ctl;
 mod demo;
 mod events;
 mod ls;
+mod queue;
 mod schedule;
 mod state;
 mod top;
@@ -73,6 +74,8 @@ enum Command {
     Ls(ls::LsCmd),
     /// Per-method statistics of every instance (or of one service).
     Stats(ls::StatsCmd),
+    /// Work queues: stats, peek, purge, requeue-dead, push.
+    Queue(queue::QueueCmd),
     /// Read a replicated state from its owner.
     State(state::StateCmd),
     /// Check a schedule: its next fire times.
@@ -141,6 +144,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Demo(c) => c.run().await,
         Command::Schedule(c) => c.run(),
         Command::State(c) => c.run().await,
+        Command::Queue(c) => c.run().await,
         Command::Bench(c) => c.run().await,
         Command::Service { .. } | Command::Exec { .. } | Command::Guard | Command::BenchPeer(_) => {
             Ok(())

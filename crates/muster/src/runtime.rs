@@ -249,8 +249,9 @@ impl Service {
         };
         let mut consumers = Vec::new();
         for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(&self)) {
-            let options =
-                muster_core::queue::ConsumeOptions::new(instance.clone()).prefetch(c.prefetch);
+            let options = muster_core::queue::ConsumeOptions::new(instance.clone())
+                .prefetch(c.prefetch)
+                .claim_after(c.claim_after);
             match transport.consume(&c.queue, options, sink).await {
                 Ok(s) => consumers.push(s),
                 Err(e) => {

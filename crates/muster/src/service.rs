@@ -43,6 +43,7 @@ pub(crate) struct Consumer {
     pub(crate) handler: Arc<dyn ErasedHandler>,
     pub(crate) prefetch: usize,
     pub(crate) max_attempts: u32,
+    pub(crate) claim_after: Duration,
 }
 
 pub(crate) struct Subscription {
@@ -510,6 +511,7 @@ impl Service {
             handler,
             prefetch: 16,
             max_attempts: 5,
+            claim_after: Duration::from_secs(30),
         });
         self
     }
@@ -540,6 +542,23 @@ impl Service {
             .last_mut()
             .expect("max_attempts() applies to the consume() before it");
         c.max_attempts = n.max(1);
+        self
+    }
+
+    /// On Redis, how long a job of the last [`Service::consume`] may stay
+    /// unacknowledged on a consumer before another takes it over (the
+    /// consumer is presumed dead). Default 30 s; keep it above the longest
+    /// job. Other buses notice a dead consumer by its connection.
+    ///
+    /// # Panics
+    /// When no `consume` comes before it.
+    #[track_caller]
+    pub fn claim_after(mut self, d: Duration) -> Self {
+        let c = self
+            .consumers
+            .last_mut()
+            .expect("claim_after() applies to the consume() before it");
+        c.claim_after = d;
         self
     }
 

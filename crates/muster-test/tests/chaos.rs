@@ -1,0 +1,292 @@
+//! Chaos on the brokers: 20,000 jobs, two consumer processes, one killed
+//! with SIGKILL at random moments and restarted, the broker itself
+//! restarted once mid-run. At the end every job was processed at least
+//! once, duplicates are counted and printed, and the dead-letter queue
+//! holds exactly the jobs designed to fail (`n % 1000 == 7`).
+//!
+//! RabbitMQ: the broker at `MUSTER_TEST_AMQP` is restarted
+//! (`rabbitmqctl shutdown`, `rabbitmq-server -detached`). Redis: the test
+//! runs its own `redis-server` with an append-only file (`appendfsync
+//! always`), killed with SIGKILL and started again on the same files; the
+//! shared Redis of `MUSTER_TEST_REDIS` keeps nothing on disk and so is not
+//! used (see docs/guarantees.md).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use muster::Client;
+use muster::queue::{QueueCommand, QueueReply};
+use muster_test::{Proc, broker_url};
+
+const JOBS: u32 = 20_000;
+const WORKER: &str = env!("CARGO_BIN_EXE_muster-test-worker");
+
+fn designed_to_fail(n: u32) -> bool {
+    n % 1000 == 7
+}
+
+fn say(line: &str) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+fn random_below(n: u64) -> u64 {
+    muster::id::random_u64() % n.max(1)
+}
+
+fn worker(url: &str, queue: &str, record: &Path) -> Proc {
+    let mut c = Command::new(WORKER);
+    c.args(["--queue", queue, "--record"]).arg(record).args([
+        "--prefetch",
+        "20",
+        "--delay-ms",
+        "5",
+        "--bus",
+        url,
+        "--log-level",
+        "error",
+    ]);
+    Proc::spawn("muster-test-worker", c)
+}
+
+/// Every job number recorded in `dir`, with how many times.
+fn recorded(dir: &Path) -> HashMap<u32, u32> {
+    let mut seen = HashMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for n in text.lines().filter_map(|l| l.parse::<u32>().ok()) {
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    seen
+}
+
+async fn dead_jobs(client: &Client, queue: &str) -> Option<Vec<u32>> {
+    let reply = client
+        .transport()
+        .queue_command(&format!("{queue}.dead"), QueueCommand::Peek { count: 1000 })
+        .await
+        .ok()?;
+    let QueueReply::Jobs(jobs) = reply else {
+        return None;
+    };
+    Some(
+        jobs.iter()
+            .filter_map(|j| serde_json::from_slice::<serde_json::Value>(&j.body).ok())
+            .filter_map(|v| v["n"].as_u64().and_then(|n| u32::try_from(n).ok()))
+            .collect(),
+    )
+}
+
+async fn chaos(label: &str, url: &str, restart_broker: impl FnOnce() + Send + 'static) {
+    let dir = std::env::temp_dir().join(format!(
+        "muster-chaos-{label}-{}-{:x}",
+        std::process::id(),
+        muster::id::random_u64() & 0xffff
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let queue = format!("chaos-{:x}", muster::id::random_u64() & 0xff_ffff);
+    let client = Client::new(muster::bus::connect(url, None).await.expect("connect"));
+    let started = Instant::now();
+    let sends = futures_util::stream::iter(0..JOBS)
+        .map(|n| {
+            let client = client.clone();
+            let queue = queue.clone();
+            async move {
+                client
+                    .enqueue(&queue, &serde_json::json!({ "n": n }))
+                    .await
+                    .unwrap_or_else(|e| panic!("enqueue {n}: {e}"))
+            }
+        })
+        .buffer_unordered(64)
+        .count()
+        .await;
+    assert_eq!(sends, JOBS as usize);
+    say(&format!(
+        "chaos {label}: {JOBS} jobs enqueued in {:?}",
+        started.elapsed()
+    ));
+
+    let expected: BTreeSet<u32> = (0..JOBS).filter(|n| !designed_to_fail(*n)).collect();
+    let expected_dead: BTreeSet<u32> = (0..JOBS).filter(|n| designed_to_fail(*n)).collect();
+    let record = |name: &str| -> PathBuf { dir.join(format!("{name}.log")) };
+    let _steady = worker(url, &queue, &record("steady"));
+    let mut victim = worker(url, &queue, &record("victim-0"));
+    let mut kills = 0u32;
+    let mut restart = Some(restart_broker);
+    let mut restarting: Option<(tokio::task::JoinHandle<()>, Instant, usize)> = None;
+    let mut broker_restarted = false;
+    let mut next_kill = Instant::now() + Duration::from_millis(100 + random_below(400));
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let dead = loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let seen = recorded(&dir);
+        if Instant::now() >= next_kill {
+            victim.kill9();
+            kills += 1;
+            victim = worker(url, &queue, &record(&format!("victim-{kills}")));
+            next_kill = Instant::now() + Duration::from_millis(100 + random_below(300));
+        }
+        // The restart runs beside the kills.
+        if seen.len() >= (JOBS / 5) as usize
+            && let Some(r) = restart.take()
+        {
+            restarting = Some((tokio::task::spawn_blocking(r), Instant::now(), seen.len()));
+        }
+        if let Some((task, t, at)) = restarting.take_if(|(task, _, _)| task.is_finished()) {
+            task.await.expect("the broker restarts");
+            broker_restarted = true;
+            say(&format!(
+                "chaos {label}: broker restarted after {at} jobs (down {:?})",
+                t.elapsed()
+            ));
+        }
+        let done = expected.iter().all(|n| seen.contains_key(n));
+        if done
+            && broker_restarted
+            && let Some(dead) = dead_jobs(&client, &queue).await
+            && dead.iter().copied().collect::<BTreeSet<u32>>().len() >= expected_dead.len()
+        {
+            break dead;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chaos {label}: not done after 240 s: {} of {} jobs processed, broker restarted: {broker_restarted}",
+            seen.len(),
+            expected.len()
+        );
+    };
+    drop(victim);
+    let seen = recorded(&dir);
+    let processed: BTreeSet<u32> = seen.keys().copied().collect();
+    let duplicates: u32 = seen.values().map(|c| c - 1).sum();
+    let dead_unique: BTreeSet<u32> = dead.iter().copied().collect();
+    say(&format!(
+        "chaos {label}: {} jobs processed, {duplicates} duplicate deliveries, {} dead ({} copies), {kills} SIGKILLs, 1 broker restart, {:?} in all",
+        processed.len(),
+        dead_unique.len(),
+        dead.len(),
+        started.elapsed()
+    ));
+    assert_eq!(processed, expected, "every good job processed, none lost");
+    assert_eq!(
+        dead_unique, expected_dead,
+        "the dead-letter queue holds exactly the jobs designed to fail"
+    );
+    let _ = client
+        .transport()
+        .queue_command(&format!("{queue}.dead"), QueueCommand::Purge)
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_survives_kills_and_a_broker_restart() {
+    let Some(url) = broker_url("MUSTER_TEST_AMQP", "chaos::rabbitmq") else {
+        return;
+    };
+    chaos("rabbitmq", &url, || {
+        let run = |args: &[&str], program: &str| {
+            let status = Command::new(program)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .unwrap_or_else(|e| panic!("{program}: {e}"));
+            assert!(status.success(), "{program} {args:?}: {status}");
+        };
+        run(&["shutdown"], "rabbitmqctl");
+        run(&["-detached"], "rabbitmq-server");
+        // `-detached` returns before the node answers; wait for it.
+        let t = Instant::now();
+        while !Command::new("rabbitmqctl")
+            .args(["await_startup", "--timeout", "10"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(90),
+                "RabbitMQ did not come back"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    })
+    .await;
+}
+
+/// A `redis-server` of this test's own, persisting every write.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl OwnRedis {
+    fn start(&mut self) {
+        let mut c = Command::new("redis-server");
+        c.args(["--bind", "127.0.0.1", "--port"])
+            .arg(self.port.to_string())
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+            ])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null());
+        self.proc = Some(Proc::spawn("redis-server", c));
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_survives_kills_and_a_broker_restart() {
+    // Gated like the other Redis tests; the server is this test's own.
+    if broker_url("MUSTER_TEST_REDIS", "chaos::redis").is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("muster-chaos-redis-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut redis = OwnRedis {
+        port: muster_test::free_port_base(),
+        dir: dir.clone(),
+        proc: None,
+    };
+    redis.start();
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    let redis = std::sync::Arc::new(std::sync::Mutex::new(redis));
+    let restart = redis.clone();
+    chaos("redis", &url, move || {
+        let mut r = restart.lock().unwrap();
+        r.kill9();
+        r.start();
+    })
+    .await;
+    redis.lock().unwrap().kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
