@@ -4,8 +4,8 @@
 //! `<service>.<method>` (or, for one instance, to the default exchange with
 //! the instance's queue as routing key), `reply_to` = direct reply-to,
 //! `correlation_id` = request id, `expiration` = the deadline, and
-//! `mandatory`, so a request nobody can receive comes back at once as
-//! -32601. An instance consumes its service's durable queue (shared with
+//! `mandatory`, so a request nobody can receive comes back (within ~20 ms)
+//! as -32601. An instance consumes its service's durable queue (shared with
 //! the other instances: the broker balances) and its own exclusive queue,
 //! acknowledges a request after its reply is sent (a request whose instance
 //! dies is delivered again to another while its deadline lasts), and
@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
@@ -80,9 +80,6 @@ impl Caller {
             return Ok(ch.clone());
         }
         let (_, ch) = self.link.channel().await?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| amqp_error("enable confirms", &e))?;
         let replies = ch
             .basic_consume(
                 REPLY_TO.into(),
@@ -96,6 +93,7 @@ impl Caller {
             .await
             .map_err(|e| amqp_error("consume replies", &e))?;
         tokio::spawn(read_replies(replies, self.pending.clone()));
+        tokio::spawn(watch_returns(ch.clone(), self.pending.clone()));
         *slot = Some(ch.clone());
         Ok(ch)
     }
@@ -134,6 +132,30 @@ async fn read_replies(mut replies: Consumer, pending: Arc<Pending>) {
                 }
             }
             None => {}
+        }
+    }
+}
+
+/// Answers -32601 for requests the broker returned as unroutable
+/// (`mandatory`): nothing is bound for their routing key. Without publisher
+/// confirms (they would cost a quarter of the call rate), lapin keeps
+/// returned messages until asked, so this asks every 20 ms.
+async fn watch_returns(ch: Channel, pending: Arc<Pending>) {
+    while ch.status().connected() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let Ok(returned) = ch.wait_for_confirms().await else {
+            break;
+        };
+        for m in returned {
+            let Some(id) = m.delivery.properties.correlation_id().as_ref() else {
+                continue;
+            };
+            if let Some(Waiter::One(tx)) = lock(&pending).remove(id.as_str()) {
+                let _ = tx.send(Err(RpcError::method_not_found(format!(
+                    "{} (nothing is bound to it on the exchange)",
+                    m.delivery.routing_key.as_str()
+                ))));
+            }
         }
     }
 }
@@ -202,30 +224,12 @@ pub(crate) async fn request(
         if sent.is_err() {
             *inner.rpc.channel.lock().await = None;
         }
-        sent.map_err(|e| amqp_error("send request", &e))
+        sent.map(drop).map_err(|e| amqp_error("send request", &e))
     }
     .await;
-    let confirm = match published {
-        Ok(c) => c,
-        Err(e) => {
-            lock(&inner.rpc.pending).remove(&id);
-            return Err(e.into());
-        }
-    };
-    {
-        let pending = inner.rpc.pending.clone();
-        let id = id.clone();
-        let target = format!("{service}.{method}");
-        tokio::spawn(async move {
-            if let Ok(c) = confirm.await
-                && c.take_message().is_some()
-                && let Some(Waiter::One(tx)) = lock(&pending).remove(&id)
-            {
-                let _ = tx.send(Err(RpcError::method_not_found(format!(
-                    "{target} (no service is bound to it on the exchange)"
-                ))));
-            }
-        });
+    if let Err(e) = published {
+        lock(&inner.rpc.pending).remove(&id);
+        return Err(e.into());
     }
     match tokio::time::timeout(timeout, rx).await {
         Ok(Ok(reply)) => reply,

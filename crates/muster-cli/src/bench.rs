@@ -3,6 +3,7 @@
 //! both rates and their ratio (this machine is noisy: only same-run
 //! ratios mean anything).
 
+mod broker;
 mod host;
 mod peer;
 mod pubsub;
@@ -39,7 +40,12 @@ pub(crate) enum Scenario {
     RpcServer,
     /// muster callers against a do-nothing server: the client side alone.
     RpcClient,
-    /// All of the above.
+    /// Work-queue jobs/s with acks at prefetch 1 and 100 on `--bus`
+    /// (amqp:// or redis://) against a plain lapin or redis loop.
+    Queue,
+    /// RPC calls/s over RabbitMQ (`--bus amqp://...`) against plain lapin.
+    BrokerRpc,
+    /// All of the above but queue and broker-rpc (they need a broker).
     All,
 }
 
@@ -69,6 +75,12 @@ pub(crate) struct BenchCmd {
     /// How long host-start watches the idle host.
     #[arg(long, default_value = "10s", value_parser = muster_core::duration::parse)]
     idle_for: Duration,
+    /// Jobs per measurement of the queue scenario (a quarter at prefetch 1).
+    #[arg(long, default_value_t = 20_000)]
+    jobs: u64,
+    /// Broker for queue and broker-rpc [default: $MUSTER_BUS].
+    #[arg(long, value_name = "URL")]
+    bus: Option<String>,
 }
 
 impl BenchCmd {
@@ -107,6 +119,18 @@ impl BenchCmd {
         }
         if all || self.scenario == Scenario::HostStart {
             host::start_many(self.instances, self.idle_for).await?;
+        }
+        if matches!(self.scenario, Scenario::Queue | Scenario::BrokerRpc) {
+            let url = self
+                .bus
+                .clone()
+                .or_else(|| std::env::var("MUSTER_BUS").ok())
+                .context("this scenario needs --bus amqp://... or redis://...")?;
+            if self.scenario == Scenario::Queue {
+                broker::queue(&self, &url).await?;
+            } else {
+                broker::amqp_rpc(&self, &url).await?;
+            }
         }
         Ok(())
     }

@@ -47,7 +47,15 @@ pub fn init(o: &LogOptions<'_>) -> Result<Option<WorkerGuard>, Error> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
-    let filter: Targets = o.level.parse().map_err(|e| {
+    // The AMQP client logs what the transport reports itself (a broken
+    // connection, a returned request) at error and warn; keep it quiet
+    // unless asked for by name (`--log-level info,lapin=debug`).
+    let level = if o.level.contains("lapin") {
+        o.level.to_owned()
+    } else {
+        format!("{},lapin=off", o.level)
+    };
+    let filter: Targets = level.parse().map_err(|e| {
         Error::new(
             ErrorKind::Config,
             format!(

@@ -1,0 +1,394 @@
+//! Brokers: work-queue jobs per second with acks, and RPC over RabbitMQ,
+//! each beside a plain client loop (lapin or redis, no muster) against the
+//! same broker in the same run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use muster::prelude::*;
+use muster::queue::QueueCommand;
+
+use super::{BenchCmd, report};
+
+fn unique(base: &str) -> String {
+    format!("{base}-{:x}", muster::id::random_u64() & 0xff_ffff)
+}
+
+/// The URL without muster's own query keys, for plain clients.
+fn plain_url(url: &str) -> String {
+    url.split('?').next().unwrap_or(url).to_owned()
+}
+
+fn job_body(size: usize) -> serde_json::Value {
+    serde_json::json!({ "pad": "x".repeat(size.saturating_sub(12)) })
+}
+
+/// Jobs/s with acks at prefetch 1 and 100, muster against a plain loop.
+pub(super) async fn queue(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> {
+    let kind = url.split("://").next().unwrap_or("");
+    for prefetch in [1usize, 100] {
+        let jobs = if prefetch == 1 {
+            cmd.jobs / 4
+        } else {
+            cmd.jobs
+        };
+        let muster = muster_jobs(url, prefetch, jobs, cmd.size).await?;
+        let (name, baseline) = match kind {
+            "amqp" => ("lapin", lapin_jobs(url, prefetch, jobs, cmd.size).await?),
+            "redis" | "rediss" => ("redis", redis_jobs(url, prefetch, jobs, cmd.size).await?),
+            other => anyhow::bail!(
+                "the queue scenario needs --bus amqp://... or redis://..., not {other}://"
+            ),
+        };
+        report(
+            &format!("queue p={prefetch}"),
+            "jobs",
+            muster,
+            name,
+            baseline,
+        );
+    }
+    Ok(())
+}
+
+async fn muster_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyhow::Result<f64> {
+    let transport = muster::bus::connect(url, None).await?;
+    let client = Client::new(transport.clone());
+    let queue = unique("bench-jobs");
+    let body = job_body(size);
+    futures_util::stream::iter(0..jobs)
+        .map(|_| client.enqueue(&queue, &body))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+    let done = Arc::new(AtomicU64::new(0));
+    let counter = done.clone();
+    let started = Instant::now();
+    let h = Service::new("benchjobs")
+        .consume(&queue, move |Args(_): Args<serde_json::Value>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, RpcError>(())
+            }
+        })
+        .prefetch(prefetch)
+        .start(muster::bus::connect(url, None).await?)
+        .await?;
+    while done.load(Ordering::Relaxed) < jobs {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(300),
+            "muster consumer stalled"
+        );
+    }
+    let elapsed = started.elapsed();
+    h.stop().await;
+    let _ = transport.queue_command(&queue, QueueCommand::Purge).await;
+    Ok(jobs as f64 / elapsed.as_secs_f64())
+}
+
+async fn lapin_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyhow::Result<f64> {
+    let conn = Connection::connect(&plain_url(url), ConnectionProperties::default()).await?;
+    let queue = unique("bench-plain-jobs");
+    let ch = conn.create_channel().await?;
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let body = serde_json::to_vec(&job_body(size))?;
+    for _ in 0..jobs {
+        let _ = ch
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &body,
+                BasicProperties::default().with_delivery_mode(2),
+            )
+            .await?;
+    }
+    ch.wait_for_confirms().await?;
+    let consumer_ch = conn.create_channel().await?;
+    consumer_ch
+        .basic_qos(
+            u16::try_from(prefetch).unwrap_or(u16::MAX),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    let started = Instant::now();
+    let mut consumer = consumer_ch
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut n = 0;
+    while n < jobs {
+        let d = consumer.next().await.context("consumer ended")??;
+        let _: serde_json::Value = serde_json::from_slice(&d.data)?;
+        d.ack(BasicAckOptions::default()).await?;
+        n += 1;
+    }
+    let elapsed = started.elapsed();
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
+    let _ = conn.close(0, "bench done".into()).await;
+    Ok(jobs as f64 / elapsed.as_secs_f64())
+}
+
+async fn redis_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyhow::Result<f64> {
+    let client = redis::Client::open(plain_url(url).as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let key = unique("bench-plain-jobs");
+    let body = serde_json::to_string(&job_body(size))?;
+    let mut left = jobs;
+    while left > 0 {
+        let batch = left.min(1000);
+        let mut pipe = redis::pipe();
+        for _ in 0..batch {
+            pipe.cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("body")
+                .arg(&body)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await?;
+        left -= batch;
+    }
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("g")
+        .arg("0")
+        .query_async(&mut conn)
+        .await?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while n < jobs {
+        let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(prefetch)
+            .arg("STREAMS")
+            .arg(&key)
+            .arg(">")
+            .query_async(&mut conn)
+            .await?;
+        let ids: Vec<String> = read
+            .keys
+            .iter()
+            .flat_map(|k| k.ids.iter().map(|i| i.id.clone()))
+            .collect();
+        // The best plain loop acknowledges a whole read in one command.
+        if !ids.is_empty() {
+            let _: u64 = redis::cmd("XACK")
+                .arg(&key)
+                .arg("g")
+                .arg(&ids)
+                .query_async(&mut conn)
+                .await?;
+        }
+        n += ids.len() as u64;
+    }
+    let elapsed = started.elapsed();
+    let _: () = redis::cmd("DEL").arg(&key).query_async(&mut conn).await?;
+    Ok(jobs as f64 / elapsed.as_secs_f64())
+}
+
+/// RPC calls/s over RabbitMQ, one caller and `in_flight` callers, against
+/// a plain lapin request/reply loop with direct reply-to.
+pub(super) async fn amqp_rpc(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(url.starts_with("amqp"), "broker-rpc needs --bus amqp://...");
+    let payload = "x".repeat(cmd.size);
+    let server = Service::new("benchrpc")
+        .rpc("echo", |Args(s): Args<String>| async move {
+            Ok::<_, RpcError>(s)
+        })
+        .max_in_flight(256)
+        .start(muster::bus::connect(url, None).await?)
+        .await?;
+    let client = Client::new(muster::bus::connect(url, None).await?);
+    let _: String = client.call("benchrpc.echo", &payload).await?;
+    let plain = plain_rpc_server(url).await?;
+    for lanes in [1usize, cmd.in_flight] {
+        let m = muster_calls(&client, &payload, lanes, cmd.duration).await?;
+        let p = plain_calls(url, &plain.queue, &payload, lanes, cmd.duration).await?;
+        report(&format!("amqp rpc x{lanes}"), "calls", m, "lapin", p);
+    }
+    server.stop().await;
+    plain.task.abort();
+    Ok(())
+}
+
+async fn muster_calls(
+    client: &Client,
+    payload: &str,
+    lanes: usize,
+    d: Duration,
+) -> anyhow::Result<f64> {
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..lanes)
+        .map(|_| {
+            let (client, payload, count) = (client.clone(), payload.to_owned(), count.clone());
+            tokio::spawn(async move {
+                while started.elapsed() < d {
+                    let r: Result<String, _> = client.call("benchrpc.echo", &payload).await;
+                    if r.is_ok() {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+struct PlainServer {
+    queue: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A plain lapin RPC server: consume, reply to `reply_to` with the
+/// correlation id, ack.
+async fn plain_rpc_server(url: &str) -> anyhow::Result<PlainServer> {
+    let conn = Connection::connect(&plain_url(url), ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    let queue = unique("bench-plain-rpc");
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        },
+        FieldTable::default(),
+    )
+    .await?;
+    ch.basic_qos(256, BasicQosOptions::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "plain-server".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let task = tokio::spawn(async move {
+        let _conn = conn;
+        while let Some(Ok(d)) = consumer.next().await {
+            let (Some(to), Some(corr)) = (
+                d.properties.reply_to().clone(),
+                d.properties.correlation_id().clone(),
+            ) else {
+                continue;
+            };
+            let reply: serde_json::Value = serde_json::from_slice(&d.data).unwrap_or_default();
+            let body = serde_json::to_vec(&serde_json::json!({"jsonrpc": "2.0", "result": reply["params"], "id": reply["id"]}))
+                .unwrap_or_default();
+            let _ = ch
+                .basic_publish(
+                    "".into(),
+                    to,
+                    BasicPublishOptions::default(),
+                    &body,
+                    BasicProperties::default().with_correlation_id(corr),
+                )
+                .await;
+            let _ = d.ack(BasicAckOptions::default()).await;
+        }
+    });
+    Ok(PlainServer { queue, task })
+}
+
+async fn plain_calls(
+    url: &str,
+    queue: &str,
+    payload: &str,
+    lanes: usize,
+    d: Duration,
+) -> anyhow::Result<f64> {
+    let conn =
+        Arc::new(Connection::connect(&plain_url(url), ConnectionProperties::default()).await?);
+    let count = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for lane in 0..lanes {
+        let ch: Channel = conn.create_channel().await?;
+        let mut replies = ch
+            .basic_consume(
+                "amq.rabbitmq.reply-to".into(),
+                format!("lane-{lane}").as_str().into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let (queue, count) = (queue.to_owned(), count.clone());
+        let body = serde_json::to_vec(
+            &serde_json::json!({"jsonrpc": "2.0", "method": "echo", "params": [payload], "id": 1}),
+        )?;
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while started.elapsed() < d {
+                n += 1;
+                let corr = n.to_string();
+                let sent = ch
+                    .basic_publish(
+                        "".into(),
+                        queue.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default()
+                            .with_reply_to("amq.rabbitmq.reply-to".into())
+                            .with_correlation_id(corr.as_str().into()),
+                    )
+                    .await;
+                if sent.is_err() {
+                    break;
+                }
+                match replies.next().await {
+                    Some(Ok(_)) => {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => break,
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await?;
+    }
+    let rate = count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    let _ = conn.close(0, "bench done".into()).await;
+    Ok(rate)
+}
