@@ -115,7 +115,8 @@ async fn lapin_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyho
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let body = serde_json::to_vec(&job_body(size))?;
     for _ in 0..jobs {
-        let _ = ch
+        // Confirms are awaited together after the loop.
+        let _confirm = ch
             .basic_publish(
                 "".into(),
                 queue.as_str().into(),
