@@ -231,3 +231,18 @@ pub fn broker_url(var: &str, test: &str) -> Option<String> {
         }
     }
 }
+
+/// Every number recorded, one per line, in the files of `dir` (as
+/// `muster-test-worker --record` writes them), with how many times each.
+pub fn recorded_numbers(dir: &std::path::Path) -> std::collections::HashMap<u32, u32> {
+    let mut seen = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for n in text.lines().filter_map(|l| l.parse::<u32>().ok()) {
+            *seen.entry(n).or_default() += 1;
+        }
+    }
+    seen
+}

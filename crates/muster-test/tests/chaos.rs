@@ -11,7 +11,7 @@
 //! shared Redis of `MUSTER_TEST_REDIS` keeps nothing on disk and so is not
 //! used (see docs/guarantees.md).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,20 +52,6 @@ fn worker(url: &str, queue: &str, record: &Path) -> Proc {
     Proc::spawn("muster-test-worker", c)
 }
 
-/// Every job number recorded in `dir`, with how many times.
-fn recorded(dir: &Path) -> HashMap<u32, u32> {
-    let mut seen = HashMap::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        for n in text.lines().filter_map(|l| l.parse::<u32>().ok()) {
-            *seen.entry(n).or_default() += 1;
-        }
-    }
-    seen
-}
-
 async fn dead_jobs(client: &Client, queue: &str) -> Option<Vec<u32>> {
     let reply = client
         .transport()
@@ -83,7 +69,11 @@ async fn dead_jobs(client: &Client, queue: &str) -> Option<Vec<u32>> {
     )
 }
 
-async fn chaos(label: &str, url: &str, restart_broker: impl FnOnce() + Send + 'static) {
+/// Restarts the broker (blocking); `None` on the ZeroMQ bus, whose queues
+/// live in the bus process and do not survive it.
+type Restart = Option<Box<dyn FnOnce() + Send>>;
+
+async fn chaos(label: &str, url: &str, restart_broker: Restart) {
     let dir = std::env::temp_dir().join(format!(
         "muster-chaos-{label}-{}-{:x}",
         std::process::id(),
@@ -119,14 +109,15 @@ async fn chaos(label: &str, url: &str, restart_broker: impl FnOnce() + Send + 's
     let _steady = worker(url, &queue, &record("steady"));
     let mut victim = worker(url, &queue, &record("victim-0"));
     let mut kills = 0u32;
-    let mut restart = Some(restart_broker);
+    let restarts = u32::from(restart_broker.is_some());
+    let mut restart = restart_broker;
     let mut restarting: Option<(tokio::task::JoinHandle<()>, Instant, usize)> = None;
-    let mut broker_restarted = false;
+    let mut broker_restarted = restart.is_none();
     let mut next_kill = Instant::now() + Duration::from_millis(100 + random_below(400));
     let deadline = Instant::now() + Duration::from_secs(240);
     let dead = loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let seen = recorded(&dir);
+        let seen = muster_test::recorded_numbers(&dir);
         if Instant::now() >= next_kill {
             victim.kill9();
             kills += 1;
@@ -163,12 +154,12 @@ async fn chaos(label: &str, url: &str, restart_broker: impl FnOnce() + Send + 's
         );
     };
     drop(victim);
-    let seen = recorded(&dir);
+    let seen = muster_test::recorded_numbers(&dir);
     let processed: BTreeSet<u32> = seen.keys().copied().collect();
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
     let dead_unique: BTreeSet<u32> = dead.iter().copied().collect();
     say(&format!(
-        "chaos {label}: {} jobs processed, {duplicates} duplicate deliveries, {} dead ({} copies), {kills} SIGKILLs, 1 broker restart, {:?} in all",
+        "chaos {label}: {} jobs processed, {duplicates} duplicate deliveries, {} dead ({} copies), {kills} SIGKILLs, {restarts} broker restarts, {:?} in all",
         processed.len(),
         dead_unique.len(),
         dead.len(),
@@ -191,35 +182,47 @@ async fn rabbitmq_survives_kills_and_a_broker_restart() {
     let Some(url) = broker_url("MUSTER_TEST_AMQP", "chaos::rabbitmq") else {
         return;
     };
-    chaos("rabbitmq", &url, || {
-        let run = |args: &[&str], program: &str| {
-            let status = Command::new(program)
-                .args(args)
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .unwrap_or_else(|e| panic!("{program}: {e}"));
-            assert!(status.success(), "{program} {args:?}: {status}");
-        };
-        run(&["shutdown"], "rabbitmqctl");
-        run(&["-detached"], "rabbitmq-server");
-        // `-detached` returns before the node answers; wait for it.
-        let t = Instant::now();
-        while !Command::new("rabbitmqctl")
-            .args(["await_startup", "--timeout", "10"])
+    chaos("rabbitmq", &url, Some(Box::new(restart_rabbitmq))).await;
+}
+
+/// `rabbitmqctl shutdown`, then `rabbitmq-server -detached`, then wait.
+fn restart_rabbitmq() {
+    let run = |args: &[&str], program: &str| {
+        let status = Command::new(program)
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(
-                t.elapsed() < Duration::from_secs(90),
-                "RabbitMQ did not come back"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
-    })
-    .await;
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(status.success(), "{program} {args:?}: {status}");
+    };
+    run(&["shutdown"], "rabbitmqctl");
+    run(&["-detached"], "rabbitmq-server");
+    // `-detached` returns before the node answers; wait for it.
+    let t = Instant::now();
+    while !Command::new("rabbitmqctl")
+        .args(["await_startup", "--timeout", "10"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "RabbitMQ did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// The embedded bus: consumers killed at random; their held jobs go back
+/// when their instances miss their heartbeats. (No bus restart: its queues
+/// are in memory, as docs/guarantees.md says.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zmq_survives_consumer_kills() {
+    let url = muster_test::free_bus_url();
+    let _bus = muster_test::start_bus(&url).await;
+    chaos("zmq", &url, None).await;
 }
 
 /// A `redis-server` of this test's own, persisting every write.
@@ -281,12 +284,12 @@ async fn redis_survives_kills_and_a_broker_restart() {
     let url = format!("redis://127.0.0.1:{}", redis.port);
     let redis = std::sync::Arc::new(std::sync::Mutex::new(redis));
     let restart = redis.clone();
-    chaos("redis", &url, move || {
+    let restart_redis = move || {
         let mut r = restart.lock().unwrap();
         r.kill9();
         r.start();
-    })
-    .await;
+    };
+    chaos("redis", &url, Some(Box::new(restart_redis))).await;
     redis.lock().unwrap().kill9();
     let _ = std::fs::remove_dir_all(&dir);
 }

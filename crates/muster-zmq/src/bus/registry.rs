@@ -330,8 +330,9 @@ fn handle(
         control::UNREGISTER => {
             let u: Unregister = serde_json::from_slice(&env.body).ok()?;
             if let Some(e) = reg.entries.remove(&u.instance) {
-                reg.release_instance(&u.instance);
-                reg.serve_waiters(Instant::now());
+                // A graceful goodbye: its consumers finish their jobs and
+                // release the rest themselves (or fall silent and are
+                // given up after HOLDER_TTL).
                 tracing::info!(service = %e.info.service, instance = %u.instance, "instance left");
                 let _ = events.send(RegistryEvent::Unregistered {
                     service: e.info.service,
