@@ -12,7 +12,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
-use muster_core::topic::{Pattern, is_valid_topic};
+use muster_core::topic::Pattern;
 use muster_core::transport::{BoxFuture, EventSink, Subscribed};
 use muster_core::wire::{Envelope, Header, Kind};
 use muster_core::{Error, ErrorKind};
@@ -41,23 +41,7 @@ pub(crate) async fn declare_exchange(ch: &Channel, exchange: &str) -> Result<(),
 }
 
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
-    let topic = event.header.topic.clone().unwrap_or_default();
-    if !is_valid_topic(&topic) {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("cannot publish on {topic:?}"),
-        ));
-    }
-    if event.body.len() > inner.options.max_message_size {
-        return Err(Error::new(
-            ErrorKind::TooLarge,
-            format!(
-                "event of {} bytes is over the limit of {}",
-                event.body.len(),
-                inner.options.max_message_size
-            ),
-        ));
-    }
+    let topic = muster_core::transport::check_event(&event, inner.options.max_message_size)?;
     let props = with_header(
         BasicProperties::default().with_content_type("application/json".into()),
         &event.header,
@@ -67,7 +51,7 @@ pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error>
         .publish(
             Outgoing {
                 exchange: &inner.options.exchange,
-                routing_key: &topic,
+                routing_key: topic,
                 body: &event.body,
                 properties: props,
                 mandatory: false,

@@ -145,5 +145,32 @@ fn no_queues(kind: &str) -> Error {
     )
 }
 
+/// Checks an event before a transport publishes it: a concrete topic
+/// (no wildcards) and a body within `max_message_size`. Returns the topic.
+///
+/// # Errors
+/// `Config` for a bad topic, `TooLarge` for a body over the limit.
+pub fn check_event(event: &Envelope, max_message_size: usize) -> Result<&str, Error> {
+    let topic = event.header.topic.as_deref().unwrap_or("");
+    if !crate::topic::is_valid_topic(topic) {
+        return Err(Error::new(
+            crate::ErrorKind::Config,
+            format!(
+                "cannot publish on {topic:?}: a topic is dot-separated tokens without wildcards"
+            ),
+        ));
+    }
+    if event.body.len() > max_message_size {
+        return Err(Error::new(
+            crate::ErrorKind::TooLarge,
+            format!(
+                "event of {} bytes is over the limit of {max_message_size}",
+                event.body.len()
+            ),
+        ));
+    }
+    Ok(topic)
+}
+
 /// A shared transport handle.
 pub type SharedTransport = Arc<dyn Transport>;

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use muster_core::topic::{Pattern, is_valid_topic};
+use muster_core::topic::Pattern;
 use muster_core::transport::{BoxFuture, EventSink, Subscribed};
 use muster_core::wire::Envelope;
 use muster_core::{Error, ErrorKind};
@@ -23,13 +23,7 @@ use crate::{Inner, unavailable};
 pub(crate) const BUFFER: usize = 10_000;
 
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
-    let topic = event.header.topic.clone().unwrap_or_default();
-    if !is_valid_topic(&topic) {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!("cannot publish on {topic:?}"),
-        ));
-    }
+    let topic = muster_core::transport::check_event(&event, inner.options.max_message_size)?;
     let blob = event.to_blob();
     if blob.len() > inner.options.max_message_size {
         return Err(Error::new(
@@ -43,7 +37,7 @@ pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error>
     }
     let mut conn = inner.conn.clone();
     redis::cmd("PUBLISH")
-        .arg(inner.keys.event(&topic))
+        .arg(inner.keys.event(topic))
         .arg(blob)
         .query_async::<i64>(&mut conn)
         .await

@@ -232,6 +232,23 @@ pub fn broker_url(var: &str, test: &str) -> Option<String> {
     }
 }
 
+/// The counts of a work queue.
+///
+/// # Panics
+/// When the bus cannot answer.
+pub async fn queue_stats(
+    transport: &muster::transport::SharedTransport,
+    queue: &str,
+) -> muster::queue::QueueStats {
+    match transport
+        .queue_command(queue, muster::queue::QueueCommand::Stats)
+        .await
+    {
+        Ok(muster::queue::QueueReply::Stats(s)) => s,
+        other => panic!("stats of {queue}: {other:?}"),
+    }
+}
+
 /// Every number recorded, one per line, in the files of `dir` (as
 /// `muster-test-worker --record` writes them), with how many times each.
 pub fn recorded_numbers(dir: &std::path::Path) -> std::collections::HashMap<u32, u32> {

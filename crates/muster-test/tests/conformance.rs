@@ -338,13 +338,7 @@ async fn queue_retry_and_dead_letter(bus: &Bus) {
     assert_eq!(a[&5], 2, "a flaky job is retried once");
     assert_eq!(a[&7], 3, "max_attempts bounds the retries");
     assert_eq!(a[&3], 1, "a permanent failure is not retried");
-    let QueueReply::Stats(stats) = producer
-        .queue_command(&queue, QueueCommand::Stats)
-        .await
-        .unwrap()
-    else {
-        panic!("stats")
-    };
+    let stats = muster_test::queue_stats(&producer, &queue).await;
     assert_eq!(
         (stats.ready, stats.in_flight.unwrap_or(0), stats.dead),
         (0, 0, 7),

@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use muster::Client;
-use muster::queue::{QueueCommand, QueueReply};
 use muster_test::{Proc, broker_url};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_muster-test-worker");
@@ -52,14 +51,7 @@ async fn sigterm_finishes_running_jobs(url: &str) {
     );
     let seen = muster_test::recorded_numbers(&dir);
     assert_eq!(seen.len(), 3, "the running jobs finished: {seen:?}");
-    let QueueReply::Stats(s) = client
-        .transport()
-        .queue_command(&queue, QueueCommand::Stats)
-        .await
-        .unwrap()
-    else {
-        panic!("stats")
-    };
+    let s = muster_test::queue_stats(client.transport(), &queue).await;
     assert_eq!(
         (s.ready, s.in_flight.unwrap_or(0)),
         (0, 0),

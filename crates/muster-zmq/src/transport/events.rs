@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use muster_core::topic::{Pattern, is_valid_topic};
+use muster_core::topic::Pattern;
 use muster_core::transport::{BoxFuture, EventSink, Subscribed};
 use muster_core::wire::{self, Envelope, Header, Kind};
 use muster_core::{Error, ErrorKind, id};
@@ -147,25 +147,7 @@ async fn send_batches(socket: Socket, mut rx: mpsc::Receiver<Envelope>) {
 }
 
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
-    let topic = event.header.topic.as_deref().unwrap_or("");
-    if !is_valid_topic(topic) {
-        return Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "cannot publish on {topic:?}: a topic is dot-separated tokens without wildcards"
-            ),
-        ));
-    }
-    if event.body.len() > inner.options.max_message_size {
-        return Err(Error::new(
-            ErrorKind::TooLarge,
-            format!(
-                "event of {} bytes is over the limit of {}",
-                event.body.len(),
-                inner.options.max_message_size
-            ),
-        ));
-    }
+    muster_core::transport::check_event(&event, inner.options.max_message_size)?;
     let p = publisher(inner).await?;
     p.tx.send(event)
         .await
