@@ -9,6 +9,7 @@ mod demo;
 mod events;
 mod ls;
 mod queue;
+mod scaffold;
 mod schedule;
 mod state;
 mod top;
@@ -74,6 +75,10 @@ enum Command {
     Ls(ls::LsCmd),
     /// Per-method statistics of every instance (or of one service).
     Stats(ls::StatsCmd),
+    /// Create a service project, or a context of services from a services.toml.
+    New(scaffold::NewCmd),
+    /// Translate a context_task_queue XML context (or, with --meta, generate its services).
+    Import(scaffold::ImportCmd),
     /// Work queues: stats, peek, purge, requeue-dead, push.
     Queue(queue::QueueCmd),
     /// Read a replicated state from its owner.
@@ -145,6 +150,8 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Schedule(c) => c.run(),
         Command::State(c) => c.run().await,
         Command::Queue(c) => c.run().await,
+        Command::New(c) => c.run(),
+        Command::Import(c) => c.run(),
         Command::Bench(c) => c.run().await,
         Command::Service { .. } | Command::Exec { .. } | Command::Guard | Command::BenchPeer(_) => {
             Ok(())
