@@ -23,6 +23,8 @@ use muster::queue::{QueueCommand, QueueReply};
 use muster_test::{Proc, broker_url};
 
 const JOBS: u32 = 20_000;
+/// Jobs enqueued one by one while the broker restarts.
+const DURING: u32 = 100;
 const WORKER: &str = env!("CARGO_BIN_EXE_muster-test-worker");
 
 fn designed_to_fail(n: u32) -> bool {
@@ -103,8 +105,12 @@ async fn chaos(label: &str, url: &str, restart_broker: Restart) {
         started.elapsed()
     ));
 
-    let expected: BTreeSet<u32> = (0..JOBS).filter(|n| !designed_to_fail(*n)).collect();
-    let expected_dead: BTreeSet<u32> = (0..JOBS).filter(|n| designed_to_fail(*n)).collect();
+    let mut expected: BTreeSet<u32> = (0..JOBS).filter(|n| !designed_to_fail(*n)).collect();
+    let mut expected_dead: BTreeSet<u32> = (0..JOBS).filter(|n| designed_to_fail(*n)).collect();
+    // Jobs enqueued while the broker restarts: each is taken (and must be
+    // processed) or refused with an error; none may vanish.
+    let mut during: Option<tokio::task::JoinHandle<(Vec<u32>, Vec<String>)>> = None;
+    let mut refused: Vec<String> = Vec::new();
     let record = |name: &str| -> PathBuf { dir.join(format!("{name}.log")) };
     let _steady = worker(url, &queue, &record("steady"));
     let mut victim = worker(url, &queue, &record("victim-0"));
@@ -129,6 +135,29 @@ async fn chaos(label: &str, url: &str, restart_broker: Restart) {
             && let Some(r) = restart.take()
         {
             restarting = Some((tokio::task::spawn_blocking(r), Instant::now(), seen.len()));
+            let (client, queue) = (client.clone(), queue.clone());
+            during = Some(tokio::spawn(async move {
+                let (mut taken, mut refused) = (Vec::new(), Vec::new());
+                for n in JOBS..JOBS + DURING {
+                    match client.enqueue(&queue, &serde_json::json!({ "n": n })).await {
+                        Ok(_) => taken.push(n),
+                        Err(e) => refused.push(format!("{n}: {e}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                (taken, refused)
+            }));
+        }
+        if let Some(task) = during.take_if(|t| t.is_finished()) {
+            let (taken, no) = task.await.expect("the producer ran");
+            for n in taken {
+                if designed_to_fail(n) {
+                    expected_dead.insert(n);
+                } else {
+                    expected.insert(n);
+                }
+            }
+            refused = no;
         }
         if let Some((task, t, at)) = restarting.take_if(|(task, _, _)| task.is_finished()) {
             task.await.expect("the broker restarts");
@@ -141,6 +170,7 @@ async fn chaos(label: &str, url: &str, restart_broker: Restart) {
         let done = expected.iter().all(|n| seen.contains_key(n));
         if done
             && broker_restarted
+            && during.is_none()
             && let Some(dead) = dead_jobs(&client, &queue).await
             && dead.iter().copied().collect::<BTreeSet<u32>>().len() >= expected_dead.len()
         {
@@ -158,6 +188,15 @@ async fn chaos(label: &str, url: &str, restart_broker: Restart) {
     let processed: BTreeSet<u32> = seen.keys().copied().collect();
     let duplicates: u32 = seen.values().map(|c| c - 1).sum();
     let dead_unique: BTreeSet<u32> = dead.iter().copied().collect();
+    if restarts > 0 {
+        say(&format!(
+            "chaos {label}: of {DURING} jobs enqueued during the restart, {} were refused with an error{}",
+            refused.len(),
+            refused
+                .first()
+                .map_or(String::new(), |e| format!(" (first: {e})"))
+        ));
+    }
     say(&format!(
         "chaos {label}: {} jobs processed, {duplicates} duplicate deliveries, {} dead ({} copies), {kills} SIGKILLs, {restarts} broker restarts, {:?} in all",
         processed.len(),
