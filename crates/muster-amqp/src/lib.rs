@@ -201,8 +201,7 @@ impl Transport for AmqpTransport {
     }
 
     fn close(&self) -> BoxFuture<'_, ()> {
-        self.inner.link.shutdown.cancel();
-        Box::pin(async {})
+        Box::pin(self.inner.link.close())
     }
 
     fn claim(&self, key: &str, holder: &str, ttl: Duration) -> BoxFuture<'_, Result<bool, Error>> {

@@ -95,6 +95,15 @@ impl Link {
         }
     }
 
+    /// Stops every loop of this transport and closes the connection.
+    pub(crate) async fn close(&self) {
+        self.shutdown.cancel();
+        if let Some((_, c)) = self.current.lock().await.take() {
+            let closing = c.close(200, "muster: transport closed".into());
+            let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+        }
+    }
+
     /// Runs `setup` on a fresh channel until it works, with backoff; `None`
     /// when `stop` or the transport's shutdown comes first.
     pub(crate) async fn with_retry<T, F, Fut>(

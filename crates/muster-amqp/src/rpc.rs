@@ -93,7 +93,11 @@ impl Caller {
             .await
             .map_err(|e| amqp_error("consume replies", &e))?;
         tokio::spawn(read_replies(replies, self.pending.clone()));
-        tokio::spawn(watch_returns(ch.clone(), self.pending.clone()));
+        tokio::spawn(watch_returns(
+            ch.clone(),
+            self.pending.clone(),
+            self.link.shutdown.clone(),
+        ));
         *slot = Some(ch.clone());
         Ok(ch)
     }
@@ -140,9 +144,12 @@ async fn read_replies(mut replies: Consumer, pending: Arc<Pending>) {
 /// (`mandatory`): nothing is bound for their routing key. Without publisher
 /// confirms (they would cost a quarter of the call rate), lapin keeps
 /// returned messages until asked, so this asks every 20 ms.
-async fn watch_returns(ch: Channel, pending: Arc<Pending>) {
+async fn watch_returns(ch: Channel, pending: Arc<Pending>, shutdown: CancellationToken) {
     while ch.status().connected() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
         let Ok(returned) = ch.wait_for_confirms().await else {
             break;
         };

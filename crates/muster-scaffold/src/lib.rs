@@ -7,8 +7,8 @@
 //! use muster_scaffold::spec::ServiceSpec;
 //!
 //! let svc = ServiceSpec::new("greeter").unwrap();
-//! let main_rs = muster_scaffold::generate::main_rs(&svc);
-//! assert!(main_rs.contains("Service::new(\"greeter\")"));
+//! let lib_rs = muster_scaffold::generate::lib_rs(&svc);
+//! assert!(lib_rs.contains("Service::new(\"greeter\")"));
 //! ```
 
 pub mod generate;

@@ -62,6 +62,7 @@ pub async fn connect_with(
             let addr: BusAddr = url.parse()?;
             Ok(Arc::new(ZmqTransport::connect(addr, zmq).await?))
         }
+        #[cfg(feature = "amqp")]
         "amqp" => {
             let mut amqp = muster_amqp::AmqpOptions::default();
             amqp.max_message_size = options.max_message_size;
@@ -69,6 +70,7 @@ pub async fn connect_with(
                 muster_amqp::AmqpTransport::connect_with(url, amqp).await?,
             ))
         }
+        #[cfg(feature = "redis")]
         "redis" | "rediss" => {
             let mut redis = muster_redis::RedisOptions::default();
             redis.max_message_size = options.max_message_size;
@@ -76,6 +78,10 @@ pub async fn connect_with(
                 muster_redis::RedisTransport::connect_with(url, redis).await?,
             ))
         }
+        #[cfg(not(feature = "amqp"))]
+        "amqp" => Err(left_out(url, "amqp")),
+        #[cfg(not(feature = "redis"))]
+        "redis" | "rediss" => Err(left_out(url, "redis")),
         _ => Err(Error::new(
             ErrorKind::Config,
             format!(
@@ -83,4 +89,15 @@ pub async fn connect_with(
             ),
         )),
     }
+}
+
+/// The error for a bus this build leaves out.
+#[cfg(not(all(feature = "amqp", feature = "redis")))]
+fn left_out(url: &str, feature: &str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!(
+            "{url}: this build of muster has no {feature} transport (the muster crate's cargo feature `{feature}`, on by default, is off)"
+        ),
+    )
 }

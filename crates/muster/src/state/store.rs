@@ -42,6 +42,14 @@ pub(crate) struct Loaded<S> {
     pub(crate) value: S,
 }
 
+/// The error for a store whose backend this build leaves out.
+#[cfg(not(all(feature = "redis", feature = "postgres")))]
+fn missing_feature(target: &str, feature: &str) -> String {
+    format!(
+        "{target}: this build of muster has no {feature} store (the muster crate's cargo feature `{feature}`, on by default, is off)"
+    )
+}
+
 /// An open store.
 pub(crate) struct Store {
     backend: Backend,
@@ -53,10 +61,12 @@ enum Backend {
         path: PathBuf,
         file: Option<File>,
     },
+    #[cfg(feature = "redis")]
     Redis {
         conn: redis::aio::MultiplexedConnection,
         key: String,
     },
+    #[cfg(feature = "postgres")]
     Postgres {
         client: tokio_postgres::Client,
         service: String,
@@ -72,41 +82,53 @@ impl Store {
         service: &str,
         name: &str,
     ) -> Result<(Self, Option<Loaded<S>>)> {
+        #[cfg(not(all(feature = "redis", feature = "postgres")))]
+        let _ = (service, name);
         let backend = if target.starts_with("redis://") || target.starts_with("rediss://") {
-            let client = redis::Client::open(target).map_err(|e| format!("{target}: {e}"))?;
-            let conn = client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|e| format!("cannot reach Redis at {target}: {e}"))?;
-            Backend::Redis {
-                conn,
-                key: format!("muster:state:{service}:{name}"),
-            }
-        } else if target.starts_with("postgres://") || target.starts_with("postgresql://") {
-            let (client, connection) = tokio_postgres::connect(target, tokio_postgres::NoTls)
-                .await
-                .map_err(|e| format!("cannot reach PostgreSQL at {target}: {e}"))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::error!(error = %e, "state store: PostgreSQL connection ended");
+            #[cfg(feature = "redis")]
+            {
+                let client = redis::Client::open(target).map_err(|e| format!("{target}: {e}"))?;
+                let conn = client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .map_err(|e| format!("cannot reach Redis at {target}: {e}"))?;
+                Backend::Redis {
+                    conn,
+                    key: format!("muster:state:{service}:{name}"),
                 }
-            });
-            client
-                .batch_execute(
-                    "CREATE TABLE IF NOT EXISTS muster_state (
-                        service text NOT NULL, name text NOT NULL, epoch text NOT NULL,
-                        seq bigint NOT NULL, value text NOT NULL, PRIMARY KEY (service, name));
-                     CREATE TABLE IF NOT EXISTS muster_state_log (
-                        service text NOT NULL, name text NOT NULL, seq bigint NOT NULL,
-                        change text NOT NULL, PRIMARY KEY (service, name, seq));",
-                )
-                .await
-                .map_err(|e| format!("PostgreSQL: cannot create the state tables: {e}"))?;
-            Backend::Postgres {
-                client,
-                service: service.to_owned(),
-                name: name.to_owned(),
             }
+            #[cfg(not(feature = "redis"))]
+            return Err(missing_feature(target, "redis"));
+        } else if target.starts_with("postgres://") || target.starts_with("postgresql://") {
+            #[cfg(feature = "postgres")]
+            {
+                let (client, connection) = tokio_postgres::connect(target, tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| format!("cannot reach PostgreSQL at {target}: {e}"))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::error!(error = %e, "state store: PostgreSQL connection ended");
+                    }
+                });
+                client
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS muster_state (
+                            service text NOT NULL, name text NOT NULL, epoch text NOT NULL,
+                            seq bigint NOT NULL, value text NOT NULL, PRIMARY KEY (service, name));
+                         CREATE TABLE IF NOT EXISTS muster_state_log (
+                            service text NOT NULL, name text NOT NULL, seq bigint NOT NULL,
+                            change text NOT NULL, PRIMARY KEY (service, name, seq));",
+                    )
+                    .await
+                    .map_err(|e| format!("PostgreSQL: cannot create the state tables: {e}"))?;
+                Backend::Postgres {
+                    client,
+                    service: service.to_owned(),
+                    name: name.to_owned(),
+                }
+            }
+            #[cfg(not(feature = "postgres"))]
+            return Err(missing_feature(target, "postgres"));
         } else {
             Backend::File {
                 path: PathBuf::from(target),
@@ -124,6 +146,7 @@ impl Store {
     async fn load<S: StateKind>(&mut self) -> Result<Option<Loaded<S>>> {
         let (head, lines): (Option<String>, Vec<String>) = match &mut self.backend {
             Backend::File { path, .. } => read_file(path)?,
+            #[cfg(feature = "redis")]
             Backend::Redis { conn, key } => {
                 let head: Option<String> = redis::cmd("GET")
                     .arg(format!("{key}:snap"))
@@ -139,6 +162,7 @@ impl Store {
                     .map_err(|e| format!("Redis: {e}"))?;
                 (head, lines)
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres {
                 client,
                 service,
@@ -221,6 +245,7 @@ impl Store {
                 std::fs::rename(&tmp, &*path).map_err(io)?;
                 *file = Some(OpenOptions::new().append(true).open(&*path).map_err(io)?);
             }
+            #[cfg(feature = "redis")]
             Backend::Redis { conn, key } => {
                 let head = serde_json::to_string(&Head { epoch, seq, value })
                     .map_err(|e| e.to_string())?;
@@ -235,6 +260,7 @@ impl Store {
                     .await
                     .map_err(|e| format!("Redis: {e}"))?;
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres {
                 client,
                 service,
@@ -287,6 +313,7 @@ impl Store {
                 file.write_all(&line)
                     .map_err(|e| format!("{}: {e}", path.display()))
             }
+            #[cfg(feature = "redis")]
             Backend::Redis { conn, key } => {
                 let line =
                     serde_json::to_string(&Line { seq, change }).map_err(|e| e.to_string())?;
@@ -297,6 +324,7 @@ impl Store {
                     .await
                     .map_err(|e| format!("Redis: {e}"))
             }
+            #[cfg(feature = "postgres")]
             Backend::Postgres {
                 client,
                 service,
