@@ -338,15 +338,40 @@ fn context_file(root: &XNode, path: &str) -> Result<ContextSpec, ScaffoldError> 
     if services.is_empty() {
         return Err(input(path, "no <TaskService>: the context has no service"));
     }
-    apply_transitions(&mut services, &transitions, &ids, path, &mut notes)?;
     notes.push(
         "a context file holds no code: the manifest runs services/<name> of a Cargo workspace (`muster new NAME` makes one)".into(),
     );
+    finish(
+        Parsed {
+            name,
+            bus,
+            services,
+            transitions,
+            ids,
+            notes,
+        },
+        path,
+    )
+}
+
+/// What both formats yield before their triggers are resolved.
+struct Parsed {
+    name: String,
+    bus: Option<String>,
+    services: Vec<ServiceSpec>,
+    transitions: Vec<Transitions>,
+    ids: BTreeMap<String, String>,
+    notes: Vec<String>,
+}
+
+/// Resolves the triggers and checks the whole context.
+fn finish(mut p: Parsed, path: &str) -> Result<ContextSpec, ScaffoldError> {
+    apply_transitions(&mut p.services, &p.transitions, &p.ids, path, &mut p.notes)?;
     let ctx = ContextSpec {
-        name,
-        bus,
-        services,
-        notes,
+        name: p.name,
+        bus: p.bus,
+        services: p.services,
+        notes: p.notes,
         ..ContextSpec::default()
     };
     ctx.validate(path)?;
@@ -495,16 +520,17 @@ fn meta_file(root: &XNode, path: &str) -> Result<ContextSpec, ScaffoldError> {
     if services.is_empty() {
         return Err(input(path, "no <Service>: the file describes no service"));
     }
-    apply_transitions(&mut services, &transitions, &ids, path, &mut notes)?;
-    let ctx = ContextSpec {
-        name,
-        bus,
-        services,
-        notes,
-        ..ContextSpec::default()
-    };
-    ctx.validate(path)?;
-    Ok(ctx)
+    finish(
+        Parsed {
+            name,
+            bus,
+            services,
+            transitions,
+            ids,
+            notes,
+        },
+        path,
+    )
 }
 
 #[cfg(test)]
