@@ -4,7 +4,7 @@
 //! Consumers read with the group `muster`; a settled job is acknowledged and
 //! deleted in one `MULTI`, together with its retry or dead-letter copy
 //! (`<p>:q:<queue>.dead`, with a `reason` field), so a job is never in
-//! neither place. Jobs pending on a consumer for `claim_after` are taken
+//! neither place. Settles that are ready together share one `MULTI`. Jobs pending on a consumer for `claim_after` are taken
 //! over by another with `XAUTOCLAIM`.
 
 use std::collections::HashMap;
@@ -142,8 +142,11 @@ pub(crate) async fn consume(
     let mut conn = inner.dedicated().await?;
     let key = inner.keys.queue(queue);
     ensure_group(&mut conn, &key).await?;
+    let (settler, settles) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(settle_batches(inner.clone(), key.clone(), settles));
     let source = Arc::new(RedisSource {
         dead_key: inner.keys.queue(&dead_queue(queue)),
+        settler,
         inner,
         key,
         consumer: format!("{}-{}", options.holder, muster_core::id::short_id()),
@@ -166,6 +169,49 @@ struct RedisSource {
     /// tag -> stream entry id.
     tags: Mutex<HashMap<u64, String>>,
     last_claim: Mutex<Option<Instant>>,
+    /// Settles go to one task that writes every settle already queued in
+    /// one `MULTI` (jobs finish together at high prefetch).
+    settler: tokio::sync::mpsc::UnboundedSender<Settling>,
+}
+
+/// A settle waiting for the settling task.
+struct Settling {
+    entry: String,
+    /// The retry or dead-letter copy: (its stream, the job).
+    copy: Option<(String, Job)>,
+    done: tokio::sync::oneshot::Sender<Result<(), Error>>,
+}
+
+/// Writes queued settles, each batch in one `MULTI`: the copies, one
+/// `XACK` and one `XDEL` of all their entries.
+async fn settle_batches(
+    inner: Arc<Inner>,
+    key: String,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Settling>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for s in &batch {
+            if let Some((stream, job)) = &s.copy {
+                xadd(&mut pipe, stream, job);
+            }
+        }
+        let entries: Vec<&str> = batch.iter().map(|s| s.entry.as_str()).collect();
+        pipe.cmd("XACK").arg(&key).arg(GROUP).arg(&entries).ignore();
+        pipe.cmd("XDEL").arg(&key).arg(&entries).ignore();
+        let mut conn = inner.conn.clone();
+        let written = pipe.query_async::<()>(&mut conn).await;
+        for s in batch.drain(..) {
+            let _ = s.done.send(
+                written
+                    .as_ref()
+                    .copied()
+                    .map_err(|e| unavailable("settle a job", e)),
+            );
+        }
+    }
 }
 
 impl RedisSource {
@@ -257,23 +303,18 @@ impl JobSource for RedisSource {
             let Some(entry) = entry else {
                 return Ok(());
             };
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            match &outcome {
-                Outcome::Ack => {}
-                Outcome::Retry { .. } => xadd(&mut pipe, &self.key, &job.next_attempt()),
-                Outcome::Dead { reason } => xadd(&mut pipe, &self.dead_key, &job.dead(reason)),
-            }
-            pipe.cmd("XACK")
-                .arg(&self.key)
-                .arg(GROUP)
-                .arg(&entry)
-                .ignore();
-            pipe.cmd("XDEL").arg(&self.key).arg(&entry).ignore();
-            let mut conn = self.inner.conn.clone();
-            pipe.query_async::<()>(&mut conn)
+            let copy = match &outcome {
+                Outcome::Ack => None,
+                Outcome::Retry { .. } => Some((self.key.clone(), job.next_attempt())),
+                Outcome::Dead { reason } => Some((self.dead_key.clone(), job.dead(reason))),
+            };
+            let (done, written) = tokio::sync::oneshot::channel();
+            self.settler
+                .send(Settling { entry, copy, done })
+                .map_err(|_| Error::new(ErrorKind::Closed, "the settling task ended"))?;
+            written
                 .await
-                .map_err(|e| unavailable("settle a job", &e))?;
+                .map_err(|_| Error::new(ErrorKind::Closed, "the settling task ended"))??;
             self.tags
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
