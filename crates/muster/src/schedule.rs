@@ -28,8 +28,46 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use chrono_tz::Tz;
 use croner::Cron;
+
+/// The zone cron and `at` times are read in: any IANA zone with the
+/// muster crate's `tz` feature (on by default), UTC alone without it.
+#[cfg(feature = "tz")]
+pub type Zone = chrono_tz::Tz;
+/// The zone cron and `at` times are read in: any IANA zone with the
+/// muster crate's `tz` feature (on by default), UTC alone without it.
+#[cfg(not(feature = "tz"))]
+pub type Zone = chrono::Utc;
+
+#[cfg(feature = "tz")]
+const UTC_ZONE: Zone = chrono_tz::Tz::UTC;
+#[cfg(not(feature = "tz"))]
+const UTC_ZONE: Zone = chrono::Utc;
+
+#[cfg(feature = "tz")]
+fn zone_name(z: &Zone) -> &'static str {
+    z.name()
+}
+#[cfg(not(feature = "tz"))]
+fn zone_name(_: &Zone) -> &'static str {
+    "UTC"
+}
+
+#[cfg(feature = "tz")]
+fn parse_zone(zone: &str) -> Result<Zone, String> {
+    zone.parse()
+        .map_err(|_| format!("{zone:?} is not a known time zone (e.g. Europe/Berlin, UTC)"))
+}
+#[cfg(not(feature = "tz"))]
+fn parse_zone(zone: &str) -> Result<Zone, String> {
+    if matches!(zone, "UTC" | "Etc/UTC" | "Z") {
+        Ok(chrono::Utc)
+    } else {
+        Err(format!(
+            "{zone:?}: this build reads schedules in UTC only (time zones are the muster crate's cargo feature `tz`, on by default)"
+        ))
+    }
+}
 
 /// A schedule that could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,15 +84,15 @@ enum Kind {
 #[derive(Debug, Clone)]
 pub struct Schedule {
     kind: Kind,
-    tz: Tz,
+    tz: Zone,
     text: String,
 }
 
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)?;
-        if self.tz != Tz::UTC && matches!(self.kind, Kind::Cron(_)) {
-            write!(f, " ({})", self.tz.name())?;
+        if self.tz != UTC_ZONE && matches!(self.kind, Kind::Cron(_)) {
+            write!(f, " ({})", zone_name(&self.tz))?;
         }
         Ok(())
     }
@@ -72,7 +110,7 @@ impl Schedule {
         }
         Ok(Self {
             kind: Kind::Every(period),
-            tz: Tz::UTC,
+            tz: UTC_ZONE,
             text: format!("every {period:?}"),
         })
     }
@@ -92,7 +130,7 @@ impl Schedule {
             .map_err(|e| ScheduleError(format!("{expr:?} is not a cron expression: {e}")))?;
         Ok(Self {
             kind: Kind::Cron(Box::new(cron)),
-            tz: Tz::UTC,
+            tz: UTC_ZONE,
             text: expr.trim().to_owned(),
         })
     }
@@ -148,11 +186,7 @@ impl Schedule {
     /// # Errors
     /// An unknown zone.
     pub fn in_zone(mut self, zone: &str) -> Result<Self, ScheduleError> {
-        self.tz = zone.parse().map_err(|_| {
-            ScheduleError(format!(
-                "{zone:?} is not a known time zone (e.g. Europe/Berlin, UTC)"
-            ))
-        })?;
+        self.tz = parse_zone(zone).map_err(ScheduleError)?;
         Ok(self)
     }
 
@@ -192,7 +226,7 @@ impl Schedule {
     }
 
     /// The zone cron and `at` times are read in.
-    pub fn zone(&self) -> Tz {
+    pub fn zone(&self) -> Zone {
         self.tz
     }
 }
