@@ -96,16 +96,23 @@ pub enum Readiness {
     Spawned,
 }
 
-/// What a trigger does.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What a trigger does. Deserializes from the manifest's inline table
+/// (`{ start = ["walk"] }`) for files that describe triggers without spans
+/// (`muster new --from services.toml`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Actions {
     /// Services to start (a dead one is brought up again).
+    #[serde(default)]
     pub start: Vec<String>,
     /// Services to stop.
+    #[serde(default)]
     pub stop: Vec<String>,
     /// Services to restart.
+    #[serde(default)]
     pub restart: Vec<String>,
     /// End the whole transaction.
+    #[serde(default)]
     pub exit: bool,
 }
 
@@ -113,6 +120,11 @@ impl Actions {
     /// True when the trigger does nothing.
     pub fn is_empty(&self) -> bool {
         self.start.is_empty() && self.stop.is_empty() && self.restart.is_empty() && !self.exit
+    }
+
+    /// Every service it names.
+    pub fn targets(&self) -> impl Iterator<Item = &String> {
+        self.start.iter().chain(&self.stop).chain(&self.restart)
     }
 }
 
@@ -127,6 +139,29 @@ pub struct Triggers {
     pub on_fail: Actions,
     /// After an instance exited with code 0 on its own.
     pub on_exit: Actions,
+}
+
+impl Triggers {
+    /// `(manifest key, actions)` of each trigger, in lifecycle order.
+    pub fn all(&self) -> [(&'static str, &Actions); 4] {
+        [
+            ("on_start", &self.on_start),
+            ("on_update", &self.on_update),
+            ("on_fail", &self.on_fail),
+            ("on_exit", &self.on_exit),
+        ]
+    }
+
+    /// The trigger whose manifest key is `name`.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Actions> {
+        match name {
+            "on_start" => Some(&mut self.on_start),
+            "on_update" => Some(&mut self.on_update),
+            "on_fail" => Some(&mut self.on_fail),
+            "on_exit" => Some(&mut self.on_exit),
+            _ => None,
+        }
+    }
 }
 
 /// Restart delays: `backoff`, doubled per failure in a row up to

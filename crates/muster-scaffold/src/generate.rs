@@ -563,4 +563,47 @@ mod tests {
         );
         assert!(m.contains("restart = \"transient\""), "{m}");
     }
+
+    /// What the generator writes, the host reads: a context with every
+    /// kind of key parses with the host's own manifest checker.
+    #[test]
+    fn generated_manifests_pass_the_hosts_checker() {
+        let text = r#"
+[context]
+name = "shop"
+bus = "zmq://127.0.0.1:7790"
+[[service]]
+name = "front"
+rpc = ["greet"]
+instances = 2
+env = { MUSTER_GREETING = "hi" }
+on_start = { start = ["audit"] }
+on_fail = { restart = ["front"] }
+[[service]]
+name = "audit"
+task = true
+autostart = false
+after = ["front"]
+on_exit = { start = ["clerk"], exit = true }
+[[service]]
+name = "clerk"
+consume = ["orders"]
+restart = "permanent"
+"#;
+        let ctx = crate::services_file::parse(text, "services.toml").unwrap();
+        let manifest = manifest(&ctx, true);
+        let (host, parsed) = muster_host::manifest::parse(
+            std::path::Path::new("muster.toml"),
+            &manifest,
+            true,
+            &muster_host::manifest::Substitutions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{manifest}"));
+        assert_eq!(host.map(|h| h.bus), Some("zmq://127.0.0.1:7790".to_owned()));
+        assert_eq!(parsed.services.len(), 3);
+        let audit = &parsed.services[1];
+        assert!(!audit.autostart);
+        assert_eq!(audit.triggers.on_exit, ctx.services[1].triggers.on_exit);
+        assert_eq!(parsed.services[0].instances, 2);
+    }
 }

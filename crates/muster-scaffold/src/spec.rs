@@ -65,71 +65,7 @@ pub fn camel_case(name: &str) -> String {
         .collect()
 }
 
-/// What a trigger does (the manifest's `start`, `stop`, `restart`, `exit`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Actions {
-    /// Services to start.
-    #[serde(default)]
-    pub start: Vec<String>,
-    /// Services to stop.
-    #[serde(default)]
-    pub stop: Vec<String>,
-    /// Services to restart.
-    #[serde(default)]
-    pub restart: Vec<String>,
-    /// End the transaction.
-    #[serde(default)]
-    pub exit: bool,
-}
-
-impl Actions {
-    /// True when it does nothing.
-    pub fn is_empty(&self) -> bool {
-        self.start.is_empty() && self.stop.is_empty() && self.restart.is_empty() && !self.exit
-    }
-
-    /// Every service it names.
-    pub fn targets(&self) -> impl Iterator<Item = &String> {
-        self.start.iter().chain(&self.stop).chain(&self.restart)
-    }
-}
-
-/// The four lifecycle triggers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Triggers {
-    /// After an instance is started.
-    pub on_start: Actions,
-    /// After an instance reports progress (`ctx.update`).
-    pub on_update: Actions,
-    /// After an instance failed.
-    pub on_fail: Actions,
-    /// After an instance exited with 0.
-    pub on_exit: Actions,
-}
-
-impl Triggers {
-    /// `(name, actions)` of each trigger, in lifecycle order.
-    pub fn all(&self) -> [(&'static str, &Actions); 4] {
-        [
-            ("on_start", &self.on_start),
-            ("on_update", &self.on_update),
-            ("on_fail", &self.on_fail),
-            ("on_exit", &self.on_exit),
-        ]
-    }
-
-    /// The trigger called `name`.
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut Actions> {
-        match name {
-            "on_start" => Some(&mut self.on_start),
-            "on_update" => Some(&mut self.on_update),
-            "on_fail" => Some(&mut self.on_fail),
-            "on_exit" => Some(&mut self.on_exit),
-            _ => None,
-        }
-    }
-}
+pub use muster_host::manifest::{Actions, Triggers};
 
 /// One service: its code's entry points and its place in a context.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
