@@ -75,6 +75,38 @@ pub mod builtin {
 /// one service name with a dot, so no user service can take it.
 pub const HOST_SERVICE: &str = "muster.host";
 
+/// The instances among `items` that can take a request for
+/// `service.method` (only `instance`, when the request names one): -32601
+/// when no instance of the service is known, or none serves the method
+/// (built-in `$` methods are served by every instance).
+///
+/// # Errors
+/// The -32601 to answer with.
+pub fn candidates<'a, T>(
+    items: &'a [T],
+    info: impl Fn(&T) -> &InstanceInfo,
+    service: &str,
+    method: &str,
+    instance: Option<&str>,
+) -> Result<Vec<&'a T>, crate::RpcError> {
+    let found: Vec<&T> = items
+        .iter()
+        .filter(|t| info(t).service == service)
+        .filter(|t| instance.is_none_or(|id| info(t).instance == id))
+        .collect();
+    if found.is_empty() {
+        return Err(crate::RpcError::method_not_found(format!(
+            "{service}.{method} (no service {service:?} is registered)"
+        )));
+    }
+    if !method.starts_with('$') && !found.iter().any(|t| info(t).has_method(method)) {
+        return Err(crate::RpcError::method_not_found(format!(
+            "{service}.{method}"
+        )));
+    }
+    Ok(found)
+}
+
 /// Checks a service name: a valid name, or the reserved [`HOST_SERVICE`].
 pub fn is_valid_service_name(name: &str) -> bool {
     is_valid_name(name) || name == HOST_SERVICE

@@ -111,25 +111,13 @@ pub(crate) async fn request(
     let service = request.header.service.clone().unwrap_or_default();
     let method = request.header.method.clone().unwrap_or_default();
     let routes = registry::routes(inner).await?;
-    let candidates: Vec<_> = routes
-        .iter()
-        .filter(|i| i.service == service)
-        .filter(|i| {
-            request
-                .header
-                .instance
-                .as_deref()
-                .is_none_or(|id| i.instance == id)
-        })
-        .collect();
-    if candidates.is_empty() {
-        return Err(RpcError::method_not_found(format!(
-            "{service}.{method} (no service {service:?} is registered)"
-        )));
-    }
-    if !method.starts_with('$') && !candidates.iter().any(|i| i.has_method(&method)) {
-        return Err(RpcError::method_not_found(format!("{service}.{method}")));
-    }
+    muster_core::registry::candidates(
+        &routes,
+        |i| i,
+        &service,
+        &method,
+        request.header.instance.as_deref(),
+    )?;
     ensure_reader(inner).await?;
     if request.header.id.is_empty() {
         let n = inner

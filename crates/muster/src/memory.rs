@@ -150,28 +150,13 @@ impl Transport for MemoryTransport {
             let method = request.header.method.clone().unwrap_or_default();
             let (dispatch, outstanding) = {
                 let st = self.lock();
-                let candidates: Vec<&Instance> = st
-                    .instances
-                    .iter()
-                    .filter(|i| i.info.service == service)
-                    .filter(|i| {
-                        request
-                            .header
-                            .instance
-                            .as_deref()
-                            .is_none_or(|id| i.info.instance == id)
-                    })
-                    .collect();
-                if candidates.is_empty() {
-                    return Err(RpcError::method_not_found(format!(
-                        "{service}.{method} (no service {service:?} is registered)"
-                    )));
-                }
-                if !method.starts_with('$')
-                    && !candidates.iter().any(|i| i.info.has_method(&method))
-                {
-                    return Err(RpcError::method_not_found(format!("{service}.{method}")));
-                }
+                let candidates = muster_core::registry::candidates(
+                    &st.instances,
+                    |i| &i.info,
+                    &service,
+                    &method,
+                    request.header.instance.as_deref(),
+                )?;
                 let best = candidates
                     .iter()
                     .min_by_key(|i| i.outstanding.load(Ordering::Relaxed))
