@@ -57,6 +57,8 @@ pub(crate) struct Caller {
     link: Arc<Link>,
     channel: tokio::sync::Mutex<Option<Channel>>,
     pending: Arc<Pending>,
+    /// Wakes the return watcher when a request is sent.
+    sent: Arc<tokio::sync::Notify>,
     next: AtomicU64,
     prefix: String,
 }
@@ -67,6 +69,7 @@ impl Caller {
             link,
             channel: tokio::sync::Mutex::new(None),
             pending: Arc::default(),
+            sent: Arc::default(),
             next: AtomicU64::new(0),
             prefix: muster_core::id::short_id(),
         }
@@ -96,6 +99,7 @@ impl Caller {
         tokio::spawn(watch_returns(
             ch.clone(),
             self.pending.clone(),
+            self.sent.clone(),
             self.link.shutdown.clone(),
         ));
         *slot = Some(ch.clone());
@@ -143,12 +147,20 @@ async fn read_replies(mut replies: Consumer, pending: Arc<Pending>) {
 /// Answers -32601 for requests the broker returned as unroutable
 /// (`mandatory`): nothing is bound for their routing key. Without publisher
 /// confirms (they would cost a quarter of the call rate), lapin keeps
-/// returned messages until asked, so this asks every 20 ms.
-async fn watch_returns(ch: Channel, pending: Arc<Pending>, shutdown: CancellationToken) {
+/// returned messages until asked, so this asks every 20 ms while requests
+/// are waiting, and sleeps while none are.
+async fn watch_returns(
+    ch: Channel,
+    pending: Arc<Pending>,
+    sent: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
     while ch.status().connected() {
+        let idle = lock(&pending).is_empty();
         tokio::select! {
             () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            () = sent.notified(), if idle => continue,
+            () = tokio::time::sleep(Duration::from_millis(20)), if !idle => {}
         }
         let Ok(returned) = ch.wait_for_confirms().await else {
             break;
@@ -214,6 +226,7 @@ pub(crate) async fn request(
     props = with_header(props, &request.header);
     let (tx, rx) = oneshot::channel();
     lock(&inner.rpc.pending).insert(id.clone(), Waiter::One(tx));
+    inner.rpc.sent.notify_one();
     let published = async {
         let ch = inner.rpc.channel().await?;
         let sent = ch
