@@ -123,11 +123,7 @@ impl Host {
     }
 
     async fn events(&self) -> Subscription {
-        let client = Client::connect(&self.bus).await.unwrap();
-        client
-            .subscribe(&["muster.control.>", "muster.context"])
-            .await
-            .unwrap()
+        muster_test::lifecycle_events(&self.bus).await
     }
 
     fn log(&self) -> String {

@@ -98,11 +98,7 @@ impl Up {
     }
 
     async fn events(&self) -> Subscription {
-        let client = Client::connect(&self.bus).await.unwrap();
-        client
-            .subscribe(&["muster.control.>", "muster.context"])
-            .await
-            .unwrap()
+        muster_test::lifecycle_events(&self.bus).await
     }
 }
 

@@ -232,6 +232,19 @@ pub fn broker_url(var: &str, test: &str) -> Option<String> {
     }
 }
 
+/// A subscription to a host's lifecycle and context events (as
+/// `docs/protocol.md`, "Lifecycle events", names them).
+///
+/// # Panics
+/// When the bus at `bus` cannot be reached.
+pub async fn lifecycle_events(bus: &str) -> muster::Subscription {
+    let client = muster::Client::connect(bus).await.expect("client connects");
+    client
+        .subscribe(&["muster.control.>", "muster.context"])
+        .await
+        .expect("subscribed")
+}
+
 /// The counts of a work queue.
 ///
 /// # Panics
