@@ -560,14 +560,15 @@ async fn answer(
         ))
     } else {
         let request = incoming_request(&d, &info.service, correlation.as_deref());
-        Some(if d.data.len() > inner.options.max_message_size {
-            error_reply(
+        // `None` for a notification: no reply.
+        if d.data.len() > inner.options.max_message_size {
+            Some(error_reply(
                 &request.header,
                 RpcError::too_large(d.data.len(), inner.options.max_message_size),
-            )
+            ))
         } else {
             dispatch.dispatch(request).await
-        })
+        }
     };
     if let (Some(reply), Some(to)) = (reply, reply_to) {
         let mut props =

@@ -220,52 +220,153 @@ pub enum QueueReply {
 /// Most jobs a [`QueueBook`] queue holds by default.
 pub const DEFAULT_QUEUE_LIMIT: usize = 1_000_000;
 
+/// Most bytes of jobs a [`QueueBook`] holds by default, all queues
+/// together (bodies, ids and reasons): 512 MiB.
+pub const DEFAULT_QUEUE_BYTES: usize = 512 << 20;
+
+/// How much a [`QueueBook`] holds before `push` refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueLimits {
+    /// Jobs waiting in one queue.
+    pub jobs_per_queue: usize,
+    /// Bytes of every job held, in every queue (waiting, held by a
+    /// consumer, dead).
+    pub bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        Self {
+            jobs_per_queue: DEFAULT_QUEUE_LIMIT,
+            bytes: DEFAULT_QUEUE_BYTES,
+        }
+    }
+}
+
+impl QueueLimits {
+    /// Limits of `jobs_per_queue` jobs per queue and `bytes` in all.
+    pub fn new(jobs_per_queue: usize, bytes: usize) -> Self {
+        Self {
+            jobs_per_queue: jobs_per_queue.max(1),
+            bytes,
+        }
+    }
+}
+
+/// Why a [`QueueBook`] refused a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueFull {
+    /// The queue holds its most jobs.
+    #[error("queue {queue:?} is full ({limit} jobs waiting)")]
+    Jobs {
+        /// The queue.
+        queue: String,
+        /// Jobs per queue.
+        limit: usize,
+    },
+    /// The book holds its most bytes.
+    #[error(
+        "queues are full: {held} bytes of jobs held, the limit is {limit} (job of {size} bytes refused)"
+    )]
+    Bytes {
+        /// Bytes held now.
+        held: usize,
+        /// The size of the job refused.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
 #[derive(Debug, Default)]
 struct Queue {
     ready: VecDeque<Job>,
     in_flight: HashMap<u64, (String, Job)>,
 }
 
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.in_flight.is_empty()
+    }
+}
+
+/// Bytes a job costs its store: what it carries plus the bookkeeping.
+fn job_bytes(job: &Job) -> usize {
+    job.body.len()
+        + job.id.len()
+        + job.transaction.as_ref().map_or(0, String::len)
+        + job.reason.as_ref().map_or(0, String::len)
+        + 96
+}
+
 /// In-process work queues: ready jobs, jobs held by consumers (by tag), and
 /// dead-letter queues. Jobs held by a holder that goes away are put back at
-/// the front with [`QueueBook::release`].
+/// the front with [`QueueBook::release`]. Bounded by [`QueueLimits`]; a
+/// queue with nothing in it is forgotten.
 #[derive(Debug)]
 pub struct QueueBook {
     queues: HashMap<String, Queue>,
     next_tag: u64,
-    limit: usize,
+    limits: QueueLimits,
+    /// Bytes of every job held ([`job_bytes`]).
+    bytes: usize,
 }
 
 impl Default for QueueBook {
     fn default() -> Self {
-        Self::new(DEFAULT_QUEUE_LIMIT)
+        Self::new(QueueLimits::default())
     }
 }
 
 impl QueueBook {
-    /// Queues of at most `limit` waiting jobs each.
-    pub fn new(limit: usize) -> Self {
+    /// Queues within `limits`.
+    pub fn new(limits: QueueLimits) -> Self {
         Self {
             queues: HashMap::new(),
             next_tag: 0,
-            limit: limit.max(1),
+            limits,
+            bytes: 0,
         }
+    }
+
+    /// Bytes of jobs held now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// Adds a job at the back.
     ///
     /// # Errors
-    /// The queue holds `limit` jobs already (the job is not taken).
-    pub fn push(&mut self, queue: &str, job: Job) -> Result<(), String> {
-        let q = self.queues.entry(queue.to_owned()).or_default();
-        if q.ready.len() >= self.limit {
-            return Err(format!(
-                "queue {queue:?} is full ({} jobs waiting)",
-                self.limit
-            ));
+    /// The queue holds its most jobs, or the book its most bytes (the job
+    /// is not taken).
+    pub fn push(&mut self, queue: &str, job: Job) -> Result<(), QueueFull> {
+        let size = job_bytes(&job);
+        if self.bytes + size > self.limits.bytes {
+            return Err(QueueFull::Bytes {
+                held: self.bytes,
+                size,
+                limit: self.limits.bytes,
+            });
         }
+        let q = self.queues.entry(queue.to_owned()).or_default();
+        if q.ready.len() >= self.limits.jobs_per_queue {
+            return Err(QueueFull::Jobs {
+                queue: queue.to_owned(),
+                limit: self.limits.jobs_per_queue,
+            });
+        }
+        self.bytes += size;
         q.ready.push_back(job);
         Ok(())
+    }
+
+    /// Forgets `queue` when nothing is in it.
+    fn forget_if_empty(&mut self, queue: &str) {
+        if self.queues.get(queue).is_some_and(Queue::is_empty) {
+            self.queues.remove(queue);
+        }
     }
 
     /// Takes up to `max` jobs for `holder`, each with its settling tag.
@@ -301,24 +402,19 @@ impl QueueBook {
         else {
             return false;
         };
-        match outcome {
-            Outcome::Ack => {}
-            Outcome::Retry { .. } => {
-                // A retry is never refused for space: the job was counted.
-                self.queues
-                    .entry(queue.to_owned())
-                    .or_default()
-                    .ready
-                    .push_back(job.next_attempt());
-            }
-            Outcome::Dead { reason } => {
-                self.queues
-                    .entry(dead_queue(queue))
-                    .or_default()
-                    .ready
-                    .push_back(job.dead(reason));
-            }
+        self.bytes -= job_bytes(&job);
+        // A retry or a dead letter is never refused for space: the job was
+        // counted when it came in.
+        let next = match outcome {
+            Outcome::Ack => None,
+            Outcome::Retry { .. } => Some((queue.to_owned(), job.next_attempt())),
+            Outcome::Dead { reason } => Some((dead_queue(queue), job.dead(reason))),
+        };
+        if let Some((to, job)) = next {
+            self.bytes += job_bytes(&job);
+            self.queues.entry(to).or_default().ready.push_back(job);
         }
+        self.forget_if_empty(queue);
         true
     }
 
@@ -374,26 +470,38 @@ impl QueueBook {
                     .map(|q| q.ready.iter().take(*count).cloned().collect())
                     .unwrap_or_default(),
             ),
-            QueueCommand::Purge => QueueReply::Count(
-                self.queues
+            QueueCommand::Purge => {
+                let purged = self
+                    .queues
                     .get_mut(queue)
-                    .map(|q| std::mem::take(&mut q.ready).len() as u64)
-                    .unwrap_or_default(),
-            ),
+                    .map(|q| std::mem::take(&mut q.ready))
+                    .unwrap_or_default();
+                self.bytes -= purged.iter().map(job_bytes).sum::<usize>();
+                self.forget_if_empty(queue);
+                QueueReply::Count(purged.len() as u64)
+            }
             QueueCommand::RequeueDead => {
+                let dead_name = dead_queue(queue);
                 let dead: Vec<Job> = self
                     .queues
-                    .get_mut(&dead_queue(queue))
+                    .get_mut(&dead_name)
                     .map(|q| std::mem::take(&mut q.ready).into())
                     .unwrap_or_default();
+                self.forget_if_empty(&dead_name);
                 let n = dead.len() as u64;
-                let q = self.queues.entry(queue.to_owned()).or_default();
                 for job in dead {
-                    q.ready.push_back(Job {
+                    self.bytes -= job_bytes(&job);
+                    let job = Job {
                         attempt: 1,
                         reason: None,
                         ..job
-                    });
+                    };
+                    self.bytes += job_bytes(&job);
+                    self.queues
+                        .entry(queue.to_owned())
+                        .or_default()
+                        .ready
+                        .push_back(job);
                 }
                 QueueReply::Count(n)
             }
@@ -474,10 +582,38 @@ mod tests {
 
     #[test]
     fn full_queue_refuses() {
-        let mut book = QueueBook::new(1);
+        let mut book = QueueBook::new(QueueLimits::new(1, 1 << 20));
         book.push("q", job(1)).unwrap();
         let e = book.push("q", job(2)).unwrap_err();
-        assert!(e.contains("full"), "{e}");
+        assert!(matches!(e, QueueFull::Jobs { limit: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn bytes_are_bounded_and_given_back() {
+        let mut book = QueueBook::new(QueueLimits::new(100, 3000));
+        let big = || Job::new(vec![b'x'; 1000]);
+        book.push("a", big()).unwrap();
+        book.push("b", big()).unwrap();
+        let e = book.push("a", big()).unwrap_err();
+        assert!(matches!(e, QueueFull::Bytes { limit: 3000, .. }), "{e}");
+        // Settled, purged and requeued jobs give their bytes back.
+        let got = book.take("a", "h", 1);
+        book.settle("a", got[0].0, &Outcome::Dead { reason: "r".into() });
+        assert_eq!(
+            book.command("a", &QueueCommand::RequeueDead),
+            QueueReply::Count(1)
+        );
+        assert_eq!(
+            book.command("a", &QueueCommand::Purge),
+            QueueReply::Count(1)
+        );
+        assert_eq!(
+            book.command("b", &QueueCommand::Purge),
+            QueueReply::Count(1)
+        );
+        assert_eq!(book.bytes(), 0);
+        assert!(book.queues.is_empty(), "empty queues are forgotten");
+        book.push("a", big()).unwrap();
     }
 
     #[test]

@@ -49,6 +49,26 @@ pub struct InstanceInfo {
     pub transaction: Option<String>,
 }
 
+/// Topic on which buses without a registry of their own carry
+/// [`StatusUpdate`]s (the embedded bus takes them as a registry verb).
+pub const UPDATE_TOPIC: &str = "muster.update";
+
+/// An instance's progress report to the host that supervises it
+/// (`ctx.update`): an `updated` lifecycle event, which can fire triggers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    /// Service name.
+    pub service: String,
+    /// The reporting instance.
+    pub instance: String,
+    /// Its transaction, when a host started it.
+    #[serde(default)]
+    pub transaction: Option<String>,
+    /// The status, as the service gave it.
+    #[serde(default)]
+    pub status: Value,
+}
+
 impl InstanceInfo {
     /// True when the instance serves `method`.
     pub fn has_method(&self, method: &str) -> bool {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::error::{Error, RpcError};
 use crate::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
-use crate::registry::InstanceInfo;
+use crate::registry::{InstanceInfo, StatusUpdate};
 use crate::wire::Envelope;
 
 /// A boxed, sendable future: the trait stays object safe.
@@ -19,14 +19,22 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Answers requests for a served instance. The transport calls it for each
 /// request and sends whatever reply it resolves to.
 pub trait Dispatch: Send + Sync + 'static {
-    /// Handles one request and produces its reply envelope.
-    fn dispatch(&self, request: Envelope) -> BoxFuture<'static, Envelope>;
+    /// Handles one request and produces its reply envelope; `None` for a
+    /// JSON-RPC notification (a body without `id`), which gets no reply.
+    fn dispatch(&self, request: Envelope) -> BoxFuture<'static, Option<Envelope>>;
 }
 
 /// Receives the events of a subscription, one at a time and in order.
 pub trait EventSink: Send + Sync + 'static {
     /// Handles one event; the next is delivered after this resolves.
     fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()>;
+
+    /// The transport learned that `count` events on `topic` will never
+    /// arrive: they were dropped for this subscriber because it fell too
+    /// far behind (each bus's policy is in `docs/guarantees.md`).
+    fn missed(&self, topic: &str, count: u64) {
+        let _ = (topic, count);
+    }
 }
 
 /// What an instance registers, and how it wants to be served.
@@ -93,6 +101,28 @@ pub trait Transport: Send + Sync + Debug + 'static {
 
     /// Flushes pending sends and closes sockets.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Reports an instance's progress to the host that supervises it. The
+    /// default publishes it on [`crate::registry::UPDATE_TOPIC`]; the
+    /// embedded bus sends it to its registry, which acknowledges it, so an
+    /// update is never lost to a busy event fabric.
+    ///
+    /// # Errors
+    /// The bus did not take it.
+    fn report(&self, update: StatusUpdate) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            let body = serde_json::to_vec(&update).map_err(|e| {
+                Error::new(
+                    crate::ErrorKind::Codec,
+                    format!("cannot encode update: {e}"),
+                )
+            })?;
+            let header = crate::wire::Header::new(crate::wire::Kind::Event)
+                .with_topic(crate::registry::UPDATE_TOPIC)
+                .with_transaction(update.transaction);
+            self.publish(Envelope::new(header, body)).await
+        })
+    }
 
     /// Claims `key` for `holder`: the first claim of a key wins and is
     /// kept for `ttl`; a later claim by the same holder is granted again,

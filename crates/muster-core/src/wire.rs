@@ -10,7 +10,7 @@ pub mod jsonrpc;
 pub use codec::ContentType;
 pub use envelope::{
     Envelope, WireError, check_tag, decode_events, decode_header, encode_events, encode_header,
-    same_event_header,
+    salvage_header, same_event_header,
 };
 pub use header::{Header, Kind};
 
@@ -22,3 +22,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Default upper bound on one message (all frames), 8 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 8 * 1024 * 1024;
+
+/// Largest header frame accepted, 16 KiB. Headers hold names and ids;
+/// the bound is checked before parsing, so a huge header costs nothing.
+pub const MAX_HEADER_SIZE: usize = 16 * 1024;
+
+/// Most events one event message may pack (muster publishers pack at most
+/// 128). With [`MAX_HEADER_SIZE`] this bounds what decoding one message
+/// allocates, whatever its header says.
+pub const MAX_EVENTS_PER_MESSAGE: usize = 1024;

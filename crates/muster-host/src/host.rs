@@ -144,7 +144,6 @@ pub async fn run(
     let transport: SharedTransport =
         Arc::new(ZmqTransport::connect(addr.clone(), zmq_options).await?);
     let client = Client::new(transport.clone());
-    let mut updates = client.subscribe(&[muster::UPDATE_TOPIC]).await?;
 
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
     let monitor = crate::monitor::SharedMonitor::default();
@@ -261,18 +260,16 @@ pub async fn run(
                     let e = driver.supervisor.expired(Instant::now(), &instance);
                     driver.apply(e).await;
                 }
+                Ok(RegistryEvent::Updated(u)) => {
+                    let e = driver.supervisor.updated(Instant::now(), &u.instance, u.status);
+                    driver.apply(e).await;
+                }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "registry watch fell behind");
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             },
-            Some(ev) = updates.recv() => {
-                let instance = ev.payload.get("instance").and_then(|v| v.as_str()).unwrap_or("");
-                let status = ev.payload.get("status").cloned().unwrap_or_default();
-                let e = driver.supervisor.updated(Instant::now(), instance, status);
-                driver.apply(e).await;
-            }
         }
     }
     tracing::info!("host stopped every service");
@@ -281,7 +278,6 @@ pub async fn run(
         g.close();
     }
     control.stop().await;
-    drop(updates);
     transport.close().await;
     driver.bus.stop().await;
     Ok(())

@@ -36,7 +36,7 @@ pub(crate) struct AppState {
     pub(crate) token: Arc<str>,
     pub(crate) gateway_open: bool,
     pub(crate) recent: Recent,
-    pub(crate) bus: Arc<dyn Fn() -> muster_zmq::bus::RegistryStats + Send + Sync>,
+    pub(crate) bus: Arc<dyn Fn() -> muster_zmq::bus::BusStats + Send + Sync>,
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");

@@ -307,7 +307,12 @@ async fn pop_loop(
         tokio::spawn(async move {
             let reply = match request {
                 Ok(env) => dispatch.dispatch(env).await,
-                Err(refusal) => refusal,
+                Err(refusal) => Some(refusal),
+            };
+            // A notification gets no reply.
+            let Some(reply) = reply else {
+                drop(permit);
+                return;
             };
             let sent = redis::pipe()
                 .cmd("LPUSH")

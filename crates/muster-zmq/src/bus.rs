@@ -1,21 +1,27 @@
 //! The embedded bus device: registry plus event forwarder.
 
+mod forwarder;
 mod registry;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use muster_core::Error;
-use omq_tokio::{Proxy, SocketType};
+use omq_tokio::SocketType;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::addr::BusAddr;
 use crate::socket::{self, zmq_error};
 
-pub use registry::{RegistryEvent, RegistryStats};
+pub use registry::RegistryEvent;
 
 /// Registry changes kept for a slow [`Bus::watch`] receiver.
 const REGISTRY_EVENT_BACKLOG: usize = 4096;
+
+/// Largest instance record accepted by default, 256 KiB.
+pub const DEFAULT_MAX_REGISTRATION_SIZE: usize = 256 * 1024;
 
 /// Tuning of the bus device.
 #[derive(Debug, Clone)]
@@ -27,11 +33,16 @@ pub struct BusOptions {
     pub sweep_every: Duration,
     /// Largest message accepted.
     pub max_message_size: usize,
-    /// Messages queued per subscriber before the forwarder waits
-    /// (back-pressure: the bus never drops events for a slow subscriber).
+    /// Event messages queued per subscriber; beyond, that subscriber's
+    /// oldest is dropped (and counted by it). Nobody else waits for it.
     pub subscriber_hwm: u32,
-    /// Most jobs waiting in one work queue; more are refused ("queue full").
-    pub queue_limit: usize,
+    /// How much the work queues hold; more is refused ("queue full").
+    pub queue_limits: muster_core::queue::QueueLimits,
+    /// Largest instance record `register` accepts (its methods' schemas
+    /// included); a larger one is refused.
+    pub max_registration_size: usize,
+    /// Most instances registered at once; more are refused.
+    pub max_instances: usize,
 }
 
 impl Default for BusOptions {
@@ -41,19 +52,51 @@ impl Default for BusOptions {
             sweep_every: Duration::from_millis(250),
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
             subscriber_hwm: 1_000,
-            queue_limit: muster_core::queue::DEFAULT_QUEUE_LIMIT,
+            queue_limits: muster_core::queue::QueueLimits::default(),
+            max_registration_size: DEFAULT_MAX_REGISTRATION_SIZE,
+            max_instances: 10_000,
         }
     }
 }
 
-/// Reads a bus's registry counters from anywhere.
+/// Counters of a bus, for `muster bus` logs, `/metrics` and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BusStats {
+    /// Instances registered now.
+    pub instances: u64,
+    /// Instances dropped for missing heartbeats.
+    pub expired: u64,
+    /// Registry messages that could not be decoded.
+    pub bad_messages: u64,
+    /// Event messages forwarded from publishers to subscribers.
+    pub events_forwarded: u64,
+    /// Messages on the event outlet that were not subscriptions (skipped).
+    pub bad_subscriptions: u64,
+    /// Times the forwarder started again after a socket error.
+    pub forwarder_restarts: u64,
+}
+
+/// Reads a bus's counters from anywhere.
 #[derive(Debug, Clone)]
-pub struct StatsHandle(registry::SharedStats);
+pub struct StatsHandle {
+    registry: registry::SharedStats,
+    forwarder: Arc<forwarder::ForwarderCounters>,
+}
 
 impl StatsHandle {
     /// The counters now.
-    pub fn snapshot(&self) -> RegistryStats {
-        self.0.snapshot()
+    pub fn snapshot(&self) -> BusStats {
+        let (instances, expired, bad_messages) = self.registry.snapshot();
+        let f = &self.forwarder;
+        BusStats {
+            instances,
+            expired,
+            bad_messages,
+            events_forwarded: f.forwarded.load(Ordering::Relaxed),
+            bad_subscriptions: f.bad_subscriptions.load(Ordering::Relaxed),
+            forwarder_restarts: f.restarts.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -63,7 +106,7 @@ pub struct Bus {
     addr: BusAddr,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
-    stats: registry::SharedStats,
+    stats: StatsHandle,
     events: tokio::sync::broadcast::Sender<RegistryEvent>,
     evictions: tokio::sync::mpsc::UnboundedSender<String>,
 }
@@ -92,15 +135,22 @@ impl Bus {
             .await
             .map_err(|e| zmq_error("subscribe event inlet", e))?;
 
+        // Each subscriber has its own queue of `subscriber_hwm` messages;
+        // a full one loses its oldest (RabbitMQ's drop-head), so one
+        // stopped subscriber never holds up the others or the publishers.
         let mut out_opts = socket::options(options.max_message_size);
-        out_opts.xpub_nodrop = true;
+        out_opts.xpub_nodrop = false;
+        out_opts.on_mute = omq_tokio::OnMute::DropOldest;
         out_opts.send_hwm = options.subscriber_hwm;
         let xpub = omq_tokio::Socket::new(SocketType::XPub, out_opts);
         xpub.bind(addr.events_out().as_str())
             .await
             .map_err(|e| zmq_error(&format!("bind event outlet {}", addr.events_out()), e))?;
 
-        let stats = registry::SharedStats::default();
+        let stats = StatsHandle {
+            registry: registry::SharedStats::default(),
+            forwarder: Arc::default(),
+        };
         let (events, _) = tokio::sync::broadcast::channel(REGISTRY_EVENT_BACKLOG);
         let (evictions, evictions_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut tasks = Vec::new();
@@ -108,21 +158,16 @@ impl Bus {
             router,
             options.clone(),
             shutdown.clone(),
-            stats.clone(),
+            stats.registry.clone(),
             events.clone(),
             evictions_rx,
         )));
-        let proxy_stop = shutdown.clone();
-        tasks.push(tokio::spawn(async move {
-            tokio::select! {
-                r = Proxy::new(xsub, xpub).run() => {
-                    if let Err(e) = r {
-                        tracing::error!(error = %e, "event forwarder stopped");
-                    }
-                }
-                () = proxy_stop.cancelled() => {}
-            }
-        }));
+        tasks.push(tokio::spawn(forwarder::run(
+            xsub,
+            xpub,
+            stats.forwarder.clone(),
+            shutdown.clone(),
+        )));
         tracing::info!(
             registry = %addr.registry(),
             events_in = %addr.events_in(),
@@ -144,14 +189,14 @@ impl Bus {
         &self.addr
     }
 
-    /// Registry counters.
-    pub fn stats(&self) -> RegistryStats {
+    /// The bus's counters now.
+    pub fn stats(&self) -> BusStats {
         self.stats.snapshot()
     }
 
-    /// A handle that reads the registry counters, for another task.
+    /// A handle that reads the counters, for another task.
     pub fn stats_handle(&self) -> StatsHandle {
-        StatsHandle(self.stats.clone())
+        self.stats.clone()
     }
 
     /// Registry changes from now on (registrations, goodbyes, expiries).

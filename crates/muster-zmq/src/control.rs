@@ -15,6 +15,8 @@ pub(crate) const UNREGISTER: &str = "unregister";
 pub(crate) const LIST: &str = "list";
 /// Verb: claim a key (one instance per scheduled fire time).
 pub(crate) const CLAIM: &str = "claim";
+/// Verb: an instance's progress report for the host (`ctx.update`).
+pub(crate) const UPDATE: &str = "update";
 
 /// Verb: add a job to a work queue.
 pub(crate) const ENQUEUE: &str = "enqueue";
@@ -52,7 +54,7 @@ pub(crate) struct Taken {
 pub(crate) struct TakeReply {
     #[serde(default)]
     pub(crate) jobs: Vec<Taken>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
 }
 
@@ -81,7 +83,7 @@ pub(crate) struct QueueOp {
 pub(crate) struct QueueOpReply {
     #[serde(default)]
     pub(crate) reply: Option<QueueReply>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
 }
 
@@ -133,13 +135,13 @@ pub(crate) struct ListReply {
     /// Bumped on every change.
     pub(crate) version: u64,
     /// Absent when unchanged since the caller's version.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) instances: Option<Vec<InstanceInfo>>,
 }
 
 /// A generic acknowledgement or refusal.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Ack {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) error: Option<String>,
 }

@@ -67,7 +67,11 @@ pub(crate) fn routed_message(identity: Bytes, env: &Envelope) -> Message {
 /// Best effort: the header of a message that failed to decode, so the
 /// sender can still be answered with an error it can match.
 pub(crate) fn salvage_header(frames: &[Bytes]) -> Option<Header> {
-    frames.get(1).and_then(|h| wire::decode_header(h).ok())
+    frames.get(1).and_then(|h| {
+        wire::decode_header(h)
+            .ok()
+            .or_else(|| wire::salvage_header(h))
+    })
 }
 
 /// Logs a dropped message at debug level: undecodable input must neither

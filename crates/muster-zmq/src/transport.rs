@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use muster_core::queue::consumer;
 use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
-use muster_core::registry::InstanceInfo;
+use muster_core::registry::{InstanceInfo, StatusUpdate};
 use muster_core::transport::{
     BoxFuture, Dispatch, EventSink, Registration, Served, Subscribed, Transport,
 };
@@ -181,7 +181,38 @@ impl Transport for ZmqTransport {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.inner.shutdown.cancel();
-            self.inner.events.close().await;
+            // Undelivered events are reported (logged) by `close` itself.
+            let _undelivered = self.inner.events.close().await;
+        })
+    }
+
+    fn report(&self, update: StatusUpdate) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            // Direct mode has no bus and so no host to tell.
+            let Some(control) = &self.inner.control else {
+                return Ok(());
+            };
+            // The registry acknowledges the report; a lost message or a
+            // bus restarting is retried, so an update is never dropped
+            // silently.
+            let mut last = None;
+            for _ in 0..3 {
+                match control
+                    .call::<_, control::Ack>(
+                        control::UPDATE,
+                        &update,
+                        self.inner.options.control_timeout,
+                    )
+                    .await
+                {
+                    Ok(control::Ack { error: None }) => return Ok(()),
+                    Ok(control::Ack { error: Some(e) }) => {
+                        return Err(Error::new(ErrorKind::Protocol, e));
+                    }
+                    Err(e) => last = Some(e),
+                }
+            }
+            Err(last.unwrap_or_else(|| Error::new(ErrorKind::Unavailable, "no bus")))
         })
     }
 

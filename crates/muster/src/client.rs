@@ -253,13 +253,16 @@ impl Client {
     pub async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription, Error> {
         let (tx, rx) = mpsc::channel(1024);
         let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
-        let handle = self
-            .transport
-            .subscribe(&patterns, Arc::new(ChannelSink(tx)))
-            .await?;
+        let missed = Arc::new(AtomicU64::new(0));
+        let sink = ChannelSink {
+            tx,
+            missed: missed.clone(),
+        };
+        let handle = self.transport.subscribe(&patterns, Arc::new(sink)).await?;
         Ok(Subscription {
             rx,
             handle: Some(handle),
+            missed,
         })
     }
 
@@ -322,14 +325,21 @@ pub struct Event {
     pub payload: Value,
 }
 
-struct ChannelSink(mpsc::Sender<Envelope>);
+struct ChannelSink {
+    tx: mpsc::Sender<Envelope>,
+    missed: Arc<AtomicU64>,
+}
 
 impl EventSink for ChannelSink {
     fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
-        let tx = self.0.clone();
+        let tx = self.tx.clone();
         Box::pin(async move {
             let _ = tx.send(event).await;
         })
+    }
+
+    fn missed(&self, _topic: &str, count: u64) {
+        self.missed.fetch_add(count, Ordering::Relaxed);
     }
 }
 
@@ -338,9 +348,17 @@ impl EventSink for ChannelSink {
 pub struct Subscription {
     rx: mpsc::Receiver<Envelope>,
     handle: Option<Box<dyn Subscribed>>,
+    missed: Arc<AtomicU64>,
 }
 
 impl Subscription {
+    /// Events this subscription missed so far: the bus dropped them because
+    /// it fell too far behind (`docs/guarantees.md`, "slow subscriber").
+    /// Counted where the bus numbers events (the embedded bus).
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
+    }
+
     /// The next event; `None` once the subscription ended. An event whose
     /// payload is not JSON is delivered with the payload as a string.
     pub async fn recv(&mut self) -> Option<Event> {

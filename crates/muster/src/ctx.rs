@@ -9,10 +9,11 @@ use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{CallOptions, Client};
-use crate::{Error, RpcError};
+use crate::{Error, ErrorKind, RpcError};
+use muster_core::registry::StatusUpdate;
 
-/// Topic on which `Ctx::update` reports progress to the host.
-pub const UPDATE_TOPIC: &str = "muster.update";
+/// Topic on which buses without a registry carry `Ctx::update` reports.
+pub use muster_core::registry::UPDATE_TOPIC;
 
 pub(crate) struct CtxShared {
     pub(crate) client: Client,
@@ -139,18 +140,24 @@ impl Ctx {
     }
 
     /// Reports progress to the host (an `updated` lifecycle event that can
-    /// fire `on_update` triggers), published on `muster.update`.
+    /// fire `on_update` triggers). On the embedded bus it returns once the
+    /// host's registry has it.
     ///
     /// # Errors
-    /// As [`Ctx::publish`].
+    /// The bus did not take it (no bus), or `status` cannot be encoded.
     pub async fn update<T: Serialize + ?Sized>(&self, status: &T) -> Result<(), Error> {
-        let body = serde_json::json!({
-            "service": self.shared.service,
-            "instance": self.shared.instance,
-            "transaction": self.transaction(),
-            "status": serde_json::to_value(status).unwrap_or_default(),
-        });
-        self.publish(UPDATE_TOPIC, &body).await
+        let status = serde_json::to_value(status)
+            .map_err(|e| Error::new(ErrorKind::Codec, format!("cannot encode status: {e}")))?;
+        self.shared
+            .client
+            .transport()
+            .report(StatusUpdate {
+                service: self.shared.service.clone(),
+                instance: self.shared.instance.clone(),
+                transaction: self.transaction().map(str::to_owned),
+                status,
+            })
+            .await
     }
 
     /// Changes the owned state of kind `S`: `f` edits the value, the change

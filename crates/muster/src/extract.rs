@@ -6,6 +6,8 @@
 //! `Header` (the wire header). An extractor that fails answers the caller
 //! with a coded error and the handler does not run.
 
+mod params;
+
 use std::sync::Arc;
 
 use schemars::{JsonSchema, Schema};
@@ -77,14 +79,7 @@ pub struct Args<T>(pub T);
 impl<T: DeserializeOwned + JsonSchema> FromInvocation for Args<T> {
     fn from_invocation(inv: &Invocation) -> Result<Self, RpcError> {
         let text = inv.payload.as_deref().map_or("{}", RawValue::get);
-        let mut de = serde_json::Deserializer::from_str(text);
-        serde_path_to_error::deserialize(&mut de)
-            .map(Args)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let path = if path == "." { String::new() } else { path };
-                RpcError::invalid_params(&path, e.inner())
-            })
+        params::decode(text).map(Args)
     }
 
     fn params_schema() -> Option<Schema> {

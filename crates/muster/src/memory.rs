@@ -168,7 +168,7 @@ impl Transport for MemoryTransport {
             outstanding.fetch_add(1, Ordering::AcqRel);
             let r = tokio::time::timeout(timeout, dispatch.dispatch(req)).await;
             outstanding.fetch_sub(1, Ordering::AcqRel);
-            r.map_err(|_| {
+            r.ok().flatten().ok_or_else(|| {
                 RpcError::timeout(format!(
                     "no reply from {service}.{method} within {timeout:?}"
                 ))
@@ -270,7 +270,9 @@ impl Transport for MemoryTransport {
     fn enqueue(&self, queue: &str, job: Job) -> BoxFuture<'_, Result<(), Error>> {
         let pushed = self.lock().queues.push(queue, job);
         self.jobs_ready.notify_waiters();
-        Box::pin(async move { pushed.map_err(|e| Error::new(ErrorKind::Unavailable, e)) })
+        Box::pin(
+            async move { pushed.map_err(|e| Error::new(ErrorKind::Unavailable, e.to_string())) },
+        )
     }
 
     fn consume(

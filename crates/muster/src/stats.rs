@@ -17,6 +17,7 @@ const BUCKETS: usize = 40 * SUB as usize;
 #[derive(Debug)]
 pub(crate) struct MethodStats {
     skipped: AtomicU64,
+    missed: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
     in_flight: AtomicI64,
@@ -29,6 +30,7 @@ impl Default for MethodStats {
     fn default() -> Self {
         Self {
             skipped: AtomicU64::new(0),
+            missed: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
@@ -63,6 +65,11 @@ impl MethodStats {
     /// Scheduled fire times that did not run (overlap or misfire policy).
     pub(crate) fn skipped(&self, n: u64) {
         self.skipped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Events the bus dropped for this subscription (it fell behind).
+    pub(crate) fn missed(&self, n: u64) {
+        self.missed.fetch_add(n, Ordering::Relaxed);
     }
 
     pub(crate) fn begin(&self) {
@@ -124,6 +131,7 @@ impl MethodStats {
             p50_us: self.quantile_us(&counts, total, 0.50),
             p99_us: self.quantile_us(&counts, total, 0.99),
             num_skipped: self.skipped.load(Ordering::Relaxed),
+            num_missed: self.missed.load(Ordering::Relaxed),
         }
     }
 }
@@ -151,6 +159,11 @@ pub struct MethodReport {
     /// let them go).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub num_skipped: u64,
+    /// Subscriptions only: events published while this subscriber was too
+    /// far behind, which the bus dropped for it (`docs/guarantees.md`,
+    /// "slow subscriber").
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub num_missed: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

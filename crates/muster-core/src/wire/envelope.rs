@@ -1,6 +1,6 @@
 use bytes::Bytes;
 
-use super::{Header, PROTOCOL_TAG};
+use super::{Header, MAX_EVENTS_PER_MESSAGE, MAX_HEADER_SIZE, PROTOCOL_TAG};
 
 /// Why a message could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -23,6 +23,23 @@ pub enum WireError {
     /// The header frame is not a valid header.
     #[error("bad header: {0}")]
     Header(String),
+    /// The header frame is over [`MAX_HEADER_SIZE`]: refused before it
+    /// is parsed (an event batch copies its header into every event).
+    #[error("header of {size} bytes is over the limit of {limit}")]
+    HeaderTooLarge {
+        /// Size of the header frame.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// An event message packs more events than [`MAX_EVENTS_PER_MESSAGE`].
+    #[error("{count} events in one message is over the limit of {limit}")]
+    TooManyEvents {
+        /// Events the message says it holds.
+        count: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The body could not be encoded or decoded.
     #[error("bad body: {0}")]
     Body(String),
@@ -129,9 +146,14 @@ impl Envelope {
 /// `[topic, tag, header, body, body, ..., header, body, ...]`. Consecutive
 /// events whose headers are equal share one header whose `count` says how
 /// many bodies follow it. A batch of one is `[topic, tag, header, body]`.
+///
+/// With `numbering = Some((publisher, first))`, each header carries the
+/// publisher's id and the number of its first body (`seq`): the events
+/// are numbers `first`, `first + 1`, ... of this publisher on `topic`.
 pub fn encode_events<'a>(
     topic: &str,
     events: impl IntoIterator<Item = &'a Envelope>,
+    numbering: Option<(&str, u64)>,
 ) -> Vec<Bytes> {
     let mut frames = vec![
         Bytes::copy_from_slice(topic.as_bytes()),
@@ -145,14 +167,21 @@ pub fn encode_events<'a>(
             _ => runs.push((&e.header, vec![e.body.clone()])),
         }
     }
+    let mut next = numbering.map(|(_, first)| first);
     for (header, bodies) in runs {
-        let encoded = if bodies.len() == 1 {
+        let encoded = if bodies.len() == 1 && next.is_none() {
             encode_header(header)
         } else {
-            encode_header(&Header {
-                count: Some(u32::try_from(bodies.len()).unwrap_or(u32::MAX)),
-                ..header.clone()
-            })
+            let mut h = header.clone();
+            if bodies.len() > 1 {
+                h.count = Some(u32::try_from(bodies.len()).unwrap_or(u32::MAX));
+            }
+            if let (Some((publisher, _)), Some(n)) = (numbering, next) {
+                h.publisher = Some(publisher.to_owned());
+                h.seq = Some(n);
+                next = Some(n + bodies.len() as u64);
+            }
+            encode_header(&h)
         };
         frames.push(Bytes::from(encoded));
         frames.extend(bodies);
@@ -161,11 +190,10 @@ pub fn encode_events<'a>(
 }
 
 /// True when two events of one batch can share one header frame. The
-/// topic is not compared: every event of a batch is on the batch's topic.
+/// topic is not compared (every event of a batch is on the batch's
+/// topic), nor the numbering the batch itself adds.
 pub fn same_event_header(a: &Header, b: &Header) -> bool {
     a.kind == b.kind
-        && a.seq.is_none()
-        && b.seq.is_none()
         && a.transaction == b.transaction
         && a.content_type == b.content_type
         && a.id == b.id
@@ -176,7 +204,11 @@ pub fn same_event_header(a: &Header, b: &Header) -> bool {
 }
 
 /// Reads the frames written by [`encode_events`]. Each event's header gets
-/// the topic of the batch.
+/// the topic of the batch and, when numbered, its own number.
+///
+/// Memory is bounded before anything is copied: a header frame is at most
+/// [`MAX_HEADER_SIZE`] and a message at most [`MAX_EVENTS_PER_MESSAGE`]
+/// events, so the copies of shared headers stay within 16 MiB.
 ///
 /// # Errors
 /// A [`WireError`] for a malformed batch; never panics on any input.
@@ -190,7 +222,15 @@ pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
     check_tag(&frames[1])?;
     let topic = std::str::from_utf8(&frames[0])
         .map_err(|_| WireError::Header("topic is not UTF-8".into()))?;
-    let mut out = Vec::with_capacity(frames.len() - 3);
+    // Every body frame is one event at most (headers take frames too).
+    let bodies = frames.len() - 3;
+    if bodies > MAX_EVENTS_PER_MESSAGE {
+        return Err(WireError::TooManyEvents {
+            count: bodies,
+            limit: MAX_EVENTS_PER_MESSAGE,
+        });
+    }
+    let mut out = Vec::with_capacity(bodies);
     let mut i = 2;
     while i < frames.len() {
         let mut header = decode_header(&frames[i])?;
@@ -204,9 +244,12 @@ pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
         if header.topic.as_deref() != Some(topic) {
             header.topic = Some(topic.to_owned());
         }
-        for body in &frames[i + 1..=i + count] {
+        let first = header.seq;
+        for (k, body) in frames[i + 1..=i + count].iter().enumerate() {
+            let mut h = header.clone();
+            h.seq = first.map(|n| n.wrapping_add(k as u64));
             out.push(Envelope {
-                header: header.clone(),
+                header: h,
                 body: body.clone(),
             });
         }
@@ -238,9 +281,39 @@ pub fn encode_header(header: &Header) -> Vec<u8> {
 /// Parses a header frame.
 ///
 /// # Errors
-/// [`WireError::Header`] when it is not a JSON header object.
+/// [`WireError::HeaderTooLarge`] over [`MAX_HEADER_SIZE`] (nothing is
+/// parsed), [`WireError::Header`] when it is not a JSON header object.
 pub fn decode_header(bytes: &[u8]) -> Result<Header, WireError> {
+    if bytes.len() > MAX_HEADER_SIZE {
+        return Err(WireError::HeaderTooLarge {
+            size: bytes.len(),
+            limit: MAX_HEADER_SIZE,
+        });
+    }
     serde_json::from_slice(bytes).map_err(|e| WireError::Header(e.to_string()))
+}
+
+/// What can be read of a header frame that [`decode_header`] refused, so
+/// that its sender still gets an error reply it can match: the `id` and
+/// `content_type` members when they are strings. `None` when not even
+/// that can be read (not JSON, over the size limit, no string `id`).
+pub fn salvage_header(bytes: &[u8]) -> Option<Header> {
+    if bytes.len() > MAX_HEADER_SIZE {
+        return None;
+    }
+    let value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let id = value.get("id")?.as_str()?;
+    if id.is_empty() || id.len() > 256 {
+        return None;
+    }
+    let mut header = Header::new(super::Kind::Request);
+    id.clone_into(&mut header.id);
+    header.content_type = value
+        .get("content_type")
+        .and_then(|c| c.as_str())
+        .filter(|c| super::ContentType::from_header(Some(c)).is_ok())
+        .map(str::to_owned);
+    Some(header)
 }
 
 #[cfg(test)]
@@ -300,7 +373,7 @@ mod tests {
         for e in [&a, &b, &c] {
             assert_eq!(&Envelope::from_blob(&e.to_blob()).unwrap(), e);
         }
-        let frames = encode_events("t.a", [&a, &b, &c]);
+        let frames = encode_events("t.a", [&a, &b, &c], None);
         // a and b share one header; c has its own.
         assert_eq!(frames.len(), 2 + 1 + 2 + 1 + 1);
         assert_eq!(decode_events(&frames).unwrap(), vec![a, b, c]);
@@ -309,6 +382,66 @@ mod tests {
             decode_events(&frames[..4]).is_err(),
             "count says two bodies follow"
         );
+    }
+
+    #[test]
+    fn numbered_batches_number_every_event() {
+        let e = |body: &'static str| Envelope::new(Header::new(Kind::Event).with_topic("t"), body);
+        let (a, b) = (e("1"), e("2"));
+        let mut c = e("3");
+        c.header.transaction = Some("T".into());
+        let frames = encode_events("t", [&a, &b, &c], Some(("P1", 7)));
+        let got = decode_events(&frames).unwrap();
+        let numbers: Vec<_> = got.iter().map(|e| e.header.seq).collect();
+        assert_eq!(numbers, [Some(7), Some(8), Some(9)]);
+        assert!(
+            got.iter()
+                .all(|e| e.header.publisher.as_deref() == Some("P1"))
+        );
+    }
+
+    #[test]
+    fn a_large_header_is_refused_before_it_is_copied() {
+        // A shared header of 1 MiB over 10,000 empty bodies would be 10 GB
+        // of copies: refused by size, then by the event count.
+        let big = format!(
+            r#"{{"kind":"event","transaction":"{}","count":10}}"#,
+            "x".repeat(1 << 20)
+        );
+        let mut frames = vec![
+            Bytes::from_static(b"t"),
+            Bytes::from_static(PROTOCOL_TAG),
+            Bytes::from(big),
+        ];
+        frames.extend(std::iter::repeat_n(Bytes::new(), 10));
+        assert!(matches!(
+            decode_events(&frames),
+            Err(WireError::HeaderTooLarge { .. })
+        ));
+        let mut frames = vec![
+            Bytes::from_static(b"t"),
+            Bytes::from_static(PROTOCOL_TAG),
+            Bytes::from_static(br#"{"kind":"event","count":10000}"#),
+        ];
+        frames.extend(std::iter::repeat_n(Bytes::new(), 10_000));
+        assert!(matches!(
+            decode_events(&frames),
+            Err(WireError::TooManyEvents { .. })
+        ));
+    }
+
+    #[test]
+    fn salvage_reads_the_id_of_a_header_with_bad_members() {
+        for bad in [
+            r#"{"kind":"request","id":"r1","deadline_ms":-5}"#,
+            r#"{"kind":"request","id":"r1","count":4294967296}"#,
+            r#"{"kind":"nope","id":"r1"}"#,
+        ] {
+            assert!(decode_header(bad.as_bytes()).is_err(), "{bad}");
+            assert_eq!(salvage_header(bad.as_bytes()).unwrap().id, "r1", "{bad}");
+        }
+        assert!(salvage_header(b"not json").is_none());
+        assert!(salvage_header(br#"{"id":7}"#).is_none());
     }
 
     proptest! {

@@ -44,9 +44,14 @@ pub struct Header {
     /// `application/json` when absent, or `application/msgpack`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
-    /// Sequence number of a state change.
+    /// Events: the publisher's number of the first body under this
+    /// header, counted per topic from 0 (the next bodies follow on). A
+    /// subscriber that sees a number jump knows how many it missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
+    /// Events: the publisher's random id, which scopes `seq`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher: Option<String>,
     /// Instance that must answer (requests) or that answered (replies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
@@ -69,6 +74,7 @@ impl Header {
             deadline_ms: None,
             content_type: None,
             seq: None,
+            publisher: None,
             instance: None,
             count: None,
         }

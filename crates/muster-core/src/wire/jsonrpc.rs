@@ -10,7 +10,9 @@ use crate::error::RpcError;
 /// A decoded request body.
 #[derive(Debug, Clone)]
 pub struct RequestBody {
-    /// The JSON-RPC id, echoed in the reply.
+    /// The JSON-RPC id, echoed in the reply. `None` when the body has no
+    /// `id` member: a notification, which JSON-RPC 2.0 never answers
+    /// (`Some(Value::Null)` is an explicit `"id": null`, which is).
     pub id: Option<Value>,
     /// The method name as the caller wrote it.
     pub method: String,
@@ -18,11 +20,23 @@ pub struct RequestBody {
     pub params: Option<Box<RawValue>>,
 }
 
+/// `Some` for a member that is present, `null` included.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
+
+impl RequestBody {
+    /// True for a notification: no reply must be sent.
+    pub fn is_notification(&self) -> bool {
+        self.id.is_none()
+    }
+}
+
 #[derive(Deserialize)]
 struct JsonRequest<'a> {
     #[serde(default, borrow)]
     jsonrpc: Option<&'a str>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     id: Option<Value>,
     #[serde(default)]
     method: Option<String>,
@@ -34,7 +48,7 @@ struct JsonRequest<'a> {
 struct ValueRequest {
     #[serde(default)]
     jsonrpc: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     id: Option<Value>,
     #[serde(default)]
     method: Option<String>,

@@ -64,6 +64,22 @@ async fn alloc(Args(a): Args<AllocArgs>) -> Result<usize, RpcError> {
     Ok(held.iter().map(Vec::len).sum::<usize>() >> 20)
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct BlobArgs {
+    /// Length of the answer, in bytes.
+    bytes: usize,
+    /// Wait this long first.
+    #[serde(default)]
+    ms: u64,
+}
+
+/// A string of `bytes` bytes, after `ms` milliseconds: large replies and
+/// slow ones, for the size-limit and graceful-stop tests.
+async fn blob(Args(a): Args<BlobArgs>) -> String {
+    tokio::time::sleep(Duration::from_millis(a.ms)).await;
+    "x".repeat(a.bytes.min(64 << 20))
+}
+
 async fn crash() -> Result<(), RpcError> {
     panic!("asked to crash")
 }
@@ -78,6 +94,7 @@ fn main() -> muster::Result<()> {
         .idempotent()
         .rpc("crash", crash)
         .rpc("alloc", alloc)
+        .rpc("blob", blob)
         .on_shutdown(|_ctx| async {
             tracing::info!("shutdown hook ran");
             eprintln!("shutdown hook ran");

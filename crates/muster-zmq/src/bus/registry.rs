@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use muster_core::registry::InstanceInfo;
+use muster_core::registry::{InstanceInfo, StatusUpdate};
 use muster_core::wire::{Envelope, Header, Kind};
 use omq_tokio::Socket;
 use serde::Serialize;
@@ -21,18 +21,6 @@ use crate::control::{
 use crate::socket::{frames, log_dropped, routed_message};
 use muster_core::queue::{Outcome, QueueBook};
 
-/// Counters of the registry, for `muster bus` logs and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RegistryStats {
-    /// Instances registered now.
-    pub instances: u64,
-    /// Instances dropped for missing heartbeats.
-    pub expired: u64,
-    /// Messages that could not be decoded.
-    pub bad_messages: u64,
-}
-
 #[derive(Debug, Default, Clone)]
 pub(super) struct SharedStats(Arc<Counters>);
 
@@ -44,12 +32,13 @@ pub(super) struct Counters {
 }
 
 impl SharedStats {
-    pub(super) fn snapshot(&self) -> RegistryStats {
-        RegistryStats {
-            instances: self.0.instances.load(Ordering::Relaxed),
-            expired: self.0.expired.load(Ordering::Relaxed),
-            bad_messages: self.0.bad_messages.load(Ordering::Relaxed),
-        }
+    /// (instances, expired, bad messages).
+    pub(super) fn snapshot(&self) -> (u64, u64, u64) {
+        (
+            self.0.instances.load(Ordering::Relaxed),
+            self.0.expired.load(Ordering::Relaxed),
+            self.0.bad_messages.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -186,6 +175,8 @@ pub enum RegistryEvent {
         /// Instance id.
         instance: String,
     },
+    /// A registered instance reported progress (`ctx.update`).
+    Updated(StatusUpdate),
 }
 
 pub(super) async fn run(
@@ -201,7 +192,7 @@ pub(super) async fn run(
         version: 0,
         entries: HashMap::new(),
         claims: HashMap::new(),
-        queues: QueueBook::new(options.queue_limit),
+        queues: QueueBook::new(options.queue_limits),
         waiters: Vec::new(),
         holders: HashMap::new(),
         outbox: Vec::new(),
@@ -265,7 +256,7 @@ pub(super) async fn run(
                 let Some((identity, rest)) = parts.split_first() else { continue };
                 match Envelope::from_frames(rest) {
                     Ok(env) => {
-                        if let Some(reply) = handle(&mut reg, identity, env, &events) {
+                        if let Some(reply) = handle(&mut reg, &options, identity, env, &events) {
                             let _ = router.send(routed_message(identity.clone(), &reply)).await;
                         }
                     }
@@ -288,6 +279,7 @@ pub(super) async fn run(
 
 fn handle(
     reg: &mut Registry,
+    options: &BusOptions,
     identity: &Bytes,
     env: Envelope,
     events: &tokio::sync::broadcast::Sender<RegistryEvent>,
@@ -297,7 +289,25 @@ fn handle(
     }
     let verb = env.header.method.as_deref().unwrap_or("");
     let body = match verb {
+        control::REGISTER if env.body.len() > options.max_registration_size => encode(&Ack {
+            error: Some(format!(
+                "registration of {} bytes is over the limit of {}",
+                env.body.len(),
+                options.max_registration_size
+            )),
+        }),
         control::REGISTER => match serde_json::from_slice::<InstanceInfo>(&env.body) {
+            Ok(info)
+                if reg.entries.len() >= options.max_instances
+                    && !reg.entries.contains_key(&info.instance) =>
+            {
+                encode(&Ack {
+                    error: Some(format!(
+                        "the registry is full ({} instances)",
+                        options.max_instances
+                    )),
+                })
+            }
             Ok(info) => {
                 tracing::info!(service = %info.service, instance = %info.instance, endpoint = %info.endpoint, "instance registered");
                 let _ = events.send(RegistryEvent::Registered(info.clone()));
@@ -342,6 +352,18 @@ fn handle(
             }
             encode(&Ack::default())
         }
+        control::UPDATE => match serde_json::from_slice::<StatusUpdate>(&env.body) {
+            Ok(u) if reg.entries.contains_key(&u.instance) => {
+                let _ = events.send(RegistryEvent::Updated(u));
+                encode(&Ack::default())
+            }
+            Ok(u) => encode(&Ack {
+                error: Some(format!("unknown instance {:?}", u.instance)),
+            }),
+            Err(e) => encode(&Ack {
+                error: Some(format!("bad update: {e}")),
+            }),
+        },
         control::CLAIM => match serde_json::from_slice::<Claim>(&env.body) {
             Ok(c) => {
                 let now = Instant::now();
@@ -372,7 +394,9 @@ fn handle(
                         reg.serve_waiters(Instant::now());
                         Ack::default()
                     }
-                    Err(e) => Ack { error: Some(e) },
+                    Err(e) => Ack {
+                        error: Some(e.to_string()),
+                    },
                 },
                 Err(e) => Ack {
                     error: Some(format!("bad enqueue: {e}")),

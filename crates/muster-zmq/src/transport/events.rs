@@ -2,6 +2,8 @@
 //! its outlet (XPUB). In direct mode a publisher binds and subscribers
 //! connect to it.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +24,11 @@ const PUBLISH_QUEUE: usize = 8192;
 const BATCH_EVENTS: usize = 128;
 /// Most payload bytes packed into one message.
 const BATCH_BYTES: usize = 64 * 1024;
+/// Topics a publisher numbers, or (publisher, topic) pairs a subscriber
+/// follows, before the table starts afresh (a fresh entry counts no gap).
+const NUMBERED_TOPICS: usize = 10_000;
+/// How long `close` waits for queued events to reach the bus.
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 /// The process's publisher, made on first publish: a queue drained by
 /// one task that owns the PUB socket.
@@ -34,30 +41,47 @@ pub(crate) struct Events {
 struct Publisher {
     tx: mpsc::Sender<Envelope>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Events published and not yet handed to the socket.
+    pending: Arc<AtomicU64>,
 }
 
 impl Events {
-    pub(crate) async fn close(&self) {
-        if let Some(p) = self.publisher.get() {
-            // A close marker after the queued events: the task sends what
-            // is before it, then closes the socket (bounded by its linger).
-            let task = p
-                .task
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take();
-            if let Some(task) = task {
-                // Bounded: a bus that stopped taking events must not hang
-                // the shutdown.
-                let flush = async {
-                    let _ =
-                        p.tx.send(Envelope::new(Header::new(Kind::Control), ""))
-                            .await;
-                    let _ = task.await;
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
-            }
+    /// Sends what is queued, then closes the socket. Returns how many
+    /// events could not be delivered within [`CLOSE_FLUSH`] (0 when all
+    /// were); they are reported in the log too.
+    pub(crate) async fn close(&self) -> u64 {
+        let Some(p) = self.publisher.get() else {
+            return 0;
+        };
+        // A close marker after the queued events: the task sends what is
+        // before it, then closes the socket (bounded by its linger).
+        let task = p
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(mut task) = task else {
+            return 0;
+        };
+        // Bounded: a bus that stopped taking events must not hang the
+        // shutdown.
+        let flush = async {
+            let _ =
+                p.tx.send(Envelope::new(Header::new(Kind::Control), ""))
+                    .await;
+            let _ = (&mut task).await;
+        };
+        if tokio::time::timeout(CLOSE_FLUSH, flush).await.is_err() {
+            task.abort();
         }
+        let lost = p.pending.load(Ordering::Relaxed);
+        if lost > 0 {
+            tracing::warn!(
+                events = lost,
+                "events not delivered: the bus did not take them within {CLOSE_FLUSH:?} of closing"
+            );
+        }
+        lost
     }
 }
 
@@ -99,10 +123,12 @@ async fn publisher(inner: &Inner) -> Result<&Publisher, Error> {
                 }
             }
             let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
-            let task = tokio::spawn(send_batches(s, rx));
+            let pending = Arc::new(AtomicU64::new(0));
+            let task = tokio::spawn(send_batches(s, rx, pending.clone()));
             Ok(Publisher {
                 tx,
                 task: Mutex::new(Some(task)),
+                pending,
             })
         })
         .await
@@ -111,8 +137,11 @@ async fn publisher(inner: &Inner) -> Result<&Publisher, Error> {
 /// Sends queued events, packing consecutive events of one topic into one
 /// message (sharing one header where they can). Batching only takes what
 /// is already queued: a lone event goes out at once. A `Control` envelope
-/// is the close marker.
-async fn send_batches(socket: Socket, mut rx: mpsc::Receiver<Envelope>) {
+/// is the close marker. Every event is numbered per topic (`publisher`,
+/// `seq`), so a subscriber can count what the bus dropped for it.
+async fn send_batches(socket: Socket, mut rx: mpsc::Receiver<Envelope>, pending: Arc<AtomicU64>) {
+    let publisher = id::short_id();
+    let mut numbers: HashMap<String, u64> = HashMap::new();
     let mut queued: Vec<Envelope> = Vec::with_capacity(BATCH_EVENTS);
     'outer: loop {
         if rx.recv_many(&mut queued, BATCH_EVENTS).await == 0 {
@@ -134,11 +163,18 @@ async fn send_batches(socket: Socket, mut rx: mpsc::Receiver<Envelope>) {
                 bytes += queued[end].body.len();
                 end += 1;
             }
-            let frames = wire::encode_events(topic, &queued[start..end]);
+            if numbers.len() >= NUMBERED_TOPICS && !numbers.contains_key(topic) {
+                numbers.clear();
+            }
+            let next = numbers.entry(topic.to_owned()).or_insert(0);
+            let first = *next;
+            *next += (end - start) as u64;
+            let frames = wire::encode_events(topic, &queued[start..end], Some((&publisher, first)));
             if let Err(e) = socket.send(Message::multipart(frames)).await {
                 tracing::warn!(error = %e, "event publisher stopped");
                 break 'outer;
             }
+            pending.fetch_sub((end - start) as u64, Ordering::Relaxed);
             start = end;
         }
         queued.clear();
@@ -149,9 +185,11 @@ async fn send_batches(socket: Socket, mut rx: mpsc::Receiver<Envelope>) {
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
     muster_core::transport::check_event(&event, inner.options.max_message_size)?;
     let p = publisher(inner).await?;
-    p.tx.send(event)
-        .await
-        .map_err(|_| Error::new(ErrorKind::Closed, "the event publisher is closed"))
+    p.pending.fetch_add(1, Ordering::Relaxed);
+    p.tx.send(event).await.map_err(|_| {
+        p.pending.fetch_sub(1, Ordering::Relaxed);
+        Error::new(ErrorKind::Closed, "the event publisher is closed")
+    })
 }
 
 pub(crate) async fn subscribe(
@@ -248,7 +286,9 @@ async fn deliver(
     early: Vec<Envelope>,
     stop: CancellationToken,
 ) {
+    let mut gaps = GapCounter::default();
     for e in early {
+        gaps.check(&e, sink.as_ref());
         sink.deliver(e).await;
     }
     loop {
@@ -261,6 +301,7 @@ async fn deliver(
                 for e in events {
                     let topic = e.header.topic.as_deref().unwrap_or("");
                     if patterns.iter().any(|p| p.matches(topic)) {
+                        gaps.check(&e, sink.as_ref());
                         sink.deliver(e).await;
                     }
                 }
@@ -269,6 +310,40 @@ async fn deliver(
         }
     }
     let _ = sub.close().await;
+}
+
+/// Follows each publisher's numbers per topic and reports the events that
+/// never came (the bus dropped them for this subscriber) to the sink.
+#[derive(Debug, Default)]
+struct GapCounter {
+    /// (publisher, topic) -> the number expected next.
+    next: HashMap<(String, String), u64>,
+}
+
+impl GapCounter {
+    fn check(&mut self, event: &Envelope, sink: &dyn EventSink) {
+        let (Some(publisher), Some(seq), Some(topic)) = (
+            event.header.publisher.as_deref(),
+            event.header.seq,
+            event.header.topic.as_deref(),
+        ) else {
+            return;
+        };
+        if self.next.len() >= NUMBERED_TOPICS {
+            self.next.clear();
+        }
+        let key = (publisher.to_owned(), topic.to_owned());
+        let expected = self.next.insert(key, seq.wrapping_add(1));
+        // A number below the expected one is a publisher that started its
+        // table afresh: no gap.
+        if let Some(expected) = expected
+            && seq > expected
+        {
+            let missed = seq - expected;
+            tracing::debug!(topic, missed, "events dropped for this slow subscriber");
+            sink.missed(topic, missed);
+        }
+    }
 }
 
 #[derive(Debug)]

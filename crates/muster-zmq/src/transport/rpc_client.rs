@@ -34,6 +34,8 @@ struct Shared {
     pending: PendingMap,
     outstanding: AtomicUsize,
     next: AtomicU64,
+    /// Replies over this size are refused (-32003), like requests.
+    max_message_size: usize,
 }
 
 impl Drop for Conn {
@@ -86,6 +88,7 @@ impl Conn {
             pending: Mutex::default(),
             outstanding: AtomicUsize::new(0),
             next: AtomicU64::new(1),
+            max_message_size: options.max_message_size,
         });
         if let Err(e) = socket.connect(endpoint).await {
             // An unusable endpoint: calls to it fail at once rather than hang.
@@ -208,6 +211,19 @@ impl Shared {
 }
 
 fn take_reply(shared: &Shared, msg: &omq_tokio::Message) {
+    let size = msg.byte_len();
+    if size > shared.max_message_size {
+        // The caller learns why, not a timeout.
+        if let Some(n) = msg
+            .part_bytes(1)
+            .and_then(|h| muster_core::wire::salvage_header(&h))
+            .and_then(|h| h.id.parse::<u64>().ok())
+            && let Some(tx) = lock(&shared.pending).remove(&n)
+        {
+            let _ = tx.send(Err(RpcError::too_large(size, shared.max_message_size)));
+        }
+        return;
+    }
     match crate::socket::envelope_at(msg, 0) {
         Ok(env) if env.header.kind == Kind::Reply => shared.complete(env),
         Ok(_) => tracing::debug!("non-reply message on a caller socket dropped"),

@@ -49,7 +49,9 @@ pub(crate) async fn serve(
     dispatch: Arc<dyn Dispatch>,
 ) -> Result<Box<dyn Served>, Error> {
     let max = inner.options.max_message_size;
-    let router = socket::socket(SocketType::Router, max);
+    let mut router_options = socket::options(max);
+    router_options.send_hwm = REPLY_BACKLOG;
+    let router = Socket::new(SocketType::Router, router_options);
     let bind = match &inner.mode {
         Mode::Direct(a) => a.bind.clone(),
         Mode::Bus(_) => None,
@@ -189,11 +191,13 @@ async fn heartbeat_once(inner: &Inner) {
 /// A request being handled, tagged with the caller's routing identity.
 struct InFlight {
     identity: Bytes,
-    reply: BoxFuture<'static, Envelope>,
+    /// The request's header, to answer it should the handler never finish.
+    header: Header,
+    reply: BoxFuture<'static, Option<Envelope>>,
 }
 
 impl std::future::Future for InFlight {
-    type Output = (Bytes, Envelope);
+    type Output = (Bytes, Option<Envelope>);
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -216,6 +220,23 @@ async fn serve_loop(
 ) {
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut draining_until: Option<tokio::time::Instant> = None;
+    // A reply over the size limit is not sent: its caller gets -32003.
+    let bounded = |identity: Bytes, reply: Envelope| {
+        let size = reply.body.len();
+        if size <= max_message_size {
+            return routed_message(identity, &reply);
+        }
+        tracing::warn!(
+            size,
+            limit = max_message_size,
+            "reply over the size limit; answered with -32003"
+        );
+        let error = RpcError::too_large(size, max_message_size);
+        let mut header = reply.header;
+        header.content_type = None;
+        let body = jsonrpc::encode_error(ContentType::Json, &None, &error);
+        routed_message(identity, &Envelope::new(header, body))
+    };
     let take =
         |msg: omq_tokio::Message, in_flight: &mut FuturesUnordered<InFlight>, draining: bool| {
             let identity = msg.part_bytes(0)?;
@@ -223,6 +244,7 @@ async fn serve_loop(
                 Accepted::Request(env) => {
                     in_flight.push(InFlight {
                         identity,
+                        header: env.header.clone(),
                         reply: dispatch.dispatch(env),
                     });
                     None
@@ -241,7 +263,9 @@ async fn serve_loop(
         tokio::select! {
             biased;
             Some((identity, reply)) = in_flight.next(), if !in_flight.is_empty() => {
-                let _ = router.send(routed_message(identity, &reply)).await;
+                if let Some(reply) = reply {
+                    let _ = router.send(bounded(identity, reply)).await;
+                }
             }
             () = stop.cancelled(), if draining_until.is_none() => {
                 let grace = grace_rx.try_recv().unwrap_or(Duration::from_secs(10));
@@ -249,6 +273,13 @@ async fn serve_loop(
             }
             () = drain_deadline => {
                 tracing::warn!(abandoned = in_flight.len(), "shutdown grace ran out with requests in flight");
+                // Their callers hear it now rather than at their deadline.
+                for f in std::mem::take(&mut in_flight) {
+                    let error = RpcError::unavailable("the instance stopped before the request finished");
+                    if let Accepted::Refuse(reply) = error_reply(&f.header, error) {
+                        let _ = router.send(routed_message(f.identity, &reply)).await;
+                    }
+                }
                 break;
             }
             msg = router.recv(), if in_flight.len() < max_in_flight => {
@@ -269,14 +300,39 @@ async fn serve_loop(
         }
         // Send every reply that is ready now before waiting again.
         while let Some(Some((identity, reply))) = in_flight.next().now_or_never() {
-            let _ = router.send(routed_message(identity, &reply)).await;
+            if let Some(reply) = reply {
+                let _ = router.send(bounded(identity, reply)).await;
+            }
         }
         if draining_until.is_some() && in_flight.is_empty() {
             break;
         }
     }
-    let _ = router.close().await;
+    // Every request that reached us is answered: those still queued in the
+    // socket are refused (-32002), so their callers try another instance
+    // at once instead of waiting for their deadline.
+    let mut refused = 0usize;
+    while refused < DRAIN_REFUSALS {
+        let Ok(msg) = router.try_recv() else { break };
+        if let Some(refusal) = take(msg, &mut in_flight, true) {
+            let _ = router.send(refusal).await;
+        }
+        refused += 1;
+    }
+    // Replies still queued (large ones, slow readers) get time to leave
+    // before the socket goes: the default linger would cut them short.
+    let _ = router.close_with_linger(Some(CLOSE_LINGER)).await;
 }
+
+/// Replies queued per caller that does not read them; beyond, that
+/// caller's replies are dropped (it waits for none of them, or times out),
+/// so memory stays bounded whatever a caller does.
+const REPLY_BACKLOG: u32 = 64;
+
+/// Most requests refused one by one when a stopping instance closes.
+const DRAIN_REFUSALS: usize = 100_000;
+/// How long a stopping instance waits for its last replies to be sent.
+const CLOSE_LINGER: Duration = Duration::from_secs(5);
 
 enum Accepted {
     Request(Envelope),

@@ -210,7 +210,7 @@ async fn guarded(
 }
 
 impl Dispatch for ServiceDispatch {
-    fn dispatch(&self, request: Envelope) -> BoxFuture<'static, Envelope> {
+    fn dispatch(&self, request: Envelope) -> BoxFuture<'static, Option<Envelope>> {
         let Envelope { header, body } = request;
         let mut reply_header = Header::reply_to(&header);
         reply_header.instance = Some(self.info.instance.clone());
@@ -223,13 +223,24 @@ impl Dispatch for ServiceDispatch {
                     &None,
                     Err(RpcError::invalid_request(e)),
                 );
-                return Box::pin(std::future::ready(r));
+                return Box::pin(std::future::ready(Some(r)));
             }
         };
         let decoded = match jsonrpc::decode_request(ct, &body) {
             Ok(d) => d,
-            Err(e) => return Box::pin(std::future::ready(reply(reply_header, ct, &None, Err(e)))),
+            Err(e) => {
+                return Box::pin(std::future::ready(Some(reply(
+                    reply_header,
+                    ct,
+                    &None,
+                    Err(e),
+                ))));
+            }
         };
+        // A notification runs like a request, and its answer (an error
+        // included, as JSON-RPC 2.0 says) is not sent.
+        let notification = decoded.is_notification();
+        let answer = move |r: Envelope| (!notification).then_some(r);
         let method = header.method.clone().unwrap_or(decoded.method);
         if method == crate::state::SNAPSHOT_METHOD {
             let name = decoded
@@ -251,25 +262,25 @@ impl Dispatch for ServiceDispatch {
                         crate::state::SNAPSHOT_METHOD
                     ))),
                 };
-                reply(reply_header, ct, &id, outcome)
+                answer(reply(reply_header, ct, &id, outcome))
             });
         }
         if let Some(outcome) = self.builtin(&method) {
-            return Box::pin(std::future::ready(reply(
+            return Box::pin(std::future::ready(answer(reply(
                 reply_header,
                 ct,
                 &decoded.id,
                 outcome,
-            )));
+            ))));
         }
         let Some(entry) = self.methods.get(&method) else {
             let e = RpcError::method_not_found(format!("{}.{method}", self.service));
-            return Box::pin(std::future::ready(reply(
+            return Box::pin(std::future::ready(answer(reply(
                 reply_header,
                 ct,
                 &decoded.id,
                 Err(e),
-            )));
+            ))));
         };
         let span = tracing::info_span!(
             "rpc",
@@ -280,9 +291,10 @@ impl Dispatch for ServiceDispatch {
         let scope = CallScope {
             request_id: Some(header.id.clone()),
             transaction: header.transaction.clone(),
+            // A deadline past what the clock can hold is no deadline.
             deadline: header
                 .deadline_ms
-                .map(|ms| Instant::now() + Duration::from_millis(ms)),
+                .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
         };
         let inv = Invocation {
             header,
@@ -304,7 +316,7 @@ impl Dispatch for ServiceDispatch {
                     started.elapsed(),
                     outcome.as_ref().err().map(|e| e.message.as_str()),
                 );
-                reply(reply_header, ct, &id, outcome)
+                answer(reply(reply_header, ct, &id, outcome))
             }
             .instrument(span),
         )
@@ -312,6 +324,12 @@ impl Dispatch for ServiceDispatch {
 }
 
 impl EventSink for ServiceDispatch {
+    fn missed(&self, topic: &str, count: u64) {
+        for entry in self.events.iter().filter(|en| en.pattern.matches(topic)) {
+            entry.stats.missed(count);
+        }
+    }
+
     fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
         let topic = event.header.topic.clone().unwrap_or_default();
         let payload = match decode_payload(&event) {

@@ -1,0 +1,101 @@
+//! The event forwarder: every message from the inlet (XSUB) goes out of
+//! the outlet (XPUB) to each subscriber whose prefix matches, through that
+//! subscriber's own bounded queue. A full queue drops that subscriber's
+//! oldest message: the loss is its own (it counts it from the publishers'
+//! numbers, `docs/guarantees.md`), and neither the publishers nor the
+//! other subscribers wait for it.
+//!
+//! Subscribers only ever send subscriptions. Anything else they send is
+//! counted and skipped; nothing a peer sends ends the forwarder, and the
+//! loop starts again should a socket report an error.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use omq_tokio::{Message, Socket};
+use tokio_util::sync::CancellationToken;
+
+/// Messages forwarded in one turn before yielding to the other direction
+/// and to other tasks (a publisher that never pauses must not starve the
+/// subscriptions or the registry).
+const BURST: usize = 256;
+
+/// Counters of the forwarder.
+#[derive(Debug, Default)]
+pub(super) struct ForwarderCounters {
+    /// Event messages taken from the inlet and handed to the outlet.
+    pub(super) forwarded: AtomicU64,
+    /// Messages on the outlet that were not a subscription.
+    pub(super) bad_subscriptions: AtomicU64,
+    /// Times the loop started again after a socket error.
+    pub(super) restarts: AtomicU64,
+}
+
+/// Runs until `shutdown`, restarting the loop after an error.
+pub(super) async fn run(
+    inlet: Socket,
+    outlet: Socket,
+    counters: Arc<ForwarderCounters>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = forward(&inlet, &outlet, &counters) => {
+                let e = match r { Ok(()) => return, Err(e) => e };
+                counters.restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "event forwarder failed; starting it again");
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// One run of the loop: returns `Ok` when a socket is closed, `Err` on
+/// any other socket error.
+async fn forward(
+    inlet: &Socket,
+    outlet: &Socket,
+    counters: &ForwarderCounters,
+) -> Result<(), omq_tokio::Error> {
+    loop {
+        tokio::select! {
+            msg = inlet.recv() => {
+                let mut msg = Some(msg?);
+                let mut n = 0u64;
+                while let Some(m) = msg.take() {
+                    // A lossy outlet: `send` never waits for a subscriber.
+                    outlet.send(m).await?;
+                    n += 1;
+                    if n < BURST as u64 {
+                        msg = inlet.try_recv().ok();
+                    }
+                }
+                counters.forwarded.fetch_add(n, Ordering::Relaxed);
+            }
+            msg = outlet.recv() => {
+                let msg = msg?;
+                if !is_subscription(&msg) {
+                    counters.bad_subscriptions.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(frames = msg.len(), "skipped a message on the event outlet that is not a subscription");
+                }
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A subscription message: one frame, `0x01` (subscribe) or `0x00`
+/// (unsubscribe) and the prefix. The outlet keeps its own table of them;
+/// the inlet takes everything, so they go no further.
+fn is_subscription(msg: &Message) -> bool {
+    msg.len() == 1
+        && msg
+            .part_bytes(0)
+            .and_then(|p| p.first().copied())
+            .is_some_and(|b| b <= 1)
+}
