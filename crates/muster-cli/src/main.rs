@@ -161,8 +161,27 @@ async fn dispatch(command: Command) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("muster: {e:#}");
-            ExitCode::FAILURE
+            exit_code(&e)
         }
+    }
+}
+
+/// Exit code 2 for configuration errors (a manifest that is not valid,
+/// like a service's config), 1 for every other failure: the same codes
+/// as every muster service (`docs/manifest.md`, "Exit codes").
+fn exit_code(e: &anyhow::Error) -> ExitCode {
+    let config = e.chain().any(|c| {
+        c.downcast_ref::<muster_host::manifest::ManifestError>()
+            .is_some()
+            || matches!(
+                c.downcast_ref::<muster_host::HostError>(),
+                Some(muster_host::HostError::Manifest(_))
+            )
+    });
+    if config {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use muster::Client;
 use muster_test::{Proc, free_bus_url};
@@ -91,10 +91,11 @@ fn pub_without_a_bus_fails_clearly() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("no bus takes events"));
 }
 
-/// A subscriber that stops reading (its stdout pipe is full) must slow the
-/// publisher down, not grow the bus or the subscriber without bound.
+/// A subscriber that stops reading (its stdout pipe is full) must neither
+/// hold up the publisher nor grow the bus or the subscriber without bound:
+/// the bus keeps its own bounded queue for it and drops its oldest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_fast_publisher_meets_back_pressure_not_unbounded_memory() {
+async fn a_stuck_subscriber_holds_up_nobody_and_memory_stays_bounded() {
     let url = free_bus_url();
     let bus = spawn_bus(&url);
     let mut cmd = Command::new(MUSTER);
@@ -102,43 +103,43 @@ async fn a_fast_publisher_meets_back_pressure_not_unbounded_memory() {
         .stdout(Stdio::piped()) // never read
         .stderr(Stdio::piped());
     let mut stuck = Proc::spawn("stuck subscriber", cmd);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = Client::connect(&url).await.unwrap();
+    // The stuck subscriber is subscribed once an event reaches another
+    // subscriber on the same outlet after it started.
+    let mut watcher = publisher.subscribe(&["flood.>"]).await.unwrap();
     let bus_before = bus.rss_kib();
 
-    let publisher = Client::connect(&url).await.unwrap();
     let payload = "x".repeat(1_000);
-    let started = Instant::now();
     let mut sent = 0u64;
-    let mut blocked = false;
-    while started.elapsed() < Duration::from_secs(4) {
-        match tokio::time::timeout(
-            Duration::from_millis(500),
+    while sent < 200_000 {
+        tokio::time::timeout(
+            Duration::from_secs(10),
             publisher.publish("flood.x", &payload),
         )
         .await
-        {
-            Ok(r) => {
-                r.unwrap();
-                sent += 1;
-            }
-            Err(_) => {
-                blocked = true;
-                break;
-            }
-        }
+        .expect("a stuck subscriber never holds up the publisher")
+        .unwrap();
+        sent += 1;
     }
-    assert!(
-        blocked,
-        "the publisher was never held back ({sent} events sent)"
-    );
+    // Everything reaches the subscriber that reads (its own bounded
+    // queue may drop some while this test publishes faster than it reads;
+    // those it counts).
+    let mut got = 0u64;
+    while got + watcher.missed() < sent {
+        let e = tokio::time::timeout(Duration::from_secs(10), watcher.recv())
+            .await
+            .expect("the reading subscriber keeps receiving");
+        assert!(e.is_some());
+        got += 1;
+    }
     let bus_rss = bus.rss_kib();
     let sub_rss = stuck.rss_kib();
     eprintln!(
-        "sent {sent} events before back-pressure; bus RSS {bus_before} -> {bus_rss} KiB, subscriber {sub_rss} KiB"
+        "sent {sent}; reader got {got}, missed {}; bus RSS {bus_before} -> {bus_rss} KiB, stuck subscriber {sub_rss} KiB",
+        watcher.missed()
     );
-    assert!(bus_rss < 120 * 1024, "bus RSS {bus_rss} KiB");
+    assert!(bus_rss < 200 * 1024, "bus RSS {bus_rss} KiB");
     assert!(sub_rss < 120 * 1024, "subscriber RSS {sub_rss} KiB");
-    assert!(sent < 200_000, "buffering is bounded ({sent} events)");
     stuck.kill9();
 }
 

@@ -169,6 +169,7 @@ pub async fn run(
                 gateway_open: manifest.host.gateway_open,
                 recent: recent.clone(),
                 bus: Arc::new(move || stats.snapshot()),
+                max_body: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
             });
             let stopped = http_stop.clone();
             tokio::spawn(async move {

@@ -4,12 +4,14 @@
 //! `/openapi.json` describes every registered method from its schemas.
 //! Everything the dashboard loads comes from here.
 
+mod metrics;
+
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
@@ -37,6 +39,8 @@ pub(crate) struct AppState {
     pub(crate) gateway_open: bool,
     pub(crate) recent: Recent,
     pub(crate) bus: Arc<dyn Fn() -> muster_zmq::bus::BusStats + Send + Sync>,
+    /// Largest request body (the bus's message size limit).
+    pub(crate) max_body: usize,
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -52,7 +56,24 @@ pub(crate) fn router(state: AppState) -> axum::Router {
         .route("/api/ctl/{action}", post(api_ctl))
         .route("/call/{target}", post(call))
         .route("/openapi.json", get(openapi))
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                code::METHOD_NOT_FOUND,
+                "no such endpoint",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
         .with_state(state)
+}
+
+/// Every error this endpoint answers: `{"error": {"code", "message"}}`.
+fn error(status: StatusCode, code: i64, message: impl std::fmt::Display) -> Response {
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message.to_string()}})),
+    )
+        .into_response()
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
@@ -66,11 +87,11 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
 
 fn refuse() -> Response {
     tracing::warn!("HTTP request refused: wrong or missing token");
-    (
+    error(
         StatusCode::UNAUTHORIZED,
-        Json(json!({"error": {"code": code::UNAUTHORIZED, "message": "the host's token is required (Authorization: Bearer TOKEN)"}})),
+        code::UNAUTHORIZED,
+        "the host's token is required (Authorization: Bearer TOKEN)",
     )
-        .into_response()
 }
 
 async fn api_top(State(s): State<AppState>) -> Json<Value> {
@@ -87,15 +108,17 @@ async fn ask<T>(
     make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
 ) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
-    let unavailable = || (StatusCode::SERVICE_UNAVAILABLE, "the host is stopping").into_response();
-    s.commands.send(make(tx)).await.map_err(|_| unavailable())?;
-    rx.await.map_err(|_| unavailable())?.map_err(|e| {
-        (
-            StatusCode::CONFLICT,
-            Json(json!({"error": {"code": 1, "message": e}})),
+    let unavailable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            code::UNAVAILABLE,
+            "the host is stopping",
         )
-            .into_response()
-    })
+    };
+    s.commands.send(make(tx)).await.map_err(|_| unavailable())?;
+    rx.await
+        .map_err(|_| unavailable())?
+        .map_err(|e| error(StatusCode::CONFLICT, 1, e))
 }
 
 async fn api_status(State(s): State<AppState>) -> Response {
@@ -123,20 +146,33 @@ struct CtlBody {
     service: Option<String>,
 }
 
-/// Restart or stop from the dashboard (token required).
+/// Restart or stop from the dashboard (token required). The token is
+/// checked before anything else is read; the body is JSON whatever its
+/// `Content-Type` says, and may be empty.
 async fn api_ctl(
     State(s): State<AppState>,
     Path(action): Path<String>,
     headers: HeaderMap,
-    body: Option<Json<CtlBody>>,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
     if !authorized(&s, &headers) {
         return refuse();
     }
-    let Json(b) = body.unwrap_or(Json(CtlBody {
-        transaction: None,
-        service: None,
-    }));
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return body_refused(&r),
+    };
+    let b = if body.iter().all(u8::is_ascii_whitespace) {
+        CtlBody {
+            transaction: None,
+            service: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => return rpc_error(&RpcError::invalid_params("", e)),
+        }
+    };
     let r = match action.as_str() {
         "restart" => {
             ask(&s, |reply| Command::Restart {
@@ -154,7 +190,13 @@ async fn api_ctl(
             })
             .await
         }
-        _ => return (StatusCode::NOT_FOUND, "actions: restart, stop").into_response(),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                code::METHOD_NOT_FOUND,
+                "actions: restart, stop",
+            );
+        }
     };
     match r {
         Ok(done) => Json(done).into_response(),
@@ -179,47 +221,125 @@ pub(crate) fn http_status(code: i64) -> StatusCode {
     }
 }
 
+/// A body axum could not read (over the size limit, a broken stream).
+fn body_refused(r: &BytesRejection) -> Response {
+    let status = r.status();
+    let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        code::TOO_LARGE
+    } else {
+        code::INVALID_REQUEST
+    };
+    error(status, code, r.body_text())
+}
+
+/// A JSON-RPC error as an HTTP answer.
+fn rpc_error(e: &RpcError) -> Response {
+    (http_status(e.code), Json(json!({ "error": e }))).into_response()
+}
+
+/// Longest deadline `X-Muster-Timeout-Ms` may ask for: an hour.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// The call's deadline from `X-Muster-Timeout-Ms` (default 5 s).
+fn call_timeout(headers: &HeaderMap) -> Result<Duration, RpcError> {
+    let Some(v) = headers.get("x-muster-timeout-ms") else {
+        return Ok(muster::DEFAULT_TIMEOUT);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms))
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            RpcError::invalid_request(format!(
+                "X-Muster-Timeout-Ms must be a whole number of milliseconds from 1 to {MAX_TIMEOUT_MS}"
+            ))
+        })
+}
+
 /// `POST /call/SERVICE.METHOD` with a JSON body (the params).
 async fn call(
     State(s): State<AppState>,
     Path(target): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Response {
     if !s.gateway_open && !authorized(&s, &headers) {
         return refuse();
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return body_refused(&r),
+    };
     let params: Value = if body.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
         match serde_json::from_slice(&body) {
             Ok(v) => v,
-            Err(e) => {
-                let err = RpcError::parse_error(e);
-                return (http_status(err.code), Json(json!({ "error": err }))).into_response();
-            }
+            Err(e) => return rpc_error(&RpcError::parse_error(e)),
         }
     };
-    let timeout = headers
-        .get("x-muster-timeout-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(muster::DEFAULT_TIMEOUT, Duration::from_millis);
+    let timeout = match call_timeout(&headers) {
+        Ok(t) => t,
+        Err(e) => return rpc_error(&e),
+    };
     match s
         .client
         .call_with::<_, Value>(&target, &params, CallOptions::default().timeout(timeout))
         .await
     {
         Ok(v) => Json(json!({ "result": v })).into_response(),
-        Err(e) => (http_status(e.code), Json(json!({ "error": e }))).into_response(),
+        Err(e) => rpc_error(&e),
     }
+}
+
+/// One `POST /call/SERVICE.METHOD` of the OpenAPI document: the params'
+/// schema (with the limits the method's types declare) as a required
+/// body, every status the gateway answers, and the size limit.
+fn operation(
+    service: &str,
+    m: &muster::registry::MethodInfo,
+    open: bool,
+    max_body: usize,
+) -> Value {
+    let error = json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object",
+        "required": ["code", "message"],
+        "properties": {"code": {"type": "integer"}, "message": {"type": "string"}, "data": {}}}}});
+    let answer = |what: &str| json!({"description": what, "content": {"application/json": {"schema": error.clone()}}});
+    let mut responses = json!({
+        "200": {"description": "the result", "content": {"application/json": {"schema":
+            {"type": "object", "required": ["result"], "properties": {"result": m.result.clone().unwrap_or(json!({}))}}}}},
+        "400": answer("bad params (-32602, with data.path naming the field), a body that is not JSON, or a bad X-Muster-Timeout-Ms"),
+        "404": answer("no such service or method (-32601)"),
+        "413": answer("the body or the reply is over the size limit (-32003)"),
+        "422": answer("the method's own error (its code)"),
+        "429": answer("the instance is shutting down (-32002); try again"),
+        "500": answer("the handler failed (-32603)"),
+        "503": answer("no instance could answer (-32001)"),
+        "504": answer("no reply within the deadline (-32000)"),
+    });
+    if !open {
+        responses["401"] = answer("missing or wrong token (-32004)");
+    }
+    json!({"post": {
+        "operationId": format!("{service}.{}", m.name),
+        "tags": [service],
+        "parameters": [{"name": "X-Muster-Timeout-Ms", "in": "header", "required": false,
+            "description": "the call's deadline in milliseconds (default 5000)",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TIMEOUT_MS}}],
+        "requestBody": {
+            "required": true,
+            "description": format!("the params, as JSON (at most {max_body} bytes)"),
+            "content": {"application/json": {"schema": m.params.clone().unwrap_or(json!({}))}}},
+        "responses": responses,
+    }})
 }
 
 /// OpenAPI 3.1 from the registry: one `POST /call/SERVICE.METHOD` per method.
 async fn openapi(State(s): State<AppState>) -> Response {
     let instances = match s.client.instances().await {
         Ok(i) => i,
-        Err(e) => return (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, code::UNAVAILABLE, e),
     };
     let mut paths = serde_json::Map::new();
     for i in &instances {
@@ -231,25 +351,7 @@ async fn openapi(State(s): State<AppState>) -> Response {
             if paths.contains_key(&path) {
                 continue;
             }
-            let error = json!({"type": "object", "properties": {"error": {"type": "object",
-                "properties": {"code": {"type": "integer"}, "message": {"type": "string"}, "data": {}}}}});
-            paths.insert(
-                path,
-                json!({"post": {
-                    "operationId": format!("{}.{}", i.service, m.name),
-                    "tags": [i.service],
-                    "requestBody": {"content": {"application/json": {"schema": m.params.clone().unwrap_or(json!({}))}}},
-                    "responses": {
-                        "200": {"description": "the result", "content": {"application/json": {"schema":
-                            {"type": "object", "properties": {"result": m.result.clone().unwrap_or(json!({}))}}}}},
-                        "400": {"description": "bad params (-32602, with data.path) or body", "content": {"application/json": {"schema": error.clone()}}},
-                        "404": {"description": "no such method", "content": {"application/json": {"schema": error.clone()}}},
-                        "422": {"description": "the method's own error", "content": {"application/json": {"schema": error.clone()}}},
-                        "503": {"description": "no instance could answer", "content": {"application/json": {"schema": error.clone()}}},
-                        "504": {"description": "timeout", "content": {"application/json": {"schema": error}}}
-                    }
-                }}),
-            );
+            paths.insert(path, operation(&i.service, m, s.gateway_open, s.max_body));
         }
     }
     let mut doc = json!({
@@ -265,26 +367,30 @@ async fn openapi(State(s): State<AppState>) -> Response {
     Json(doc).into_response()
 }
 
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-/// Prometheus text format.
-async fn metrics(State(s): State<AppState>) -> Response {
+/// `/metrics`: Prometheus text, or OpenMetrics when asked (`Accept`).
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let format =
+        metrics::Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let latest = s
         .monitor
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .latest();
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, v) in rows {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
-        }
-    };
+    let body = metrics::render(&families(&latest, &(s.bus)()), format);
+    let mut resp = body.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
+    resp
+}
+
+/// The host's metric families from the latest samples and the bus counters.
+fn families(
+    latest: &[crate::monitor::MonitorSample],
+    bus: &muster_zmq::bus::BusStats,
+) -> Vec<metrics::Family> {
+    use metrics::{Family, Kind, Sample, label};
     let inst = |t: &crate::monitor::MonitorSample, i: &crate::monitor::InstanceSample| {
         format!(
             r#"transaction="{}",context="{}",service="{}",instance="{}""#,
@@ -298,67 +404,11 @@ async fn metrics(State(s): State<AppState>) -> Response {
         .iter()
         .flat_map(|t| t.instances.iter().map(move |i| (t, i)))
         .collect();
-    family(
-        "muster_instance_cpu_percent",
-        "gauge",
-        "CPU % of one core, the instance and its children",
+    let per_process = |f: &dyn Fn(&crate::monitor::InstanceSample) -> Option<f64>| {
         all.iter()
-            .filter_map(|(t, i)| Some((inst(t, i), total_cpu(i.process.as_ref()?))))
-            .collect(),
-    );
-    family(
-        "muster_instance_resident_bytes",
-        "gauge",
-        "Resident memory of the instance and its children",
-        all.iter()
-            .filter_map(|(t, i)| Some((inst(t, i), total_rss(i.process.as_ref()?) as f64)))
-            .collect(),
-    );
-    family(
-        "muster_instance_virtual_bytes",
-        "gauge",
-        "Virtual memory of the instance process",
-        all.iter()
-            .filter_map(|(t, i)| Some((inst(t, i), i.process.as_ref()?.vms as f64)))
-            .collect(),
-    );
-    family(
-        "muster_instance_threads",
-        "gauge",
-        "Threads of the instance process",
-        all.iter()
-            .filter_map(|(t, i)| Some((inst(t, i), i.process.as_ref()?.threads as f64)))
-            .collect(),
-    );
-    family(
-        "muster_instance_open_files",
-        "gauge",
-        "Open file descriptors of the instance process",
-        all.iter()
-            .filter_map(|(t, i)| Some((inst(t, i), i.process.as_ref()?.open_files as f64)))
-            .collect(),
-    );
-    family(
-        "muster_instance_restarts_total",
-        "counter",
-        "Restarts of the instance's slot",
-        all.iter()
-            .map(|(t, i)| (inst(t, i), f64::from(i.status.restarts)))
-            .collect(),
-    );
-    family(
-        "muster_instance_up",
-        "gauge",
-        "1 while the instance is running (ready)",
-        all.iter()
-            .map(|(t, i)| {
-                (
-                    format!(r#"{},state="{}""#, inst(t, i), label(&i.status.state)),
-                    f64::from(u8::from(i.status.state == "running")),
-                )
-            })
-            .collect(),
-    );
+            .filter_map(|(t, i)| Some(Sample::new(inst(t, i), f(i)?)))
+            .collect()
+    };
     let methods: Vec<(String, &muster::stats::MethodReport)> = all
         .iter()
         .flat_map(|(t, i)| {
@@ -367,70 +417,136 @@ async fn metrics(State(s): State<AppState>) -> Response {
                 .map(move |(m, r)| (format!(r#"{},method="{}""#, inst(t, i), label(m)), r))
         })
         .collect();
-    family(
-        "muster_method_requests_total",
-        "counter",
-        "Requests (or events, or job runs) handled",
+    let per_method = |f: &dyn Fn(&muster::stats::MethodReport) -> f64| {
         methods
             .iter()
-            .map(|(l, r)| (l.clone(), r.num_requests as f64))
-            .collect(),
-    );
-    family(
-        "muster_method_errors_total",
-        "counter",
-        "Requests that ended in an error reply",
-        methods
-            .iter()
-            .map(|(l, r)| (l.clone(), r.num_errors as f64))
-            .collect(),
-    );
-    family(
-        "muster_method_in_flight",
-        "gauge",
-        "Requests being handled now",
-        methods
-            .iter()
-            .map(|(l, r)| (l.clone(), r.in_flight as f64))
-            .collect(),
-    );
-    family(
-        "muster_method_latency_seconds",
-        "summary",
-        "Handler time quantiles",
-        methods
-            .iter()
-            .flat_map(|(l, r)| {
-                [
-                    (format!(r#"{l},quantile="0.5""#), r.p50_us as f64 / 1e6),
-                    (format!(r#"{l},quantile="0.99""#), r.p99_us as f64 / 1e6),
-                ]
-            })
-            .collect(),
-    );
-    let bus = (s.bus)();
-    family(
-        "muster_bus_instances",
-        "gauge",
-        "Instances registered on the bus",
-        vec![(String::new(), bus.instances as f64)],
-    );
-    family(
-        "muster_bus_expired_total",
-        "counter",
-        "Instances dropped for missed heartbeats",
-        vec![(String::new(), bus.expired as f64)],
-    );
-    family(
-        "muster_bus_bad_messages_total",
-        "counter",
-        "Malformed messages the registry dropped",
-        vec![(String::new(), bus.bad_messages as f64)],
-    );
-    let mut resp = out.into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-    );
-    resp
+            .map(|(l, r)| Sample::new(l.clone(), f(r)))
+            .collect()
+    };
+    let bus_value = |v: u64| vec![Sample::new(String::new(), v as f64)];
+    vec![
+        Family {
+            name: "muster_instance_cpu_percent",
+            kind: Kind::Gauge,
+            help: "CPU % of one core, the instance and its children",
+            samples: per_process(&|i| Some(total_cpu(i.process.as_ref()?))),
+        },
+        Family {
+            name: "muster_instance_resident_bytes",
+            kind: Kind::Gauge,
+            help: "Resident memory of the instance and its children",
+            samples: per_process(&|i| Some(total_rss(i.process.as_ref()?) as f64)),
+        },
+        Family {
+            name: "muster_instance_virtual_bytes",
+            kind: Kind::Gauge,
+            help: "Virtual memory of the instance process",
+            samples: per_process(&|i| Some(i.process.as_ref()?.vms as f64)),
+        },
+        Family {
+            name: "muster_instance_threads",
+            kind: Kind::Gauge,
+            help: "Threads of the instance process",
+            samples: per_process(&|i| Some(i.process.as_ref()?.threads as f64)),
+        },
+        Family {
+            name: "muster_instance_open_files",
+            kind: Kind::Gauge,
+            help: "Open file descriptors of the instance process",
+            samples: per_process(&|i| Some(i.process.as_ref()?.open_files as f64)),
+        },
+        Family {
+            name: "muster_instance_restarts",
+            kind: Kind::Counter,
+            help: "Restarts of the instance's slot",
+            samples: per_process(&|i| Some(f64::from(i.status.restarts))),
+        },
+        Family {
+            name: "muster_instance_up",
+            kind: Kind::Gauge,
+            help: "1 while the instance is running (ready)",
+            samples: all
+                .iter()
+                .map(|(t, i)| {
+                    Sample::new(
+                        format!(r#"{},state="{}""#, inst(t, i), label(&i.status.state)),
+                        f64::from(u8::from(i.status.state == "running")),
+                    )
+                })
+                .collect(),
+        },
+        Family {
+            name: "muster_method_requests",
+            kind: Kind::Counter,
+            help: "Requests (or events, or job runs) handled",
+            samples: per_method(&|r| r.num_requests as f64),
+        },
+        Family {
+            name: "muster_method_errors",
+            kind: Kind::Counter,
+            help: "Requests that ended in an error reply",
+            samples: per_method(&|r| r.num_errors as f64),
+        },
+        Family {
+            name: "muster_method_in_flight",
+            kind: Kind::Gauge,
+            help: "Requests being handled now",
+            samples: per_method(&|r| r.in_flight as f64),
+        },
+        Family {
+            name: "muster_method_latency_seconds",
+            kind: Kind::Summary,
+            help: "Handler time quantiles",
+            samples: methods
+                .iter()
+                .flat_map(|(l, r)| {
+                    let sample = |suffix, labels, value| Sample {
+                        suffix,
+                        labels,
+                        value,
+                    };
+                    [
+                        sample("", format!(r#"{l},quantile="0.5""#), r.p50_us as f64 / 1e6),
+                        sample("", format!(r#"{l},quantile="0.99""#), r.p99_us as f64 / 1e6),
+                        sample(
+                            "_sum",
+                            l.clone(),
+                            (r.average_processing_time_us as f64 * r.num_requests as f64) / 1e6,
+                        ),
+                        sample("_count", l.clone(), r.num_requests as f64),
+                    ]
+                })
+                .collect(),
+        },
+        Family {
+            name: "muster_bus_instances",
+            kind: Kind::Gauge,
+            help: "Instances registered on the bus",
+            samples: bus_value(bus.instances),
+        },
+        Family {
+            name: "muster_bus_expired",
+            kind: Kind::Counter,
+            help: "Instances dropped for missed heartbeats",
+            samples: bus_value(bus.expired),
+        },
+        Family {
+            name: "muster_bus_bad_messages",
+            kind: Kind::Counter,
+            help: "Malformed messages the registry dropped",
+            samples: bus_value(bus.bad_messages),
+        },
+        Family {
+            name: "muster_bus_events_forwarded",
+            kind: Kind::Counter,
+            help: "Event messages the bus forwarded from publishers",
+            samples: bus_value(bus.events_forwarded),
+        },
+        Family {
+            name: "muster_bus_bad_subscriptions",
+            kind: Kind::Counter,
+            help: "Messages on the event outlet that were not subscriptions",
+            samples: bus_value(bus.bad_subscriptions),
+        },
+    ]
 }

@@ -18,7 +18,7 @@ use toml::Spanned;
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     /// The file could not be read.
-    #[error("{}: {source}", file.display())]
+    #[error("cannot read {}", file.display())]
     Io {
         /// The manifest file.
         file: PathBuf,
@@ -298,7 +298,7 @@ impl Manifest {
                 file: file.clone(),
                 source,
             })?;
-            let (h, ctx) = parse(file, &src, i == 0, subst)?;
+            let (h, ctx) = parse_with(file, &src, i == 0, subst, true)?;
             if let Some(h) = h {
                 host = Some(h);
             }
@@ -340,7 +340,9 @@ impl Manifest {
 }
 
 /// Parses one manifest's text (the file name is for messages and for
-/// relative paths).
+/// relative paths). Unlike [`Manifest::load`], it does not look at the
+/// file system: programs and working directories need not exist yet (the
+/// scaffold checks manifests of services it has not built).
 ///
 /// # Errors
 /// As [`Manifest::load`].
@@ -349,6 +351,18 @@ pub fn parse(
     src: &str,
     first: bool,
     subst: &Substitutions,
+) -> Result<(Option<HostSpec>, ContextSpec), ManifestError> {
+    parse_with(file, src, first, subst, false)
+}
+
+/// [`parse`], also checking (with `on_disk`) that each service's working
+/// directory and program exist.
+fn parse_with(
+    file: &Path,
+    src: &str,
+    first: bool,
+    subst: &Substitutions,
+    on_disk: bool,
 ) -> Result<(Option<HostSpec>, ContextSpec), ManifestError> {
     let raw: RawFile = toml::from_str(src).map_err(|e| {
         let span = e.span().unwrap_or(0..0);
@@ -364,6 +378,7 @@ pub fn parse(
         src,
         dir: dir_of(file),
         subst,
+        on_disk,
     }
     .check(raw, first)
 }
@@ -420,7 +435,7 @@ struct RawService {
     args: Option<Vec<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    cwd: Option<String>,
+    cwd: Option<Spanned<String>>,
     instances: Option<Spanned<u32>>,
     restart: Option<Spanned<RestartPolicy>>,
     #[serde(default)]
@@ -488,6 +503,8 @@ struct Checker<'a> {
     src: &'a str,
     dir: PathBuf,
     subst: &'a Substitutions,
+    /// Check that working directories and programs exist.
+    on_disk: bool,
 }
 
 impl Checker<'_> {
@@ -672,6 +689,23 @@ impl Checker<'_> {
                 ));
             }
         };
+        let cwd = s.cwd.as_ref().map_or_else(
+            || self.dir.clone(),
+            |c| self.dir.join(self.expand(c.get_ref())),
+        );
+        // Checked now, not at the first spawn: a typo fails the load with
+        // its line instead of a crash loop later.
+        if self.on_disk && !cwd.is_dir() {
+            let at = s
+                .cwd
+                .as_ref()
+                .map_or(s.name.span().start, |c| c.span().start);
+            return Err(self.err(
+                at,
+                key("cwd"),
+                format!("{} is not a directory", cwd.display()),
+            ));
+        }
         let instances = match &s.instances {
             Some(n) if *n.get_ref() == 0 || *n.get_ref() > 1000 => {
                 return Err(self.err(n.span().start, key("instances"), "must be 1 to 1000"));
@@ -694,6 +728,18 @@ impl Checker<'_> {
         } else {
             command
         };
+        if let Some(e) = self
+            .on_disk
+            .then(|| crate::process::resolve(&command, &cwd).err())
+            .flatten()
+        {
+            let (at, k) = match (&s.run, &s.command) {
+                (Some(r), _) => (r.span().start, "run"),
+                (None, Some(c)) => (c.span().start, "command"),
+                (None, None) => (s.name.span().start, "run"),
+            };
+            return Err(self.err(at, key(k), e));
+        }
         let schedule = self.scheduled(i, s, instances)?;
         let limits = crate::monitor::Limits {
             max_rss: match &s.max_rss {
@@ -730,10 +776,7 @@ impl Checker<'_> {
                 .iter()
                 .map(|(k, v)| (k.clone(), self.expand(v)))
                 .collect(),
-            cwd: s
-                .cwd
-                .as_deref()
-                .map_or_else(|| self.dir.clone(), |c| self.dir.join(self.expand(c))),
+            cwd,
             instances,
             restart: s.restart.as_ref().map_or_else(
                 || {
@@ -1022,6 +1065,40 @@ stop_timeout = "250ms"
 on_update = { start = ["db"] }
 on_exit = { exit = true }
 "#;
+
+    #[test]
+    fn missing_programs_and_directories_fail_the_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("muster.toml");
+        let load = |src: &str| {
+            std::fs::write(&file, src).unwrap();
+            Manifest::load(std::slice::from_ref(&file), &Substitutions::default())
+        };
+        let ok = "[context]\nname = \"c\"\n[[service]]\nname = \"a\"\nrun = [\"sh\", \"-c\", \"true\"]\n";
+        load(ok).unwrap();
+        let fault = |src: &str| match load(src).unwrap_err() {
+            ManifestError::Invalid {
+                line, key, message, ..
+            } => (line, key, message),
+            ManifestError::Io { .. } => unreachable!(),
+        };
+        let (line, key, msg) = fault(&format!("{ok}cwd = \"/nonexistent\"\n"));
+        assert_eq!((line, key.as_str()), (6, "service[0].cwd"));
+        assert!(msg.contains("/nonexistent is not a directory"), "{msg}");
+        let (line, key, msg) = fault(&ok.replace("\"sh\"", "\"no-such-program-xyz\""));
+        assert_eq!((line, key.as_str()), (5, "service[0].run"));
+        assert!(msg.contains("not found on PATH"), "{msg}");
+        let (_, key, msg) = fault(&ok.replace("\"sh\"", "\"bin/missing\""));
+        assert_eq!(key, "service[0].run");
+        assert!(msg.contains("bin/missing not found"), "{msg}");
+        // A file that is not there is said once.
+        let e =
+            Manifest::load(&[dir.path().join("nope.toml")], &Substitutions::default()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot read {}", dir.path().join("nope.toml").display())
+        );
+    }
 
     #[test]
     fn reads_every_key() {

@@ -91,7 +91,7 @@ pub fn spawn(
 /// Finds `command` the way the child would: a path (relative to `cwd`)
 /// or a name on `PATH`. Checked before spawning so a missing program is a
 /// clear "failed start" rather than an exit code.
-fn resolve(command: &str, cwd: &Path) -> std::io::Result<PathBuf> {
+pub(crate) fn resolve(command: &str, cwd: &Path) -> std::io::Result<PathBuf> {
     let not_found = |what: String| std::io::Error::new(std::io::ErrorKind::NotFound, what);
     if command.contains('/') {
         let p = cwd.join(command);

@@ -9,6 +9,7 @@ pub struct Shout {
     /// What to shout.
     pub text: String,
     /// How many times (default 1, at most 1000).
+    #[schemars(range(min = 0, max = 1000))]
     pub times: Option<u32>,
 }
 
