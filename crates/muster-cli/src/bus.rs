@@ -12,6 +12,14 @@ pub(crate) struct BusCmd {
     /// Drop an instance after this long without a heartbeat.
     #[arg(long, default_value = "3s", value_parser = muster_core::duration::parse)]
     ttl: std::time::Duration,
+    /// Bytes of jobs the work queues hold in all; more are refused
+    /// ("queues are full"). 256MB by default.
+    #[arg(long, value_name = "BYTES", default_value_t = muster_core::queue::DEFAULT_QUEUE_BYTES)]
+    queue_max_bytes: usize,
+    /// Event messages queued for each subscriber; beyond, that
+    /// subscriber's oldest are dropped (and counted by it).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    subscriber_queue: u32,
     /// Log level.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -33,6 +41,8 @@ impl BusCmd {
         let addr: BusAddr = url.parse()?;
         let mut options = BusOptions::default();
         options.ttl = self.ttl;
+        options.queue_limits.bytes = self.queue_max_bytes;
+        options.subscriber_hwm = self.subscriber_queue.max(1);
         let bus = Bus::start(addr.clone(), options)
             .await
             .with_context(|| format!("cannot start the bus at {addr}"))?;

@@ -1,169 +1,17 @@
 //! The host as a user runs it: `muster up` with a manifest, real service
 //! processes, `muster ctl`, `kill -9`, SIGTERM, and the process table.
 
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use muster::{Client, Event, Subscription};
+use muster::{Client, Subscription};
+use muster_test::host::{Host, WAIT, free_http, http, is, next, tempdir};
 use muster_test::{Proc, eventually, free_bus_url};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A host running a manifest in its own temporary directory.
-struct Host {
-    proc: Proc,
-    dir: PathBuf,
-    bus: String,
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("muster-host-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-impl Host {
-    /// Writes `manifest` (with `[host] bus` set) and starts `muster up`.
-    async fn up(tag: &str, manifest: &str) -> Self {
-        let dir = tempdir(tag);
-        let bus = free_bus_url();
-        let text = if manifest.contains("[host]") {
-            manifest.replace("[host]", &format!("[host]\nbus = \"{bus}\""))
-        } else {
-            format!("[host]\nbus = \"{bus}\"\nhttp = \"off\"\n\n{manifest}")
-        };
-        std::fs::write(dir.join("muster.toml"), text).unwrap();
-        Self::start(dir, bus).await
-    }
-
-    async fn start(dir: PathBuf, bus: String) -> Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("host.log"))
-            .unwrap();
-        let mut c = Command::new(MUSTER);
-        c.args(["up", "muster.toml", "--log-level", "info"])
-            .current_dir(&dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        let host = Self {
-            proc: Proc::spawn("muster up", c),
-            dir,
-            bus,
-        };
-        eventually(WAIT, "the host answers ctl status", || async {
-            host.try_status()
-        })
-        .await;
-        host
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(MUSTER)
-            .arg("ctl")
-            .args(args)
-            .args(["--bus", &self.bus])
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    fn try_status(&self) -> Option<Value> {
-        let o = self.ctl(&["status", "--json"]);
-        o.status
-            .success()
-            .then(|| serde_json::from_slice(&o.stdout).ok())
-            .flatten()
-    }
-
-    fn status(&self) -> Value {
-        self.try_status().expect("ctl status works")
-    }
-
-    /// The one transaction's id.
-    fn transaction(&self) -> String {
-        self.status()["transactions"][0]["transaction"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// `(pid, state, restarts)` of `service` slot `slot`.
-    fn slot(&self, service: &str, slot: usize) -> (Option<u32>, String, u64) {
-        let st = self.status();
-        let s = st["transactions"][0]["services"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == service)
-            .unwrap_or_else(|| panic!("no {service} in {st}"))
-            .clone();
-        let i = &s["instances"][slot];
-        (
-            i["pid"].as_u64().map(|p| p as u32),
-            i["state"].as_str().unwrap().to_owned(),
-            i["restarts"].as_u64().unwrap(),
-        )
-    }
-
-    async fn wait_state(&self, service: &str, slot: usize, state: &str) -> Option<u32> {
-        eventually(WAIT, &format!("{service}.{slot} {state}"), || async {
-            let (pid, s, _) = self.slot(service, slot);
-            (s == state).then_some(pid)
-        })
-        .await
-    }
-
-    async fn events(&self) -> Subscription {
-        muster_test::lifecycle_events(&self.bus).await
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("host.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        if self.proc.pid() != 0 {
-            self.proc.signal(Signal::SIGTERM);
-            let _ = self.proc.wait_exit(Duration::from_secs(10));
-        }
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// Next event matching `pred`, within the wait.
-async fn next(events: &mut Subscription, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let found = tokio::time::timeout(WAIT, async {
-        while let Some(Event { payload, .. }) = events.recv().await {
-            if pred(&payload) {
-                return Some(payload);
-            }
-        }
-        None
-    })
-    .await;
-    match found {
-        Ok(Some(v)) => v,
-        _ => panic!("no event: {what}"),
-    }
-}
-
-fn is(service: &str, event: &str) -> impl Fn(&Value) -> bool {
-    let (service, event) = (service.to_owned(), event.to_owned());
-    move |v| v["service"] == service && v["event"] == event
-}
 
 /// Every process whose environment names `transaction` (services and
 /// anything they started).
@@ -212,6 +60,7 @@ fn sh(name: &str, script: &str, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_is_followed_by_a_restart_and_a_new_started() {
     let host = Host::up(
+        MUSTER,
         "kill9",
         &format!("[context]\nname = \"k\"\n{}", echo("echo", "instances = 2")),
     )
@@ -252,7 +101,7 @@ async fn transient_is_not_restarted_after_exit_0_and_temporary_never() {
         sh("tmp", "sleep 0.2; exit 3", "restart = \"temporary\""),
         sh("trfail", "sleep 0.2; exit 4", "restart = \"transient\""),
     );
-    let host = Host::up("transient", &manifest).await;
+    let host = Host::up(MUSTER, "transient", &manifest).await;
     host.wait_state("tr", 0, "exited").await;
     host.wait_state("tmp", 0, "failed").await;
     // transient does restart a failure
@@ -272,7 +121,7 @@ async fn kill_middle(strategy: &str) -> [(Option<u32>, Option<u32>); 3] {
         sh("b", "sleep 1000", ""),
         sh("c", "sleep 1000", ""),
     );
-    let host = Host::up(strategy, &manifest).await;
+    let host = Host::up(MUSTER, strategy, &manifest).await;
     let before: Vec<Option<u32>> = ["a", "b", "c"].iter().map(|s| host.slot(s, 0).0).collect();
     assert!(before.iter().all(Option::is_some));
     kill(Pid::from_raw(before[1].unwrap() as i32), Signal::SIGKILL).unwrap();
@@ -312,7 +161,7 @@ async fn over_the_restart_budget_the_context_fails_and_stops() {
         sh("crashy", "sleep 0.1; exit 1", ""),
         sh("bystander", "sleep 1000", ""),
     );
-    let host = Host::up("budget", &manifest).await;
+    let host = Host::up(MUSTER, "budget", &manifest).await;
     let mut events = host.events().await;
     let failed = next(&mut events, "context failed", |v| {
         v["event"] == "failed" && v.get("service").is_none()
@@ -350,7 +199,7 @@ async fn each_trigger_fires_once_per_event() {
         step("drink_coffee", "autostart = false"),
         step("run", "autostart = false\non_exit = { stop = [\"walk\"] }"),
     );
-    let host = Host::up("triggers", &manifest).await;
+    let host = Host::up(MUSTER, "triggers", &manifest).await;
     let mut events = host.events().await;
     let _ = next(&mut events, "run exited", is("run", "exited")).await;
     // Let anything that would fire twice do so.
@@ -373,6 +222,7 @@ async fn each_trigger_fires_once_per_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_without_the_token_is_refused_and_logged() {
     let host = Host::up(
+        MUSTER,
         "token",
         &format!("[context]\nname = \"c\"\n{}", sh("s", "sleep 1000", "")),
     )
@@ -425,7 +275,7 @@ async fn sigterm_stops_everything_in_reverse_order_and_leaves_no_process() {
             "after = [\"web\"]"
         ),
     );
-    let mut host = Host::up("sigterm", &manifest).await;
+    let mut host = Host::up(MUSTER, "sigterm", &manifest).await;
     host.wait_state("worker", 0, "running").await;
     let txn = host.transaction();
     assert!(
@@ -458,7 +308,7 @@ async fn a_killed_host_takes_its_children_and_brings_the_transaction_back() {
         "[context]\nname = \"p\"\n{}",
         sh("s", "sleep 1000", "instances = 2")
     );
-    let mut host = Host::up("persist", &manifest).await;
+    let mut host = Host::up(MUSTER, "persist", &manifest).await;
     let txn = host.transaction();
     host.wait_state("s", 1, "running").await;
     // two shells, each with its sleep
@@ -475,7 +325,7 @@ async fn a_killed_host_takes_its_children_and_brings_the_transaction_back() {
     let dir = host.dir.clone();
     let bus = host.bus.clone();
     std::mem::forget(host); // its process is gone; keep the directory
-    let host = Host::start(dir, bus).await;
+    let host = Host::start(MUSTER, dir, bus).await;
     assert_eq!(host.transaction(), txn);
     host.wait_state("s", 1, "running").await;
     eventually(WAIT, "4 processes again", || async {
@@ -490,7 +340,7 @@ async fn transactions_run_side_by_side_and_are_addressed_by_id() {
         "[context]\nname = \"x\"\nboot = false\n{}",
         sh("s", "exec sleep 1000", "")
     );
-    let host = Host::up("txns", &manifest).await;
+    let host = Host::up(MUSTER, "txns", &manifest).await;
     assert_eq!(host.status()["transactions"], json!([]));
     let o = host.ctl(&["start", "--transaction", "AAAAAAAAAAAAAAAAAAAA"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -529,7 +379,7 @@ async fn reload_applies_only_the_difference() {
         sh("change", "sleep 1000", ""),
         sh("drop", "sleep 1000", ""),
     );
-    let host = Host::up("reload", &base).await;
+    let host = Host::up(MUSTER, "reload", &base).await;
     let keep = host.slot("keep", 0).0;
     let change = host.slot("change", 0).0;
     let text = std::fs::read_to_string(host.dir.join("muster.toml")).unwrap();
@@ -570,6 +420,7 @@ async fn reload_applies_only_the_difference() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_are_captured_per_instance() {
     let host = Host::up(
+        MUSTER,
         "logs",
         &format!(
             "[context]\nname = \"l\"\n{}",
@@ -709,7 +560,7 @@ async fn scheduled_services_run_to_completion_and_their_runs_are_recorded() {
         "[[service]]\nname = \"ok\"\nrun = [\"/bin/sh\", \"-c\", \"exit 0\"]\nready = \"spawned\"\nschedule = \"* * * * * *\"\n",
         "[[service]]\nname = \"bad\"\nrun = [\"/bin/sh\", \"-c\", \"exit 3\"]\nready = \"spawned\"\nschedule = \"every 1s\"\n",
     );
-    let host = Host::up("schedule", &manifest).await;
+    let host = Host::up(MUSTER, "schedule", &manifest).await;
     let st = eventually(WAIT, "three runs each", || async {
         let st = host.status();
         let svcs = st["transactions"][0]["services"].as_array()?.clone();
@@ -748,13 +599,7 @@ async fn scheduled_services_run_to_completion_and_their_runs_are_recorded() {
 
 /// The test service (built by `cargo test --workspace`), beside `muster`.
 fn test_service() -> String {
-    let p = std::path::Path::new(MUSTER).with_file_name("muster-test-service");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
+    muster_test::host::test_service(MUSTER)
 }
 
 fn hog(extra: &str) -> String {
@@ -797,7 +642,7 @@ async fn samples_match_the_kernel_and_show_50_mb_within_two_samples() {
         "[host]\nhttp = \"off\"\nmonitor_every = \"200ms\"\n[context]\nname = \"m\"\n{}",
         hog("")
     );
-    let host = Host::up("monitor", &manifest).await;
+    let host = Host::up(MUSTER, "monitor", &manifest).await;
     let pid = host.wait_state("testsvc", 0, "running").await.unwrap();
     let client = Client::connect(&host.bus).await.unwrap();
     let mut samples = client
@@ -868,7 +713,7 @@ async fn an_instance_over_its_memory_limit_is_restarted_with_the_reason() {
         "[host]\nhttp = \"off\"\nmonitor_every = \"200ms\"\n[context]\nname = \"m\"\n{}",
         hog("max_rss = \"40MB\"")
     );
-    let host = Host::up("limit", &manifest).await;
+    let host = Host::up(MUSTER, "limit", &manifest).await;
     host.wait_state("testsvc", 0, "running").await;
     let mut events = host.events().await;
     let client = Client::connect(&host.bus).await.unwrap();
@@ -891,37 +736,6 @@ async fn an_instance_over_its_memory_limit_is_restarted_with_the_reason() {
     assert_eq!(started["restarts"], 1);
 }
 
-fn free_http() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap().to_string();
-    drop(l);
-    addr
-}
-
-/// A minimal HTTP/1.1 client for the tests: (status, body).
-fn http(method: &str, addr: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    // Bodies may come chunked: keep what looks like the payload.
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_serves_metrics_the_gateway_and_openapi() {
     let addr = free_http();
@@ -929,7 +743,7 @@ async fn http_serves_metrics_the_gateway_and_openapi() {
         "[host]\nhttp = \"{addr}\"\nmonitor_every = \"200ms\"\n[context]\nname = \"web\"\n{}",
         echo("echo", "")
     );
-    let host = Host::up("http", &manifest).await;
+    let host = Host::up(MUSTER, "http", &manifest).await;
     host.wait_state("echo", 0, "running").await;
     let token = std::fs::read_to_string(host.dir.join(".muster/token")).unwrap();
     let token = token.trim();
@@ -1012,7 +826,7 @@ async fn muster_top_runs_in_80_columns_under_tmux() {
         "[host]\nhttp = \"off\"\nmonitor_every = \"200ms\"\n[context]\nname = \"top\"\n{}",
         echo("echo", "instances = 2")
     );
-    let host = Host::up("top", &manifest).await;
+    let host = Host::up(MUSTER, "top", &manifest).await;
     host.wait_state("echo", 1, "running").await;
     let session = format!("muster-top-{}", std::process::id());
     let cmd = format!(

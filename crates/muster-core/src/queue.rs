@@ -221,8 +221,8 @@ pub enum QueueReply {
 pub const DEFAULT_QUEUE_LIMIT: usize = 1_000_000;
 
 /// Most bytes of jobs a [`QueueBook`] holds by default, all queues
-/// together (bodies, ids and reasons): 512 MiB.
-pub const DEFAULT_QUEUE_BYTES: usize = 512 << 20;
+/// together (bodies, ids and reasons): 256 MiB.
+pub const DEFAULT_QUEUE_BYTES: usize = 256 << 20;
 
 /// How much a [`QueueBook`] holds before `push` refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -128,14 +128,15 @@ pub async fn run(
     let log_dir = state_dir.join("logs");
 
     let addr: BusAddr = manifest.host.bus.parse()?;
-    let bus = Bus::start(addr.clone(), BusOptions::default())
-        .await
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Io,
-                format!("{e} (is another host or bus running on {addr}?)"),
-            )
-        })?;
+    let mut bus_options = BusOptions::default();
+    bus_options.queue_limits.bytes =
+        usize::try_from(manifest.host.queue_max_bytes).unwrap_or(usize::MAX);
+    let bus = Bus::start(addr.clone(), bus_options).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("{e} (is another host or bus running on {addr}?)"),
+        )
+    })?;
     let mut registry = bus.watch();
     let mut zmq_options = ZmqOptions::default();
     zmq_options

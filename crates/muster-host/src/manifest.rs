@@ -57,7 +57,14 @@ pub struct HostSpec {
     pub monitor_every: Duration,
     /// `POST /call/...` without the token.
     pub gateway_open: bool,
+    /// Bytes of jobs the embedded bus's work queues hold in all
+    /// (`queue_max_bytes`, default 256 MiB); more are refused.
+    pub queue_max_bytes: u64,
 }
+
+/// Bytes of jobs the embedded bus holds unless `[host] queue_max_bytes`
+/// says otherwise.
+pub const DEFAULT_QUEUE_MAX_BYTES: u64 = 256 << 20;
 
 /// How a context reacts when one of its instances dies (OTP strategies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -328,6 +335,7 @@ impl Manifest {
                 http: Some(DEFAULT_HTTP.to_owned()),
                 monitor_every: Duration::from_secs(1),
                 gateway_open: false,
+                queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             }),
             contexts,
         })
@@ -413,6 +421,7 @@ struct RawHost {
     http: Option<Spanned<String>>,
     monitor_every: Option<Spanned<DurationValue>>,
     gateway_open: Option<bool>,
+    queue_max_bytes: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -589,6 +598,11 @@ impl Checker<'_> {
                     http,
                     monitor_every,
                     gateway_open: h.gateway_open.unwrap_or(false),
+                    queue_max_bytes: match &h.queue_max_bytes {
+                        Some(v) => parse_size(v.get_ref())
+                            .map_err(|e| self.err(v.span().start, "host.queue_max_bytes", e))?,
+                        None => DEFAULT_QUEUE_MAX_BYTES,
+                    },
                 })
             }
         };

@@ -2,6 +2,9 @@
 //! are killed when a test ends, waiting with a deadline, and process
 //! statistics read from `/proc`.
 
+pub mod host;
+pub mod zmtp;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -59,10 +59,16 @@ async fn malformed_messages_get_coded_errors_or_are_dropped() {
     for junk in [
         Message::single("garbage"),
         Message::multipart([&[0xff_u8, 0, 1][..], &b"\x00\x01"[..], &b""[..]]),
-        Message::multipart(["MUSTER/1", "{not json", "x"]),
     ] {
         s.send(junk).await.unwrap();
     }
+    // A muster message whose header is not JSON: answered -32600 without an
+    // id (there is none to echo), so a caller never waits in vain.
+    s.send(Message::multipart(["MUSTER/1", "{not json", "x"]))
+        .await
+        .unwrap();
+    let r = reply(&s).await.expect("an unreadable header is answered");
+    assert_eq!(error_of(&r)["code"], -32600);
 
     // Another protocol version, with a readable header: answered -32600.
     s.send(msg(&[

@@ -3,6 +3,7 @@
 
 mod control_client;
 mod events;
+mod outbox;
 mod queue_source;
 mod rpc_client;
 mod server;
@@ -38,6 +39,10 @@ pub struct ZmqOptions {
     pub refresh_every: Duration,
     /// Wait for the bus on control calls (register, list).
     pub control_timeout: Duration,
+    /// Bytes of replies an instance holds for one caller that does not
+    /// take them as fast as they come; a reply beyond is answered with
+    /// -32002 instead (`docs/guarantees.md`, "Limits").
+    pub reply_backlog: usize,
 }
 
 impl Default for ZmqOptions {
@@ -48,6 +53,7 @@ impl Default for ZmqOptions {
             heartbeat_every: Duration::from_millis(1000),
             refresh_every: Duration::from_millis(500),
             control_timeout: Duration::from_secs(1),
+            reply_backlog: 64 << 20,
         }
     }
 }

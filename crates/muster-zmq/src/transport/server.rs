@@ -12,9 +12,10 @@ use muster_core::registry::InstanceInfo;
 use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
 use muster_core::wire::{ContentType, Envelope, Header, Kind, WireError, jsonrpc};
 use muster_core::{Error, RpcError};
-use omq_tokio::{Socket, SocketType};
+use omq_tokio::{Message, Socket, SocketType};
 use tokio_util::sync::CancellationToken;
 
+use super::outbox::{self, Outbox};
 use super::{Inner, Mode};
 use crate::control::{self, Ack, Heartbeat, HeartbeatReply, Unregister};
 use crate::socket::{self, frames, routed_message, salvage_header, zmq_error};
@@ -49,8 +50,11 @@ pub(crate) async fn serve(
     dispatch: Arc<dyn Dispatch>,
 ) -> Result<Box<dyn Served>, Error> {
     let max = inner.options.max_message_size;
+    // A short queue per caller, and `Full` instead of a silent drop when a
+    // caller's is full: the outbox keeps those replies, bounded in bytes.
     let mut router_options = socket::options(max);
-    router_options.send_hwm = REPLY_BACKLOG;
+    router_options.send_hwm = outbox::QUEUE_PER_CALLER;
+    router_options.router_mandatory = true;
     let router = Socket::new(SocketType::Router, router_options);
     let bind = match &inner.mode {
         Mode::Direct(a) => a.bind.clone(),
@@ -89,6 +93,7 @@ pub(crate) async fn serve(
         dispatch,
         registration.max_in_flight.max(1),
         max,
+        inner.options.reply_backlog,
         stop.clone(),
         grace_rx,
     ));
@@ -215,44 +220,49 @@ async fn serve_loop(
     dispatch: Arc<dyn Dispatch>,
     max_in_flight: usize,
     max_message_size: usize,
+    reply_backlog: usize,
     stop: CancellationToken,
     mut grace_rx: tokio::sync::oneshot::Receiver<Duration>,
 ) {
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut draining_until: Option<tokio::time::Instant> = None;
     // A reply over the size limit is not sent: its caller gets -32003.
-    let bounded = |identity: Bytes, reply: Envelope| {
+    let bounded = |identity: Bytes, reply: &Envelope| {
         let size = reply.body.len();
         if size <= max_message_size {
-            return routed_message(identity, &reply);
+            return routed_message(identity, reply);
         }
         tracing::warn!(
             size,
             limit = max_message_size,
             "reply over the size limit; answered with -32003"
         );
-        let error = RpcError::too_large(size, max_message_size);
-        let mut header = reply.header;
-        header.content_type = None;
-        let body = jsonrpc::encode_error(ContentType::Json, &None, &error);
-        routed_message(identity, &Envelope::new(header, body))
+        routed_message(
+            identity,
+            &error_answer(&reply.header, &RpcError::too_large(size, max_message_size)),
+        )
     };
-    let take =
-        |msg: omq_tokio::Message, in_flight: &mut FuturesUnordered<InFlight>, draining: bool| {
-            let identity = msg.part_bytes(0)?;
-            match accept(&msg, max_message_size, draining) {
-                Accepted::Request(env) => {
-                    in_flight.push(InFlight {
-                        identity,
-                        header: env.header.clone(),
-                        reply: dispatch.dispatch(env),
-                    });
-                    None
-                }
-                Accepted::Refuse(reply) => Some(routed_message(identity, &reply)),
-                Accepted::Drop => None,
+    let take = |msg: omq_tokio::Message,
+                in_flight: &mut FuturesUnordered<InFlight>,
+                draining: bool| {
+        let identity = msg.part_bytes(0)?;
+        match accept(&msg, max_message_size, draining) {
+            Accepted::Request(env) => {
+                in_flight.push(InFlight {
+                    identity,
+                    header: env.header.clone(),
+                    reply: dispatch.dispatch(env),
+                });
+                None
             }
-        };
+            Accepted::Refuse(reply) => Some((identity.clone(), routed_message(identity, &reply))),
+            Accepted::Drop => None,
+        }
+    };
+    let mut outbox = Outbox::new(reply_backlog);
+    // While replies wait for room, the loop looks again this often.
+    let mut retry = tokio::time::interval(Duration::from_millis(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let drain_deadline = async {
             match draining_until {
@@ -264,9 +274,12 @@ async fn serve_loop(
             biased;
             Some((identity, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(reply) = reply {
-                    let _ = router.send(bounded(identity, reply)).await;
+                    let msg = bounded(identity.clone(), &reply);
+                    outbox.send(&router, identity.clone(), msg, || overloaded(identity, &reply.header));
                 }
+                tokio::task::consume_budget().await;
             }
+            _ = retry.tick(), if !outbox.is_empty() => outbox.flush(&router),
             () = stop.cancelled(), if draining_until.is_none() => {
                 let grace = grace_rx.try_recv().unwrap_or(Duration::from_secs(10));
                 draining_until = Some(tokio::time::Instant::now() + grace);
@@ -277,7 +290,7 @@ async fn serve_loop(
                 for f in std::mem::take(&mut in_flight) {
                     let error = RpcError::unavailable("the instance stopped before the request finished");
                     if let Accepted::Refuse(reply) = error_reply(&f.header, error) {
-                        let _ = router.send(routed_message(f.identity, &reply)).await;
+                        outbox.send(&router, f.identity.clone(), routed_message(f.identity, &reply), || None);
                     }
                 }
                 break;
@@ -285,15 +298,15 @@ async fn serve_loop(
             msg = router.recv(), if in_flight.len() < max_in_flight => {
                 let Ok(msg) = msg else { break };
                 let draining = draining_until.is_some();
-                if let Some(refusal) = take(msg, &mut in_flight, draining) {
-                    let _ = router.send(refusal).await;
+                if let Some((identity, refusal)) = take(msg, &mut in_flight, draining) {
+                    outbox.send(&router, identity, refusal, || None);
                 }
                 // Take what else has arrived without waiting, so that the
                 // replies below leave in one burst (one write, not one each).
                 while in_flight.len() < max_in_flight {
                     let Ok(msg) = router.try_recv() else { break };
-                    if let Some(refusal) = take(msg, &mut in_flight, draining) {
-                        let _ = router.send(refusal).await;
+                    if let Some((identity, refusal)) = take(msg, &mut in_flight, draining) {
+                        outbox.send(&router, identity, refusal, || None);
                     }
                 }
             }
@@ -301,8 +314,17 @@ async fn serve_loop(
         // Send every reply that is ready now before waiting again.
         while let Some(Some((identity, reply))) = in_flight.next().now_or_never() {
             if let Some(reply) = reply {
-                let _ = router.send(bounded(identity, reply)).await;
+                let msg = bounded(identity.clone(), &reply);
+                outbox.send(&router, identity.clone(), msg, || {
+                    overloaded(identity, &reply.header)
+                });
             }
+            // Replies are made (encoded) here: let the heartbeats and the
+            // other tasks of this process run between them.
+            tokio::task::consume_budget().await;
+        }
+        if !outbox.is_empty() {
+            outbox.flush(&router);
         }
         if draining_until.is_some() && in_flight.is_empty() {
             break;
@@ -314,20 +336,20 @@ async fn serve_loop(
     let mut refused = 0usize;
     while refused < DRAIN_REFUSALS {
         let Ok(msg) = router.try_recv() else { break };
-        if let Some(refusal) = take(msg, &mut in_flight, true) {
-            let _ = router.send(refusal).await;
+        if let Some((identity, refusal)) = take(msg, &mut in_flight, true) {
+            outbox.send(&router, identity, refusal, || None);
         }
         refused += 1;
     }
-    // Replies still queued (large ones, slow readers) get time to leave
+    // Replies still waiting (large ones, slow readers) get time to leave
     // before the socket goes: the default linger would cut them short.
+    let until = tokio::time::Instant::now() + CLOSE_LINGER;
+    while !outbox.is_empty() && tokio::time::Instant::now() < until {
+        retry.tick().await;
+        outbox.flush(&router);
+    }
     let _ = router.close_with_linger(Some(CLOSE_LINGER)).await;
 }
-
-/// Replies queued per caller that does not read them; beyond, that
-/// caller's replies are dropped (it waits for none of them, or times out),
-/// so memory stays bounded whatever a caller does.
-const REPLY_BACKLOG: u32 = 64;
 
 /// Most requests refused one by one when a stopping instance closes.
 const DRAIN_REFUSALS: usize = 100_000;
@@ -368,22 +390,37 @@ fn accept(msg: &omq_tokio::Message, max_message_size: usize, draining: bool) -> 
     }
 }
 
+/// Answers a request that cannot be served. A muster message whose header
+/// cannot be read at all is answered too, without an id (the caller sees
+/// why); anything else is not muster and is dropped.
 fn refuse(frames: &[Bytes], error: RpcError) -> Accepted {
     match salvage_header(frames) {
         Some(h) => error_reply(&h, error),
+        None if frames.len() >= 3 && frames[0] == muster_core::wire::PROTOCOL_TAG => {
+            error_reply(&Header::new(Kind::Request), error)
+        }
         None => Accepted::Drop,
     }
 }
 
 fn error_reply(request: &Header, error: RpcError) -> Accepted {
-    if request.id.is_empty() {
-        return Accepted::Drop;
-    }
-    let mut header = Header::reply_to(request);
-    let ct = ContentType::from_header(request.content_type.as_deref()).unwrap_or_default();
+    Accepted::Refuse(error_answer(&Header::reply_to(request), &error))
+}
+
+/// An error reply under `reply` (a reply header: its id and content type).
+fn error_answer(reply: &Header, error: &RpcError) -> Envelope {
+    let mut header = reply.clone();
+    let ct = ContentType::from_header(reply.content_type.as_deref()).unwrap_or_default();
     if ct == ContentType::Json {
         header.content_type = None;
     }
-    let body = jsonrpc::encode_error(ct, &None, &error);
-    Accepted::Refuse(Envelope::new(header, body))
+    Envelope::new(header, jsonrpc::encode_error(ct, &None, error))
+}
+
+/// What a caller over its reply budget gets instead of its reply.
+fn overloaded(identity: Bytes, reply: &Header) -> Option<Message> {
+    let error = RpcError::overloaded(
+        "the reply was dropped: this caller has too many bytes of replies not yet read (read faster, or have fewer requests in flight)",
+    );
+    Some(routed_message(identity, &error_answer(reply, &error)))
 }
