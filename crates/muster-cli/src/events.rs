@@ -51,6 +51,7 @@ impl SubCmd {
         let mut sub = client.subscribe(&patterns).await?;
         eprintln!("subscribed to {}", self.patterns.join(" "));
         let mut seen = 0u64;
+        let mut told = (0u64, std::time::Instant::now());
         loop {
             let event = tokio::select! {
                 e = sub.recv() => match e { Some(e) => e, None => break },
@@ -65,11 +66,24 @@ impl SubCmd {
             writeln!(out, "{line}")?;
             out.flush()?;
             seen += 1;
+            let missed = sub.missed();
+            if missed > told.0 && told.1.elapsed() >= std::time::Duration::from_secs(1) {
+                // Said as it happens (once a second at most), and in total
+                // at the end.
+                eprintln!(
+                    "muster sub: {missed} events missed so far (the bus dropped them while this subscriber was behind)"
+                );
+                told = (missed, std::time::Instant::now());
+            }
             if self.count.is_some_and(|n| seen >= n) {
                 break;
             }
         }
+        let missed = sub.missed();
         sub.cancel().await;
+        if missed > 0 {
+            eprintln!("muster sub: {seen} events received, {missed} missed");
+        }
         Ok(())
     }
 }

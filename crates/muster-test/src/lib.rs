@@ -62,6 +62,18 @@ impl Proc {
         }
     }
 
+    /// Its stdout and stderr, when they were piped.
+    ///
+    /// # Panics
+    /// When they were not piped, or were taken already.
+    pub fn take_output(&mut self) -> (std::process::ChildStdout, std::process::ChildStderr) {
+        let child = self.child.as_mut().expect("running");
+        (
+            child.stdout.take().expect("stdout piped"),
+            child.stderr.take().expect("stderr piped"),
+        )
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
