@@ -71,8 +71,11 @@ enum Command {
     Pub(events::PubCmd),
     /// Print one JSON line per event matching the patterns.
     Sub(events::SubCmd),
-    /// List registered services, instances and methods with their schemas.
+    /// List registered services: version, instances, methods, events and queues, one line each.
     Ls(ls::LsCmd),
+    /// One service in detail: instances, methods with their JSON Schemas,
+    /// subscriptions and queues.
+    Info(ls::InfoCmd),
     /// Per-method statistics of every instance (or of one service).
     Stats(ls::StatsCmd),
     /// Create a service project, or a context of services from a services.toml.
@@ -145,6 +148,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Pub(c) => c.run().await,
         Command::Sub(c) => c.run().await,
         Command::Ls(c) => c.run().await,
+        Command::Info(c) => c.run().await,
         Command::Stats(c) => c.run().await,
         Command::Demo(c) => c.run().await,
         Command::Schedule(c) => c.run(),

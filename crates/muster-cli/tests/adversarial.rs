@@ -290,9 +290,11 @@ async fn a_caller_that_never_reads_costs_bounded_memory_and_big_replies_are_refu
     c.args(["--bus", &url, "--greeting", "hi", "--log-level", "warn"]);
     let svc = Proc::spawn("testsvc", c);
     let endpoint = endpoint_of(&url, "testsvc").await;
-    let mut options = Options::default();
-    options.recv_hwm = 1;
-    options.recv_buffer_size = Some(4096);
+    let options = Options {
+        recv_hwm: 1,
+        recv_buffer_size: Some(4096),
+        ..Options::default()
+    };
     let s = dealer(&endpoint, options).await;
     // 400 replies of 1 MB nobody reads: 400 MB held if nothing bounded it.
     for n in 0..400 {

@@ -95,13 +95,28 @@ async fn call_ls_and_stats_as_in_the_readme() {
     let e: Value = serde_json::from_str(&stderr(&app)).unwrap();
     assert_eq!(e["code"], 1001, "application error codes reach the caller");
 
+    // One line per service, every line within a terminal's width.
     let ls = muster(&["ls", "--bus", &url]);
     let text = stdout(&ls);
-    assert!(text.contains("method echo.shout"), "{text}");
     assert!(
-        text.contains(r#""text":{"description":"What to shout.","type":"string"}"#),
+        text.lines()
+            .any(|l| l.starts_with("echo ") && l.contains("shout(text, times?)")),
         "{text}"
     );
+    assert!(text.lines().all(|l| l.chars().count() <= 120), "{text}");
+    // The detail view, with the schemas.
+    let info = muster(&["info", "echo", "--bus", &url]);
+    let text = stdout(&info);
+    assert!(
+        text.contains("echo.shout(text, times?) -> Echoed"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""description": "What to shout.""#),
+        "{text}"
+    );
+    let none = muster(&["info", "nope", "--bus", &url]);
+    assert_eq!(none.status.code(), Some(1));
 
     let ls_json = muster(&["ls", "--json", "--bus", &url]);
     let v: Value = serde_json::from_str(&stdout(&ls_json)).unwrap();

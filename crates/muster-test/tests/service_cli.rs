@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use muster::{CallOptions, Client};
-use muster_test::{Proc, bus_and_client, wait_registered};
+use muster_test::{Proc, bus_and_client, eventually, wait_registered};
 use serde_json::{Value, json};
 
 const BIN: &str = env!("CARGO_BIN_EXE_muster-test-service");
@@ -276,27 +276,38 @@ async fn idempotent_calls_are_retried_on_another_instance() {
     let mut b = Proc::spawn("b", service(&url, &["--greeting", "hi"]));
     let instances = wait_registered(&client, "testsvc", 2).await;
     let c2 = client.clone();
+    // A deadline that covers the first attempt and the retry with room to
+    // spare: on a loaded machine the default 5 s may not.
     let call = tokio::spawn(async move {
-        c2.call::<_, u64>("testsvc.sleep", &json!({"ms": 1500}))
-            .await
+        c2.call_with::<_, u64>(
+            "testsvc.sleep",
+            &json!({"ms": 1500}),
+            CallOptions::default().timeout(Duration::from_secs(60)),
+        )
+        .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // Kill whichever instance is running the call.
-    let mut busy = None;
-    for i in &instances {
-        let s: Value = client
-            .call_with(
-                "testsvc.$stats",
-                &json!({}),
-                CallOptions::default().instance(i.instance.clone()),
-            )
-            .await
-            .unwrap();
-        if s["methods"]["sleep"]["in_flight"] == 1 {
-            busy = Some(s["instance"].as_str().unwrap().to_owned());
-        }
-    }
-    let busy = busy.expect("one instance runs the call");
+    // Kill whichever instance is running the call, once one is.
+    let busy = eventually(
+        Duration::from_secs(20),
+        "an instance runs the call",
+        || async {
+            for i in &instances {
+                let s: Value = client
+                    .call_with(
+                        "testsvc.$stats",
+                        &json!({}),
+                        CallOptions::default().instance(i.instance.clone()),
+                    )
+                    .await
+                    .ok()?;
+                if s["methods"]["sleep"]["in_flight"] == 1 {
+                    return Some(s["instance"].as_str()?.to_owned());
+                }
+            }
+            None
+        },
+    )
+    .await;
     let pid_of = |id: &str| instances.iter().find(|i| i.instance == id).unwrap().pid;
     if pid_of(&busy) == a.pid() {
         a.kill9();
@@ -305,4 +316,21 @@ async fn idempotent_calls_are_retried_on_another_instance() {
     }
     assert_eq!(call.await.unwrap().expect("retried on the survivor"), 1500);
     bus.stop().await;
+}
+
+#[test]
+fn every_test_program_answers_help() {
+    for bin in [
+        env!("CARGO_BIN_EXE_muster-test-service"),
+        env!("CARGO_BIN_EXE_muster-test-worker"),
+        env!("CARGO_BIN_EXE_muster-test-state"),
+        env!("CARGO_BIN_EXE_muster-test-ticker"),
+    ] {
+        let o = std::process::Command::new(bin)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{bin} --help: {o:?}");
+        assert!(!o.stdout.is_empty(), "{bin} --help prints its usage");
+    }
 }

@@ -153,21 +153,22 @@ impl Bus {
         };
         let (events, _) = tokio::sync::broadcast::channel(REGISTRY_EVENT_BACKLOG);
         let (evictions, evictions_rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(registry::run(
-            router,
-            options.clone(),
-            shutdown.clone(),
-            stats.registry.clone(),
-            events.clone(),
-            evictions_rx,
-        )));
-        tasks.push(tokio::spawn(forwarder::run(
-            xsub,
-            xpub,
-            stats.forwarder.clone(),
-            shutdown.clone(),
-        )));
+        let tasks = vec![
+            tokio::spawn(registry::run(
+                router,
+                options.clone(),
+                shutdown.clone(),
+                stats.registry.clone(),
+                events.clone(),
+                evictions_rx,
+            )),
+            tokio::spawn(forwarder::run(
+                xsub,
+                xpub,
+                stats.forwarder.clone(),
+                shutdown.clone(),
+            )),
+        ];
         tracing::info!(
             registry = %addr.registry(),
             events_in = %addr.events_in(),

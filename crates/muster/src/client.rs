@@ -206,7 +206,26 @@ impl Client {
         queue: &str,
         job: &T,
     ) -> Result<String, Error> {
-        self.enqueue_in(queue, job, None).await
+        self.enqueue_in(queue, job, None, None).await
+    }
+
+    /// [`Client::enqueue`] under a job id of the caller's choosing. An
+    /// enqueue that failed while the broker was away may still have been
+    /// taken (the broker had it, its confirmation was lost): retry it with
+    /// the same id, and consumers that must act once can skip an id they
+    /// have seen (`docs/guarantees.md`, "Work queues").
+    ///
+    /// # Errors
+    /// As [`Client::enqueue`].
+    pub async fn enqueue_with_id<T: Serialize + ?Sized>(
+        &self,
+        queue: &str,
+        id: &str,
+        job: &T,
+    ) -> Result<(), Error> {
+        self.enqueue_in(queue, job, None, Some(id.to_owned()))
+            .await
+            .map(drop)
     }
 
     pub(crate) async fn enqueue_in<T: Serialize + ?Sized>(
@@ -214,6 +233,7 @@ impl Client {
         queue: &str,
         job: &T,
         transaction: Option<String>,
+        id: Option<String>,
     ) -> Result<String, Error> {
         if !muster_core::queue::is_valid_queue_name(queue) {
             return Err(Error::new(
@@ -225,6 +245,9 @@ impl Client {
             .map_err(|e| Error::new(ErrorKind::Codec, format!("cannot encode job: {e}")))?;
         let mut job = muster_core::queue::Job::new(body);
         job.transaction = transaction;
+        if let Some(id) = id {
+            job.id = id;
+        }
         let id = job.id.clone();
         self.transport.enqueue(queue, job).await?;
         Ok(id)

@@ -135,7 +135,7 @@ impl Ctx {
     ) -> Result<String, Error> {
         self.shared
             .client
-            .enqueue_in(queue, job, self.transaction().map(str::to_owned))
+            .enqueue_in(queue, job, self.transaction().map(str::to_owned), None)
             .await
     }
 

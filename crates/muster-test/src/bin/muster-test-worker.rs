@@ -19,23 +19,42 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
 }
 
-fn main() -> muster::Result<()> {
+const USAGE: &str = "usage: muster-test-worker --record FILE [--queue Q] [--prefetch N] [--delay-ms MS] [service options: --bus URL, --log-level L, ...]";
+
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let queue = arg(&args, "--queue").unwrap_or_else(|| "chaos".into());
-    let record = arg(&args, "--record").expect("--record FILE");
-    let prefetch: usize = arg(&args, "--prefetch")
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return std::process::ExitCode::SUCCESS;
+    }
+    let Some(record) = arg(&args, "--record") else {
+        eprintln!("muster-test-worker: --record FILE is required\n{USAGE}");
+        return std::process::ExitCode::from(2);
+    };
+    match run(&args, &record) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("muster-test-worker: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String], record: &str) -> muster::Result<()> {
+    let queue = arg(args, "--queue").unwrap_or_else(|| "chaos".into());
+    let prefetch: usize = arg(args, "--prefetch")
         .and_then(|p| p.parse().ok())
         .unwrap_or(20);
     let delay = std::time::Duration::from_millis(
-        arg(&args, "--delay-ms")
+        arg(args, "--delay-ms")
             .and_then(|p| p.parse().ok())
             .unwrap_or(0),
     );
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&record)
-        .expect("record file opens");
+        .open(record)
+        .map_err(|e| muster::Error::new(muster::ErrorKind::Io, format!("{record}: {e}")))?;
     let file = Arc::new(Mutex::new(file));
     // The service CLI sees only the standard options.
     let passthrough: Vec<String> = args
