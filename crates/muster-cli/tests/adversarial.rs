@@ -228,30 +228,40 @@ async fn a_huge_shared_header_costs_nothing_and_bad_headers_are_answered() {
     still_serving(&host).await;
 }
 
-// 4. A graceful stop answers or refuses every request it accepted.
+// 4. A graceful stop answers or refuses every request it accepted: SIGTERM
+// to the host while 100 pipelined requests for 4 MB replies are in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_answers_every_pipelined_request_with_large_replies() {
-    let url = muster_test::free_bus_url();
-    let _bus = muster_test::spawn_bus_process(MUSTER, &url);
-    let mut c = Command::new(test_service(MUSTER));
-    c.args(["--bus", &url, "--greeting", "hi", "--log-level", "warn"]);
-    let mut svc = Proc::spawn("testsvc", c);
-    let s = dealer(&endpoint_of(&url, "testsvc").await, Options::default()).await;
-    // 100 requests in flight, no deadline of the caller's own, 4 MB each.
+    let services = format!(
+        "[[service]]\nname = \"testsvc\"\nrun = [\"{}\", \"--log-level\", \"warn\"]\nenv = {{ MUSTER_GREETING = \"hi\" }}\nstop_timeout = \"60s\"\n",
+        test_service(MUSTER)
+    );
+    let mut host = host("adv-sigterm", "", &services).await;
+    host.wait_state("testsvc", 0, "running").await;
+    // A caller that takes its replies one at a time, as it handles them
+    // (no read-ahead), at a steady 20 ms each: the last replies leave well
+    // after the instance has finished its work.
+    let options = Options {
+        recv_hwm: 1,
+        recv_buffer_size: Some(64 * 1024),
+        ..Options::default()
+    };
+    let s = dealer(&endpoint_of(&host.bus, "testsvc").await, options).await;
+    // 100 requests in flight, no deadline of the caller's own, 4 MB replies.
     for n in 0..100 {
         s.send(request(
             &n.to_string(),
             "blob",
-            &json!({"bytes": 4 << 20, "ms": 200}),
+            &json!({"bytes": 4 << 20, "ms": 300}),
         ))
         .await
         .unwrap();
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
-    svc.signal(nix::sys::signal::Signal::SIGTERM);
+    host.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let mut answered = std::collections::BTreeMap::new();
     while answered.len() < 100 {
-        let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(20), s.recv()).await else {
+        let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_secs(30), s.recv()).await else {
             break;
         };
         let r = frames(&msg);
@@ -263,6 +273,7 @@ async fn sigterm_answers_every_pipelined_request_with_large_replies() {
             b["error"]["code"].to_string()
         };
         answered.insert(h["id"].as_str().unwrap().to_owned(), outcome);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut tally = std::collections::BTreeMap::new();
     for o in answered.values() {
@@ -276,7 +287,7 @@ async fn sigterm_answers_every_pipelined_request_with_large_replies() {
             .all(|o| o == "result" || o == "-32002" || o == "-32001"),
         "{tally:?}"
     );
-    let status = svc.wait_exit(Duration::from_secs(20));
+    let status = host.proc.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status:?}");
 }
 

@@ -244,9 +244,17 @@ pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
         if header.topic.as_deref() != Some(topic) {
             header.topic = Some(topic.to_owned());
         }
+        // The first event of a run carries the run's numbering (publisher,
+        // first number, length); the others only their own number, so a
+        // batch does not copy the publisher's id into every event.
         let first = header.seq;
+        let mut rest = header.clone();
+        rest.publisher = None;
+        if first.is_some() && count > 1 {
+            header.count = u32::try_from(count).ok();
+        }
         for (k, body) in frames[i + 1..=i + count].iter().enumerate() {
-            let mut h = header.clone();
+            let mut h = if k == 0 { header.clone() } else { rest.clone() };
             h.seq = first.map(|n| n.wrapping_add(k as u64));
             out.push(Envelope {
                 header: h,
@@ -394,9 +402,14 @@ mod tests {
         let got = decode_events(&frames).unwrap();
         let numbers: Vec<_> = got.iter().map(|e| e.header.seq).collect();
         assert_eq!(numbers, [Some(7), Some(8), Some(9)]);
-        assert!(
-            got.iter()
-                .all(|e| e.header.publisher.as_deref() == Some("P1"))
+        // Each run's first event says whose numbers they are, and how many.
+        let runs: Vec<_> = got
+            .iter()
+            .map(|e| (e.header.publisher.as_deref(), e.header.count))
+            .collect();
+        assert_eq!(
+            runs,
+            [(Some("P1"), Some(2)), (None, None), (Some("P1"), None)]
         );
     }
 

@@ -49,7 +49,9 @@ pub struct Header {
     /// subscriber that sees a number jump knows how many it missed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
-    /// Events: the publisher's random id, which scopes `seq`.
+    /// Events: the publisher's random id, which scopes `seq`. A decoded
+    /// batch carries it (and the run's length in `count`) on the first
+    /// event of each run of numbered events only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher: Option<String>,
     /// Instance that must answer (requests) or that answered (replies).

@@ -332,8 +332,10 @@ impl GapCounter {
         if self.next.len() >= NUMBERED_TOPICS {
             self.next.clear();
         }
+        // The first event of a run: the rest of the run follows it whole.
+        let run = u64::from(event.header.count.unwrap_or(1));
         let key = (publisher.to_owned(), topic.to_owned());
-        let expected = self.next.insert(key, seq.wrapping_add(1));
+        let expected = self.next.insert(key, seq.wrapping_add(run));
         // A number below the expected one is a publisher that started its
         // table afresh: no gap.
         if let Some(expected) = expected

@@ -259,10 +259,7 @@ async fn serve_loop(
             Accepted::Drop => None,
         }
     };
-    let mut outbox = Outbox::new(reply_backlog);
-    // While replies wait for room, the loop looks again this often.
-    let mut retry = tokio::time::interval(Duration::from_millis(1));
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut outbox = Outbox::new(router.clone_shared(), reply_backlog);
     loop {
         let drain_deadline = async {
             match draining_until {
@@ -275,11 +272,10 @@ async fn serve_loop(
             Some((identity, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(reply) = reply {
                     let msg = bounded(identity.clone(), &reply);
-                    outbox.send(&router, identity.clone(), msg, || overloaded(identity, &reply.header));
+                    outbox.send(identity.clone(), msg, || overloaded(identity, &reply.header));
                 }
                 tokio::task::consume_budget().await;
             }
-            _ = retry.tick(), if !outbox.is_empty() => outbox.flush(&router),
             () = stop.cancelled(), if draining_until.is_none() => {
                 let grace = grace_rx.try_recv().unwrap_or(Duration::from_secs(10));
                 draining_until = Some(tokio::time::Instant::now() + grace);
@@ -290,7 +286,7 @@ async fn serve_loop(
                 for f in std::mem::take(&mut in_flight) {
                     let error = RpcError::unavailable("the instance stopped before the request finished");
                     if let Accepted::Refuse(reply) = error_reply(&f.header, error) {
-                        outbox.send(&router, f.identity.clone(), routed_message(f.identity, &reply), || None);
+                        outbox.send(f.identity.clone(), routed_message(f.identity, &reply), || None);
                     }
                 }
                 break;
@@ -299,14 +295,14 @@ async fn serve_loop(
                 let Ok(msg) = msg else { break };
                 let draining = draining_until.is_some();
                 if let Some((identity, refusal)) = take(msg, &mut in_flight, draining) {
-                    outbox.send(&router, identity, refusal, || None);
+                    outbox.send(identity, refusal, || None);
                 }
                 // Take what else has arrived without waiting, so that the
                 // replies below leave in one burst (one write, not one each).
                 while in_flight.len() < max_in_flight {
                     let Ok(msg) = router.try_recv() else { break };
                     if let Some((identity, refusal)) = take(msg, &mut in_flight, draining) {
-                        outbox.send(&router, identity, refusal, || None);
+                        outbox.send(identity, refusal, || None);
                     }
                 }
             }
@@ -315,16 +311,13 @@ async fn serve_loop(
         while let Some(Some((identity, reply))) = in_flight.next().now_or_never() {
             if let Some(reply) = reply {
                 let msg = bounded(identity.clone(), &reply);
-                outbox.send(&router, identity.clone(), msg, || {
+                outbox.send(identity.clone(), msg, || {
                     overloaded(identity, &reply.header)
                 });
             }
             // Replies are made (encoded) here: let the heartbeats and the
             // other tasks of this process run between them.
             tokio::task::consume_budget().await;
-        }
-        if !outbox.is_empty() {
-            outbox.flush(&router);
         }
         if draining_until.is_some() && in_flight.is_empty() {
             break;
@@ -337,7 +330,7 @@ async fn serve_loop(
     while refused < DRAIN_REFUSALS {
         let Ok(msg) = router.try_recv() else { break };
         if let Some((identity, refusal)) = take(msg, &mut in_flight, true) {
-            outbox.send(&router, identity, refusal, || None);
+            outbox.send(identity, refusal, || None);
         }
         refused += 1;
     }
@@ -345,9 +338,9 @@ async fn serve_loop(
     // before the socket goes: the default linger would cut them short.
     let until = tokio::time::Instant::now() + CLOSE_LINGER;
     while !outbox.is_empty() && tokio::time::Instant::now() < until {
-        retry.tick().await;
-        outbox.flush(&router);
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    drop(outbox);
     let _ = router.close_with_linger(Some(CLOSE_LINGER)).await;
 }
 
