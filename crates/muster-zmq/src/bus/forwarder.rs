@@ -39,18 +39,32 @@ pub(super) async fn run(
     counters: Arc<ForwarderCounters>,
     shutdown: CancellationToken,
 ) {
+    // Failures in a row without a second of good work between them: past
+    // a few, the sockets are not coming back.
+    let mut failures = 0u32;
     loop {
+        let started = std::time::Instant::now();
         tokio::select! {
             () = shutdown.cancelled() => return,
             r = forward(&inlet, &outlet, &counters) => {
-                let e = match r { Ok(()) => return, Err(e) => e };
+                let e = match r {
+                    // A closed socket is the end (the bus or the runtime
+                    // is going away), not a fault to recover from.
+                    Ok(()) | Err(omq_tokio::Error::Closed) => return,
+                    Err(e) => e,
+                };
                 counters.restarts.fetch_add(1, Ordering::Relaxed);
+                failures = if started.elapsed() > Duration::from_secs(1) { 1 } else { failures + 1 };
+                if failures > 10 {
+                    tracing::error!(error = %e, "event forwarder failed ten times in a row; it stops");
+                    return;
+                }
                 tracing::error!(error = %e, "event forwarder failed; starting it again");
             }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = tokio::time::sleep(Duration::from_millis(100) * failures) => {}
         }
     }
 }
@@ -98,4 +112,35 @@ fn is_subscription(msg: &Message) -> bool {
             .part_bytes(0)
             .and_then(|p| p.first().copied())
             .is_some_and(|b| b <= 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use omq_tokio::{Options, SocketType};
+
+    /// A socket that closes under the forwarder (the bus or the runtime
+    /// going away) ends it; it must not restart in a loop (it once spun
+    /// at full CPU through a runtime's shutdown).
+    #[tokio::test]
+    async fn closed_sockets_end_the_forwarder() {
+        let inlet = Socket::new(SocketType::XSub, Options::default());
+        inlet.bind("tcp://127.0.0.1:0").await.unwrap();
+        let outlet = Socket::new(SocketType::XPub, Options::default());
+        outlet.bind("tcp://127.0.0.1:0").await.unwrap();
+        let closer = inlet.clone_shared();
+        let counters = Arc::new(ForwarderCounters::default());
+        let task = tokio::spawn(run(
+            inlet,
+            outlet,
+            counters.clone(),
+            CancellationToken::new(),
+        ));
+        closer.close().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the forwarder ends when its socket closes")
+            .unwrap();
+        assert_eq!(counters.restarts.load(Ordering::Relaxed), 0);
+    }
 }
