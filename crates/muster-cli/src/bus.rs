@@ -20,6 +20,15 @@ pub(crate) struct BusCmd {
     /// subscriber's oldest are dropped (and counted by it).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     subscriber_queue: u32,
+    /// Where the bus keeps its master secret (`bus.secret`, made on first
+    /// start, mode 0600): services started from the same directory find
+    /// it there (docs/security.md).
+    #[arg(long, value_name = "DIR", default_value = ".muster")]
+    state_dir: std::path::PathBuf,
+    /// Take every registry verb from anyone, without credentials (a bus
+    /// nobody else can reach; tests).
+    #[arg(long)]
+    open: bool,
     /// Log level.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -43,6 +52,13 @@ impl BusCmd {
         options.ttl = self.ttl;
         options.queue_limits.bytes = self.queue_max_bytes;
         options.subscriber_hwm = self.subscriber_queue.max(1);
+        if !self.open {
+            let secret = muster_core::auth::MasterSecret::load_or_create(&self.state_dir)
+                .with_context(|| {
+                    format!("cannot use the bus secret in {}", self.state_dir.display())
+                })?;
+            options.secret = Some(secret);
+        }
         let bus = Bus::start(addr.clone(), options)
             .await
             .with_context(|| format!("cannot start the bus at {addr}"))?;
@@ -52,6 +68,16 @@ impl BusCmd {
             addr.events_in(),
             addr.events_out()
         );
+        if self.open {
+            println!("open: registry verbs are taken from anyone, without credentials");
+        } else {
+            println!(
+                "credentials: {} (services started from this directory find it)",
+                self.state_dir
+                    .join(muster_core::auth::SECRET_FILE)
+                    .display()
+            );
+        }
         wait_for_signal().await;
         bus.stop().await;
         Ok(())

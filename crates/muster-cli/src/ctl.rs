@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use muster_host::{ControlRequest, Done, Status};
+use muster_host::{ControlRequest, Controller, Done, Status};
 use serde::de::DeserializeOwned;
 
 use crate::BusArg;
@@ -90,17 +90,15 @@ impl CtlCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         crate::init_client_logging();
         let token = self.token()?;
-        let client = self.bus.client().await?;
+        let host = Controller::new(self.bus.client().await?, &token);
         let call = |method: &'static str, req: ControlRequest| {
-            let client = client.clone();
-            async move { call::<serde_json::Value>(method, req, &client).await }
+            let host = host.clone();
+            async move { call::<serde_json::Value>(method, req, &host).await }
         };
         let req = |transaction: Option<String>, service: Option<String>| ControlRequest {
-            token: token.clone(),
             transaction,
             service,
-            context: None,
-            maps: false,
+            ..ControlRequest::default()
         };
         match self.action {
             Action::Status { transaction, json } => {
@@ -203,10 +201,9 @@ pub(crate) fn token_from(file: Option<&Path>) -> anyhow::Result<String> {
 pub(crate) async fn call<T: DeserializeOwned>(
     method: &str,
     req: ControlRequest,
-    client: &muster::Client,
+    host: &Controller,
 ) -> anyhow::Result<T> {
-    let target = format!("{}.{method}", muster::registry::HOST_SERVICE);
-    match client.call::<_, T>(&target, &req).await {
+    match host.call::<T>(method, req).await {
         Ok(v) => Ok(v),
         Err(e) if e.code == muster::code::METHOD_NOT_FOUND => {
             bail!("no host on this bus ({e})")

@@ -186,7 +186,7 @@ impl TopCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         crate::init_client_logging();
         let token = crate::ctl::token_from(self.token_file.as_deref())?;
-        let client = self.bus.client().await?;
+        let host = muster_host::Controller::new(self.bus.client().await?, &token);
         let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel::<u8>();
         std::thread::spawn(move || {
             let mut b = [0u8; 1];
@@ -205,11 +205,7 @@ impl TopCmd {
         // Alternate screen, cursor hidden; restored on the way out.
         let _ = write!(stdout, "\x1b[?1049h\x1b[?25l");
         let result = loop {
-            let req = ControlRequest {
-                token: token.clone(),
-                ..ControlRequest::default()
-            };
-            let top: Value = match crate::ctl::call("top", req, &client).await {
+            let top: Value = match crate::ctl::call("top", ControlRequest::default(), &host).await {
                 Ok(v) => v,
                 Err(e) => break Err(e),
             };

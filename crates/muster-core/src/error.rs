@@ -158,6 +158,7 @@ impl From<Error> for RpcError {
             ErrorKind::Timeout => RpcError::timeout(&e),
             ErrorKind::TooLarge => RpcError::new(code::TOO_LARGE, e.to_string()),
             ErrorKind::Protocol => RpcError::invalid_request(&e),
+            ErrorKind::Unauthorized => RpcError::unauthorized(&e),
             _ => RpcError::unavailable(&e),
         }
     }
@@ -183,6 +184,8 @@ pub enum ErrorKind {
     Codec,
     /// Operating system I/O.
     Io,
+    /// The bus refused: no credential, a wrong one, or not its to do.
+    Unauthorized,
 }
 
 /// A failure of the bus or of local set-up, as opposed to a method's reply.

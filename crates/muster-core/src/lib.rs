@@ -13,8 +13,10 @@
 //! assert_eq!(Envelope::from_frames(&frames).unwrap(), env);
 //! ```
 
+pub mod auth;
 pub mod duration;
 pub mod error;
+pub mod fs;
 pub mod id;
 pub mod queue;
 pub mod registry;

@@ -387,6 +387,14 @@ impl QueueBook {
         out
     }
 
+    /// Who holds the job of `tag` in `queue`, if anyone.
+    pub fn holder_of(&self, queue: &str, tag: u64) -> Option<&str> {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.in_flight.get(&tag))
+            .map(|(h, _)| h.as_str())
+    }
+
     /// True when `queue` has jobs waiting.
     pub fn has_ready(&self, queue: &str) -> bool {
         self.queues.get(queue).is_some_and(|q| !q.ready.is_empty())

@@ -1,6 +1,13 @@
-//! The control service `muster.host`: what `muster ctl` calls. Every
-//! method takes the host's token in its params; a request without the
-//! right one is refused with -32004 and logged.
+//! The control service `muster.host`: what `muster ctl` calls, and
+//! [`Controller`], the client side.
+//!
+//! The token never travels (`docs/security.md`, "Control"). A caller first
+//! asks `challenge` with a nonce of its own; the host answers with its
+//! nonce and a proof that it knows the token, which the caller checks (an
+//! impostor cannot make it). Each request then carries a MAC under the
+//! token over both nonces, the method and the request; a nonce serves one
+//! request within 30 s. A request without a good MAC is refused with
+//! -32004 and logged.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -15,14 +22,16 @@ use tokio::sync::{mpsc, oneshot};
 use crate::monitor::SharedMonitor;
 use crate::status::Status;
 use crate::supervisor::ReloadReport;
-use crate::token;
+use std::collections::HashMap;
+use std::time::Instant;
 
 /// The params of every control method.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ControlRequest {
-    /// The host's token (from its token file). Missing counts as wrong.
-    #[serde(default)]
-    pub token: String,
+    /// The proof that the caller knows the host's token (made by
+    /// [`Controller`]). Missing counts as wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<ControlAuth>,
     /// The transaction addressed; omitted means the only running one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<String>,
@@ -35,6 +44,129 @@ pub struct ControlRequest {
     /// `top`: the full list of memory maps of `service`'s instances.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub maps: bool,
+}
+
+/// A control request's proof of the token.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+pub struct ControlAuth {
+    /// The host's nonce, from `challenge`.
+    pub host_nonce: String,
+    /// The caller's nonce, given to `challenge`.
+    pub client_nonce: String,
+    /// HMAC-SHA256 under the token over `["muster-ctl call", host_nonce,
+    /// client_nonce, method, [transaction, service, context, maps]]`.
+    pub mac: String,
+}
+
+/// The params of `challenge`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct ChallengeRequest {
+    /// 16 to 64 random bytes of the caller's, as hex.
+    pub client_nonce: String,
+}
+
+/// The answer to `challenge`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Challenge {
+    /// The nonce the next request's MAC covers.
+    pub host_nonce: String,
+    /// HMAC-SHA256 under the token over `["muster-ctl host", client_nonce,
+    /// host_nonce]`: the host knows the token.
+    pub proof: String,
+}
+
+/// How long a host nonce serves.
+const NONCE_LIFE: std::time::Duration = std::time::Duration::from_secs(30);
+/// Host nonces outstanding at most (older ones are forgotten first).
+const MAX_NONCES: usize = 1_000;
+
+/// What the host's proof covers.
+fn host_proof(client_nonce: &str, host_nonce: &str) -> [Vec<u8>; 3] {
+    [
+        b"muster-ctl host".to_vec(),
+        client_nonce.as_bytes().to_vec(),
+        host_nonce.as_bytes().to_vec(),
+    ]
+}
+
+/// What a request's MAC covers.
+fn covered(method: &str, host_nonce: &str, client_nonce: &str, r: &ControlRequest) -> Vec<Vec<u8>> {
+    let fields = serde_json::json!([r.transaction, r.service, r.context, r.maps]).to_string();
+    vec![
+        b"muster-ctl call".to_vec(),
+        host_nonce.as_bytes().to_vec(),
+        client_nonce.as_bytes().to_vec(),
+        method.as_bytes().to_vec(),
+        fields.into_bytes(),
+    ]
+}
+
+fn refs(parts: &[Vec<u8>]) -> Vec<&[u8]> {
+    parts.iter().map(Vec::as_slice).collect()
+}
+
+/// Calls the host's control service: proves knowledge of the token
+/// without sending it, and checks that the host knows it too.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    client: muster::Client,
+    token: std::sync::Arc<str>,
+}
+
+impl Controller {
+    /// A controller using `client`'s bus and the host's `token`.
+    pub fn new(client: muster::Client, token: &str) -> Self {
+        Self {
+            client,
+            token: token.into(),
+        }
+    }
+
+    /// Calls `muster.host.<method>` with `request`.
+    ///
+    /// # Errors
+    /// The host's answer (-32004 for a wrong token), -32601 when no host
+    /// serves this bus, and -32004 when the one that answers cannot prove
+    /// it knows the token (not the real host).
+    pub async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        mut request: ControlRequest,
+    ) -> Result<T, RpcError> {
+        let client_nonce = muster_core::auth::random_hex(16).map_err(RpcError::internal)?;
+        let challenge: Challenge = self
+            .client
+            .call(
+                &format!("{HOST_SERVICE}.challenge"),
+                &ChallengeRequest {
+                    client_nonce: client_nonce.clone(),
+                },
+            )
+            .await?;
+        let proof = host_proof(&client_nonce, &challenge.host_nonce);
+        if !muster_core::auth::verify_with(self.token.as_bytes(), &refs(&proof), &challenge.proof) {
+            return Err(RpcError::unauthorized(
+                "the muster.host that answered does not know the token: it is not this host (or the token is not its)",
+            ));
+        }
+        let mac = muster_core::auth::mac_with(
+            self.token.as_bytes(),
+            &refs(&covered(
+                method,
+                &challenge.host_nonce,
+                &client_nonce,
+                &request,
+            )),
+        );
+        request.auth = Some(ControlAuth {
+            host_nonce: challenge.host_nonce,
+            client_nonce,
+            mac,
+        });
+        self.client
+            .call(&format!("{HOST_SERVICE}.{method}"), &request)
+            .await
+    }
 }
 
 /// A request for the host's task.
@@ -80,6 +212,8 @@ pub const REFUSED: i64 = 1;
 struct Gate {
     token: std::sync::Arc<str>,
     tx: mpsc::Sender<Command>,
+    /// Host nonces handed out: nonce -> (the caller's nonce, when).
+    nonces: std::sync::Arc<std::sync::Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 /// `top`: the latest monitor samples (with full memory maps of one
@@ -108,13 +242,64 @@ fn top(monitor: &SharedMonitor, r: &ControlRequest) -> serde_json::Value {
 }
 
 impl Gate {
+    fn nonces(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+        self.nonces
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A host nonce for `client_nonce`, with the proof the host knows the
+    /// token.
+    fn challenge(&self, client_nonce: &str) -> Result<Challenge, RpcError> {
+        if !(32..=128).contains(&client_nonce.len())
+            || !client_nonce.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(RpcError::invalid_params(
+                "client_nonce",
+                "16 to 64 random bytes, as hex",
+            ));
+        }
+        let host_nonce = muster_core::auth::random_hex(16).map_err(RpcError::internal)?;
+        let now = Instant::now();
+        let mut nonces = self.nonces();
+        nonces.retain(|_, (_, at)| now.duration_since(*at) < NONCE_LIFE);
+        if nonces.len() >= MAX_NONCES {
+            let oldest = nonces
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                nonces.remove(&k);
+            }
+        }
+        nonces.insert(host_nonce.clone(), (client_nonce.to_owned(), now));
+        drop(nonces);
+        let proof = muster_core::auth::mac_with(
+            self.token.as_bytes(),
+            &refs(&host_proof(client_nonce, &host_nonce)),
+        );
+        Ok(Challenge { host_nonce, proof })
+    }
+
     fn check(&self, method: &str, req: &ControlRequest) -> Result<(), RpcError> {
-        if token::matches(&self.token, &req.token) {
+        let valid = req.auth.as_ref().is_some_and(|a| {
+            let issued = self.nonces().remove(&a.host_nonce);
+            issued.is_some_and(|(client_nonce, at)| {
+                at.elapsed() < NONCE_LIFE
+                    && client_nonce == a.client_nonce
+                    && muster_core::auth::verify_with(
+                        self.token.as_bytes(),
+                        &refs(&covered(method, &a.host_nonce, &a.client_nonce, req)),
+                        &a.mac,
+                    )
+            })
+        });
+        if valid {
             Ok(())
         } else {
-            tracing::warn!(method, "control request refused: wrong or missing token");
+            tracing::warn!(method, "control request refused: no proof of the token");
             Err(RpcError::unauthorized(
-                "the host's token is required (muster ctl reads it from the token file)",
+                "the host's token is required (muster ctl proves it from the token file)",
             ))
         }
     }
@@ -163,6 +348,12 @@ pub(crate) fn service(token: String, tx: mpsc::Sender<Command>, monitor: SharedM
     let gate = Gate {
         token: token.into(),
         tx,
+        nonces: std::sync::Arc::default(),
+    };
+    let c = gate.clone();
+    let challenge = move |Args(r): Args<ChallengeRequest>| {
+        let c = c.clone();
+        async move { c.challenge(&r.client_nonce) }
     };
     let g = gate.clone();
     let top_handler = move |Args(r): Args<ControlRequest>| {
@@ -219,6 +410,7 @@ pub(crate) fn service(token: String, tx: mpsc::Sender<Command>, monitor: SharedM
     });
     Service::new(HOST_SERVICE)
         .version(env!("CARGO_PKG_VERSION"))
+        .rpc("challenge", challenge)
         .rpc("status", status)
         .rpc("start", start)
         .rpc("stop", stop)

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use muster::Client;
+use muster_core::auth::{KeyId, MasterSecret};
 use muster_core::registry::HOST_SERVICE;
 use muster_core::transport::SharedTransport;
 use muster_core::{Error, ErrorKind};
@@ -62,10 +63,19 @@ pub enum HostError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The bus or the control service could not start.
-    #[error("{0}")]
+    #[error(transparent)]
     Bus(#[from] Error),
+    /// The bus's master secret could not be read or made.
+    #[error("cannot use the bus secret in {}", dir.display())]
+    Secret {
+        /// The state directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: muster_core::auth::AuthError,
+    },
     /// The state directory or token could not be written.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -118,8 +128,13 @@ pub async fn run(
     options.apply_overrides(&mut manifest);
     let io = |what: String| move |source| HostError::Io { what, source };
     let state_dir = manifest.host.state_dir.clone();
-    std::fs::create_dir_all(&state_dir)
+    // Only the host's user may read what is in it (`docs/security.md`).
+    muster_core::fs::private_dir(&state_dir)
         .map_err(io(format!("cannot create {}", state_dir.display())))?;
+    let secret = MasterSecret::load_or_create(&state_dir).map_err(|e| HostError::Secret {
+        dir: state_dir.clone(),
+        source: e,
+    })?;
     let token_file = state_dir.join("token");
     let token = token::ensure(&token_file).map_err(io(format!(
         "cannot create the token {}",
@@ -129,6 +144,7 @@ pub async fn run(
 
     let addr: BusAddr = manifest.host.bus.parse()?;
     let mut bus_options = BusOptions::default();
+    bus_options.secret = Some(secret.clone());
     bus_options.queue_limits.bytes =
         usize::try_from(manifest.host.queue_max_bytes).unwrap_or(usize::MAX);
     let bus = Bus::start(addr.clone(), bus_options).await.map_err(|e| {
@@ -139,6 +155,8 @@ pub async fn run(
     })?;
     let mut registry = bus.watch();
     let mut zmq_options = ZmqOptions::default();
+    // The host is the bus's owner: only it may serve reserved names.
+    zmq_options.credential = Some(secret.credential(KeyId::Bus));
     zmq_options
         .bind_host
         .clone_from(&manifest.host.control_bind);
@@ -213,6 +231,7 @@ pub async fn run(
         manifest,
         options,
         bus_url: addr.to_string(),
+        secret,
         log_dir: log_dir.clone(),
         client: client.clone(),
         inputs: inputs_tx,
@@ -296,6 +315,7 @@ struct Driver {
     manifest: Manifest,
     options: HostOptions,
     bus_url: String,
+    secret: MasterSecret,
     log_dir: PathBuf,
     client: Client,
     inputs: mpsc::UnboundedSender<Input>,
@@ -372,12 +392,12 @@ impl Driver {
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Spawn(s) => {
-                    let launched = process::spawn(
-                        &s,
-                        &self.bus_url,
-                        &self.log_dir,
-                        self.options.launcher.as_deref(),
-                    );
+                    let launch = process::Launch {
+                        url: &self.bus_url,
+                        secret: &self.secret,
+                        log_dir: &self.log_dir,
+                    };
+                    let launched = process::spawn(&s, &launch, self.options.launcher.as_deref());
                     let now = Instant::now();
                     let more = match launched.and_then(|c| {
                         c.id()

@@ -32,7 +32,9 @@ pub mod status;
 pub mod supervisor;
 pub mod token;
 
-pub use control::{ControlRequest, Done, REFUSED};
+pub use control::{
+    Challenge, ChallengeRequest, ControlAuth, ControlRequest, Controller, Done, REFUSED,
+};
 pub use host::{HostError, HostInfo, HostOptions, run};
 pub use manifest::{Manifest, ManifestError};
 pub use status::Status;

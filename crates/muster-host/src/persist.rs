@@ -30,8 +30,5 @@ pub(crate) fn load(state_dir: &Path) -> Vec<Persisted> {
 /// # Errors
 /// The file cannot be written.
 pub(crate) fn save(state_dir: &Path, txns: &[Persisted]) -> std::io::Result<()> {
-    let path = state_dir.join(FILE);
-    let tmp = state_dir.join(format!("{FILE}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(txns)?)?;
-    std::fs::rename(tmp, path)
+    muster_core::fs::private_write(&state_dir.join(FILE), &serde_json::to_vec_pretty(txns)?)
 }

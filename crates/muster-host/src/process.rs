@@ -20,10 +20,23 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 
+use muster_core::auth::{KeyId, MasterSecret};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::supervisor::{ExitStatus, Spawn, StopSignal};
+
+/// What every instance is started with: the bus, its master secret (each
+/// instance gets a credential derived from it), where logs go.
+#[derive(Debug)]
+pub struct Launch<'a> {
+    /// The bus URL.
+    pub url: &'a str,
+    /// The bus's master secret.
+    pub secret: &'a MasterSecret,
+    /// Where instance logs go.
+    pub log_dir: &'a Path,
+}
 
 /// Where an instance's stdout and stderr go.
 pub fn log_path(log_dir: &Path, transaction: &str, service: &str, slot: u32) -> PathBuf {
@@ -40,20 +53,17 @@ pub fn log_path(log_dir: &Path, transaction: &str, service: &str, slot: u32) -> 
 /// opened.
 pub fn spawn(
     spawn: &Spawn,
-    bus: &str,
-    log_dir: &Path,
+    bus: &Launch<'_>,
     launcher: Option<&Path>,
 ) -> std::io::Result<tokio::process::Child> {
     let spec = &spawn.spec;
     let program = resolve(&spec.command, &spec.cwd)?;
-    let path = log_path(log_dir, &spawn.transaction, &spec.name, spawn.slot);
+    let path = log_path(bus.log_dir, &spawn.transaction, &spec.name, spawn.slot);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        muster_core::fs::private_dir(bus.log_dir)?;
+        muster_core::fs::private_dir(dir)?;
     }
-    let mut log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)?;
+    let mut log = muster_core::fs::private_append(&path)?;
     let _ = writeln!(
         log,
         "--- muster: starting {} as instance {} of transaction {}",
@@ -76,7 +86,15 @@ pub fn spawn(
     };
     cmd.current_dir(&spec.cwd)
         .envs(&spec.env)
-        .env("MUSTER_BUS", bus)
+        .env("MUSTER_BUS", bus.url)
+        // The instance's own credential: in its environment, which only
+        // its user can read (never on the command line, which everyone can).
+        .env(
+            muster_core::auth::CREDENTIAL_ENV,
+            bus.secret
+                .credential(KeyId::Instance(spawn.instance.clone()))
+                .to_env_value(),
+        )
         .env("MUSTER_SERVICE", &spec.name)
         .env("MUSTER_INSTANCE", &spawn.instance)
         .env("MUSTER_TRANSACTION", &spawn.transaction)

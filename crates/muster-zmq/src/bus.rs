@@ -43,6 +43,10 @@ pub struct BusOptions {
     pub max_registration_size: usize,
     /// Most instances registered at once; more are refused.
     pub max_instances: usize,
+    /// The master secret that registry verbs must prove a credential of
+    /// (`docs/security.md`). `None` is an open bus: every verb is taken
+    /// from anyone (tests, and a bus nobody else can reach).
+    pub secret: Option<muster_core::auth::MasterSecret>,
 }
 
 impl Default for BusOptions {
@@ -55,6 +59,7 @@ impl Default for BusOptions {
             queue_limits: muster_core::queue::QueueLimits::default(),
             max_registration_size: DEFAULT_MAX_REGISTRATION_SIZE,
             max_instances: 10_000,
+            secret: None,
         }
     }
 }

@@ -17,6 +17,14 @@ pub(crate) const LIST: &str = "list";
 pub(crate) const CLAIM: &str = "claim";
 /// Verb: an instance's progress report for the host (`ctx.update`).
 pub(crate) const UPDATE: &str = "update";
+/// Verb: a nonce for this connection, which credentials' MACs cover.
+pub(crate) const HELLO: &str = "hello";
+
+/// The answer to `hello`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub(crate) nonce: String,
+}
 
 /// Verb: add a job to a work queue.
 pub(crate) const ENQUEUE: &str = "enqueue";

@@ -43,6 +43,9 @@ pub struct ZmqOptions {
     /// take them as fast as they come; a reply beyond is answered with
     /// -32002 instead (`docs/guarantees.md`, "Limits").
     pub reply_backlog: usize,
+    /// What this process proves itself with on the registry
+    /// (`docs/security.md`); `None` works on an open bus only.
+    pub credential: Option<muster_core::auth::Credential>,
 }
 
 impl Default for ZmqOptions {
@@ -54,6 +57,7 @@ impl Default for ZmqOptions {
             refresh_every: Duration::from_millis(500),
             control_timeout: Duration::from_secs(1),
             reply_backlog: 64 << 20,
+            credential: None,
         }
     }
 }

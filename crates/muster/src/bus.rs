@@ -16,13 +16,35 @@ pub use muster_zmq::DEFAULT_BUS;
 pub struct BusOptions {
     /// Largest message sent or accepted.
     pub max_message_size: usize,
+    /// What this process proves itself with on the embedded bus's
+    /// registry (`docs/security.md`): needed to register, heartbeat, claim
+    /// and work queues on a bus with a secret (a host's, `muster bus`'s).
+    pub credential: Option<muster_core::auth::Credential>,
 }
 
 impl Default for BusOptions {
     fn default() -> Self {
         Self {
             max_message_size: crate::wire::DEFAULT_MAX_MESSAGE_SIZE,
+            credential: None,
         }
+    }
+}
+
+impl BusOptions {
+    /// The defaults, with the credential this process was given
+    /// (`MUSTER_CREDENTIAL`, `MUSTER_CREDENTIAL_FILE`, or
+    /// `.muster/bus.secret` in the working directory).
+    ///
+    /// # Errors
+    /// A credential that is given but cannot be read or is not valid.
+    pub fn from_environment() -> Result<Self, Error> {
+        let credential = muster_core::auth::Credential::from_environment()
+            .map_err(|e| Error::with_source(ErrorKind::Config, format!("credential: {e}"), e))?;
+        Ok(Self {
+            credential,
+            ..Self::default()
+        })
     }
 }
 
@@ -35,10 +57,13 @@ impl Default for BusOptions {
 /// | `amqp://USER:PASS@HOST:PORT/VHOST[?exchange=NAME]` | RabbitMQ (topic exchange, durable queues) |
 /// | `redis://HOST:PORT[/DB][?prefix=NAME]` | Redis (lists, pub/sub, streams) |
 ///
+/// The credential comes from the environment ([`BusOptions::from_environment`]).
+///
 /// # Errors
-/// An unknown scheme, a malformed URL or addresses file.
+/// An unknown scheme, a malformed URL or addresses file, a credential that
+/// is given but not valid.
 pub async fn connect(url: &str, addresses: Option<&Path>) -> Result<SharedTransport, Error> {
-    connect_with(url, addresses, &BusOptions::default()).await
+    connect_with(url, addresses, &BusOptions::from_environment()?).await
 }
 
 /// [`connect`] with options.
@@ -52,6 +77,7 @@ pub async fn connect_with(
 ) -> Result<SharedTransport, Error> {
     let mut zmq = ZmqOptions::default();
     zmq.max_message_size = options.max_message_size;
+    zmq.credential.clone_from(&options.credential);
     if let Some(path) = addresses {
         let a = Addresses::load(path)?;
         return Ok(Arc::new(ZmqTransport::direct(a, zmq).await?));

@@ -193,9 +193,8 @@ async fn serve(
     sources: Sources,
     env: Env,
 ) -> crate::Result<()> {
-    let options = crate::bus::BusOptions {
-        max_message_size: args.max_message_size,
-    };
+    let mut options = crate::bus::BusOptions::from_environment()?;
+    options.max_message_size = args.max_message_size;
     let transport = crate::bus::connect_with(&bus, args.addresses.as_deref(), &options).await?;
     let group = services.len() > 1;
     let mut handles: Vec<ServiceHandle> = Vec::new();

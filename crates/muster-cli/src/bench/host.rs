@@ -84,12 +84,13 @@ impl HostProc {
         Ok((host, bus))
     }
 
-    async fn control(&self, method: &str, mut params: Value) -> anyhow::Result<Value> {
-        params["token"] = json!(self.token);
-        Ok(self
-            .client
-            .call(&format!("muster.host.{method}"), &params)
-            .await?)
+    async fn control(&self, method: &str, params: Value) -> anyhow::Result<Value> {
+        let request: muster_host::ControlRequest = serde_json::from_value(params)?;
+        Ok(
+            muster_host::Controller::new(self.client.clone(), &self.token)
+                .call(method, request)
+                .await?,
+        )
     }
 
     fn pid(&self) -> u32 {

@@ -57,6 +57,10 @@ pub struct Header {
     /// Instance that must answer (requests) or that answered (replies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
+    /// Registry verbs: `<key id> <hex MAC>`, the credential's proof
+    /// (`docs/security.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<String>,
     /// Events: how many body frames follow this header and share it
     /// (batches on ZeroMQ); absent means one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,6 +81,7 @@ impl Header {
             content_type: None,
             seq: None,
             publisher: None,
+            auth: None,
             instance: None,
             count: None,
         }

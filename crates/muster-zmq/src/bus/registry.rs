@@ -1,5 +1,8 @@
 //! The registry: instances join with their endpoint and methods and stay
-//! while they heartbeat.
+//! while they heartbeat. The verbs themselves, and who may use them, are
+//! in `verbs`.
+
+mod verbs;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -7,19 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
+use muster_core::auth::{KeyId, MasterSecret};
 use muster_core::registry::{InstanceInfo, StatusUpdate};
-use muster_core::wire::{Envelope, Header, Kind};
+use muster_core::wire::{Envelope, Header};
 use omq_tokio::Socket;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::BusOptions;
-use crate::control::{
-    self, Ack, Claim, ClaimReply, Enqueue, Heartbeat, HeartbeatReply, List, ListReply, QueueOp,
-    QueueOpReply, Release, Settle, Take, TakeReply, Taken, Unregister,
-};
+use crate::control::{List, ListReply, Take, TakeReply, Taken};
 use crate::socket::{frames, log_dropped, routed_message};
-use muster_core::queue::{Outcome, QueueBook};
+use muster_core::queue::QueueBook;
 
 #[derive(Debug, Default, Clone)]
 pub(super) struct SharedStats(Arc<Counters>);
@@ -45,9 +46,19 @@ impl SharedStats {
 struct Entry {
     info: InstanceInfo,
     last_seen: Instant,
+    /// The credential that registered it (`None` on an open bus).
+    owner: Option<KeyId>,
 }
 
+/// Registry connections that said `hello`, by routing identity, with the
+/// nonce their MACs cover. Bounded: past the limit the oldest half is
+/// forgotten (those callers say hello again when told).
+const MAX_SESSIONS: usize = 10_000;
+
 struct Registry {
+    /// Verifies credentials; `None` on an open bus.
+    secret: Option<MasterSecret>,
+    sessions: HashMap<Bytes, (String, Instant)>,
     epoch: String,
     version: u64,
     entries: HashMap<String, Entry>,
@@ -188,6 +199,8 @@ pub(super) async fn run(
     mut evictions: tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     let mut reg = Registry {
+        secret: options.secret.clone(),
+        sessions: HashMap::new(),
         epoch: random_epoch(),
         version: 0,
         entries: HashMap::new(),
@@ -256,7 +269,13 @@ pub(super) async fn run(
                 let Some((identity, rest)) = parts.split_first() else { continue };
                 match Envelope::from_frames(rest) {
                     Ok(env) => {
-                        if let Some(reply) = handle(&mut reg, &options, identity, env, &events) {
+                        let verb = env.header.method.clone().unwrap_or_default();
+                        let answer = verbs::handle(&mut reg, &options, identity, env, &events);
+                        if let Some(why) = &answer.refused {
+                            let peer = peer_address(&router, identity).await;
+                            tracing::warn!(verb, peer, reason = %why, "registry request refused");
+                        }
+                        if let Some(reply) = answer.reply {
                             let _ = router.send(routed_message(identity.clone(), &reply)).await;
                         }
                     }
@@ -277,228 +296,22 @@ pub(super) async fn run(
     }
 }
 
-fn handle(
-    reg: &mut Registry,
-    options: &BusOptions,
-    identity: &Bytes,
-    env: Envelope,
-    events: &tokio::sync::broadcast::Sender<RegistryEvent>,
-) -> Option<Envelope> {
-    if env.header.kind != Kind::Control {
-        return None;
-    }
-    let verb = env.header.method.as_deref().unwrap_or("");
-    let body = match verb {
-        control::REGISTER if env.body.len() > options.max_registration_size => encode(&Ack {
-            error: Some(format!(
-                "registration of {} bytes is over the limit of {}",
-                env.body.len(),
-                options.max_registration_size
-            )),
-        }),
-        control::REGISTER => match serde_json::from_slice::<InstanceInfo>(&env.body) {
-            Ok(info)
-                if reg.entries.len() >= options.max_instances
-                    && !reg.entries.contains_key(&info.instance) =>
-            {
-                encode(&Ack {
-                    error: Some(format!(
-                        "the registry is full ({} instances)",
-                        options.max_instances
-                    )),
-                })
-            }
-            Ok(info) => {
-                tracing::info!(service = %info.service, instance = %info.instance, endpoint = %info.endpoint, "instance registered");
-                let _ = events.send(RegistryEvent::Registered(info.clone()));
-                reg.entries.insert(
-                    info.instance.clone(),
-                    Entry {
-                        info,
-                        last_seen: Instant::now(),
-                    },
-                );
-                reg.changed();
-                encode(&Ack::default())
-            }
-            Err(e) => encode(&Ack {
-                error: Some(format!("bad registration: {e}")),
-            }),
-        },
-        control::HEARTBEAT => {
-            let hb: Heartbeat = serde_json::from_slice(&env.body).ok()?;
-            let now = Instant::now();
-            let mut unknown = Vec::new();
-            for id in hb.instances {
-                match reg.entries.get_mut(&id) {
-                    Some(e) => e.last_seen = now,
-                    None => unknown.push(id),
-                }
-            }
-            encode(&HeartbeatReply { unknown })
-        }
-        control::UNREGISTER => {
-            let u: Unregister = serde_json::from_slice(&env.body).ok()?;
-            if let Some(e) = reg.entries.remove(&u.instance) {
-                // A graceful goodbye: its consumers finish their jobs and
-                // release the rest themselves (or fall silent and are
-                // given up after HOLDER_TTL).
-                tracing::info!(service = %e.info.service, instance = %u.instance, "instance left");
-                let _ = events.send(RegistryEvent::Unregistered {
-                    service: e.info.service,
-                    instance: u.instance,
-                });
-                reg.changed();
-            }
-            encode(&Ack::default())
-        }
-        control::UPDATE => match serde_json::from_slice::<StatusUpdate>(&env.body) {
-            Ok(u) if reg.entries.contains_key(&u.instance) => {
-                let _ = events.send(RegistryEvent::Updated(u));
-                encode(&Ack::default())
-            }
-            Ok(u) => encode(&Ack {
-                error: Some(format!("unknown instance {:?}", u.instance)),
-            }),
-            Err(e) => encode(&Ack {
-                error: Some(format!("bad update: {e}")),
-            }),
-        },
-        control::CLAIM => match serde_json::from_slice::<Claim>(&env.body) {
-            Ok(c) => {
-                let now = Instant::now();
-                let reply = match reg.claims.get(&c.key) {
-                    Some((holder, until)) if *until > now => ClaimReply {
-                        granted: *holder == c.holder,
-                        holder: holder.clone(),
-                    },
-                    _ => {
-                        let ttl = std::time::Duration::from_millis(c.ttl_ms.min(86_400_000));
-                        reg.claims.insert(c.key, (c.holder.clone(), now + ttl));
-                        ClaimReply {
-                            granted: true,
-                            holder: c.holder,
-                        }
-                    }
-                };
-                encode(&reply)
-            }
-            Err(e) => encode(&Ack {
-                error: Some(format!("bad claim: {e}")),
-            }),
-        },
-        control::ENQUEUE => {
-            let reply = match serde_json::from_slice::<Enqueue>(&env.body) {
-                Ok(q) => match reg.queues.push(&q.queue, q.job) {
-                    Ok(()) => {
-                        reg.serve_waiters(Instant::now());
-                        Ack::default()
-                    }
-                    Err(e) => Ack {
-                        error: Some(e.to_string()),
-                    },
-                },
-                Err(e) => Ack {
-                    error: Some(format!("bad enqueue: {e}")),
-                },
-            };
-            encode(&reply)
-        }
-        control::TAKE => match serde_json::from_slice::<Take>(&env.body) {
-            Ok(take) => {
-                let now = Instant::now();
-                reg.holders.insert(take.holder.clone(), now);
-                let jobs = reg.queues.take(&take.queue, &take.holder, take.max);
-                if jobs.is_empty() && take.wait_ms > 0 && take.max > 0 {
-                    let wait = std::time::Duration::from_millis(take.wait_ms.min(10_000));
-                    reg.waiters.push(Waiter {
-                        identity: identity.clone(),
-                        header: env.header,
-                        take,
-                        until: now + wait,
-                    });
-                    return None;
-                }
-                encode(&TakeReply {
-                    jobs: jobs
-                        .into_iter()
-                        .map(|(tag, job)| Taken { tag, job })
-                        .collect(),
-                    error: None,
-                })
-            }
-            Err(e) => encode(&TakeReply {
-                jobs: Vec::new(),
-                error: Some(format!("bad take: {e}")),
-            }),
-        },
-        control::SETTLE => match serde_json::from_slice::<Settle>(&env.body) {
-            Ok(s) => {
-                let outcome = match s.outcome.as_str() {
-                    "ack" => Some(Outcome::Ack),
-                    "retry" => Some(Outcome::Retry {
-                        after: std::time::Duration::ZERO,
-                        reason: s.reason.unwrap_or_default(),
-                    }),
-                    "dead" => Some(Outcome::Dead {
-                        reason: s.reason.unwrap_or_default(),
-                    }),
-                    _ => None,
-                };
-                match outcome {
-                    Some(outcome) => {
-                        // An unknown tag was settled already or given back
-                        // (its holder looked dead): nothing to do either way.
-                        reg.queues.settle(&s.queue, s.tag, &outcome);
-                        reg.serve_waiters(Instant::now());
-                        encode(&Ack::default())
-                    }
-                    None => encode(&Ack {
-                        error: Some(format!("unknown outcome {:?}", s.outcome)),
-                    }),
-                }
-            }
-            Err(e) => encode(&Ack {
-                error: Some(format!("bad settle: {e}")),
-            }),
-        },
-        control::RELEASE => match serde_json::from_slice::<Release>(&env.body) {
-            Ok(r) => {
-                reg.release_instance(&r.holder);
-                reg.serve_waiters(Instant::now());
-                encode(&Ack::default())
-            }
-            Err(e) => encode(&Ack {
-                error: Some(format!("bad release: {e}")),
-            }),
-        },
-        control::QUEUE => match serde_json::from_slice::<QueueOp>(&env.body) {
-            Ok(op) => {
-                let reply = reg.queues.command(&op.queue, &op.command);
-                reg.serve_waiters(Instant::now());
-                encode(&QueueOpReply {
-                    reply: Some(reply),
-                    error: None,
-                })
-            }
-            Err(e) => encode(&QueueOpReply {
-                reply: None,
-                error: Some(format!("bad queue command: {e}")),
-            }),
-        },
-        control::LIST => {
-            let req: List = serde_json::from_slice(&env.body).unwrap_or_default();
-            encode(&reg.list(&req))
-        }
-        other => encode(&Ack {
-            error: Some(format!("unknown control verb {other:?}")),
-        }),
-    };
-    Some(Envelope::new(Header::reply_to(&env.header), body))
+pub(super) fn encode<T: Serialize>(v: &T) -> Bytes {
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
-fn encode<T: Serialize>(v: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+/// The address of the peer behind a routing identity, for the log.
+async fn peer_address(router: &Socket, identity: &Bytes) -> String {
+    router
+        .connections()
+        .await
+        .ok()
+        .and_then(|c| {
+            c.into_iter()
+                .find(|c| c.identity == *identity)
+                .and_then(|c| c.peer_info?.peer_address)
+        })
+        .map_or_else(|| "unknown".to_owned(), |a| a.to_string())
 }
 
 fn random_epoch() -> String {

@@ -6,15 +6,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use muster_core::auth::Credential;
 use muster_core::wire::{Envelope, Header, Kind};
 use muster_core::{Error, ErrorKind, id};
 use omq_tokio::{Socket, SocketType};
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::ZmqOptions;
 use crate::addr::BusAddr;
+use crate::control;
 use crate::socket::{self, envelope_message, frames, zmq_error};
 
 type Pending = Mutex<HashMap<String, oneshot::Sender<Envelope>>>;
@@ -28,6 +30,24 @@ pub(crate) struct ControlClient {
     prefix: String,
     registry: String,
     reader: tokio::task::JoinHandle<()>,
+    /// What this process proves itself with (`docs/security.md`).
+    credential: Option<Credential>,
+    /// The nonce of this connection's session (from `hello`).
+    session: tokio::sync::Mutex<Option<String>>,
+}
+
+/// Verbs anyone may use: no credential is shown for them.
+fn is_open(verb: &str) -> bool {
+    verb == control::HELLO || verb == control::LIST
+}
+
+/// The part of a refusal that says why (see the bus's `verbs`).
+#[derive(Deserialize)]
+struct Refused {
+    #[serde(default)]
+    unauthorized: Option<String>,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 impl Drop for ControlClient {
@@ -52,22 +72,86 @@ impl ControlClient {
             prefix: format!("c{}-", id::short_id()),
             registry: addr.registry(),
             reader,
+            credential: options.credential.clone(),
+            session: tokio::sync::Mutex::new(None),
         }))
     }
 
-    /// Sends a control verb and waits for its answer.
+    /// Sends a control verb and waits for its answer. On a bus with
+    /// credentials, the verb carries this process's proof; a bus that
+    /// forgot the session (it restarted) is greeted again, once.
     pub(crate) async fn call<T: Serialize, R: DeserializeOwned>(
         &self,
         verb: &str,
         body: &T,
         timeout: Duration,
     ) -> Result<R, Error> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut header = Header::new(Kind::Control);
-        header.id = format!("{}{n}", self.prefix);
-        header.method = Some(verb.to_owned());
         let body = serde_json::to_vec(body)
             .map_err(|e| Error::new(ErrorKind::Codec, format!("encode {verb}: {e}")))?;
+        let sign = self.credential.as_ref().filter(|_| !is_open(verb));
+        for attempt in 0..2 {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            let mut header = Header::new(Kind::Control);
+            header.id = format!("{}{n}", self.prefix);
+            header.method = Some(verb.to_owned());
+            if let Some(c) = sign {
+                let nonce = self.session(timeout).await?;
+                let parts: [&[u8]; 5] = [
+                    b"muster-registry",
+                    nonce.as_bytes(),
+                    header.id.as_bytes(),
+                    verb.as_bytes(),
+                    &body,
+                ];
+                header.auth = Some(format!("{} {}", c.key_id(), c.mac(&parts)));
+            }
+            let env = self.exchange(header, body.clone(), verb, timeout).await?;
+            if let Ok(r) = serde_json::from_slice::<Refused>(&env.body)
+                && let Some(kind) = r.unauthorized
+            {
+                if kind == "nonce" && attempt == 0 {
+                    *self.session.lock().await = None;
+                    continue;
+                }
+                return Err(Error::new(
+                    ErrorKind::Unauthorized,
+                    r.error
+                        .unwrap_or_else(|| format!("{verb} refused by the bus")),
+                ));
+            }
+            return serde_json::from_slice(&env.body).map_err(|e| {
+                Error::new(
+                    ErrorKind::Protocol,
+                    format!("bad {verb} reply from bus: {e}"),
+                )
+            });
+        }
+        Err(Error::new(
+            ErrorKind::Unauthorized,
+            format!("{verb}: the bus keeps forgetting this connection's session"),
+        ))
+    }
+
+    /// This connection's nonce, from `hello` when there is none yet.
+    async fn session(&self, timeout: Duration) -> Result<String, Error> {
+        let mut session = self.session.lock().await;
+        if let Some(n) = &*session {
+            return Ok(n.clone());
+        }
+        let hello: control::Hello = Box::pin(self.call(control::HELLO, &(), timeout)).await?;
+        *session = Some(hello.nonce.clone());
+        Ok(hello.nonce)
+    }
+
+    /// One request and its reply envelope.
+    async fn exchange(
+        &self,
+        header: Header,
+        body: Vec<u8>,
+        verb: &str,
+        timeout: Duration,
+    ) -> Result<Envelope, Error> {
+        let _ = verb;
         let (tx, rx) = oneshot::channel();
         let key = header.id.clone();
         lock(&self.pending).insert(key.clone(), tx);
@@ -82,12 +166,7 @@ impl ControlClient {
         };
         lock(&self.pending).remove(&key);
         match reply {
-            Ok(Ok(env)) => serde_json::from_slice(&env.body).map_err(|e| {
-                Error::new(
-                    ErrorKind::Protocol,
-                    format!("bad {verb} reply from bus: {e}"),
-                )
-            }),
+            Ok(Ok(env)) => Ok(env),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!("no bus answered at {} within {timeout:?}", self.registry),

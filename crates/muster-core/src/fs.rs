@@ -1,0 +1,63 @@
+//! Files only their owner may read: the state directory, secrets, logs and
+//! records (`docs/security.md`).
+
+use std::fs::{File, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// Creates `dir` (and its parents) if needed and makes it `0700`.
+///
+/// # Errors
+/// When it cannot be created or its mode set.
+pub fn private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode != 0o700 {
+        std::fs::set_permissions(dir, Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Opens `path` for appending, created `0600` (an existing file that
+/// others could read is made `0600`).
+///
+/// # Errors
+/// When it cannot be opened or its mode set.
+pub fn private_append(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    keep_private(&f)?;
+    Ok(f)
+}
+
+/// Writes `contents` to `path` through a `0600` temporary file renamed
+/// into place (a reader never sees half a file).
+///
+/// # Errors
+/// When it cannot be written.
+pub fn private_write(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    keep_private(&f)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn keep_private(f: &File) -> io::Result<()> {
+    let mode = f.metadata()?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        f.set_permissions(Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,486 @@
+//! The registry's verbs, and who may use them (`docs/security.md`).
+//!
+//! `hello` and `list` are open. Every other verb, on a bus with a secret,
+//! carries `auth: "<key id> <MAC>"` in its header: HMAC-SHA256 under the
+//! key's secret over the connection's nonce (from `hello`), the message
+//! id, the verb and the body. An instance id belongs to the credential
+//! that registered it; reserved names (`muster.*`) to the master secret.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use muster_core::auth::KeyId;
+use muster_core::queue::Outcome;
+use muster_core::registry::{InstanceInfo, StatusUpdate};
+use muster_core::wire::{Envelope, Header, Kind};
+use serde::Serialize;
+
+use super::{Entry, MAX_SESSIONS, Registry, RegistryEvent, Waiter, encode};
+use crate::bus::BusOptions;
+use crate::control::{
+    self, Ack, Claim, ClaimReply, Enqueue, Heartbeat, HeartbeatReply, Hello, List, QueueOp,
+    QueueOpReply, Release, Settle, Take, TakeReply, Taken, Unregister,
+};
+
+/// What a request gets: a reply (none for a parked `take`), and why it was
+/// refused, for the log.
+pub(super) struct Answer {
+    pub(super) reply: Option<Envelope>,
+    pub(super) refused: Option<String>,
+}
+
+/// Why a request was refused: `nonce` (say `hello` again), `credential`
+/// (none, or a wrong one), `forbidden` (a right credential, not its to do).
+#[derive(Serialize)]
+struct Refusal {
+    error: String,
+    unauthorized: &'static str,
+}
+
+type Events = tokio::sync::broadcast::Sender<RegistryEvent>;
+
+pub(super) fn handle(
+    reg: &mut Registry,
+    options: &BusOptions,
+    identity: &Bytes,
+    env: Envelope,
+    events: &Events,
+) -> Answer {
+    if env.header.kind != Kind::Control {
+        return Answer {
+            reply: None,
+            refused: None,
+        };
+    }
+    let verb = env.header.method.clone().unwrap_or_default();
+    let reply = |body: Bytes| Some(Envelope::new(Header::reply_to(&env.header), body));
+    let who = match verb.as_str() {
+        control::HELLO => {
+            return Answer {
+                reply: reply(encode(&hello(reg, identity))),
+                refused: None,
+            };
+        }
+        control::LIST => {
+            let req: List = serde_json::from_slice(&env.body).unwrap_or_default();
+            return Answer {
+                reply: reply(encode(&reg.list(&req))),
+                refused: None,
+            };
+        }
+        _ => match authenticate(reg, identity, &env, &verb) {
+            Ok(who) => who,
+            Err((kind, error)) => {
+                let body = encode(&Refusal {
+                    error: format!("unauthorized: {error}"),
+                    unauthorized: kind,
+                });
+                return Answer {
+                    reply: reply(body),
+                    refused: Some(error),
+                };
+            }
+        },
+    };
+    match verb_of(
+        reg,
+        options,
+        identity,
+        env.header.clone(),
+        &verb,
+        &env.body,
+        who.as_ref(),
+        events,
+    ) {
+        Done::Reply(body) => Answer {
+            reply: reply(body),
+            refused: None,
+        },
+        Done::Forbidden(why) => Answer {
+            reply: reply(encode(&Refusal {
+                error: format!("unauthorized: {why}"),
+                unauthorized: "forbidden",
+            })),
+            refused: Some(why),
+        },
+        Done::Parked => Answer {
+            reply: None,
+            refused: None,
+        },
+    }
+}
+
+/// What a verb came to.
+enum Done {
+    Reply(Bytes),
+    /// A valid credential asked for what is not its to do.
+    Forbidden(String),
+    /// A `take` waits for a job.
+    Parked,
+}
+
+#[allow(clippy::too_many_arguments)] // one call site, the request's parts
+fn verb_of(
+    reg: &mut Registry,
+    options: &BusOptions,
+    identity: &Bytes,
+    header: Header,
+    verb: &str,
+    body: &[u8],
+    who: Option<&KeyId>,
+    events: &Events,
+) -> Done {
+    let not_yours = |what: &str| Done::Forbidden(format!("{what} is not this credential's"));
+    let reply = |b: Bytes| Done::Reply(b);
+    match verb {
+        control::REGISTER => register(reg, options, body, who, events),
+        control::HEARTBEAT => match serde_json::from_slice::<Heartbeat>(body) {
+            Ok(hb) => reply(encode(&heartbeat(reg, hb, who))),
+            Err(e) => reply(error(format!("bad heartbeat: {e}"))),
+        },
+        control::UNREGISTER => match serde_json::from_slice::<Unregister>(body) {
+            Ok(u) if !reg.owns(who, &u.instance) => {
+                not_yours(&format!("instance {:?}", u.instance))
+            }
+            Ok(u) => {
+                unregister(reg, &u.instance, events);
+                reply(encode(&Ack::default()))
+            }
+            Err(e) => reply(error(format!("bad unregister: {e}"))),
+        },
+        control::UPDATE => match serde_json::from_slice::<StatusUpdate>(body) {
+            Ok(u) if !reg.entries.contains_key(&u.instance) => {
+                reply(error(format!("unknown instance {:?}", u.instance)))
+            }
+            Ok(u) if !reg.owns(who, &u.instance) => {
+                not_yours(&format!("instance {:?}", u.instance))
+            }
+            Ok(u) => {
+                let _ = events.send(RegistryEvent::Updated(u));
+                reply(encode(&Ack::default()))
+            }
+            Err(e) => reply(error(format!("bad update: {e}"))),
+        },
+        control::CLAIM => match serde_json::from_slice::<Claim>(body) {
+            Ok(c) => match may_claim(reg, who, &c) {
+                Ok(()) => reply(encode(&claim(reg, c))),
+                Err(why) => Done::Forbidden(why),
+            },
+            Err(e) => reply(error(format!("bad claim: {e}"))),
+        },
+        control::ENQUEUE => match serde_json::from_slice::<Enqueue>(body) {
+            Ok(q) => match reg.queues.push(&q.queue, q.job) {
+                Ok(()) => {
+                    reg.serve_waiters(Instant::now());
+                    reply(encode(&Ack::default()))
+                }
+                Err(e) => reply(error(e.to_string())),
+            },
+            Err(e) => reply(error(format!("bad enqueue: {e}"))),
+        },
+        control::TAKE => match serde_json::from_slice::<Take>(body) {
+            Ok(t) if !reg.holds_for(who, &t.holder) => not_yours(&format!("holder {:?}", t.holder)),
+            Ok(t) => take(reg, identity, header, t).map_or(Done::Parked, reply),
+            Err(e) => reply(encode(&TakeReply {
+                jobs: Vec::new(),
+                error: Some(format!("bad take: {e}")),
+            })),
+        },
+        control::SETTLE => match serde_json::from_slice::<Settle>(body) {
+            Ok(s) => match reg.queues.holder_of(&s.queue, s.tag) {
+                Some(h) if !reg.holds_for(who, h) => {
+                    not_yours(&format!("job {} of {:?}", s.tag, s.queue))
+                }
+                _ => reply(settle(reg, s)),
+            },
+            Err(e) => reply(error(format!("bad settle: {e}"))),
+        },
+        control::RELEASE => match serde_json::from_slice::<Release>(body) {
+            Ok(r) if !reg.holds_for(who, &r.holder) => not_yours(&format!("holder {:?}", r.holder)),
+            Ok(r) => {
+                reg.release_instance(&r.holder);
+                reg.serve_waiters(Instant::now());
+                reply(encode(&Ack::default()))
+            }
+            Err(e) => reply(error(format!("bad release: {e}"))),
+        },
+        control::QUEUE => match serde_json::from_slice::<QueueOp>(body) {
+            Ok(op) => {
+                let r = reg.queues.command(&op.queue, &op.command);
+                reg.serve_waiters(Instant::now());
+                reply(encode(&QueueOpReply {
+                    reply: Some(r),
+                    error: None,
+                }))
+            }
+            Err(e) => reply(encode(&QueueOpReply {
+                reply: None,
+                error: Some(format!("bad queue command: {e}")),
+            })),
+        },
+        other => reply(error(format!("unknown control verb {other:?}"))),
+    }
+}
+
+fn error(why: String) -> Bytes {
+    encode(&Ack { error: Some(why) })
+}
+
+/// A fresh nonce for this connection.
+fn hello(reg: &mut Registry, identity: &Bytes) -> Hello {
+    let nonce = muster_core::auth::random_hex(16).unwrap_or_else(|_| super::random_epoch());
+    if reg.sessions.len() >= MAX_SESSIONS {
+        let mut by_age: Vec<(Bytes, Instant)> = reg
+            .sessions
+            .iter()
+            .map(|(k, (_, t))| (k.clone(), *t))
+            .collect();
+        by_age.sort_by_key(|(_, t)| *t);
+        for (k, _) in by_age.into_iter().take(MAX_SESSIONS / 2) {
+            reg.sessions.remove(&k);
+        }
+    }
+    reg.sessions
+        .insert(identity.clone(), (nonce.clone(), Instant::now()));
+    Hello { nonce }
+}
+
+/// The key a request was made with: `None` on an open bus.
+fn authenticate(
+    reg: &Registry,
+    identity: &Bytes,
+    env: &Envelope,
+    verb: &str,
+) -> Result<Option<KeyId>, (&'static str, String)> {
+    let Some(secret) = &reg.secret else {
+        return Ok(None);
+    };
+    let Some((key, mac)) = env.header.auth.as_deref().and_then(|a| a.split_once(' ')) else {
+        return Err((
+            "credential",
+            format!("{verb} needs a bus credential (MUSTER_CREDENTIAL; see docs/security.md)"),
+        ));
+    };
+    let key = KeyId::parse(key).map_err(|e| ("credential", e.to_string()))?;
+    let Some((nonce, _)) = reg.sessions.get(identity) else {
+        return Err(("nonce", "no session: say hello first".to_owned()));
+    };
+    let parts: [&[u8]; 5] = [
+        b"muster-registry",
+        nonce.as_bytes(),
+        env.header.id.as_bytes(),
+        verb.as_bytes(),
+        &env.body,
+    ];
+    if secret.secret_of(&key).verify(&parts, mac) {
+        Ok(Some(key))
+    } else {
+        Err(("credential", format!("wrong credential for {key}")))
+    }
+}
+
+/// True for the names only the host may register.
+fn reserved(service: &str) -> bool {
+    service.starts_with("muster.") || service == muster_core::registry::HOST_SERVICE
+}
+
+fn register(
+    reg: &mut Registry,
+    options: &BusOptions,
+    body: &[u8],
+    who: Option<&KeyId>,
+    events: &Events,
+) -> Done {
+    if body.len() > options.max_registration_size {
+        return Done::Reply(error(format!(
+            "registration of {} bytes is over the limit of {}",
+            body.len(),
+            options.max_registration_size
+        )));
+    }
+    let info = match serde_json::from_slice::<InstanceInfo>(body) {
+        Ok(info) => info,
+        Err(e) => return Done::Reply(error(format!("bad registration: {e}"))),
+    };
+    if let Some(key) = who {
+        if reserved(&info.service) && *key != KeyId::Bus {
+            return Done::Forbidden(format!("{:?} is reserved to the host", info.service));
+        }
+        let foreign = reg
+            .entries
+            .get(&info.instance)
+            .is_some_and(|e| e.owner.as_ref() != Some(key) && *key != KeyId::Bus);
+        if foreign || !key.may_be(&info.instance) {
+            return Done::Forbidden(format!(
+                "instance {:?} is not this credential's",
+                info.instance
+            ));
+        }
+    }
+    if reg.entries.len() >= options.max_instances && !reg.entries.contains_key(&info.instance) {
+        return Done::Reply(error(format!(
+            "the registry is full ({} instances)",
+            options.max_instances
+        )));
+    }
+    tracing::info!(service = %info.service, instance = %info.instance, endpoint = %info.endpoint, "instance registered");
+    let _ = events.send(RegistryEvent::Registered(info.clone()));
+    reg.entries.insert(
+        info.instance.clone(),
+        Entry {
+            info,
+            last_seen: Instant::now(),
+            owner: who.cloned(),
+        },
+    );
+    reg.changed();
+    Done::Reply(encode(&Ack::default()))
+}
+
+/// Refreshes the instances this credential owns; reports the ones the bus
+/// does not know (register them again). Others' are left alone.
+fn heartbeat(reg: &mut Registry, hb: Heartbeat, who: Option<&KeyId>) -> HeartbeatReply {
+    let now = Instant::now();
+    let mut unknown = Vec::new();
+    for id in hb.instances {
+        let owned = reg.owns(who, &id);
+        match reg.entries.get_mut(&id) {
+            Some(e) if owned => e.last_seen = now,
+            Some(_) => {}
+            None => unknown.push(id),
+        }
+    }
+    HeartbeatReply { unknown }
+}
+
+fn unregister(reg: &mut Registry, instance: &str, events: &Events) {
+    if let Some(e) = reg.entries.remove(instance) {
+        // A graceful goodbye: its consumers finish their jobs and release
+        // the rest themselves (or fall silent and are given up).
+        tracing::info!(service = %e.info.service, instance, "instance left");
+        let _ = events.send(RegistryEvent::Unregistered {
+            service: e.info.service,
+            instance: instance.to_owned(),
+        });
+        reg.changed();
+    }
+}
+
+/// A claim is made as a registered instance of this credential, on a key of
+/// that instance's service (`<service>/...`), so nobody can squat another
+/// service's fire times.
+fn may_claim(reg: &Registry, who: Option<&KeyId>, c: &Claim) -> Result<(), String> {
+    let Some(key) = who else {
+        return Ok(());
+    };
+    if *key == KeyId::Bus {
+        return Ok(());
+    }
+    let Some(entry) = reg.entries.get(&c.holder) else {
+        return Err(format!(
+            "holder {:?} is not a registered instance",
+            c.holder
+        ));
+    };
+    if entry.owner.as_ref() != Some(key) {
+        return Err(format!("holder {:?} is not this credential's", c.holder));
+    }
+    let prefix = format!("{}/", entry.info.service);
+    if !c.key.starts_with(&prefix) {
+        return Err(format!(
+            "{} may claim only keys of its service ({prefix}...)",
+            c.holder
+        ));
+    }
+    Ok(())
+}
+
+fn claim(reg: &mut Registry, c: Claim) -> ClaimReply {
+    let now = Instant::now();
+    match reg.claims.get(&c.key) {
+        Some((holder, until)) if *until > now => ClaimReply {
+            granted: *holder == c.holder,
+            holder: holder.clone(),
+        },
+        _ => {
+            let ttl = Duration::from_millis(c.ttl_ms.min(86_400_000));
+            reg.claims.insert(c.key, (c.holder.clone(), now + ttl));
+            ClaimReply {
+                granted: true,
+                holder: c.holder,
+            }
+        }
+    }
+}
+
+/// Jobs for `take`, or `None` when it is parked until one comes.
+fn take(reg: &mut Registry, identity: &Bytes, header: Header, take: Take) -> Option<Bytes> {
+    let now = Instant::now();
+    reg.holders.insert(take.holder.clone(), now);
+    let jobs = reg.queues.take(&take.queue, &take.holder, take.max);
+    if jobs.is_empty() && take.wait_ms > 0 && take.max > 0 {
+        let wait = Duration::from_millis(take.wait_ms.min(10_000));
+        reg.waiters.push(Waiter {
+            identity: identity.clone(),
+            header,
+            take,
+            until: now + wait,
+        });
+        return None;
+    }
+    Some(encode(&TakeReply {
+        jobs: jobs
+            .into_iter()
+            .map(|(tag, job)| Taken { tag, job })
+            .collect(),
+        error: None,
+    }))
+}
+
+fn settle(reg: &mut Registry, s: Settle) -> Bytes {
+    let outcome = match s.outcome.as_str() {
+        "ack" => Outcome::Ack,
+        "retry" => Outcome::Retry {
+            after: Duration::ZERO,
+            reason: s.reason.unwrap_or_default(),
+        },
+        "dead" => Outcome::Dead {
+            reason: s.reason.unwrap_or_default(),
+        },
+        other => return error(format!("unknown outcome {other:?}")),
+    };
+    // An unknown tag was settled already or given back (its holder looked
+    // dead): nothing to do either way.
+    reg.queues.settle(&s.queue, s.tag, &outcome);
+    reg.serve_waiters(Instant::now());
+    encode(&Ack::default())
+}
+
+impl Registry {
+    /// True when `who` may act for registered instance `id` (on an open
+    /// bus, anyone).
+    fn owns(&self, who: Option<&KeyId>, id: &str) -> bool {
+        match who {
+            None | Some(KeyId::Bus) => true,
+            Some(key) => self
+                .entries
+                .get(id)
+                .is_some_and(|e| e.owner.as_ref() == Some(key)),
+        }
+    }
+
+    /// True when `who` may hold jobs as `holder` (`<instance>-<random>`):
+    /// the instance must be this credential's.
+    fn holds_for(&self, who: Option<&KeyId>, holder: &str) -> bool {
+        match who {
+            None | Some(KeyId::Bus) => true,
+            Some(key @ KeyId::Instance(_)) => key.may_be(holder),
+            Some(key) => self.entries.iter().any(|(id, e)| {
+                e.owner.as_ref() == Some(key)
+                    && holder
+                        .strip_prefix(id.as_str())
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
+            }),
+        }
+    }
+}
