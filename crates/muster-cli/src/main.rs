@@ -4,6 +4,7 @@
 mod bench;
 mod bus;
 mod call;
+mod credential;
 mod ctl;
 mod demo;
 mod events;
@@ -76,6 +77,9 @@ enum Command {
     /// One service in detail: instances, methods with their JSON Schemas,
     /// subscriptions and queues.
     Info(ls::InfoCmd),
+    /// Print a credential of the bus (`user:NAME <secret>`) for a program
+    /// run by hand: give it as MUSTER_CREDENTIAL (docs/security.md).
+    Credential(credential::CredentialCmd),
     /// Per-method statistics of every instance (or of one service).
     Stats(ls::StatsCmd),
     /// Create a service project, or a context of services from a services.toml.
@@ -149,6 +153,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Sub(c) => c.run().await,
         Command::Ls(c) => c.run().await,
         Command::Info(c) => c.run().await,
+        Command::Credential(c) => c.run(),
         Command::Stats(c) => c.run().await,
         Command::Demo(c) => c.run().await,
         Command::Schedule(c) => c.run(),

@@ -79,8 +79,15 @@ pub(crate) fn print_banner(info: &HostInfo) {
     println!("  token file: {}", info.token_file.display());
     println!("  logs:       {}", info.log_dir.display());
     if let Some(http) = &info.http {
+        // The link hands the token to the browser (the page keeps it and
+        // drops it from the address bar); it is shown only here, to the
+        // host's own user.
+        let token = muster_host::token::read(&info.token_file)
+            .map(|t| format!("#token={t}"))
+            .unwrap_or_default();
+        println!("  dashboard:  http://{http}/{token}");
         println!(
-            "  dashboard:  http://{http}/   (metrics /metrics, gateway POST /call/SERVICE.METHOD)"
+            "              (metrics /metrics, gateway POST /call/SERVICE.METHOD; Authorization: Bearer TOKEN)"
         );
     }
     for t in &info.transactions {

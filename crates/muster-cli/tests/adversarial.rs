@@ -523,7 +523,7 @@ async fn the_gateway_answers_json_and_checks_the_token_first() {
     // Metrics in both formats, by Accept.
     let scrape = |accept: &str| {
         raw(format!(
-            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+            "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
         ))
     };
     let prom = eventually(WAIT, "metrics with method latencies", || async {

@@ -747,8 +747,13 @@ async fn http_serves_metrics_the_gateway_and_openapi() {
     host.wait_state("echo", 0, "running").await;
     let token = std::fs::read_to_string(host.dir.join(".muster/token")).unwrap();
     let token = token.trim();
+    // Instance details are the token's to see.
+    let (code, _) = http("GET", &addr, "/metrics", None, "");
+    assert_eq!(code, 401, "metrics need the token");
+    let (code, _) = http("GET", &addr, "/api/status", None, "");
+    assert_eq!(code, 401, "status needs the token");
     let metrics = eventually(WAIT, "metrics with the echo instance", || async {
-        let (code, body) = http("GET", &addr, "/metrics", None, "");
+        let (code, body) = http("GET", &addr, "/metrics", Some(token), "");
         (code == 200
             && body.contains("muster_instance_resident_bytes{")
             && body.contains("service=\"echo\""))
@@ -920,14 +925,22 @@ async fn the_dashboard_lists_services_and_draws_charts_in_chromium() {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let mut demo = Proc::spawn("muster demo", c);
+    let token = eventually(WAIT, "the demo's token", || async {
+        std::fs::read_to_string(dir.join(".muster/token"))
+            .ok()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    })
+    .await;
     eventually(WAIT, "the dashboard answers", || async {
         let (code, body) =
-            std::panic::catch_unwind(|| http("GET", &addr, "/api/top", None, "")).ok()?;
+            std::panic::catch_unwind(|| http("GET", &addr, "/api/top", Some(&token), "")).ok()?;
         (code == 200 && body.contains("echo")).then_some(())
     })
     .await;
     let profile = dir.join("chromium-profile");
-    let url = format!("http://{addr}/");
+    // The link `muster up` prints: the page takes the token from it.
+    let url = format!("http://{addr}/#token={token}");
     let browser = |extra: &[&str]| {
         Command::new(chromium)
             .args([

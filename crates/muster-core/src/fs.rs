@@ -61,3 +61,26 @@ fn keep_private(f: &File) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_others_could_read_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, Permissions::from_mode(0o755)).unwrap();
+        private_dir(&state).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        let log = state.join("a.log");
+        std::fs::write(&log, "x").unwrap();
+        std::fs::set_permissions(&log, Permissions::from_mode(0o644)).unwrap();
+        drop(private_append(&log).unwrap());
+        assert_eq!(mode(&log), 0o600);
+        private_write(&state.join("r.json"), b"{}").unwrap();
+        assert_eq!(mode(&state.join("r.json")), 0o600);
+    }
+}

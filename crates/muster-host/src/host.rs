@@ -189,6 +189,8 @@ pub async fn run(
                 recent: recent.clone(),
                 bus: Arc::new(move || stats.snapshot()),
                 max_body: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
+                http_hosts: manifest.host.http_hosts.clone().into(),
+                public_read: manifest.host.http_public_read,
             });
             let stopped = http_stop.clone();
             tokio::spawn(async move {

@@ -41,6 +41,10 @@ pub(crate) struct AppState {
     pub(crate) bus: Arc<dyn Fn() -> muster_zmq::bus::BusStats + Send + Sync>,
     /// Largest request body (the bus's message size limit).
     pub(crate) max_body: usize,
+    /// `Host` names answered besides the loopback ones.
+    pub(crate) http_hosts: Arc<[String]>,
+    /// Status, top, events and metrics without the token.
+    pub(crate) public_read: bool,
 }
 
 const DASHBOARD: &str = include_str!("dashboard.html");
@@ -64,7 +68,83 @@ pub(crate) fn router(state: AppState) -> axum::Router {
             )
         })
         .layer(axum::extract::DefaultBodyLimit::max(state.max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard_and_headers,
+        ))
         .with_state(state)
+}
+
+/// Refuses a `Host` that is not a loopback name or one of `[host]
+/// http_hosts` (a page whose DNS name was rebound to 127.0.0.1 sends its
+/// own name), and puts the security headers on every answer.
+async fn guard_and_headers(
+    State(s): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(host_name);
+    let mut response = match host {
+        Some(h) if !allowed_host(&h, &s.http_hosts) => {
+            tracing::warn!(host = %h, "HTTP request refused: Host is not a name of this host");
+            error(
+                StatusCode::FORBIDDEN,
+                code::UNAUTHORIZED,
+                format!("Host {h:?} is not served here (add it to [host] http_hosts)"),
+            )
+        }
+        _ => next.run(request).await,
+    };
+    let headers = response.headers_mut();
+    for (name, value) in SECURITY_HEADERS {
+        headers.insert(*name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// On every answer: no framing, no sniffing, no referrer, and a page that
+/// runs only its own script.
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "content-security-policy",
+        "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    ("x-frame-options", "DENY"),
+    ("x-content-type-options", "nosniff"),
+    ("referrer-policy", "no-referrer"),
+];
+
+/// The name of a `Host` header, without its port.
+fn host_name(h: &str) -> String {
+    let h = h.trim();
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("").to_ascii_lowercase();
+    }
+    h.rsplit_once(':')
+        .map_or(h, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                h
+            }
+        })
+        .to_ascii_lowercase()
+}
+
+fn allowed_host(name: &str, extra: &[String]) -> bool {
+    matches!(name, "localhost" | "127.0.0.1" | "::1")
+        || name.ends_with(".localhost")
+        || extra.iter().any(|e| e.eq_ignore_ascii_case(name))
+}
+
+/// The refusal of a read-only view, unless the token is given or
+/// `[host] http_public_read` opens them.
+fn may_read(s: &AppState, headers: &HeaderMap) -> Option<Response> {
+    (!s.public_read && !authorized(s, headers)).then(refuse)
 }
 
 /// Every error this endpoint answers: `{"error": {"code", "message"}}`.
@@ -94,13 +174,16 @@ fn refuse() -> Response {
     )
 }
 
-async fn api_top(State(s): State<AppState>) -> Json<Value> {
+async fn api_top(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = may_read(&s, &headers) {
+        return r;
+    }
     let latest = s
         .monitor
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .latest();
-    Json(serde_json::to_value(latest).unwrap_or_default())
+    Json(serde_json::to_value(latest).unwrap_or_default()).into_response()
 }
 
 async fn ask<T>(
@@ -121,7 +204,10 @@ async fn ask<T>(
         .map_err(|e| error(StatusCode::CONFLICT, 1, e))
 }
 
-async fn api_status(State(s): State<AppState>) -> Response {
+async fn api_status(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = may_read(&s, &headers) {
+        return r;
+    }
     match ask(&s, |reply| Command::Status {
         transaction: None,
         reply,
@@ -133,9 +219,12 @@ async fn api_status(State(s): State<AppState>) -> Response {
     }
 }
 
-async fn api_events(State(s): State<AppState>) -> Json<Value> {
+async fn api_events(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = may_read(&s, &headers) {
+        return r;
+    }
     let recent = s.recent.lock().unwrap_or_else(PoisonError::into_inner);
-    Json(Value::Array(recent.iter().cloned().collect()))
+    Json(Value::Array(recent.iter().cloned().collect())).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -369,6 +458,9 @@ async fn openapi(State(s): State<AppState>) -> Response {
 
 /// `/metrics`: Prometheus text, or OpenMetrics when asked (`Accept`).
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(r) = may_read(&s, &headers) {
+        return r;
+    }
     let format =
         metrics::Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let latest = s

@@ -60,6 +60,12 @@ pub struct HostSpec {
     /// Bytes of jobs the embedded bus's work queues hold in all
     /// (`queue_max_bytes`, default 256 MiB); more are refused.
     pub queue_max_bytes: u64,
+    /// `Host` header names the HTTP endpoint answers besides the loopback
+    /// ones (`http_hosts`).
+    pub http_hosts: Vec<String>,
+    /// Status, top, events and metrics over HTTP without the token
+    /// (`http_public_read`).
+    pub http_public_read: bool,
 }
 
 /// Bytes of jobs the embedded bus holds unless `[host] queue_max_bytes`
@@ -336,6 +342,8 @@ impl Manifest {
                 monitor_every: Duration::from_secs(1),
                 gateway_open: false,
                 queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+                http_hosts: Vec::new(),
+                http_public_read: false,
             }),
             contexts,
         })
@@ -422,6 +430,9 @@ struct RawHost {
     monitor_every: Option<Spanned<DurationValue>>,
     gateway_open: Option<bool>,
     queue_max_bytes: Option<Spanned<String>>,
+    #[serde(default)]
+    http_hosts: Vec<String>,
+    http_public_read: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -603,6 +614,8 @@ impl Checker<'_> {
                             .map_err(|e| self.err(v.span().start, "host.queue_max_bytes", e))?,
                         None => DEFAULT_QUEUE_MAX_BYTES,
                     },
+                    http_hosts: h.http_hosts,
+                    http_public_read: h.http_public_read.unwrap_or(false),
                 })
             }
         };
