@@ -423,3 +423,46 @@ async fn state_files_are_private_and_credentials_stay_off_the_command_line() {
         "and it is not on its command line"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_may_require_its_callers_credentials() {
+    let manifest = format!(
+        "[host]\nhttp = \"off\"\n[context]\nname = \"sec\"\n[[service]]\nname = \"testsvc\"\nrun = [\"{}\", \"--log-level\", \"warn\"]\nenv = {{ MUSTER_GREETING = \"hi\", TESTSVC_REQUIRE_AUTH = \"1\" }}\n",
+        muster_test::host::test_service(MUSTER)
+    );
+    let host = Host::up(MUSTER, "sec-callers", &manifest).await;
+    host.wait_state("testsvc", 0, "running").await;
+    let elsewhere = muster_test::host::tempdir("sec-callers-elsewhere");
+    let call = |dir: &std::path::Path, credential: Option<String>| {
+        let mut c = Command::new(MUSTER);
+        c.args(["call", "testsvc.hello", r#""eve""#, "--bus", &host.bus])
+            .current_dir(dir)
+            .env_remove("MUSTER_CREDENTIAL");
+        if let Some(cred) = credential {
+            c.env("MUSTER_CREDENTIAL", cred);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // No credential: refused.
+    let (code, _, err) = call(&elsewhere, None);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("-32004") && err.contains("requires a bus credential"),
+        "{err}"
+    );
+    // A wrong one: refused.
+    let forged = format!("user:mallory {}", "ab".repeat(32));
+    let (code, _, err) = call(&elsewhere, Some(forged));
+    assert_eq!(code, Some(1), "{err}");
+    // A credential of the bus (a user's, or the host directory's secret):
+    // served.
+    let user = user_credential(&host, "alice").to_env_value();
+    assert_eq!(call(&elsewhere, Some(user)).1, r#""hi, eve""#);
+    assert_eq!(call(&host.dir, None).1, r#""hi, eve""#);
+    let _ = std::fs::remove_dir_all(&elsewhere);
+}

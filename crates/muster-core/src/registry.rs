@@ -47,6 +47,10 @@ pub struct InstanceInfo {
     /// Transaction the instance runs under, when a host started it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<String>,
+    /// Callers must show a bus credential (`Service::require_auth`); on the
+    /// embedded bus a muster caller does so by itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_auth: bool,
 }
 
 /// Topic on which buses without a registry of their own carry

@@ -19,6 +19,25 @@ pub(crate) const CLAIM: &str = "claim";
 pub(crate) const UPDATE: &str = "update";
 /// Verb: a nonce for this connection, which credentials' MACs cover.
 pub(crate) const HELLO: &str = "hello";
+/// Verb: is a caller's proof for this instance good (`require_auth`)?
+pub(crate) const VERIFY: &str = "verify";
+
+/// What a caller of a `require_auth` instance shows, for the bus to check.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Verify {
+    /// The caller's key id.
+    pub(crate) key: String,
+    /// The instance called (the asker's own).
+    pub(crate) instance: String,
+    /// The caller's MAC over `["muster-call", instance]`.
+    pub(crate) mac: String,
+}
+
+/// The answer to `verify`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Verified {
+    pub(crate) valid: bool,
+}
 
 /// The answer to `hello`.
 #[derive(Debug, Serialize, Deserialize)]

@@ -212,6 +212,7 @@ impl Service {
             queues: self.consumers.iter().map(|c| c.queue.clone()).collect(),
             pid: std::process::id(),
             transaction,
+            require_auth: self.require_auth,
         };
         let started = Instant::now();
         let dispatch = Arc::new(dispatch::ServiceDispatch::new(

@@ -83,6 +83,7 @@ pub struct Service {
     pub(crate) on_shutdown: Option<ShutdownFn>,
     pub(crate) config: Option<ConfigLoader>,
     pub(crate) max_in_flight: usize,
+    pub(crate) require_auth: bool,
     pub(crate) shutdown_grace: Duration,
     pub(crate) jobs: Vec<Arc<Job>>,
     pub(crate) clock: Arc<dyn Clock>,
@@ -167,6 +168,7 @@ impl Service {
             on_shutdown: None,
             config: None,
             max_in_flight: 1024,
+            require_auth: false,
             shutdown_grace: Duration::from_secs(10),
             jobs: Vec::new(),
             clock: Arc::new(SystemClock),
@@ -614,6 +616,15 @@ impl Service {
     /// Requests handled at once per instance (default 1024); more wait.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Only callers with a bus credential may call this service's methods
+    /// (on the embedded bus; `docs/security.md`). Calls are open to every
+    /// local process otherwise. A muster caller shows its credential by
+    /// itself; others are refused with -32004.
+    pub fn require_auth(mut self) -> Self {
+        self.require_auth = true;
         self
     }
 

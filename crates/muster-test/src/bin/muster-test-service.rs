@@ -85,7 +85,14 @@ async fn crash() -> Result<(), RpcError> {
 }
 
 fn main() -> muster::Result<()> {
-    Service::new("testsvc")
+    let service = Service::new("testsvc");
+    // `TESTSVC_REQUIRE_AUTH=1`: only callers with a bus credential.
+    let service = if std::env::var_os("TESTSVC_REQUIRE_AUTH").is_some() {
+        service.require_auth()
+    } else {
+        service
+    };
+    service
         .version("1.2.3")
         .config::<TestConfig>()
         .rpc("hello", hello)

@@ -271,7 +271,7 @@ async fn read_replies(socket: Socket, shared: Arc<Shared>, endpoint: String) {
 /// when the first one dies and the method is idempotent.
 pub(crate) async fn request(
     inner: &Arc<Inner>,
-    req: Envelope,
+    mut req: Envelope,
     timeout: Duration,
 ) -> Result<Envelope, RpcError> {
     let now = Instant::now();
@@ -289,6 +289,7 @@ pub(crate) async fn request(
         .pick(inner, service, method, instance, None)
         .await?;
     let idempotent = instance.is_none() && route.info.method(method).is_some_and(|m| m.idempotent);
+    req.header.auth.clone_from(&route.auth);
     if !idempotent {
         return route.conn.call(req, deadline, now).await;
     }
@@ -302,6 +303,8 @@ pub(crate) async fn request(
                 .pick(inner, service, method, None, Some(&route.info.instance))
                 .await
                 .map_err(|_| e)?;
+            let mut req = req;
+            req.header.auth.clone_from(&retry.auth);
             retry.conn.call(req, deadline, Instant::now()).await
         }
         other => other,

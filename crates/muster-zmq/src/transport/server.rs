@@ -86,11 +86,20 @@ pub(crate) async fn serve(
         start_heartbeats(&inner);
     }
 
+    let gatekeeper = info.require_auth.then(|| {
+        Arc::new(Gatekeeper {
+            control: inner.control.clone(),
+            instance: info.instance.clone(),
+            timeout: inner.options.control_timeout,
+            verified: Mutex::default(),
+        })
+    });
     let stop = CancellationToken::new();
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(serve_loop(
         router,
         dispatch,
+        gatekeeper,
         registration.max_in_flight.max(1),
         max,
         inner.options.reply_backlog,
@@ -215,9 +224,75 @@ impl std::future::Future for InFlight {
     }
 }
 
+/// Checks the callers of a `require_auth` instance: the first request of
+/// each connection shows a credential, which the bus verifies; the
+/// connection is then known (a connection is one caller's).
+#[derive(Debug)]
+struct Gatekeeper {
+    control: Option<Arc<super::control_client::ControlClient>>,
+    instance: String,
+    timeout: Duration,
+    verified: Mutex<std::collections::HashSet<Bytes>>,
+}
+
+/// Connections remembered as verified, at most (then forgotten, and each
+/// shows its credential again).
+const VERIFIED_CONNECTIONS: usize = 10_000;
+
+impl Gatekeeper {
+    fn knows(&self, identity: &Bytes) -> bool {
+        self.lock().contains(identity)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Bytes>> {
+        self.verified
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Asks the bus whether the request's credential is good for this
+    /// instance, and remembers the connection when it is.
+    async fn admit(&self, identity: Bytes, header: &Header) -> Result<(), RpcError> {
+        let refuse = |why: &str| {
+            tracing::warn!(instance = %self.instance, reason = why, "request refused: this service requires callers' credentials");
+            RpcError::unauthorized(format!(
+                "{} requires a bus credential of its callers ({why}; docs/security.md)",
+                self.instance
+            ))
+        };
+        let Some((key, mac)) = header.auth.as_deref().and_then(|a| a.split_once(' ')) else {
+            return Err(refuse("none shown"));
+        };
+        let Some(control) = &self.control else {
+            return Err(refuse("no bus to check it with"));
+        };
+        let verify = control::Verify {
+            key: key.to_owned(),
+            instance: self.instance.clone(),
+            mac: mac.to_owned(),
+        };
+        let answer: control::Verified = control
+            .call(control::VERIFY, &verify, self.timeout)
+            .await
+            .map_err(|e| {
+                RpcError::unavailable(format!("cannot check the caller's credential: {e}"))
+            })?;
+        if !answer.valid {
+            return Err(refuse("a wrong one"));
+        }
+        let mut known = self.lock();
+        if known.len() >= VERIFIED_CONNECTIONS {
+            known.clear();
+        }
+        known.insert(identity);
+        Ok(())
+    }
+}
+
 async fn serve_loop(
     router: Socket,
     dispatch: Arc<dyn Dispatch>,
+    gatekeeper: Option<Arc<Gatekeeper>>,
     max_in_flight: usize,
     max_message_size: usize,
     reply_backlog: usize,
@@ -248,10 +323,27 @@ async fn serve_loop(
         let identity = msg.part_bytes(0)?;
         match accept(&msg, max_message_size, draining) {
             Accepted::Request(env) => {
+                let header = env.header.clone();
+                let reply = match &gatekeeper {
+                    Some(gk) if !gk.knows(&identity) => {
+                        let (gk, dispatch, identity) =
+                            (gk.clone(), dispatch.clone(), identity.clone());
+                        Box::pin(async move {
+                            match gk.admit(identity, &env.header).await {
+                                Ok(()) => dispatch.dispatch(env).await,
+                                Err(e) => match error_reply(&env.header, e) {
+                                    Accepted::Refuse(r) => Some(r),
+                                    _ => None,
+                                },
+                            }
+                        })
+                    }
+                    _ => dispatch.dispatch(env),
+                };
                 in_flight.push(InFlight {
                     identity,
-                    header: env.header.clone(),
-                    reply: dispatch.dispatch(env),
+                    header,
+                    reply,
                 });
                 None
             }

@@ -16,6 +16,19 @@ use crate::control::{LIST, List, ListReply};
 pub(crate) struct Route {
     pub(crate) info: InstanceInfo,
     pub(crate) conn: Arc<Conn>,
+    /// What requests to it carry when it requires callers' credentials.
+    pub(crate) auth: Option<String>,
+}
+
+/// A caller's proof for `info`, when it asks for one and this process has
+/// a credential: a MAC over the instance id, made once per route.
+fn caller_proof(info: &InstanceInfo, options: &ZmqOptions) -> Option<String> {
+    let c = options.credential.as_ref().filter(|_| info.require_auth)?;
+    Some(format!(
+        "{} {}",
+        c.key_id(),
+        c.mac(&[b"muster-call", info.instance.as_bytes()])
+    ))
 }
 
 #[derive(Debug, Default)]
@@ -53,9 +66,11 @@ impl RegistryView {
                         subscriptions: Vec::new(),
                         pid: 0,
                         transaction: None,
+                        require_auth: false,
                     };
                     snapshot.all.push(info.clone());
                     routes.push(Arc::new(Route {
+                        auth: caller_proof(&info, options),
                         info,
                         conn: Conn::open(ep, options).await,
                     }));
@@ -183,6 +198,7 @@ impl RegistryView {
                 .push(Arc::new(Route {
                     info: info.clone(),
                     conn,
+                    auth: caller_proof(info, &inner.options),
                 }));
         }
         for info in &instances {

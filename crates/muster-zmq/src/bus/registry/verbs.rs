@@ -19,7 +19,7 @@ use super::{Entry, MAX_SESSIONS, Registry, RegistryEvent, Waiter, encode};
 use crate::bus::BusOptions;
 use crate::control::{
     self, Ack, Claim, ClaimReply, Enqueue, Heartbeat, HeartbeatReply, Hello, List, QueueOp,
-    QueueOpReply, Release, Settle, Take, TakeReply, Taken, Unregister,
+    QueueOpReply, Release, Settle, Take, TakeReply, Taken, Unregister, Verified, Verify,
 };
 
 /// What a request gets: a reply (none for a parked `take`), and why it was
@@ -203,6 +203,25 @@ fn verb_of(
                 reply(encode(&Ack::default()))
             }
             Err(e) => reply(error(format!("bad release: {e}"))),
+        },
+        control::VERIFY => match serde_json::from_slice::<Verify>(body) {
+            // Only an instance checks the callers of its own methods.
+            Ok(v) if !reg.owns(who, &v.instance) => {
+                not_yours(&format!("instance {:?}", v.instance))
+            }
+            Ok(v) => {
+                let valid = match (&reg.secret, KeyId::parse(&v.key)) {
+                    (Some(secret), Ok(key)) => secret
+                        .secret_of(&key)
+                        .verify(&[b"muster-call", v.instance.as_bytes()], &v.mac),
+                    // An open bus has no credentials to check: everyone is
+                    // let in.
+                    (None, _) => true,
+                    (Some(_), Err(_)) => false,
+                };
+                reply(encode(&Verified { valid }))
+            }
+            Err(e) => reply(error(format!("bad verify: {e}"))),
         },
         control::QUEUE => match serde_json::from_slice::<QueueOp>(body) {
             Ok(op) => {
