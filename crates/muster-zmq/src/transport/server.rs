@@ -96,16 +96,15 @@ pub(crate) async fn serve(
     });
     let stop = CancellationToken::new();
     let (grace_tx, grace_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(serve_loop(
+    let serving = Serving {
         router,
         dispatch,
         gatekeeper,
-        registration.max_in_flight.max(1),
-        max,
-        inner.options.reply_backlog,
-        stop.clone(),
-        grace_rx,
-    ));
+        max_in_flight: registration.max_in_flight.max(1),
+        max_message_size: max,
+        reply_backlog: inner.options.reply_backlog,
+    };
+    let task = tokio::spawn(serve_loop(serving, stop.clone(), grace_rx));
     Ok(Box::new(ZmqServed {
         inner,
         instance: info.instance,
@@ -289,16 +288,29 @@ impl Gatekeeper {
     }
 }
 
-async fn serve_loop(
+/// What an instance's serving loop works with.
+struct Serving {
     router: Socket,
     dispatch: Arc<dyn Dispatch>,
     gatekeeper: Option<Arc<Gatekeeper>>,
     max_in_flight: usize,
     max_message_size: usize,
     reply_backlog: usize,
+}
+
+async fn serve_loop(
+    serving: Serving,
     stop: CancellationToken,
     mut grace_rx: tokio::sync::oneshot::Receiver<Duration>,
 ) {
+    let Serving {
+        router,
+        dispatch,
+        gatekeeper,
+        max_in_flight,
+        max_message_size,
+        reply_backlog,
+    } = serving;
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut draining_until: Option<tokio::time::Instant> = None;
     // A reply over the size limit is not sent: its caller gets -32003.
