@@ -3,8 +3,14 @@ written from docs/protocol.md alone.
 
     python3 interop.py call  tcp://127.0.0.1:7700 echo.shout '{"text":"hi","times":2}'
     python3 interop.py serve tcp://127.0.0.1:7700      # serves pyecho.upper
+
+The service shows the bus a credential ("Registry authentication"): from
+MUSTER_CREDENTIAL, the file MUSTER_CREDENTIAL_FILE names, or
+.muster/bus.secret in the working directory.
 """
 
+import hashlib
+import hmac
 import json
 import os
 import sys
@@ -16,17 +22,71 @@ import zmq
 TAG = b"MUSTER/1"
 
 
+def load_credential():
+    """(key id, secret) or None."""
+    text = os.environ.get("MUSTER_CREDENTIAL")
+    if not text:
+        path = os.environ.get("MUSTER_CREDENTIAL_FILE") or os.path.join(".muster", "bus.secret")
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
+            text = f.read()
+    words = text.split()
+    if len(words) == 1:  # the bus's master secret itself
+        return ("bus", bytes.fromhex(words[0]))
+    return (words[0], bytes.fromhex(words[1]))
+
+
+def mac(secret, parts):
+    """HMAC-SHA256 over parts, each preceded by its length (8 bytes, big-endian)."""
+    h = hmac.new(secret, digestmod=hashlib.sha256)
+    for p in parts:
+        h.update(len(p).to_bytes(8, "big"))
+        h.update(p)
+    return h.hexdigest()
+
+
+class Registry:
+    """One DEALER to the registry: a session (hello) and signed verbs."""
+
+    def __init__(self, endpoint, ctx):
+        self.endpoint = endpoint
+        self.socket = ctx.socket(zmq.DEALER)
+        self.socket.connect(endpoint)
+        self.credential = load_credential()
+        self.nonce = None
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def _send(self, verb, body, auth):
+        self.n += 1
+        header = {"id": f"py{self.n}", "kind": "control", "method": verb}
+        payload = json.dumps(body).encode()
+        if auth:
+            key, secret = self.credential
+            header["auth"] = key + " " + mac(secret, [b"muster-registry", self.nonce.encode(),
+                                                      header["id"].encode(), verb.encode(), payload])
+        self.socket.send_multipart([TAG, json.dumps(header).encode(), payload])
+        if not self.socket.poll(2000):
+            raise SystemExit(f"no bus at {self.endpoint}")
+        tag, rh, reply = self.socket.recv_multipart()
+        assert tag == TAG and json.loads(rh)["id"] == header["id"]
+        return json.loads(reply)
+
+    def call(self, verb, body):
+        with self.lock:
+            auth = self.credential is not None and verb not in ("hello", "list")
+            if auth and self.nonce is None:
+                self.nonce = self._send("hello", {}, False)["nonce"]
+            reply = self._send(verb, body, auth)
+            if auth and reply.get("unauthorized") == "nonce":  # the bus restarted
+                self.nonce = self._send("hello", {}, False)["nonce"]
+                reply = self._send(verb, body, auth)
+            return reply
+
+
 def control(registry, verb, body, ctx):
-    s = ctx.socket(zmq.DEALER)
-    s.connect(registry)
-    s.send_multipart([TAG, json.dumps({"id": verb, "kind": "control", "method": verb}).encode(),
-                      json.dumps(body).encode()])
-    if not s.poll(2000):
-        raise SystemExit(f"no bus at {registry}")
-    tag, header, reply = s.recv_multipart()
-    assert tag == TAG and json.loads(header)["id"] == verb
-    s.close(0)
-    return json.loads(reply)
+    return Registry(registry, ctx).call(verb, body)
 
 
 def call(registry, target, params):
@@ -67,14 +127,16 @@ def serve(registry):
         "methods": [{"name": "upper", "params": {"type": "string"}, "result": {"type": "string"}}],
         "subscriptions": [],
     }
-    assert control(registry, "register", record, ctx).get("error") is None
+    bus = Registry(registry, ctx)
+    reply = bus.call("register", record)
+    assert reply.get("error") is None, reply
 
     def heartbeat():
         while True:
             time.sleep(1)
-            reply = control(registry, "heartbeat", {"instances": [instance]}, ctx)
+            reply = bus.call("heartbeat", {"instances": [instance]})
             if instance in reply.get("unknown", []):
-                control(registry, "register", record, ctx)
+                bus.call("register", record)
 
     threading.Thread(target=heartbeat, daemon=True).start()
     print("serving", flush=True)
