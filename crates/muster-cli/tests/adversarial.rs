@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use muster::Client;
 use muster_test::host::{Host, WAIT, free_http, http, test_service};
+use muster_test::registry::RawRegistry;
 use muster_test::zmtp::RawPeer;
 use muster_test::{Proc, eventually, wait_registered};
 use omq_tokio::{Message, Options, Socket, SocketType};
@@ -340,7 +341,7 @@ async fn a_caller_that_never_reads_costs_bounded_memory_and_big_replies_are_refu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queued_bytes_and_registrations_are_bounded() {
     let host = host("adv-bytes", "queue_max_bytes = \"64MB\"", &echo()).await;
-    let client = Client::connect(&host.bus).await.unwrap();
+    let client = host.client().await;
     let job = "x".repeat(7 << 20);
     let mut taken = 0;
     let refused = loop {
@@ -353,29 +354,26 @@ async fn queued_bytes_and_registrations_are_bounded() {
     assert!(refused.to_string().contains("queues are full"), "{refused}");
     assert_eq!(taken, 9, "64 MB hold nine jobs of 7 MB");
 
-    // A 1 MB registration is refused, whole.
+    // A 1 MB registration is refused, whole: from a stranger for want of a
+    // credential, and from a credential of this bus for its size.
     let before = host.proc.rss_kib();
-    let registry = Socket::new(SocketType::Dealer, Options::default());
-    registry
-        .connect(format!("tcp://{}", port_of(&host.bus, 0)).as_str())
-        .await
-        .unwrap();
     let record = json!({"service": "huge", "instance": "huge-1", "endpoint": "tcp://127.0.0.1:1",
         "methods": [{"name": "m", "params": {"description": "d".repeat(1 << 20)}}]});
-    registry
-        .send(Message::multipart([
-            Bytes::from_static(b"MUSTER/1"),
-            Bytes::from_static(br#"{"id":"r1","kind":"control","method":"register"}"#),
-            Bytes::from(record.to_string()),
-        ]))
-        .await
-        .unwrap();
-    let r = frames(&registry.recv().await.unwrap());
-    let b: Value = serde_json::from_slice(&r[2]).unwrap();
-    assert!(
-        b["error"].as_str().unwrap().contains("over the limit"),
-        "{b}"
-    );
+    let secret = std::fs::read_to_string(host.dir.join(".muster/bus.secret")).unwrap();
+    for credential in [
+        None,
+        Some(muster_core::auth::Credential::parse(&secret).unwrap()),
+    ] {
+        let signed = credential.is_some();
+        let mut registry = RawRegistry::connect(&host.bus, credential).await;
+        let b = registry.call("register", &record).await;
+        let error = b["error"].as_str().unwrap_or_default();
+        if signed {
+            assert!(error.contains("over the limit"), "{b}");
+        } else {
+            assert!(error.starts_with("unauthorized"), "{b}");
+        }
+    }
     assert!(
         !client
             .instances()

@@ -11,12 +11,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::time::Duration;
 
-use bytes::Bytes;
 use muster::Client;
 use muster_core::auth::Credential;
-use muster_test::host::{Host, WAIT, free_http, http};
+use muster_test::host::{Host, free_http, http};
+use muster_test::registry::RawRegistry;
 use muster_test::wait_registered;
-use omq_tokio::{Message, Options, Socket, SocketType};
 use serde_json::{Value, json};
 
 const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
@@ -25,78 +24,6 @@ fn echo(extra: &str) -> String {
     format!(
         "[[service]]\nname = \"echo\"\nrun = [\"{MUSTER}\", \"__service\", \"echo\", \"--log-level\", \"warn\"]\n{extra}\n"
     )
-}
-
-/// A registry connection of the attacker's, speaking the wire protocol.
-struct Attacker {
-    socket: Socket,
-    credential: Option<Credential>,
-    nonce: Option<String>,
-    next: u32,
-}
-
-impl Attacker {
-    async fn connect(bus: &str, credential: Option<Credential>) -> Self {
-        let socket = Socket::new(SocketType::Dealer, Options::default());
-        socket
-            .connect(bus.replace("zmq://", "tcp://").as_str())
-            .await
-            .unwrap();
-        Self {
-            socket,
-            credential,
-            nonce: None,
-            next: 0,
-        }
-    }
-
-    /// Sends `verb` with `body`, signed when it has a credential; the
-    /// reply body.
-    async fn call(&mut self, verb: &str, body: &Value) -> Value {
-        if self.credential.is_some() && self.nonce.is_none() {
-            let hello = self.raw(verb_header("hello", 0), b"{}".to_vec()).await;
-            self.nonce = Some(hello["nonce"].as_str().unwrap().to_owned());
-        }
-        self.next += 1;
-        let id = format!("a{}", self.next);
-        let body = body.to_string().into_bytes();
-        let auth = self.credential.as_ref().map(|c| {
-            let nonce = self.nonce.clone().unwrap();
-            let parts: [&[u8]; 5] = [
-                b"muster-registry",
-                nonce.as_bytes(),
-                id.as_bytes(),
-                verb.as_bytes(),
-                &body,
-            ];
-            format!("{} {}", c.key_id(), c.mac(&parts))
-        });
-        let mut header = json!({"id": id, "kind": "control", "method": verb});
-        if let Some(a) = auth {
-            header["auth"] = json!(a);
-        }
-        self.raw(header, body).await
-    }
-
-    async fn raw(&self, header: Value, body: Vec<u8>) -> Value {
-        self.socket
-            .send(Message::multipart([
-                Bytes::from_static(b"MUSTER/1"),
-                Bytes::from(header.to_string()),
-                Bytes::from(body),
-            ]))
-            .await
-            .unwrap();
-        let reply = tokio::time::timeout(WAIT, self.socket.recv())
-            .await
-            .expect("the bus answers")
-            .unwrap();
-        serde_json::from_slice(&reply.part_bytes(2).unwrap()).unwrap()
-    }
-}
-
-fn verb_header(verb: &str, n: u32) -> Value {
-    json!({"id": format!("h{n}"), "kind": "control", "method": verb})
 }
 
 /// `muster credential NAME` in the host's directory: a credential inside
@@ -147,7 +74,7 @@ fn registration(service: &str, instance: &str) -> Value {
 async fn nobody_but_the_host_registers_muster_host() {
     let (host, _) = echo_host("sec-impostor", "").await;
     for credential in [None, Some(user_credential(&host, "mallory"))] {
-        let mut a = Attacker::connect(&host.bus, credential).await;
+        let mut a = RawRegistry::connect(&host.bus, credential).await;
         let r = a
             .call("register", &registration("muster.host", "muster.host-evil"))
             .await;
@@ -230,7 +157,7 @@ async fn ctl_never_hands_its_token_to_an_impostor_host() {
 async fn an_instance_id_cannot_be_taken_or_unregistered_by_another() {
     let (host, echo) = echo_host("sec-hijack", "").await;
     for credential in [None, Some(user_credential(&host, "mallory"))] {
-        let mut a = Attacker::connect(&host.bus, credential).await;
+        let mut a = RawRegistry::connect(&host.bus, credential).await;
         // Hijack: the same id at the attacker's endpoint.
         let r = a
             .call("register", &registration("echo", &echo.instance))
@@ -301,7 +228,7 @@ async fn claims_cannot_be_squatted_to_silence_a_schedule() {
     // Squat the next 30 fire times, as a stranger and as another
     // credential with an instance of its own.
     let mallory = user_credential(&host, "mallory");
-    let mut own = Attacker::connect(&host.bus, Some(mallory)).await;
+    let mut own = RawRegistry::connect(&host.bus, Some(mallory)).await;
     let r = own
         .call("register", &registration("squatter", "squatter-1"))
         .await;
@@ -309,7 +236,7 @@ async fn claims_cannot_be_squatted_to_silence_a_schedule() {
         r.get("error").is_none(),
         "a credential registers its own name: {r}"
     );
-    let mut stranger = Attacker::connect(&host.bus, None).await;
+    let mut stranger = RawRegistry::connect(&host.bus, None).await;
     let now_s = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

@@ -176,6 +176,23 @@ impl Host {
         crate::lifecycle_events(&self.bus).await
     }
 
+    /// A client of the host's bus with the host's own credential (its
+    /// `.muster/bus.secret`), as a program started in its directory has.
+    ///
+    /// # Panics
+    /// When the secret cannot be read or the bus reached.
+    pub async fn client(&self) -> muster::Client {
+        let secret = std::fs::read_to_string(self.dir.join(".muster/bus.secret"))
+            .expect("the host's bus secret");
+        let mut options = muster::bus::BusOptions::default();
+        options.credential =
+            Some(muster_core::auth::Credential::parse(&secret).expect("a credential"));
+        let transport = muster::bus::connect_with(&self.bus, None, &options)
+            .await
+            .expect("the host's bus");
+        muster::Client::new(transport)
+    }
+
     /// What the host logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("host.log")).unwrap_or_default()

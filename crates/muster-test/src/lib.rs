@@ -3,6 +3,7 @@
 //! statistics read from `/proc`.
 
 pub mod host;
+pub mod registry;
 pub mod zmtp;
 
 use std::future::Future;

@@ -82,8 +82,7 @@ async fn forward(
                 let mut msg = Some(msg?);
                 let mut n = 0u64;
                 while let Some(m) = msg.take() {
-                    // A lossy outlet: `send` never waits for a subscriber.
-                    outlet.send(m).await?;
+                    deliver(outlet, m).await?;
                     n += 1;
                     if n < BURST as u64 {
                         msg = inlet.try_recv().ok();
@@ -100,6 +99,23 @@ async fn forward(
             }
         }
         tokio::task::yield_now().await;
+    }
+}
+
+/// Hands one message to the outlet. The outlet's own lanes (shared by
+/// the subscribers) are waited for, so nothing is lost there for everyone;
+/// past them each subscriber's queue drops its oldest on its own.
+async fn deliver(outlet: &Socket, mut msg: Message) -> Result<(), omq_tokio::Error> {
+    loop {
+        match outlet.try_send(msg) {
+            Ok(()) => return Ok(()),
+            Err(omq_tokio::TrySendError::Full(back)) => {
+                msg = back;
+                outlet.wait_send_ready().await;
+            }
+            Err(omq_tokio::TrySendError::Closed) => return Err(omq_tokio::Error::Closed),
+            Err(omq_tokio::TrySendError::Error(e)) => return Err(e),
+        }
     }
 }
 
