@@ -3,6 +3,7 @@
 //! both rates and their ratio (this machine is noisy: only same-run
 //! ratios mean anything).
 
+mod auth;
 mod broker;
 mod host;
 mod peer;
@@ -45,7 +46,10 @@ pub(crate) enum Scenario {
     Queue,
     /// RPC calls/s over RabbitMQ (`--bus amqp://...`) against plain lapin.
     BrokerRpc,
-    /// All of the above but queue and broker-rpc (they need a broker).
+    /// Registry verbs, calls and new callers on a bus with a secret
+    /// against an open bus; `require_auth` against without.
+    Auth,
+    /// All of the above but auth, queue and broker-rpc (they need a broker).
     All,
 }
 
@@ -101,6 +105,9 @@ impl BenchCmd {
         }
         if all || self.scenario == Scenario::Pubsub {
             pubsub::run(&self).await?;
+        }
+        if self.scenario == Scenario::Auth {
+            auth::run(&self).await?;
         }
         if self.scenario == Scenario::RpcClient {
             rpc::client_only(&self).await?;

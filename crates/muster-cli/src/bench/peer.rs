@@ -9,7 +9,7 @@ use omq_tokio::{Message, Options, Proxy, Socket, SocketType};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct PeerCmd {
-    /// raw-router | tcp-echo | muster-echo | raw-proxy | raw-pub | muster-pub | state-reader | event-counter
+    /// raw-router | tcp-echo | muster-echo | muster-echo-auth | raw-proxy | raw-pub | muster-pub | state-reader | event-counter
     kind: String,
     /// Endpoint (raw peers) or bus URL (muster peers).
     #[arg(long)]
@@ -23,8 +23,13 @@ pub(crate) struct PeerCmd {
 }
 
 pub(crate) fn run_peer(p: PeerCmd) -> ExitCode {
-    if p.kind == "muster-echo" {
-        let svc = Service::new("bench").rpc("echo", |Args(s): Args<String>| async move { s });
+    if p.kind == "muster-echo" || p.kind == "muster-echo-auth" {
+        let svc = if p.kind == "muster-echo" {
+            Service::new("bench")
+        } else {
+            Service::new("bench-auth").require_auth()
+        };
+        let svc = svc.rpc("echo", |Args(s): Args<String>| async move { s });
         let argv = ["bench", "--bus", &p.at, "--log-level", "warn"].map(str::to_owned);
         return match svc.run_from(argv) {
             Ok(()) => ExitCode::SUCCESS,
