@@ -237,16 +237,28 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
     let guard_rss = guard.map_or(0, rss_kib);
     host.stop().await;
 
-    // Baseline: a bare `muster bus` and the same processes spawned by hand.
+    // Baseline: a bare `muster bus` and the same processes spawned by hand,
+    // proving themselves with its secret as the host's instances do.
     let port = free_ports()?;
     let url = format!("zmq://127.0.0.1:{port}");
+    let state = std::env::temp_dir().join(format!("muster-bench-bus-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&state);
+    let state_dir = state.to_string_lossy().into_owned();
     let mut bus = Command::new(exe()?)
-        .args(["bus", "--listen", &url])
+        .args(["bus", "--listen", &url, "--state-dir", &state_dir])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
     let client = Client::connect(&url).await?;
+    let secret = state.join(muster_core::auth::SECRET_FILE);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !secret.exists() {
+        if Instant::now() > deadline {
+            bail!("the bus made no secret in {}", state.display());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (program, args) = echo_program()?;
     let t0 = Instant::now();
     let mut children = Vec::new();
@@ -255,6 +267,7 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
             Command::new(&program)
                 .args(&args)
                 .args(["--bus", &url, "--log-level", "warn"])
+                .env("MUSTER_CREDENTIAL_FILE", &secret)
                 .stdout(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()?,
@@ -277,6 +290,7 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
         let _ = c.kill().await;
     }
     let _ = bus.kill().await;
+    let _ = std::fs::remove_dir_all(&state);
 
     println!(
         "{:<14} {n} instances to ready: host {:.0} ms   by hand against a bare bus {:.0} ms   ratio {:.2}",
