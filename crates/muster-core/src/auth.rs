@@ -21,8 +21,6 @@
 //! ```
 
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use hmac::{KeyInit, Mac};
@@ -167,21 +165,13 @@ impl MasterSecret {
                 };
                 crate::fs::private_dir(dir).map_err(io)?;
                 let secret = Self::generate()?;
-                let opened = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path);
-                let mut f = match opened {
-                    Ok(f) => f,
+                let text = format!("{}\n", hex_encode(&(secret.0).0));
+                if crate::fs::private_create_new(&path, text.as_bytes()).map_err(io)? {
+                    Ok(secret)
+                } else {
                     // Made by another process meanwhile: use that one.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        return Self::load_or_create(dir);
-                    }
-                    Err(e) => return Err(io(e)),
-                };
-                writeln!(f, "{}", hex_encode(&(secret.0).0)).map_err(io)?;
-                Ok(secret)
+                    Self::load_or_create(dir)
+                }
             }
             Err(source) => Err(AuthError::Io { path, source }),
         }
@@ -388,5 +378,29 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&state.join(SECRET_FILE)), 0o600);
         assert_eq!(mode(&state), 0o700);
+    }
+
+    #[test]
+    fn buses_starting_together_share_one_whole_secret() {
+        // Several `muster bus` processes (or tests) started in one
+        // directory at once: each must read the one secret, never a file
+        // another is still writing.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let state = dir.path().join(".muster");
+            let macs: Vec<String> = std::thread::scope(|s| {
+                let running: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| MasterSecret::load_or_create(&state)))
+                    .collect();
+                running
+                    .into_iter()
+                    .map(|t| {
+                        let m = t.join().unwrap().expect("a whole secret");
+                        m.credential(KeyId::Bus).mac(&[b"x"])
+                    })
+                    .collect()
+            });
+            assert!(macs.windows(2).all(|w| w[0] == w[1]), "one secret");
+        }
     }
 }

@@ -54,6 +54,37 @@ pub fn private_write(path: &Path, contents: &[u8]) -> io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
+/// Creates `path` holding `contents`, `0600`, unless it exists: written to
+/// a temporary file first and linked into place, so a reader never sees it
+/// half written and of two processes racing, one wins and the other is
+/// told. `Ok(false)`: it existed and was left alone.
+///
+/// # Errors
+/// When it cannot be written.
+pub fn private_create_new(path: &Path, contents: &[u8]) -> io::Result<bool> {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()
+    })();
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, path));
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 fn keep_private(f: &File) -> io::Result<()> {
     let mode = f.metadata()?.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {

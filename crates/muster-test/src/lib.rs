@@ -8,6 +8,7 @@ pub mod zmtp;
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -173,11 +174,26 @@ where
 
 /// `muster bus --listen URL` as a child process (`muster` is the path of
 /// the binary under test).
+///
+/// It keeps its secret in `.muster/` of the working directory, where the
+/// services a test starts from that directory find it: this returns once
+/// the secret is there, or a service started next would have none.
 pub fn spawn_bus_process(muster: &str, url: &str) -> Proc {
     let mut c = Command::new(muster);
     c.args(["bus", "--listen", url, "--log-level", "warn"])
         .stdout(Stdio::null());
-    Proc::spawn("bus", c)
+    let bus = Proc::spawn("bus", c);
+    let secret = Path::new(".muster").join(muster_core::auth::SECRET_FILE);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !secret.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the bus made no {} in 30 s",
+            secret.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bus
 }
 
 /// One of the example services (`echo`, `producer`, `subscriber`) as a
