@@ -23,7 +23,6 @@ mod control;
 pub mod events;
 mod host;
 mod http;
-pub mod manifest;
 pub mod monitor;
 mod persist;
 pub mod process;
@@ -36,5 +35,7 @@ pub use control::{
     Challenge, ChallengeRequest, ControlAuth, ControlRequest, Controller, Done, REFUSED,
 };
 pub use host::{HostError, HostInfo, HostOptions, run};
-pub use manifest::{Manifest, ManifestError};
+/// The manifest's model and parser (the `muster-manifest` crate).
+pub use muster_manifest as manifest;
+pub use muster_manifest::{Manifest, ManifestError};
 pub use status::Status;

@@ -52,16 +52,7 @@ pub struct MonitorSample {
     pub instances: Vec<InstanceSample>,
 }
 
-/// Resource limits of a service (manifest `max_rss`, `max_cpu`, `cpu_window`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// Resident memory, bytes, of the instance and its children.
-    pub max_rss: Option<u64>,
-    /// CPU % of one core, averaged over `cpu_window`.
-    pub max_cpu: Option<f64>,
-    /// The CPU average's window.
-    pub cpu_window: Duration,
-}
+pub use muster_manifest::Limits;
 
 /// An instance over one of its limits.
 #[derive(Debug, Clone, PartialEq)]

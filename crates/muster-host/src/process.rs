@@ -57,7 +57,7 @@ pub fn spawn(
     launcher: Option<&Path>,
 ) -> std::io::Result<tokio::process::Child> {
     let spec = &spawn.spec;
-    let program = resolve(&spec.command, &spec.cwd)?;
+    let program = muster_manifest::load::resolve_program(&spec.command, &spec.cwd)?;
     let path = log_path(bus.log_dir, &spawn.transaction, &spec.name, spawn.slot);
     if let Some(dir) = path.parent() {
         muster_core::fs::private_dir(bus.log_dir)?;
@@ -104,28 +104,6 @@ pub fn spawn(
         .process_group(0)
         .kill_on_drop(false);
     cmd.spawn()
-}
-
-/// Finds `command` the way the child would: a path (relative to `cwd`)
-/// or a name on `PATH`. Checked before spawning so a missing program is a
-/// clear "failed start" rather than an exit code.
-pub(crate) fn resolve(command: &str, cwd: &Path) -> std::io::Result<PathBuf> {
-    let not_found = |what: String| std::io::Error::new(std::io::ErrorKind::NotFound, what);
-    if command.contains('/') {
-        let p = cwd.join(command);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(not_found(format!("program {} not found", p.display())))
-        };
-    }
-    std::env::var_os("PATH")
-        .unwrap_or_default()
-        .to_string_lossy()
-        .split(':')
-        .map(|d| Path::new(d).join(command))
-        .find(|p| p.is_file())
-        .ok_or_else(|| not_found(format!("program {command:?} not found on PATH")))
 }
 
 /// How a child ended, from its wait status.

@@ -592,11 +592,11 @@ restart = "permanent"
 "#;
         let ctx = crate::services_file::parse(text, "services.toml").unwrap();
         let manifest = manifest(&ctx, true);
-        let (host, parsed) = muster_host::manifest::parse(
+        let (host, parsed) = muster_manifest::parse(
             std::path::Path::new("muster.toml"),
             &manifest,
             true,
-            &muster_host::manifest::Substitutions::default(),
+            &muster_manifest::Substitutions::default(),
         )
         .unwrap_or_else(|e| panic!("{e}\n{manifest}"));
         assert_eq!(host.map(|h| h.bus), Some("zmq://127.0.0.1:7790".to_owned()));

@@ -65,7 +65,7 @@ pub fn camel_case(name: &str) -> String {
         .collect()
 }
 
-pub use muster_host::manifest::{Actions, Triggers};
+pub use muster_manifest::{Actions, Triggers};
 
 /// One service: its code's entry points and its place in a context.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

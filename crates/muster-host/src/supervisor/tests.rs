@@ -8,7 +8,19 @@ use muster::schedule::Clock;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::manifest::parse_text;
+use crate::manifest::{ContextSpec, ManifestError};
+
+/// The context of a manifest given as text, as if read from
+/// `/tmp/m/muster.toml`.
+fn parse_text(src: &str) -> Result<ContextSpec, ManifestError> {
+    crate::manifest::parse(
+        std::path::Path::new("/tmp/m/muster.toml"),
+        src,
+        true,
+        &crate::manifest::Substitutions::default(),
+    )
+    .map(|(_, c)| c)
+}
 
 /// A wall clock the simulation sets.
 #[derive(Debug)]

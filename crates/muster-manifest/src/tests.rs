@@ -1,0 +1,188 @@
+use std::path::Path;
+use std::time::Duration;
+
+use muster::schedule::Misfire;
+
+use super::*;
+
+/// The context of a manifest given as text, as if read from
+/// `/tmp/m/muster.toml`.
+fn parse_text(src: &str) -> Result<ContextSpec, ManifestError> {
+    parse(
+        Path::new("/tmp/m/muster.toml"),
+        src,
+        true,
+        &Substitutions::default(),
+    )
+    .map(|(_, c)| c)
+}
+
+fn load(src: &str) -> Result<ContextSpec, ManifestError> {
+    parse_text(src)
+}
+
+fn fault(src: &str) -> (usize, String, String) {
+    match load(src).unwrap_err() {
+        ManifestError::Invalid {
+            line, key, message, ..
+        } => (line, key, message),
+        ManifestError::Io { .. } => unreachable!(),
+    }
+}
+
+const GOOD: &str = r#"
+[context]
+name = "morning"
+strategy = "rest_for_one"
+max_restarts = 3
+within_secs = 10
+
+[[service]]
+name = "db"
+run = ["bin/db", "--port", "1"]
+
+[[service]]
+name = "stand"
+command = "stand"
+args = ["--speed", "2"]
+instances = 2
+restart = "transient"
+after = ["db"]
+stop_timeout = "250ms"
+on_update = { start = ["db"] }
+on_exit = { exit = true }
+"#;
+
+#[test]
+fn missing_programs_and_directories_fail_the_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("muster.toml");
+    let load = |src: &str| {
+        std::fs::write(&file, src).unwrap();
+        Manifest::load(std::slice::from_ref(&file), &Substitutions::default())
+    };
+    let ok =
+        "[context]\nname = \"c\"\n[[service]]\nname = \"a\"\nrun = [\"sh\", \"-c\", \"true\"]\n";
+    load(ok).unwrap();
+    let fault = |src: &str| match load(src).unwrap_err() {
+        ManifestError::Invalid {
+            line, key, message, ..
+        } => (line, key, message),
+        ManifestError::Io { .. } => unreachable!(),
+    };
+    let (line, key, msg) = fault(&format!("{ok}cwd = \"/nonexistent\"\n"));
+    assert_eq!((line, key.as_str()), (6, "service[0].cwd"));
+    assert!(msg.contains("/nonexistent is not a directory"), "{msg}");
+    let (line, key, msg) = fault(&ok.replace("\"sh\"", "\"no-such-program-xyz\""));
+    assert_eq!((line, key.as_str()), (5, "service[0].run"));
+    assert!(msg.contains("not found on PATH"), "{msg}");
+    let (_, key, msg) = fault(&ok.replace("\"sh\"", "\"bin/missing\""));
+    assert_eq!(key, "service[0].run");
+    assert!(msg.contains("bin/missing not found"), "{msg}");
+    // A file that is not there is said once.
+    let e = Manifest::load(&[dir.path().join("nope.toml")], &Substitutions::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("cannot read {}", dir.path().join("nope.toml").display())
+    );
+}
+
+#[test]
+fn reads_every_key() {
+    let c = load(GOOD).unwrap();
+    assert_eq!(c.name, "morning");
+    assert_eq!(c.strategy, Strategy::RestForOne);
+    assert_eq!((c.max_restarts, c.within), (3, Duration::from_secs(10)));
+    let db = &c.services[0];
+    assert_eq!(
+        db.command, "/tmp/m/bin/db",
+        "relative paths are the manifest's"
+    );
+    assert_eq!(db.args, ["--port", "1"]);
+    assert_eq!(db.restart, RestartPolicy::Permanent);
+    let stand = &c.services[1];
+    assert_eq!(stand.command, "stand", "bare names are looked up in PATH");
+    assert_eq!(stand.instances, 2);
+    assert_eq!(stand.after, ["db"]);
+    assert_eq!(stand.stop_timeout, Duration::from_millis(250));
+    assert_eq!(stand.triggers.on_update.start, ["db"]);
+    assert!(stand.triggers.on_exit.exit);
+    assert!(stand.triggers.on_fail.is_empty());
+}
+
+#[test]
+fn unknown_key_names_line_and_key() {
+    let src = GOOD.replace("instances = 2", "instanses = 2");
+    let (line, key, msg) = fault(&src);
+    assert_eq!(line, 16);
+    assert_eq!(key, "service[1].instanses");
+    assert!(msg.contains("unknown field"), "{msg}");
+}
+
+#[test]
+fn wrong_type_and_bad_value() {
+    let (line, key, msg) = fault(&GOOD.replace("restart = \"transient\"", "restart = \"always\""));
+    assert_eq!((line, key.as_str()), (17, "service[1].restart"));
+    assert!(msg.contains("permanent"), "{msg}");
+    let (line, key, _) = fault(&GOOD.replace("\"250ms\"", "\"5 years\""));
+    assert_eq!((line, key.as_str()), (19, "service[1].stop_timeout"));
+    let (line, key, _) = fault(&GOOD.replace("instances = 2", "instances = 0"));
+    assert_eq!((line, key.as_str()), (16, "service[1].instances"));
+}
+
+#[test]
+fn unknown_services_and_cycles_are_refused() {
+    let (line, key, msg) = fault(&GOOD.replace("after = [\"db\"]", "after = [\"dbx\"]"));
+    assert_eq!((line, key.as_str()), (18, "service[1].after"));
+    assert!(msg.contains("no service \"dbx\""), "{msg}");
+    let (_, key, _) = fault(&GOOD.replace("start = [\"db\"]", "start = [\"nope\"]"));
+    assert_eq!(key, "service[1].on_update.start");
+    let looped = GOOD.replace(
+        "run = [\"bin/db\", \"--port\", \"1\"]",
+        "run = [\"db\"]\nafter = [\"stand\"]",
+    );
+    let (_, key, msg) = fault(&looped);
+    assert!(
+        key.ends_with(".after") && msg.contains("itself"),
+        "{key}: {msg}"
+    );
+    let (_, _, msg) = fault(&GOOD.replace("name = \"stand\"", "name = \"db\""));
+    assert!(msg.contains("twice"), "{msg}");
+}
+
+#[test]
+fn schedules_are_checked() {
+    let src = GOOD.replace(
+        "run = [\"bin/db\", \"--port\", \"1\"]",
+        "run = [\"bin/db\"]\nschedule = \"0 0,12 * * *\"\nschedule_tz = \"Europe/Berlin\"\nmisfire = \"catch_up:3\"",
+    );
+    let c = load(&src).unwrap();
+    let s = c.services[0].schedule.clone().unwrap();
+    assert_eq!(
+        (s.expr.as_str(), s.tz.as_str(), s.misfire),
+        ("0 0,12 * * *", "Europe/Berlin", Misfire::CatchUp(3))
+    );
+    assert_eq!(c.services[0].restart, RestartPolicy::Temporary);
+    assert!(!c.services[0].autostart);
+    let (line, key, msg) = fault(&src.replace("0 0,12 * * *", "0 0,25 * * *"));
+    assert_eq!((line, key.as_str()), (11, "service[0].schedule"));
+    assert!(msg.contains("not a cron expression"), "{msg}");
+    let (_, key, _) = fault(&src.replace("Europe/Berlin", "Europe/Nowhere"));
+    assert_eq!(key, "service[0].schedule_tz");
+    let (_, key, _) = fault(&src.replace("catch_up:3", "later"));
+    assert_eq!(key, "service[0].misfire");
+    let (_, key, msg) =
+        fault(&src.replace("name = \"db\"", "name = \"db\"\nrestart = \"permanent\""));
+    assert!(
+        key.ends_with("restart") && msg.contains("runs to completion"),
+        "{key}: {msg}"
+    );
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let (line, _, _) = fault("[context]\nname = \"x\"\n[[service]\n");
+    assert_eq!(line, 3);
+    let (_, key, msg) = fault("[[service]]\nname = \"a\"\nrun = [\"a\"]\n");
+    assert!(msg.contains("context"), "{key}: {msg}");
+}
