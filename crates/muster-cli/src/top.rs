@@ -19,9 +19,9 @@ pub(crate) struct TopCmd {
     /// The host's token file [default: $MUSTER_TOKEN_FILE, else .muster/token].
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// Seconds between refreshes.
-    #[arg(long, default_value_t = 1.0)]
-    every: f64,
+    /// Time between refreshes (`1s`, `500ms`, or seconds), at least 100ms.
+    #[arg(long, default_value = "1s", value_parser = muster_core::duration::parse)]
+    every: Duration,
 }
 
 /// Sort order of the rows within a transaction.
@@ -200,7 +200,7 @@ impl TopCmd {
         let _raw = RawMode::enable();
         let mut sort = Sort::Cpu;
         let mut rates = Rates::new();
-        let every = Duration::from_secs_f64(self.every.max(0.1));
+        let every = self.every.max(Duration::from_millis(100));
         let mut stdout = std::io::stdout();
         // Alternate screen, cursor hidden; restored on the way out.
         let _ = write!(stdout, "\x1b[?1049h\x1b[?25l");

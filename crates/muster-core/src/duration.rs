@@ -3,31 +3,58 @@
 
 use std::time::Duration;
 
-/// Parses a duration; the error says what was wrong, in one line.
+/// A duration that could not be read; says what was wrong, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DurationError {
+    /// No number where one was expected.
+    #[error("{0:?} is not a duration (e.g. 500ms, 5s, 2m)")]
+    NotANumber(String),
+    /// A unit other than ms, s, m, h.
+    #[error("{text:?}: unknown unit {unit:?} (ms, s, m, h)")]
+    UnknownUnit {
+        /// What was given.
+        text: String,
+        /// The unit in it.
+        unit: String,
+    },
+    /// Negative, or too large to be a duration.
+    #[error("{0:?} is not a valid duration")]
+    OutOfRange(String),
+}
+
+/// Parses a duration.
 ///
 /// ```
 /// use std::time::Duration;
-/// assert_eq!(muster_core::duration::parse("250ms"), Ok(Duration::from_millis(250)));
+/// use muster_core::duration::{DurationError, parse};
+/// assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+/// assert!(matches!(parse("5y"), Err(DurationError::UnknownUnit { .. })));
 /// ```
-pub fn parse(s: &str) -> Result<Duration, String> {
+///
+/// # Errors
+/// [`DurationError`], saying which part is wrong.
+pub fn parse(s: &str) -> Result<Duration, DurationError> {
     let s = s.trim();
     let (num, unit) = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .map_or((s, "s"), |i| (&s[..i], &s[i..]));
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 500ms, 5s, 2m)"))?;
+        .map_err(|_| DurationError::NotANumber(s.to_owned()))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "s" | "" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h)")),
+        _ => {
+            return Err(DurationError::UnknownUnit {
+                text: s.to_owned(),
+                unit: unit.to_owned(),
+            });
+        }
     };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("{s:?} is not a valid duration"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs).map_err(|_| DurationError::OutOfRange(s.to_owned()))
 }
 
 #[cfg(test)]
@@ -42,5 +69,10 @@ mod tests {
         assert_eq!(parse("1m").unwrap(), Duration::from_secs(60));
         assert!(parse("x").is_err());
         assert!(parse("5y").is_err());
+        assert_eq!(
+            parse("1e400"),
+            Err(DurationError::OutOfRange("1e400".into()))
+        );
+        assert!(matches!(parse("-1"), Err(DurationError::NotANumber(_))));
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use muster_core::duration::DurationError;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -106,8 +107,10 @@ impl<'de> Deserialize<'de> for DurationValue {
         }
         let parsed = match Written::deserialize(d)? {
             Written::Int(n) => Ok(Duration::from_secs(n)),
-            Written::Float(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
-            Written::Float(f) => Err(format!("{f} is not a duration")),
+            // Negative, NaN and too large alike (`from_secs_f64` would panic).
+            Written::Float(f) => {
+                Duration::try_from_secs_f64(f).map_err(|_| DurationError::OutOfRange(f.to_string()))
+            }
             Written::Text(s) => muster_core::duration::parse(&s),
         };
         parsed.map(Self).map_err(serde::de::Error::custom)

@@ -128,6 +128,12 @@ fn wrong_type_and_bad_value() {
     assert_eq!((line, key.as_str()), (19, "service[1].stop_timeout"));
     let (line, key, _) = fault(&GOOD.replace("instances = 2", "instances = 0"));
     assert_eq!((line, key.as_str()), (16, "service[1].instances"));
+    // Too large to be a duration: an error, not a panic of the host.
+    let (line, key, msg) = fault(&GOOD.replace("\"250ms\"", "1e300"));
+    assert_eq!((line, key.as_str()), (19, "service[1].stop_timeout"));
+    assert!(msg.contains("not a valid duration"), "{msg}");
+    let (_, _, msg) = fault(&GOOD.replace("\"250ms\"", "\"999999999999999999999h\""));
+    assert!(msg.contains("not a valid duration"), "{msg}");
 }
 
 #[test]

@@ -54,25 +54,62 @@ fn zone_name(_: &Zone) -> &'static str {
 }
 
 #[cfg(feature = "tz")]
-fn parse_zone(zone: &str) -> Result<Zone, String> {
+fn parse_zone(zone: &str) -> Result<Zone, ScheduleError> {
     zone.parse()
-        .map_err(|_| format!("{zone:?} is not a known time zone (e.g. Europe/Berlin, UTC)"))
+        .map_err(|_| ScheduleError::UnknownZone(zone.to_owned()))
 }
 #[cfg(not(feature = "tz"))]
-fn parse_zone(zone: &str) -> Result<Zone, String> {
+fn parse_zone(zone: &str) -> Result<Zone, ScheduleError> {
     if matches!(zone, "UTC" | "Etc/UTC" | "Z") {
         Ok(chrono::Utc)
     } else {
-        Err(format!(
-            "{zone:?}: this build reads schedules in UTC only (time zones are the muster crate's cargo feature `tz`, on by default)"
-        ))
+        Err(ScheduleError::ZonesLeftOut(zone.to_owned()))
     }
 }
 
 /// A schedule that could not be understood.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ScheduleError(String);
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScheduleError {
+    /// `every` with a period under a millisecond.
+    #[error("an interval must be at least 1ms")]
+    IntervalTooShort,
+    /// `every` with a period that is not a duration.
+    #[error(transparent)]
+    Period(#[from] muster_core::duration::DurationError),
+    /// A cron expression with too few or too many fields.
+    #[error(
+        "{expr:?} has {fields} fields; a cron expression has 5, 6 (seconds first) or 7 (seconds first, year last)"
+    )]
+    CronFields {
+        /// The expression.
+        expr: String,
+        /// Its number of fields.
+        fields: usize,
+    },
+    /// A cron expression that does not parse.
+    #[error("{expr:?} is not a cron expression: {source}")]
+    Cron {
+        /// The expression.
+        expr: String,
+        /// What the cron parser said.
+        source: croner::errors::CronError,
+    },
+    /// `at` with something other than `HH:MM[:SS]`.
+    #[error("{0:?} is not a time of day (HH:MM or HH:MM:SS)")]
+    TimeOfDay(String),
+    /// A time zone name the zone database does not know.
+    #[error("{0:?} is not a known time zone (e.g. Europe/Berlin, UTC)")]
+    UnknownZone(String),
+    /// A zone other than UTC in a build without time zones.
+    #[error(
+        "{0:?}: this build reads schedules in UTC only (time zones are the muster crate's cargo feature `tz`, on by default)"
+    )]
+    ZonesLeftOut(String),
+    /// A misfire policy other than those documented.
+    #[error("{0:?} is not a misfire policy (skip, run_once, catch_up or catch_up:N)")]
+    Misfire(String),
+}
 
 #[derive(Debug, Clone)]
 enum Kind {
@@ -106,7 +143,7 @@ impl Schedule {
     /// A zero period.
     pub fn every(period: Duration) -> Result<Self, ScheduleError> {
         if period < Duration::from_millis(1) {
-            return Err(ScheduleError("an interval must be at least 1ms".into()));
+            return Err(ScheduleError::IntervalTooShort);
         }
         Ok(Self {
             kind: Kind::Every(period),
@@ -122,12 +159,15 @@ impl Schedule {
     pub fn cron(expr: &str) -> Result<Self, ScheduleError> {
         let fields = expr.split_whitespace().count();
         if !expr.trim_start().starts_with('@') && !(5..=7).contains(&fields) {
-            return Err(ScheduleError(format!(
-                "{expr:?} has {fields} fields; a cron expression has 5, 6 (seconds first) or 7 (seconds first, year last)"
-            )));
+            return Err(ScheduleError::CronFields {
+                expr: expr.to_owned(),
+                fields,
+            });
         }
-        let cron = Cron::from_str(expr.trim())
-            .map_err(|e| ScheduleError(format!("{expr:?} is not a cron expression: {e}")))?;
+        let cron = Cron::from_str(expr.trim()).map_err(|source| ScheduleError::Cron {
+            expr: expr.to_owned(),
+            source,
+        })?;
         Ok(Self {
             kind: Kind::Cron(Box::new(cron)),
             tz: UTC_ZONE,
@@ -141,7 +181,7 @@ impl Schedule {
     /// # Errors
     /// Not a valid time of day.
     pub fn at(time: &str) -> Result<Self, ScheduleError> {
-        let bad = || ScheduleError(format!("{time:?} is not a time of day (HH:MM or HH:MM:SS)"));
+        let bad = || ScheduleError::TimeOfDay(time.to_owned());
         let parts: Vec<&str> = time.trim().split(':').collect();
         if !(2..=3).contains(&parts.len()) {
             return Err(bad());
@@ -169,7 +209,7 @@ impl Schedule {
     pub fn parse(text: &str) -> Result<Self, ScheduleError> {
         let t = text.trim();
         if let Some(d) = t.strip_prefix("every ") {
-            let period = muster_core::duration::parse(d).map_err(ScheduleError)?;
+            let period = muster_core::duration::parse(d)?;
             let mut s = Self::every(period)?;
             s.text = t.to_owned();
             Ok(s)
@@ -186,7 +226,7 @@ impl Schedule {
     /// # Errors
     /// An unknown zone.
     pub fn in_zone(mut self, zone: &str) -> Result<Self, ScheduleError> {
-        self.tz = parse_zone(zone).map_err(ScheduleError)?;
+        self.tz = parse_zone(zone)?;
         Ok(self)
     }
 
@@ -254,9 +294,7 @@ impl FromStr for Misfire {
             "catch_up" => Ok(Self::CatchUp(10)),
             other => match other.strip_prefix("catch_up:").map(str::parse) {
                 Some(Ok(n)) => Ok(Self::CatchUp(n)),
-                _ => Err(ScheduleError(format!(
-                    "{s:?} is not a misfire policy (skip, run_once, catch_up or catch_up:N)"
-                ))),
+                _ => Err(ScheduleError::Misfire(s.to_owned())),
             },
         }
     }
