@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::monitor::SharedMonitor;
 use crate::status::Status;
-use crate::supervisor::ReloadReport;
+use crate::supervisor::{Refusal, ReloadReport};
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -305,8 +305,8 @@ impl Gate {
     }
 }
 
-fn refused(e: String) -> RpcError {
-    RpcError::new(REFUSED, e)
+fn refused(e: Refusal) -> RpcError {
+    RpcError::new(REFUSED, e.to_string())
 }
 
 /// `{"transaction": ID}`: what start, stop, restart and exit answer.
@@ -317,7 +317,7 @@ pub struct Done {
 }
 
 type Reply<T> = Pin<Box<dyn Future<Output = Result<T, RpcError>> + Send>>;
-type Sender<T> = oneshot::Sender<Result<T, String>>;
+type Sender<T> = oneshot::Sender<Result<T, Refusal>>;
 
 /// A handler for `method`: checks the token, asks the host's task with the
 /// command `make` builds, and answers its result (a refusal is code 1).

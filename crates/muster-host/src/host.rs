@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::control::{self, Command, Done};
 use crate::manifest::{Manifest, ManifestError, Substitutions};
-use crate::supervisor::{Effect, Supervisor, Timer};
+use crate::supervisor::{Effect, Refusal, Supervisor, Timer};
 use crate::{persist, process, token};
 
 /// How to run a host.
@@ -474,7 +474,7 @@ impl Driver {
     }
 
     /// Resolves an omitted transaction: the only running one.
-    fn resolve(&self, transaction: Option<String>) -> Result<String, String> {
+    fn resolve(&self, transaction: Option<String>) -> Result<String, Refusal> {
         if let Some(t) = transaction {
             return Ok(t);
         }
@@ -482,13 +482,9 @@ impl Driver {
         let running: Vec<&(String, String, bool)> = all.iter().filter(|t| t.2).collect();
         match running.as_slice() {
             [one] => Ok(one.0.clone()),
-            [] => Err("no transaction is running; give one with --transaction".into()),
-            many => Err(format!(
-                "several transactions are running; give one with --transaction: {}",
-                many.iter()
-                    .map(|t| format!("{} ({})", t.0, t.1))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+            [] => Err(Refusal::NoneRunning),
+            many => Err(Refusal::SeveralRunning(
+                many.iter().map(|t| format!("{} ({})", t.0, t.1)).collect(),
             )),
         }
     }
@@ -497,8 +493,8 @@ impl Driver {
     async fn on_transaction(
         &mut self,
         transaction: Option<String>,
-        act: impl FnOnce(&mut Supervisor, Instant, &str) -> (Result<(), String>, Vec<Effect>),
-    ) -> Result<Done, String> {
+        act: impl FnOnce(&mut Supervisor, Instant, &str) -> (Result<(), Refusal>, Vec<Effect>),
+    ) -> Result<Done, Refusal> {
         let t = self.resolve(transaction)?;
         let (r, e) = act(&mut self.supervisor, Instant::now(), &t);
         self.apply(e).await;
@@ -562,7 +558,7 @@ impl Driver {
                         self.apply(e).await;
                         Ok(report)
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e.into()),
                 };
                 let _ = reply.send(r);
             }
@@ -577,7 +573,10 @@ impl Driver {
                         .transactions
                         .first()
                         .and_then(|tx| tx.services.iter().find(|s| s.name == service))
-                        .ok_or_else(|| format!("no service {service:?} in transaction {t}"))?;
+                        .ok_or_else(|| Refusal::UnknownService {
+                            service: service.clone(),
+                            within: format!("transaction {t}"),
+                        })?;
                     Ok(svc
                         .instances
                         .iter()

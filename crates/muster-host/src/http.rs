@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control::Command;
 use crate::monitor::{SharedMonitor, total_cpu, total_rss};
+use crate::supervisor::{Refusal, RefusalKind};
 use crate::token;
 
 /// Lifecycle events kept for the dashboard.
@@ -188,7 +189,7 @@ async fn api_top(State(s): State<AppState>, headers: HeaderMap) -> Response {
 
 async fn ask<T>(
     s: &AppState,
-    make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> Command,
+    make: impl FnOnce(oneshot::Sender<Result<T, Refusal>>) -> Command,
 ) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
     let unavailable = || {
@@ -199,9 +200,15 @@ async fn ask<T>(
         )
     };
     s.commands.send(make(tx)).await.map_err(|_| unavailable())?;
-    rx.await
-        .map_err(|_| unavailable())?
-        .map_err(|e| error(StatusCode::CONFLICT, 1, e))
+    rx.await.map_err(|_| unavailable())?.map_err(|e| {
+        let status = match e.kind() {
+            RefusalKind::NotFound => StatusCode::NOT_FOUND,
+            RefusalKind::Invalid => StatusCode::BAD_REQUEST,
+            RefusalKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::CONFLICT,
+        };
+        error(status, 1, e)
+    })
 }
 
 async fn api_status(State(s): State<AppState>, headers: HeaderMap) -> Response {

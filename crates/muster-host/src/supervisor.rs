@@ -403,7 +403,7 @@ impl Supervisor {
         now: Instant,
         context: Option<&str>,
         transaction: Option<String>,
-    ) -> (Result<String, String>, Vec<Effect>) {
+    ) -> (Result<String, Refusal>, Vec<Effect>) {
         self.begin(now);
         let r = self.start_txn(context, transaction);
         (r, self.finish())
@@ -413,9 +413,9 @@ impl Supervisor {
         &mut self,
         context: Option<&str>,
         transaction: Option<String>,
-    ) -> Result<String, String> {
+    ) -> Result<String, Refusal> {
         if self.shutting_down {
-            return Err("the host is shutting down".into());
+            return Err(Refusal::ShuttingDown);
         }
         let existing = transaction.as_ref().and_then(|t| self.txns.get(t));
         let context_name = match (context, existing) {
@@ -425,33 +425,30 @@ impl Supervisor {
                 self.contexts.keys().next().cloned().unwrap_or_default()
             }
             (None, None) => {
-                return Err(format!(
-                    "name the context to start: {}",
-                    self.contexts.keys().cloned().collect::<Vec<_>>().join(", ")
+                return Err(Refusal::ContextNeeded(
+                    self.contexts.keys().cloned().collect(),
                 ));
             }
         };
         let Some(spec) = self.contexts.get(&context_name).cloned() else {
-            return Err(format!("no context {context_name:?} in the manifest"));
+            return Err(Refusal::UnknownContext(context_name));
         };
         let id = match transaction {
             Some(t) if !valid_transaction(&t) => {
-                return Err(format!(
-                    "{t:?} is not a transaction id (1 to 64 of A-Z, 0-9, `_`, `-`)"
-                ));
+                return Err(Refusal::BadTransactionId(t));
             }
             Some(t) => t,
             None => muster_core::id::transaction_id(),
         };
         if let Some(t) = self.txns.get(&id) {
             if t.context.name != context_name {
-                return Err(format!(
-                    "transaction {id} belongs to context {}",
-                    t.context.name
-                ));
+                return Err(Refusal::OtherContext {
+                    transaction: id,
+                    context: t.context.name.clone(),
+                });
             }
             if matches!(t.state, TxnState::Running | TxnState::Stopping(_)) {
-                return Err(format!("transaction {id} is already running"));
+                return Err(Refusal::AlreadyRunning(id));
             }
         }
         let txn = Txn {
@@ -486,7 +483,7 @@ impl Supervisor {
         now: Instant,
         transaction: &str,
         service: Option<&str>,
-    ) -> (Result<(), String>, Vec<Effect>) {
+    ) -> (Result<(), Refusal>, Vec<Effect>) {
         self.begin(now);
         let r = self.with_txn(transaction, |txn, out| match service {
             None => {
@@ -512,7 +509,7 @@ impl Supervisor {
         now: Instant,
         transaction: &str,
         service: Option<&str>,
-    ) -> (Result<(), String>, Vec<Effect>) {
+    ) -> (Result<(), Refusal>, Vec<Effect>) {
         self.begin(now);
         let stopped = self
             .txns
@@ -524,7 +521,7 @@ impl Supervisor {
         } else {
             self.with_txn(transaction, |txn, out| {
                 if txn.state != TxnState::Running {
-                    return Err(format!("transaction {} is not running", txn.id));
+                    return Err(Refusal::NotRunning(txn.id.clone()));
                 }
                 let names = match service {
                     Some(s) => vec![txn.services[txn.index(s)?].spec.name.clone()],
@@ -541,7 +538,7 @@ impl Supervisor {
     ///
     /// # Errors
     /// Unknown transaction.
-    pub fn exit(&mut self, now: Instant, transaction: &str) -> (Result<(), String>, Vec<Effect>) {
+    pub fn exit(&mut self, now: Instant, transaction: &str) -> (Result<(), Refusal>, Vec<Effect>) {
         self.begin(now);
         let r = self.with_txn(transaction, |txn, out| {
             txn.end(out, End::Exit);
@@ -843,12 +840,12 @@ impl Supervisor {
     fn with_txn<R>(
         &mut self,
         id: &str,
-        f: impl FnOnce(&mut Txn, &mut Out) -> Result<R, String>,
-    ) -> Result<R, String> {
+        f: impl FnOnce(&mut Txn, &mut Out) -> Result<R, Refusal>,
+    ) -> Result<R, Refusal> {
         let txn = self
             .txns
             .get_mut(id)
-            .ok_or_else(|| format!("no transaction {id}"))?;
+            .ok_or_else(|| Refusal::UnknownTransaction(id.to_owned()))?;
         f(txn, &mut self.out)
     }
 
@@ -880,11 +877,14 @@ fn valid_transaction(t: &str) -> bool {
 }
 
 impl Txn {
-    fn index(&self, service: &str) -> Result<usize, String> {
+    fn index(&self, service: &str) -> Result<usize, Refusal> {
         self.services
             .iter()
             .position(|s| s.spec.name == service)
-            .ok_or_else(|| format!("no service {service:?} in context {}", self.context.name))
+            .ok_or_else(|| Refusal::UnknownService {
+                service: service.to_owned(),
+                within: format!("context {}", self.context.name),
+            })
     }
 
     fn has_process(&self) -> bool {
@@ -1809,6 +1809,9 @@ fn backoff_delay(spec: &ServiceSpec, failures: u32) -> Duration {
     base.mul_f64(1.0 + jitter).min(b.max.max(b.initial))
 }
 
+mod refusal;
 mod scheduled;
+
+pub use refusal::{Refusal, RefusalKind};
 #[cfg(test)]
 mod tests;

@@ -695,3 +695,24 @@ fn fire_times_missed_while_the_host_was_down_are_caught_up() {
     assert_eq!(sim.spawns.len(), 2);
     assert_eq!(sim.schedule("report")["skipped"], 3);
 }
+
+#[test]
+fn refusals_say_what_is_wrong_by_kind() {
+    let mut sim = Sim::new(&THREE.replace("STRATEGY", "one_for_one"));
+    let (r, _) = sim.sup.start(sim.now, Some("nope"), None);
+    assert!(matches!(r, Err(Refusal::UnknownContext(ref c)) if c == "nope"));
+    let (r, _) = sim.sup.start(sim.now, None, Some("lower".into()));
+    assert!(matches!(r, Err(Refusal::BadTransactionId(_))));
+    let t = sim.start();
+    let (r, _) = sim.sup.start(sim.now, None, Some(t.clone()));
+    let e = r.unwrap_err();
+    assert!(matches!(e, Refusal::AlreadyRunning(_)));
+    assert_eq!(e.kind(), RefusalKind::Conflict);
+    let (r, _) = sim.sup.stop(sim.now, &t, Some("ghost"));
+    let e = r.unwrap_err();
+    assert!(matches!(e, Refusal::UnknownService { ref service, .. } if service == "ghost"));
+    assert_eq!(e.kind(), RefusalKind::NotFound);
+    assert_eq!(e.to_string(), "no service \"ghost\" in context c");
+    let (r, _) = sim.sup.exit(sim.now, "T9");
+    assert!(matches!(r, Err(Refusal::UnknownTransaction(_))));
+}
