@@ -19,6 +19,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueDeclareOptions,
     QueuePurgeOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Consumer};
 use muster_core::queue::consumer::{self, Consuming, JobSource};
@@ -93,7 +94,7 @@ async fn ensure_queue(inner: &Inner, queue: &str) -> Result<(), Error> {
     let _ = ch.close(0, "muster: declared".into()).await;
     match made {
         Ok(_) => Ok(()),
-        Err(e) if e.to_string().contains("PRECONDITION_FAILED") => Ok(()),
+        Err(e) if soft_error(&e) == Some(AMQPSoftError::PRECONDITIONFAILED) => Ok(()),
         Err(e) => Err(amqp_error(&format!("declare the queue {queue:?}"), &e)),
     }
 }
@@ -413,7 +414,19 @@ async fn counts(inner: &Inner, queue: &str) -> Result<(u64, u64), Error> {
 }
 
 fn is_not_found(e: &lapin::Error) -> bool {
-    e.to_string().contains("NOT_FOUND")
+    soft_error(e) == Some(AMQPSoftError::NOTFOUND)
+}
+
+/// The broker's channel-level refusal (404 NOT_FOUND, 406
+/// PRECONDITION_FAILED, ...), if that is what `e` is.
+fn soft_error(e: &lapin::Error) -> Option<AMQPSoftError> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => match p.kind() {
+            AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    }
 }
 
 /// One winner per key: a queue `<exchange>.claim.<key>` declared with
@@ -449,7 +462,7 @@ pub(crate) async fn claim(
     let _ = ch.close(0, "muster: claim".into()).await;
     match declared {
         Ok(_) => Ok(true),
-        Err(e) if e.to_string().contains("PRECONDITION_FAILED") => Ok(false),
+        Err(e) if soft_error(&e) == Some(AMQPSoftError::PRECONDITIONFAILED) => Ok(false),
         Err(e) => Err(amqp_error("claim", &e)),
     }
 }

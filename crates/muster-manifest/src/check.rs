@@ -483,8 +483,17 @@ impl Checker<'_> {
     }
 }
 
+/// A size that could not be read.
+#[derive(Debug, thiserror::Error)]
+enum SizeError {
+    #[error("{0:?} is not a size (e.g. 512MB)")]
+    NotANumber(String),
+    #[error("{text:?}: unknown unit {unit:?} (B, KB, MB, GB)")]
+    UnknownUnit { text: String, unit: String },
+}
+
 /// `512MB`, `2GB`, `800KB` or plain bytes.
-fn parse_size(s: &str) -> Result<u64, String> {
+fn parse_size(s: &str) -> Result<u64, SizeError> {
     let t = s.trim();
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -492,13 +501,19 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 512MB)"))?;
+        .map_err(|_| SizeError::NotANumber(s.to_owned()))?;
     let mult = match unit.trim().to_ascii_uppercase().as_str() {
         "" | "B" => 1.0,
         "K" | "KB" | "KIB" => 1024.0,
         "M" | "MB" | "MIB" => 1024.0 * 1024.0,
         "G" | "GB" | "GIB" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("{s:?}: unknown unit {other:?} (B, KB, MB, GB)")),
+        other => {
+            return Err(SizeError::UnknownUnit {
+                text: s.to_owned(),
+                unit: other.to_owned(),
+            });
+        }
     };
+    // Saturates: a size past u64 is "no limit" in practice.
     Ok((n * mult) as u64)
 }

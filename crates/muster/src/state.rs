@@ -46,6 +46,8 @@ mod owner;
 mod reader;
 mod store;
 
+pub use store::StoreError;
+
 use std::any::{Any, TypeId};
 use std::collections::BTreeMap;
 use std::fmt;

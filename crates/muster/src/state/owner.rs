@@ -49,7 +49,9 @@ impl<S: StateKind> Owner<S> {
         persist: Option<String>,
         client: Client,
     ) -> Result<Arc<Self>, Error> {
-        let io = |e: String| Error::new(ErrorKind::Io, format!("state {service}/{name}: {e}"));
+        let io = |e: super::store::StoreError| {
+            Error::with_source(ErrorKind::Io, format!("state {service}/{name}: {e}"), e)
+        };
         let (epoch, seq, value, store) = match &persist {
             Some(target) => {
                 let (mut store, loaded) =
@@ -134,7 +136,9 @@ impl<S: StateKind> Owner<S> {
             store
                 .append(&self.epoch, seq, &change, || (*value).clone())
                 .await
-                .map_err(|e| Error::new(ErrorKind::Io, format!("state {}: {e}", self.name)))?;
+                .map_err(|e| {
+                    Error::with_source(ErrorKind::Io, format!("state {}: {e}", self.name), e)
+                })?;
         }
         let msg = StateMessage {
             epoch: self.epoch.clone(),

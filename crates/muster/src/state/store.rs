@@ -3,25 +3,83 @@
 //! nothing already acknowledged) and folded into a new snapshot every
 //! 10,000 changes.
 //!
-//! - a file path: the first line is the snapshot, each further line a change;
-//! - `redis://...`: the snapshot in `muster:state:<service>:<name>:snap`,
-//!   the changes in the list `...:log`;
-//! - `postgres://...`: the tables `muster_state` and `muster_state_log`
-//!   (created if missing).
+//! Each kind of store is a [`Backend`] in a module of its own; Redis and
+//! PostgreSQL are compiled only with their cargo features, and a build
+//! without one answers [`StoreError::LeftOut`] for its URLs.
+//!
+//! - a file path ([`file`]): the first line is the snapshot, each further
+//!   line a change;
+//! - `redis://...` ([`redis`]): the snapshot in
+//!   `muster:state:<service>:<name>:snap`, the changes in the list `...:log`;
+//! - `postgres://...` ([`postgres`]): the tables `muster_state` and
+//!   `muster_state_log` (created if missing).
 
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
-
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::StateKind;
+use crate::BoxError;
+
+mod file;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
 
 /// Changes appended before the store folds them into one snapshot.
 const COMPACT_EVERY: usize = 10_000;
 
-type Result<T> = std::result::Result<T, String>;
+/// A state store that could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A file of the file store.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The store's server could not be reached.
+    #[error("cannot reach {store} at {target}: {source}")]
+    Unreachable {
+        /// `Redis` or `PostgreSQL`.
+        store: &'static str,
+        /// The URL given.
+        target: String,
+        /// Why.
+        source: BoxError,
+    },
+    /// The store's server refused or failed a command.
+    #[error("{store}: {source}")]
+    Backend {
+        /// `Redis` or `PostgreSQL`.
+        store: &'static str,
+        /// Why.
+        source: BoxError,
+    },
+    /// What the store holds is not a saved state.
+    #[error("not a saved state: {0}")]
+    Corrupt(#[source] serde_json::Error),
+    /// The state could not be encoded.
+    #[error("cannot encode the state: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// A URL for a store this build leaves out.
+    #[error(
+        "{target}: this build of muster has no {feature} store (the muster crate's cargo feature `{feature}`, on by default, is off)"
+    )]
+    LeftOut {
+        /// The URL given.
+        target: String,
+        /// The cargo feature that has it.
+        feature: &'static str,
+    },
+}
 
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The snapshot as stored: `{"epoch", "seq", "value"}`.
 #[derive(Serialize, Deserialize)]
 struct Head<E, S> {
     epoch: E,
@@ -29,10 +87,31 @@ struct Head<E, S> {
     value: S,
 }
 
+/// One change as stored: `{"seq", "change"}`.
 #[derive(Serialize, Deserialize)]
 struct Line<C> {
     seq: u64,
     change: C,
+}
+
+/// What a store held, as text: the snapshot (a [`Head`]) and the changes
+/// after it ([`Line`]s), oldest first.
+type Stored = (Option<String>, Vec<String>);
+
+/// One kind of store. Values come and go as JSON text: replaying and
+/// compacting are the same for all kinds ([`Store`]).
+trait Backend: Send {
+    /// The snapshot and the changes after it.
+    fn read(&mut self) -> BoxFuture<'_, Result<Stored>>;
+    /// Replaces everything with the snapshot `value` (JSON) as of `seq`.
+    fn reset<'a>(
+        &'a mut self,
+        epoch: &'a str,
+        seq: u64,
+        value: String,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// Appends the change numbered `seq` (JSON).
+    fn append(&mut self, seq: u64, change: String) -> BoxFuture<'_, Result<()>>;
 }
 
 /// What a store held.
@@ -42,36 +121,10 @@ pub(crate) struct Loaded<S> {
     pub(crate) value: S,
 }
 
-/// The error for a store whose backend this build leaves out.
-#[cfg(not(all(feature = "redis", feature = "postgres")))]
-fn missing_feature(target: &str, feature: &str) -> String {
-    format!(
-        "{target}: this build of muster has no {feature} store (the muster crate's cargo feature `{feature}`, on by default, is off)"
-    )
-}
-
 /// An open store.
 pub(crate) struct Store {
-    backend: Backend,
+    backend: Box<dyn Backend>,
     appended: usize,
-}
-
-enum Backend {
-    File {
-        path: PathBuf,
-        file: Option<File>,
-    },
-    #[cfg(feature = "redis")]
-    Redis {
-        conn: redis::aio::MultiplexedConnection,
-        key: String,
-    },
-    #[cfg(feature = "postgres")]
-    Postgres {
-        client: tokio_postgres::Client,
-        service: String,
-        name: String,
-    },
 }
 
 impl Store {
@@ -82,59 +135,14 @@ impl Store {
         service: &str,
         name: &str,
     ) -> Result<(Self, Option<Loaded<S>>)> {
-        #[cfg(not(all(feature = "redis", feature = "postgres")))]
-        let _ = (service, name);
-        let backend = if target.starts_with("redis://") || target.starts_with("rediss://") {
-            #[cfg(feature = "redis")]
-            {
-                let client = redis::Client::open(target).map_err(|e| format!("{target}: {e}"))?;
-                let conn = client
-                    .get_multiplexed_async_connection()
-                    .await
-                    .map_err(|e| format!("cannot reach Redis at {target}: {e}"))?;
-                Backend::Redis {
-                    conn,
-                    key: format!("muster:state:{service}:{name}"),
-                }
-            }
-            #[cfg(not(feature = "redis"))]
-            return Err(missing_feature(target, "redis"));
-        } else if target.starts_with("postgres://") || target.starts_with("postgresql://") {
-            #[cfg(feature = "postgres")]
-            {
-                let (client, connection) = tokio_postgres::connect(target, tokio_postgres::NoTls)
-                    .await
-                    .map_err(|e| format!("cannot reach PostgreSQL at {target}: {e}"))?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::error!(error = %e, "state store: PostgreSQL connection ended");
-                    }
-                });
-                client
-                    .batch_execute(
-                        "CREATE TABLE IF NOT EXISTS muster_state (
-                            service text NOT NULL, name text NOT NULL, epoch text NOT NULL,
-                            seq bigint NOT NULL, value text NOT NULL, PRIMARY KEY (service, name));
-                         CREATE TABLE IF NOT EXISTS muster_state_log (
-                            service text NOT NULL, name text NOT NULL, seq bigint NOT NULL,
-                            change text NOT NULL, PRIMARY KEY (service, name, seq));",
-                    )
-                    .await
-                    .map_err(|e| format!("PostgreSQL: cannot create the state tables: {e}"))?;
-                Backend::Postgres {
-                    client,
-                    service: service.to_owned(),
-                    name: name.to_owned(),
-                }
-            }
-            #[cfg(not(feature = "postgres"))]
-            return Err(missing_feature(target, "postgres"));
-        } else {
-            Backend::File {
-                path: PathBuf::from(target),
-                file: None,
-            }
-        };
+        let backend: Box<dyn Backend> =
+            if target.starts_with("redis://") || target.starts_with("rediss://") {
+                redis_store(target, service, name).await?
+            } else if target.starts_with("postgres://") || target.starts_with("postgresql://") {
+                postgres_store(target, service, name).await?
+            } else {
+                Box::new(file::FileStore::new(target.into()))
+            };
         let mut store = Self {
             backend,
             appended: 0,
@@ -144,64 +152,9 @@ impl Store {
     }
 
     async fn load<S: StateKind>(&mut self) -> Result<Option<Loaded<S>>> {
-        let (head, lines): (Option<String>, Vec<String>) = match &mut self.backend {
-            Backend::File { path, .. } => read_file(path)?,
-            #[cfg(feature = "redis")]
-            Backend::Redis { conn, key } => {
-                let head: Option<String> = redis::cmd("GET")
-                    .arg(format!("{key}:snap"))
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| format!("Redis: {e}"))?;
-                let lines: Vec<String> = redis::cmd("LRANGE")
-                    .arg(format!("{key}:log"))
-                    .arg(0)
-                    .arg(-1)
-                    .query_async(conn)
-                    .await
-                    .map_err(|e| format!("Redis: {e}"))?;
-                (head, lines)
-            }
-            #[cfg(feature = "postgres")]
-            Backend::Postgres {
-                client,
-                service,
-                name,
-            } => {
-                let pg = |e: tokio_postgres::Error| format!("PostgreSQL: {e}");
-                let head = client
-                    .query_opt(
-                        "SELECT epoch, seq, value FROM muster_state WHERE service = $1 AND name = $2",
-                        &[service, name],
-                    )
-                    .await
-                    .map_err(pg)?
-                    .map(|row| {
-                        let epoch: String = row.get(0);
-                        let seq: i64 = row.get(1);
-                        let value: String = row.get(2);
-                        format!(r#"{{"epoch":{},"seq":{seq},"value":{value}}}"#, serde_json::Value::from(epoch))
-                    });
-                let lines = client
-                    .query(
-                        "SELECT seq, change FROM muster_state_log WHERE service = $1 AND name = $2 ORDER BY seq",
-                        &[service, name],
-                    )
-                    .await
-                    .map_err(pg)?
-                    .into_iter()
-                    .map(|row| {
-                        let seq: i64 = row.get(0);
-                        let change: String = row.get(1);
-                        format!(r#"{{"seq":{seq},"change":{change}}}"#)
-                    })
-                    .collect();
-                (head, lines)
-            }
-        };
+        let (head, lines) = self.backend.read().await?;
         let Some(head) = head else { return Ok(None) };
-        let head: Head<String, S> =
-            serde_json::from_str(&head).map_err(|e| format!("not a saved state: {e}"))?;
+        let head: Head<String, S> = serde_json::from_str(&head).map_err(StoreError::Corrupt)?;
         let mut loaded = Loaded {
             epoch: head.epoch,
             seq: head.seq,
@@ -228,65 +181,8 @@ impl Store {
         value: &S,
     ) -> Result<()> {
         self.appended = 0;
-        match &mut self.backend {
-            Backend::File { path, file } => {
-                *file = None;
-                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                }
-                let tmp = path.with_extension("tmp");
-                let io = |e: std::io::Error| format!("{}: {e}", path.display());
-                {
-                    let mut f = File::create(&tmp).map_err(io)?;
-                    serde_json::to_writer(&mut f, &Head { epoch, seq, value })
-                        .map_err(|e| e.to_string())?;
-                    f.write_all(b"\n").map_err(io)?;
-                }
-                std::fs::rename(&tmp, &*path).map_err(io)?;
-                *file = Some(OpenOptions::new().append(true).open(&*path).map_err(io)?);
-            }
-            #[cfg(feature = "redis")]
-            Backend::Redis { conn, key } => {
-                let head = serde_json::to_string(&Head { epoch, seq, value })
-                    .map_err(|e| e.to_string())?;
-                redis::pipe()
-                    .atomic()
-                    .cmd("SET")
-                    .arg(format!("{key}:snap"))
-                    .arg(head)
-                    .cmd("DEL")
-                    .arg(format!("{key}:log"))
-                    .query_async::<()>(conn)
-                    .await
-                    .map_err(|e| format!("Redis: {e}"))?;
-            }
-            #[cfg(feature = "postgres")]
-            Backend::Postgres {
-                client,
-                service,
-                name,
-            } => {
-                let value = serde_json::to_string(value).map_err(|e| e.to_string())?;
-                let seq = i64::try_from(seq).map_err(|e| e.to_string())?;
-                let pg = |e: tokio_postgres::Error| format!("PostgreSQL: {e}");
-                let tx = client.transaction().await.map_err(pg)?;
-                tx.execute(
-                    "INSERT INTO muster_state (service, name, epoch, seq, value) VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (service, name) DO UPDATE SET epoch = $3, seq = $4, value = $5",
-                    &[service, name, &epoch, &seq, &value],
-                )
-                .await
-                .map_err(pg)?;
-                tx.execute(
-                    "DELETE FROM muster_state_log WHERE service = $1 AND name = $2",
-                    &[service, name],
-                )
-                .await
-                .map_err(pg)?;
-                tx.commit().await.map_err(pg)?;
-            }
-        }
-        Ok(())
+        let value = serde_json::to_string(value).map_err(StoreError::Encode)?;
+        self.backend.reset(epoch, seq, value).await
     }
 
     /// Appends a change; now and then folds everything into one snapshot
@@ -302,59 +198,50 @@ impl Store {
             return self.reset(epoch, seq, &current()).await;
         }
         self.appended += 1;
-        match &mut self.backend {
-            Backend::File { path, file } => {
-                let Some(file) = file else {
-                    return Err(format!("{}: not open", path.display()));
-                };
-                let mut line =
-                    serde_json::to_vec(&Line { seq, change }).map_err(|e| e.to_string())?;
-                line.push(b'\n');
-                file.write_all(&line)
-                    .map_err(|e| format!("{}: {e}", path.display()))
-            }
-            #[cfg(feature = "redis")]
-            Backend::Redis { conn, key } => {
-                let line =
-                    serde_json::to_string(&Line { seq, change }).map_err(|e| e.to_string())?;
-                redis::cmd("RPUSH")
-                    .arg(format!("{key}:log"))
-                    .arg(line)
-                    .query_async::<()>(conn)
-                    .await
-                    .map_err(|e| format!("Redis: {e}"))
-            }
-            #[cfg(feature = "postgres")]
-            Backend::Postgres {
-                client,
-                service,
-                name,
-            } => {
-                let change = serde_json::to_string(change).map_err(|e| e.to_string())?;
-                let seq = i64::try_from(seq).map_err(|e| e.to_string())?;
-                client
-                    .execute(
-                        "INSERT INTO muster_state_log (service, name, seq, change) VALUES ($1, $2, $3, $4)",
-                        &[service, name, &seq, &change],
-                    )
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("PostgreSQL: {e}"))
-            }
-        }
+        let change = serde_json::to_string(change).map_err(StoreError::Encode)?;
+        self.backend.append(seq, change).await
     }
 }
 
-fn read_file(path: &Path) -> Result<(Option<String>, Vec<String>)> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, Vec::new())),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
-    };
-    let mut lines = BufReader::new(file).lines();
-    let head = lines
-        .next()
-        .transpose()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((head, lines.map_while(std::result::Result::ok).collect()))
+/// The snapshot line `{"epoch", "seq", "value"}` with `value` already JSON.
+fn head_text(epoch: &str, seq: u64, value: &str) -> String {
+    format!(
+        r#"{{"epoch":{},"seq":{seq},"value":{value}}}"#,
+        serde_json::Value::from(epoch)
+    )
+}
+
+/// The change line `{"seq", "change"}` with `change` already JSON.
+fn line_text(seq: u64, change: &str) -> String {
+    format!(r#"{{"seq":{seq},"change":{change}}}"#)
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(target: &str, service: &str, name: &str) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(
+        redis::RedisStore::open(target, service, name).await?,
+    ))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(target: &str, _: &str, _: &str) -> Result<Box<dyn Backend>> {
+    Err(StoreError::LeftOut {
+        target: target.to_owned(),
+        feature: "redis",
+    })
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres_store(target: &str, service: &str, name: &str) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(
+        postgres::PostgresStore::open(target, service, name).await?,
+    ))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres_store(target: &str, _: &str, _: &str) -> Result<Box<dyn Backend>> {
+    Err(StoreError::LeftOut {
+        target: target.to_owned(),
+        feature: "postgres",
+    })
 }

@@ -164,7 +164,7 @@ fn verb_of(
         control::CLAIM => match serde_json::from_slice::<Claim>(body) {
             Ok(c) => match may_claim(reg, who, &c) {
                 Ok(()) => reply(encode(&claim(reg, c))),
-                Err(why) => Done::Forbidden(why),
+                Err(why) => Done::Forbidden(why.to_string()),
             },
             Err(e) => reply(error(format!("bad claim: {e}"))),
         },
@@ -385,10 +385,21 @@ fn unregister(reg: &mut Registry, instance: &str, events: &Events) {
     }
 }
 
+/// Why a claim was refused (it goes back to the claimant as text).
+#[derive(Debug, thiserror::Error)]
+enum ClaimRefusal {
+    #[error("holder {0:?} is not a registered instance")]
+    Unregistered(String),
+    #[error("holder {0:?} is not this credential's")]
+    NotYours(String),
+    #[error("{holder} may claim only keys of its service ({prefix}...)")]
+    OtherService { holder: String, prefix: String },
+}
+
 /// A claim is made as a registered instance of this credential, on a key of
 /// that instance's service (`<service>/...`), so nobody can squat another
 /// service's fire times.
-fn may_claim(reg: &Registry, who: Option<&KeyId>, c: &Claim) -> Result<(), String> {
+fn may_claim(reg: &Registry, who: Option<&KeyId>, c: &Claim) -> Result<(), ClaimRefusal> {
     let Some(key) = who else {
         return Ok(());
     };
@@ -396,20 +407,17 @@ fn may_claim(reg: &Registry, who: Option<&KeyId>, c: &Claim) -> Result<(), Strin
         return Ok(());
     }
     let Some(entry) = reg.entries.get(&c.holder) else {
-        return Err(format!(
-            "holder {:?} is not a registered instance",
-            c.holder
-        ));
+        return Err(ClaimRefusal::Unregistered(c.holder.clone()));
     };
     if entry.owner.as_ref() != Some(key) {
-        return Err(format!("holder {:?} is not this credential's", c.holder));
+        return Err(ClaimRefusal::NotYours(c.holder.clone()));
     }
     let prefix = format!("{}/", entry.info.service);
     if !c.key.starts_with(&prefix) {
-        return Err(format!(
-            "{} may claim only keys of its service ({prefix}...)",
-            c.holder
-        ));
+        return Err(ClaimRefusal::OtherService {
+            holder: c.holder.clone(),
+            prefix,
+        });
     }
     Ok(())
 }
