@@ -88,32 +88,68 @@ pub async fn connect_with(
             let addr: BusAddr = url.parse()?;
             Ok(Arc::new(ZmqTransport::connect(addr, zmq).await?))
         }
-        #[cfg(feature = "amqp")]
-        "amqp" => {
-            let mut amqp = muster_amqp::AmqpOptions::default();
-            amqp.max_message_size = options.max_message_size;
-            Ok(Arc::new(
-                muster_amqp::AmqpTransport::connect_with(url, amqp).await?,
-            ))
-        }
-        #[cfg(feature = "redis")]
-        "redis" | "rediss" => {
-            let mut redis = muster_redis::RedisOptions::default();
-            redis.max_message_size = options.max_message_size;
-            Ok(Arc::new(
-                muster_redis::RedisTransport::connect_with(url, redis).await?,
-            ))
-        }
-        #[cfg(not(feature = "amqp"))]
-        "amqp" => Err(left_out(url, "amqp")),
-        #[cfg(not(feature = "redis"))]
-        "redis" | "rediss" => Err(left_out(url, "redis")),
+        "amqp" => amqp::connect(url, options).await,
+        "redis" | "rediss" => redis::connect(url, options).await,
         _ => Err(Error::new(
             ErrorKind::Config,
             format!(
                 "unknown bus URL {url:?}: expected zmq://HOST:PORT, amqp://HOST:PORT or redis://HOST:PORT"
             ),
         )),
+    }
+}
+
+/// RabbitMQ, with the `amqp` feature.
+#[cfg(feature = "amqp")]
+mod amqp {
+    use super::{Arc, BusOptions, Error, SharedTransport};
+
+    pub(super) async fn connect(
+        url: &str,
+        options: &BusOptions,
+    ) -> Result<SharedTransport, Error> {
+        let mut amqp = muster_amqp::AmqpOptions::default();
+        amqp.max_message_size = options.max_message_size;
+        Ok(Arc::new(
+            muster_amqp::AmqpTransport::connect_with(url, amqp).await?,
+        ))
+    }
+}
+
+/// Redis, with the `redis` feature.
+#[cfg(feature = "redis")]
+mod redis {
+    use super::{Arc, BusOptions, Error, SharedTransport};
+
+    pub(super) async fn connect(
+        url: &str,
+        options: &BusOptions,
+    ) -> Result<SharedTransport, Error> {
+        let mut redis = muster_redis::RedisOptions::default();
+        redis.max_message_size = options.max_message_size;
+        Ok(Arc::new(
+            muster_redis::RedisTransport::connect_with(url, redis).await?,
+        ))
+    }
+}
+
+/// A bus this build leaves out: a clear error naming the feature.
+#[cfg(not(feature = "amqp"))]
+mod amqp {
+    use super::{BusOptions, Error, SharedTransport};
+
+    pub(super) async fn connect(url: &str, _: &BusOptions) -> Result<SharedTransport, Error> {
+        Err(super::left_out(url, "amqp"))
+    }
+}
+
+/// A bus this build leaves out: a clear error naming the feature.
+#[cfg(not(feature = "redis"))]
+mod redis {
+    use super::{BusOptions, Error, SharedTransport};
+
+    pub(super) async fn connect(url: &str, _: &BusOptions) -> Result<SharedTransport, Error> {
+        Err(super::left_out(url, "redis"))
     }
 }
 
