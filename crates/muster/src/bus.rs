@@ -104,10 +104,7 @@ pub async fn connect_with(
 mod amqp {
     use super::{Arc, BusOptions, Error, SharedTransport};
 
-    pub(super) async fn connect(
-        url: &str,
-        options: &BusOptions,
-    ) -> Result<SharedTransport, Error> {
+    pub(super) async fn connect(url: &str, options: &BusOptions) -> Result<SharedTransport, Error> {
         let mut amqp = muster_amqp::AmqpOptions::default();
         amqp.max_message_size = options.max_message_size;
         Ok(Arc::new(
@@ -121,10 +118,7 @@ mod amqp {
 mod redis {
     use super::{Arc, BusOptions, Error, SharedTransport};
 
-    pub(super) async fn connect(
-        url: &str,
-        options: &BusOptions,
-    ) -> Result<SharedTransport, Error> {
+    pub(super) async fn connect(url: &str, options: &BusOptions) -> Result<SharedTransport, Error> {
         let mut redis = muster_redis::RedisOptions::default();
         redis.max_message_size = options.max_message_size;
         Ok(Arc::new(
