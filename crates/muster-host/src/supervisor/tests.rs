@@ -1,5 +1,6 @@
 //! The supervision rules, driven without processes: a simulated driver
-//! plays spawns, exits, registrations and timers.
+//! plays spawns, exits, registrations and timers. (One file past 600
+//! lines: every test is a scenario on the one simulated driver above them.)
 
 use std::collections::HashMap;
 
@@ -9,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::manifest::{ContextSpec, ManifestError};
+use crate::status::InstanceStatus;
 
 /// The context of a manifest given as text, as if read from
 /// `/tmp/m/muster.toml`.
