@@ -2,7 +2,7 @@
 //! first start and `muster ctl` reads. Whoever can read the file may
 //! control the host; nobody else can.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -54,16 +54,14 @@ pub fn read(path: &Path) -> std::io::Result<String> {
 
 /// 32 random bytes from the operating system, as hex.
 fn generate() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    muster_core::auth::random_hex(32).map_err(std::io::Error::other)
 }
 
-/// Compares without stopping at the first difference, so the time taken
-/// does not tell how much of a guess was right.
+/// Compares in constant time (`subtle`), so the time taken does not tell
+/// how much of a guess was right.
 pub fn matches(expected: &str, given: &str) -> bool {
-    let (a, b) = (expected.as_bytes(), given.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
 }
 
 #[cfg(test)]

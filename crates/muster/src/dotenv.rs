@@ -21,6 +21,7 @@ impl Env {
         let mut vars: HashMap<String, String> = std::fs::read_to_string(path)
             .map(|text| parse(&text))
             .unwrap_or_default();
+        // The process environment wins over the file.
         vars.extend(std::env::vars());
         Self { vars }
     }
@@ -36,31 +37,13 @@ impl Env {
     }
 }
 
-/// Parses `KEY=VALUE` lines; `#` comments, `export ` prefixes and matching
-/// quotes are handled; malformed lines are skipped.
+/// Parses a dotenv file's text (the `dotenvy` crate's format: `#`
+/// comments, `export ` prefixes, quotes, escapes, `${VAR}` references to
+/// earlier lines); malformed lines are skipped.
 pub fn parse(text: &str) -> HashMap<String, String> {
-    let mut out = HashMap::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        let Some((k, v)) = line.split_once('=') else {
-            continue;
-        };
-        let k = k.trim();
-        if k.is_empty() || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            continue;
-        }
-        let v = v.trim();
-        let v = ['"', '\'']
-            .iter()
-            .find_map(|q| v.strip_prefix(*q).and_then(|r| r.strip_suffix(*q)))
-            .unwrap_or_else(|| v.split(" #").next().unwrap_or(v).trim());
-        out.insert(k.to_owned(), v.to_owned());
-    }
-    out
+    dotenvy::from_read_iter(text.as_bytes())
+        .filter_map(Result::ok)
+        .collect()
 }
 
 #[cfg(test)]
@@ -69,11 +52,15 @@ mod tests {
 
     #[test]
     fn parses_lines() {
-        let m = parse("# c\nA=1\nexport B=\"two words\"\nC='x' \nbad line\nD=3 # note\n");
+        let m = parse(
+            "# c\nA=1\nexport B=\"two words\"\nC='x' \nbad line\nD=3 # note\nE=\"a # b\"\nF=${A}x\n",
+        );
         assert_eq!(m["A"], "1");
         assert_eq!(m["B"], "two words");
         assert_eq!(m["C"], "x");
         assert_eq!(m["D"], "3");
+        assert_eq!(m["E"], "a # b");
+        assert_eq!(m["F"], "1x");
         assert!(!m.contains_key("bad line"));
     }
 
