@@ -70,9 +70,9 @@ mod tests {
 
     #[test]
     fn created_private_and_stable() {
-        let dir = std::env::temp_dir().join(format!("muster-token-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let path = dir.join("token");
-        let _ = std::fs::remove_dir_all(&dir);
         let t = ensure(&path).unwrap();
         assert_eq!(t.len(), 64);
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -80,6 +80,5 @@ mod tests {
         assert_eq!(ensure(&path).unwrap(), t, "a second start keeps the token");
         assert!(matches(&t, &t));
         assert!(!matches(&t, "nope"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

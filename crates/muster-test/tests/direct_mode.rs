@@ -12,7 +12,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_muster-test-service");
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_without_a_bus() {
     let port = free_port_base();
-    let dir = std::env::temp_dir().join(format!("muster-direct-{}-{port}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let server = dir.join("server.json");
     std::fs::write(&server, format!(r#"{{"bind": "tcp://127.0.0.1:{port}"}}"#)).unwrap();
@@ -53,7 +54,8 @@ async fn rpc_without_a_bus() {
 
 #[test]
 fn a_malformed_addresses_file_is_a_clear_error() {
-    let dir = std::env::temp_dir().join(format!("muster-direct-bad-{}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let bad = dir.join("bad.json");
     std::fs::write(&bad, r#"{"bnd": "tcp://127.0.0.1:1"}"#).unwrap();

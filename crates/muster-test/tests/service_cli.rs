@@ -61,7 +61,8 @@ async fn config_of(client: &Client) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_precedence_file_env_args_and_dotenv() {
     let (bus, client, url) = bus_and_client().await;
-    let dir = std::env::temp_dir().join(format!("muster-cfg-test-{}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("svc.toml");
     std::fs::write(&file, "greeting = \"from-file\"\nport = 1\n").unwrap();
@@ -101,8 +102,8 @@ async fn config_precedence_file_env_args_and_dotenv() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_stay_out_of_discovery_and_logs() {
     let (bus, client, url) = bus_and_client().await;
-    let dir = std::env::temp_dir().join(format!("muster-secret-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let log = dir.join("svc.log");
     let mut p = Proc::spawn(
         "svc",
@@ -141,8 +142,8 @@ async fn secrets_stay_out_of_discovery_and_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_request_id_and_transaction() {
     let (bus, client, url) = bus_and_client().await;
-    let dir = std::env::temp_dir().join(format!("muster-log-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let log = dir.join("svc.log");
     let mut p = Proc::spawn(
         "svc",

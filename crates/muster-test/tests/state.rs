@@ -206,13 +206,12 @@ async fn persisted_owner_resumes(target: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persisted_owner_resumes_from_a_file() {
-    let dir = std::env::temp_dir().join(format!("muster-state-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
     let file = dir.join("items.state");
     persisted_owner_resumes(file.to_str().unwrap()).await;
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.lines().count() > 1, "changes are appended to the file");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -269,7 +269,8 @@ mod tests {
 
     #[test]
     fn file_formats() {
-        let dir = std::env::temp_dir().join(format!("muster-cfg-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         for (name, text) in [
             ("c.toml", "name = \"t\"\n[db]\nhost = \"h\"\nport = 5\n"),

@@ -66,7 +66,8 @@ mod tests {
 
     #[test]
     fn process_env_wins() {
-        let dir = std::env::temp_dir().join(format!("muster-dotenv-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join(".env");
         std::fs::write(&f, "PATH=/nope\nMUSTER_DOTENV_ONLY=yes\n").unwrap();
