@@ -62,7 +62,28 @@ pub trait Subscribed: Send + Sync + Debug {
     fn cancel(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
-/// One kind of bus.
+/// One kind of bus: the embedded ZeroMQ bus, RabbitMQ, Redis and the
+/// in-memory one each implement it, and the framework (`muster`) works on
+/// any of them. A new bus implements it and passes the conformance suite
+/// (`docs/architecture.md`, "Where things go").
+///
+/// Services and clients use it through `muster`; used directly:
+///
+/// ```
+/// use std::time::Duration;
+/// use muster_core::transport::Transport;
+/// use muster_core::wire::{Envelope, Header, Kind};
+///
+/// # async fn demo(bus: &dyn Transport) -> Result<(), Box<dyn std::error::Error>> {
+/// // A JSON-RPC request for `echo.shout`, answered within 5 s.
+/// let mut header = Header::new(Kind::Request);
+/// header.service = Some("echo".into());
+/// header.method = Some("shout".into());
+/// let body = r#"{"jsonrpc":"2.0","id":1,"method":"shout","params":{"text":"hi"}}"#;
+/// let reply = bus.request(Envelope::new(header, body), Duration::from_secs(5)).await?;
+/// println!("{}", String::from_utf8_lossy(&reply.body));
+/// # Ok(()) }
+/// ```
 ///
 /// # Cancel safety
 /// Dropping a `request` future forgets the call: a late reply is discarded.

@@ -30,6 +30,32 @@ pub(crate) struct CtxShared {
 ///
 /// Requests made from a handler carry its transaction and never wait past
 /// its own deadline.
+///
+/// ```
+/// use muster::prelude::*;
+/// use muster::testing::TestBus;
+///
+/// // A handler that calls another service and publishes what it did.
+/// async fn quadruple(ctx: Ctx, Args(x): Args<i64>) -> Result<i64, RpcError> {
+///     let doubled: i64 = ctx.request("math.double", &x).await?;
+///     let again: i64 = ctx.request("math.double", &doubled).await?;
+///     ctx.publish("math.quadrupled", &again).await?;
+///     Ok(again)
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let bus = TestBus::new();
+/// let math = Service::new("math")
+///     .rpc("double", |Args(x): Args<i64>| async move { x * 2 })
+///     .rpc("quadruple", quadruple);
+/// bus.start(math).await.unwrap();
+/// let mut events = bus.client().subscribe(&["math.>"]).await.unwrap();
+/// let r: i64 = bus.client().call("math.quadruple", &5).await.unwrap();
+/// assert_eq!(r, 20);
+/// assert_eq!(events.recv().await.unwrap().payload, serde_json::json!(20));
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Ctx {
     shared: Arc<CtxShared>,
