@@ -1,4 +1,9 @@
 //! [`Service`]: the builder a service binary starts from.
+//!
+//! One file past 600 lines on purpose: it is the builder's whole surface,
+//! one short method per thing a service can declare (methods, events,
+//! queues, schedules, state, hooks), each documented with an example; a
+//! reader looks here for "what can a service do".
 
 use std::any::Any;
 use std::future::Future;
