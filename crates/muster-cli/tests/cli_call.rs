@@ -196,3 +196,22 @@ fn main_mode_exits_0_when_main_returns() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
 }
+
+#[test]
+fn durations_out_of_range_are_usage_errors_not_panics() {
+    // `--every` took seconds as a float, and a huge one panicked in
+    // `Duration::from_secs_f64`.
+    let huge = "9".repeat(400);
+    for args in [
+        ["top", "--every", huge.as_str()],
+        ["call", "--timeout", huge.as_str()],
+    ] {
+        let o = muster(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is not a valid duration"),
+            "{}",
+            stderr(&o)
+        );
+    }
+}
