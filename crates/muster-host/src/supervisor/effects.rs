@@ -38,8 +38,10 @@ pub enum StopSignal {
 /// What the supervisor asks its driver to do.
 #[derive(Debug, Clone)]
 pub enum Effect {
-    /// Start a process for a slot; answer with [`Supervisor::spawned`] or
-    /// [`Supervisor::spawn_failed`], then [`Supervisor::exited`].
+    /// Start a process for a slot; answer with
+    /// [`Supervisor::spawned`](super::Supervisor::spawned) or
+    /// [`Supervisor::spawn_failed`](super::Supervisor::spawn_failed), then
+    /// [`Supervisor::exited`](super::Supervisor::exited).
     Spawn(Spawn),
     /// Signal a process (its whole process group).
     Signal {
@@ -48,7 +50,7 @@ pub enum Effect {
         /// Which signal.
         signal: StopSignal,
     },
-    /// Call [`Supervisor::timer`] with `timer` after `after`.
+    /// Call [`Supervisor::timer`](super::Supervisor::timer) with `timer` after `after`.
     Timer {
         /// Delay.
         after: Duration,
@@ -63,7 +65,7 @@ pub enum Effect {
         body: Value,
     },
     /// The set of transactions to bring back after a host restart changed:
-    /// write [`Supervisor::persisted`] to disk.
+    /// write [`Supervisor::persisted`](super::Supervisor::persisted) to disk.
     Persist,
 }
 
