@@ -191,6 +191,25 @@ async fn json_logs_carry_request_id_and_transaction() {
     bus.stop().await;
 }
 
+/// Waits until `method` of `service` has a call running (it reports so in
+/// `$stats`): a signal sent after this meets a request in flight, however
+/// loaded the machine.
+async fn wait_in_flight(client: &Client, service: &str, method: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{service}.{method} in flight"),
+        || async {
+            let reports = client.stats(Some(service)).await.ok()?;
+            reports
+                .into_iter()
+                .flatten()
+                .any(|r| r.methods.get(method).is_some_and(|m| m.in_flight > 0))
+                .then_some(())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     let (bus, client, url) = bus_and_client().await;
@@ -203,7 +222,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
         c2.call::<_, u64>("testsvc.sleep", &json!({"ms": 800}))
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_in_flight(&client, "testsvc", "sleep").await;
     p.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(call.await.unwrap().expect("in-flight call finished"), 800);
     let status = p.wait_exit(Duration::from_secs(10));
@@ -242,7 +261,7 @@ async fn caller_gets_an_error_when_the_instance_dies_mid_request() {
         )
         .await
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_in_flight(&client, "testsvc", "sleep").await;
     p.kill9();
     let e = call.await.unwrap().unwrap_err();
     assert_eq!(e.code, muster::code::UNAVAILABLE, "{e}");
