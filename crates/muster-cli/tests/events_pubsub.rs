@@ -140,6 +140,10 @@ async fn a_stuck_subscriber_holds_up_nobody_and_memory_stays_bounded() {
     );
     assert!(bus_rss < 200 * 1024, "bus RSS {bus_rss} KiB");
     assert!(sub_rss < 120 * 1024, "subscriber RSS {sub_rss} KiB");
+    // Cancelled while the bus lives: a subscription still receiving when
+    // the bus is killed and the runtime then shut down can spin inside
+    // omq's receive (seen once, 2026-11-29; open in the closing note).
+    watcher.cancel().await;
     stuck.kill9();
 }
 
