@@ -274,6 +274,9 @@ async fn sigterm_answers_every_pipelined_request_with_large_replies() {
             b["error"]["code"].to_string()
         };
         answered.insert(h["id"].as_str().unwrap().to_owned(), outcome);
+        // A slow reader on purpose (the case under test is a caller that
+        // takes its large replies slowly while the instance stops), so
+        // this one is about real time and cannot be an awaited condition.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut tally = std::collections::BTreeMap::new();
