@@ -25,10 +25,11 @@ struct Side {
 impl Side {
     async fn start(secret: Option<MasterSecret>) -> anyhow::Result<Self> {
         // On an open bus a credential is carried and not checked.
-        let credential = secret
-            .clone()
-            .unwrap_or(MasterSecret::generate()?)
-            .credential(KeyId::User("bench".into()));
+        let master = match &secret {
+            Some(m) => m.clone(),
+            None => MasterSecret::generate()?,
+        };
+        let credential = master.credential(KeyId::User("bench".into()));
         let url = format!("zmq://127.0.0.1:{}", free_ports()?);
         let addr: BusAddr = url.parse()?;
         let mut options = BusOptions::default();
