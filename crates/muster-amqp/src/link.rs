@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use muster_core::retry::Backoff;
 use muster_core::{Error, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
@@ -116,7 +117,7 @@ impl Link {
         F: FnMut(u64, Channel) -> Fut,
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
-        let mut failures = 0u32;
+        let mut backoff = Backoff::new();
         loop {
             if stop.is_cancelled() || self.shutdown.is_cancelled() {
                 return None;
@@ -128,16 +129,15 @@ impl Link {
             match attempt {
                 Ok(v) => return Some(v),
                 Err((g, e)) => {
-                    failures = failures.saturating_add(1);
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(error = %e, "{what} failed; retrying");
+                    let wait = backoff.failed();
+                    if backoff.worth_logging() {
+                        tracing::warn!(error = %e, failures = backoff.failures(), "{what} failed; retrying");
                     }
                     if let Some(g) = g
                         && !self.connection_alive(g).await
                     {
                         self.broken(g).await;
                     }
-                    let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
                     tokio::select! {
                         () = stop.cancelled() => return None,
                         () = self.shutdown.cancelled() => return None,
@@ -227,7 +227,7 @@ impl Publisher {
         wait: Duration,
     ) -> Result<Published, Error> {
         let deadline = Instant::now() + wait;
-        let mut pause = Duration::from_millis(50);
+        let mut backoff = Backoff::between(Duration::from_millis(50), Duration::from_secs(1));
         loop {
             let attempt = self.try_publish(&msg).await;
             match attempt {
@@ -239,6 +239,7 @@ impl Publisher {
                     {
                         self.link.broken(g).await;
                     }
+                    let pause = backoff.failed();
                     if Instant::now() + pause > deadline {
                         return Err(Error::new(
                             ErrorKind::Unavailable,
@@ -249,7 +250,6 @@ impl Publisher {
                     }
                     tracing::warn!(error = %e, "publish to RabbitMQ failed; waiting for it");
                     tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
             }
         }

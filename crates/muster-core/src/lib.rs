@@ -20,6 +20,7 @@ pub mod fs;
 pub mod id;
 pub mod queue;
 pub mod registry;
+pub mod retry;
 pub mod topic;
 pub mod transport;
 pub mod wire;

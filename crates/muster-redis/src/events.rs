@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use futures_util::StreamExt;
+use muster_core::retry::Backoff;
 use muster_core::topic::Pattern;
 use muster_core::transport::{BoxFuture, EventSink, Subscribed};
 use muster_core::wire::Envelope;
@@ -140,22 +140,24 @@ async fn read(
     let prefix = inner.keys.event_prefix();
     let dropped = AtomicU64::new(0);
     let mut pubsub = Some(first);
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new();
     while !stop.is_cancelled() && !inner.shutdown.is_cancelled() {
         let conn = match pubsub.take() {
             Some(p) => p,
             None => match open(&inner, &globs).await {
                 Ok(p) => {
                     tracing::info!("event subscription to Redis restored");
-                    failures = 0;
+                    backoff.succeeded();
                     p
                 }
                 Err(e) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(error = %e, "cannot resubscribe to Redis; retrying");
+                    let wait = backoff.failed();
+                    if backoff.worth_logging() {
+                        tracing::warn!(error = %e, failures = backoff.failures(), "cannot resubscribe to Redis; retrying");
+                    }
                     tokio::select! {
                         () = stop.cancelled() => break,
-                        () = tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20)))) => continue,
+                        () = tokio::time::sleep(wait) => continue,
                     }
                 }
             },

@@ -15,6 +15,7 @@ use muster_core::queue::consumer::{self, Consuming, JobSource};
 use muster_core::queue::{
     ConsumeOptions, Job, JobSink, Outcome, QueueCommand, QueueReply, QueueStats, dead_queue,
 };
+use muster_core::retry::Backoff;
 use muster_core::transport::BoxFuture;
 use muster_core::{Error, ErrorKind};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
@@ -78,7 +79,7 @@ fn entry_job(entry: &StreamId) -> Job {
 pub(crate) async fn enqueue(inner: &Inner, queue: &str, job: &Job) -> Result<(), Error> {
     let key = inner.keys.queue(queue);
     let deadline = Instant::now() + inner.options.publish_wait;
-    let mut wait = Duration::from_millis(50);
+    let mut backoff = Backoff::between(Duration::from_millis(50), Duration::from_secs(1));
     loop {
         let mut pipe = redis::pipe();
         xadd(&mut pipe, &key, job);
@@ -95,19 +96,19 @@ pub(crate) async fn enqueue(inner: &Inner, queue: &str, job: &Job) -> Result<(),
                     format!("Redis refused the job for {queue:?}: {e}"),
                 ));
             }
-            Err(e) if Instant::now() + wait > deadline => {
-                return Err(unavailable(
-                    &format!(
-                        "enqueue on {queue:?} (Redis unreachable for {:?})",
-                        inner.options.publish_wait
-                    ),
-                    &e,
-                ));
-            }
             Err(e) => {
+                let wait = backoff.failed();
+                if Instant::now() + wait > deadline {
+                    return Err(unavailable(
+                        &format!(
+                            "enqueue on {queue:?} (Redis unreachable for {:?})",
+                            inner.options.publish_wait
+                        ),
+                        &e,
+                    ));
+                }
                 tracing::warn!(error = %e, "Redis unreachable; the enqueue waits");
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(1));
             }
         }
     }

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use muster_core::retry::Backoff;
 use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
 use muster_core::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
 use muster_core::{Error, RpcError};
@@ -69,7 +70,7 @@ async fn read_replies(
     shutdown: CancellationToken,
     max: usize,
 ) {
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new();
     while !shutdown.is_cancelled() {
         let popped: Result<Option<(String, Vec<u8>)>, _> = redis::cmd("BRPOP")
             .arg(&key)
@@ -78,7 +79,7 @@ async fn read_replies(
             .await;
         match popped {
             Ok(Some((_, blob))) => {
-                failures = 0;
+                backoff.succeeded();
                 if blob.len() > max {
                     tracing::warn!(size = blob.len(), "reply over the size limit; dropped");
                     continue;
@@ -92,11 +93,13 @@ async fn read_replies(
                     Err(e) => tracing::warn!(error = %e, "unreadable reply; dropped"),
                 }
             }
-            Ok(None) => failures = 0,
+            Ok(None) => backoff.succeeded(),
             Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, "reading replies from Redis failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20)))).await;
+                let wait = backoff.failed();
+                if backoff.worth_logging() {
+                    tracing::warn!(error = %e, failures = backoff.failures(), "reading replies from Redis failed; retrying");
+                }
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -268,7 +271,7 @@ async fn pop_loop(
     slots: Arc<Semaphore>,
     stop: CancellationToken,
 ) {
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new();
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break,
@@ -285,17 +288,19 @@ async fn pop_loop(
             .await;
         let item = match popped {
             Ok(Some((_, item))) => {
-                failures = 0;
+                backoff.succeeded();
                 item
             }
             Ok(None) => {
-                failures = 0;
+                backoff.succeeded();
                 continue;
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
-                tracing::warn!(error = %e, "taking requests from Redis failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20)))).await;
+                let wait = backoff.failed();
+                if backoff.worth_logging() {
+                    tracing::warn!(error = %e, failures = backoff.failures(), "taking requests from Redis failed; retrying");
+                }
+                tokio::time::sleep(wait).await;
                 continue;
             }
         };

@@ -63,7 +63,7 @@ async fn run<S: JobSource>(
 ) {
     let slots = Arc::new(Semaphore::new(prefetch));
     let mut running = JoinSet::new();
-    let mut failures = 0u32;
+    let mut backoff = crate::retry::Backoff::new();
     loop {
         while running.try_join_next().is_some() {}
         let first = tokio::select! {
@@ -77,13 +77,14 @@ async fn run<S: JobSource>(
         };
         let jobs = match taken {
             Ok(jobs) => {
-                failures = 0;
+                backoff.succeeded();
                 jobs
             }
             Err(e) => {
-                failures = failures.saturating_add(1);
-                let wait = Duration::from_millis(100 * u64::from(failures.min(20)));
-                tracing::warn!(error = %e, retry_in = ?wait, "cannot take jobs");
+                let wait = backoff.failed();
+                if backoff.worth_logging() {
+                    tracing::warn!(error = %e, retry_in = ?wait, failures = backoff.failures(), "cannot take jobs");
+                }
                 drop(first);
                 tokio::select! {
                     _ = stopped.wait_for(|s| *s) => break,
@@ -129,12 +130,14 @@ async fn run<S: JobSource>(
 /// Settles with a few attempts: a settle lost to a broken connection leaves
 /// the job to be delivered again (at least once), never lost.
 async fn settle<S: JobSource + ?Sized>(source: &S, tag: u64, job: Job, outcome: Outcome) {
-    for attempt in 1..=3u64 {
+    let mut backoff =
+        crate::retry::Backoff::between(Duration::from_millis(200), Duration::from_secs(1));
+    for _ in 0..3 {
         match source.settle(tag, job.clone(), outcome.clone()).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(job = %job.id, error = %e, "cannot settle job; it will be delivered again if this keeps failing");
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                tokio::time::sleep(backoff.failed()).await;
             }
         }
     }

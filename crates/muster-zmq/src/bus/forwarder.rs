@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use muster_core::retry::Backoff;
 use omq_tokio::{Message, Socket};
 use tokio_util::sync::CancellationToken;
 
@@ -41,10 +42,10 @@ pub(super) async fn run(
 ) {
     // Failures in a row without a second of good work between them: past
     // a few, the sockets are not coming back.
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new();
     loop {
         let started = std::time::Instant::now();
-        tokio::select! {
+        let wait = tokio::select! {
             () = shutdown.cancelled() => return,
             r = forward(&inlet, &outlet, &counters) => {
                 let e = match r {
@@ -54,17 +55,21 @@ pub(super) async fn run(
                     Err(e) => e,
                 };
                 counters.restarts.fetch_add(1, Ordering::Relaxed);
-                failures = if started.elapsed() > Duration::from_secs(1) { 1 } else { failures + 1 };
-                if failures > 10 {
+                if started.elapsed() > Duration::from_secs(1) {
+                    backoff.succeeded();
+                }
+                let wait = backoff.failed();
+                if backoff.failures() > 10 {
                     tracing::error!(error = %e, "event forwarder failed ten times in a row; it stops");
                     return;
                 }
                 tracing::error!(error = %e, "event forwarder failed; starting it again");
+                wait
             }
-        }
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_millis(100) * failures) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

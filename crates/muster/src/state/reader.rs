@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use muster_core::retry::Backoff;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -228,7 +229,7 @@ async fn snapshots<S: StateKind>(reader: std::sync::Weak<Reader<S>>, stop: Cance
                 () = stop.cancelled() => return,
             }
         }
-        let mut backoff = Duration::from_millis(50);
+        let mut backoff = Backoff::between(Duration::from_millis(50), Duration::from_secs(2));
         loop {
             let Some(r) = reader.upgrade() else { return };
             let target = format!("{}.{SNAPSHOT_METHOD}", r.owner);
@@ -245,11 +246,11 @@ async fn snapshots<S: StateKind>(reader: std::sync::Weak<Reader<S>>, stop: Cance
                 Err(e) => {
                     tracing::debug!(state = %r.name, owner = %r.owner, error = %e, "snapshot failed; retrying");
                     drop(r);
+                    let wait = backoff.failed();
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(wait) => {}
                         () = stop.cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
         }
