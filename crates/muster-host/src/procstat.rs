@@ -1,11 +1,14 @@
 //! Process figures read from `/proc` (Linux): state, memory, CPU time,
 //! threads, children, open files, network connections and memory maps.
 //! Every read is allowed to fail (a process can end mid-sample): what
-//! cannot be read is left at zero or empty, never a panic.
+//! cannot be read is left at zero or empty, never a panic. The parsing is
+//! the `procfs` crate's; this module decides what a sample holds and how
+//! often its dearer parts are read.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
+use procfs::net::TcpState;
+use procfs::process::{FDTarget, MMapPath, MemoryMap, Process};
 use serde::{Deserialize, Serialize};
 
 /// One process, as sampled.
@@ -73,12 +76,9 @@ pub struct MapEntry {
     pub path: String,
 }
 
-/// Bytes per page and clock ticks per second for `/proc` figures.
-const PAGE: u64 = 4096;
-const TICKS: f64 = 100.0;
-
-fn read(path: impl AsRef<Path>) -> Option<String> {
-    std::fs::read_to_string(path).ok()
+/// Clock ticks per second, for CPU times.
+fn ticks_per_second() -> f64 {
+    procfs::ticks_per_second() as f64
 }
 
 /// Kernel socket inodes by kind, read once per sample.
@@ -95,30 +95,28 @@ impl SocketTable {
         self.tcp.is_empty() && self.udp.is_empty() && self.unix.is_empty()
     }
 
-    /// Reads `/proc/net/{tcp,tcp6,udp,udp6,unix}`.
+    /// Reads `/proc/net/{tcp,tcp6,udp,udp6,unix}`; a table that cannot be
+    /// read counts nothing.
     pub fn read() -> Self {
         let mut t = Self::default();
-        for f in ["/proc/net/tcp", "/proc/net/tcp6"] {
-            for line in read(f).unwrap_or_default().lines().skip(1) {
-                let cols: Vec<&str> = line.split_whitespace().collect();
-                if let (Some(st), Some(inode)) =
-                    (cols.get(3), cols.get(9).and_then(|i| i.parse().ok()))
-                {
-                    t.tcp.insert(inode, *st == "0A");
-                }
-            }
+        for table in [procfs::net::tcp(), procfs::net::tcp6()]
+            .into_iter()
+            .flatten()
+        {
+            t.tcp.extend(
+                table
+                    .into_iter()
+                    .map(|e| (e.inode, e.state == TcpState::Listen)),
+            );
         }
-        for f in ["/proc/net/udp", "/proc/net/udp6"] {
-            for line in read(f).unwrap_or_default().lines().skip(1) {
-                if let Some(inode) = line.split_whitespace().nth(9).and_then(|i| i.parse().ok()) {
-                    t.udp.insert(inode);
-                }
-            }
+        for table in [procfs::net::udp(), procfs::net::udp6()]
+            .into_iter()
+            .flatten()
+        {
+            t.udp.extend(table.into_iter().map(|e| e.inode));
         }
-        for line in read("/proc/net/unix").unwrap_or_default().lines().skip(1) {
-            if let Some(inode) = line.split_whitespace().nth(6).and_then(|i| i.parse().ok()) {
-                t.unix.insert(inode);
-            }
+        if let Ok(table) = procfs::net::unix() {
+            t.unix.extend(table.into_iter().map(|e| e.inode));
         }
         t
     }
@@ -137,7 +135,7 @@ impl CpuHistory {
             Some((t0, at)) if ticks >= *t0 => {
                 let secs = now.duration_since(*at).as_secs_f64();
                 if secs > 0.0 {
-                    (ticks - t0) as f64 / TICKS / secs * 100.0
+                    (ticks - t0) as f64 / ticks_per_second() / secs * 100.0
                 } else {
                     0.0
                 }
@@ -174,24 +172,26 @@ impl MapsCache {
         }
     }
 
-    fn children(&mut self, pid: u32) -> Vec<u32> {
+    fn children(&mut self, process: &Process) -> Vec<u32> {
         let now = std::time::Instant::now();
+        let pid = pid_of(process);
         match self.children.get(&pid) {
             Some((at, c)) if now.duration_since(*at) < self.every => c.clone(),
             _ => {
-                let c = children(pid);
+                let c = children_of(process);
                 self.children.insert(pid, (now, c.clone()));
                 c
             }
         }
     }
 
-    fn get(&mut self, pid: u32) -> MapsSummary {
+    fn get(&mut self, process: &Process) -> MapsSummary {
         let now = std::time::Instant::now();
+        let pid = pid_of(process);
         match self.by_pid.get(&pid) {
             Some((at, m)) if now.duration_since(*at) < self.every => m.clone(),
             _ => {
-                let m = maps_summary(pid);
+                let m = summarise(process);
                 self.by_pid.insert(pid, (now, m.clone()));
                 m
             }
@@ -211,6 +211,14 @@ impl Default for MapsCache {
     }
 }
 
+fn open(pid: u32) -> Option<Process> {
+    Process::new(i32::try_from(pid).ok()?).ok()
+}
+
+fn pid_of(process: &Process) -> u32 {
+    u32::try_from(process.pid()).unwrap_or(0)
+}
+
 /// Samples `pid` and its children (to `depth` levels). `None` when the
 /// process is gone.
 pub fn sample(
@@ -221,24 +229,20 @@ pub fn sample(
     seen: &mut HashSet<u32>,
     depth: u32,
 ) -> Option<ProcSample> {
-    let dir = format!("/proc/{pid}");
-    let stat = read(format!("{dir}/stat"))?;
-    // Fields after the command name, which may hold spaces and parentheses.
-    let after = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let ticks = num(11) + num(12);
+    let process = open(pid)?;
+    let stat = process.stat().ok()?;
+    let ticks = stat.utime + stat.stime;
     seen.insert(pid);
     let mut s = ProcSample {
         pid,
-        state: f.first().copied().unwrap_or("?").to_owned(),
+        state: stat.state.to_string(),
         // `stat` counts resident pages with per-CPU caching; `status` is
         // the figure `ps` and users read: take memory from there.
-        rss: status_bytes(&dir, "VmRSS:").unwrap_or(num(21) * PAGE),
-        vms: num(20),
+        rss: resident(&process).unwrap_or(stat.rss * procfs::page_size()),
+        vms: stat.vsize,
         cpu: cpu.percent(pid, ticks),
-        cpu_secs: ticks as f64 / TICKS,
-        threads: num(17),
+        cpu_secs: ticks as f64 / ticks_per_second(),
+        threads: u64::try_from(stat.num_threads).unwrap_or(0),
         ..ProcSample::default()
     };
     // Open files and connections are counted on slow rounds only (an empty
@@ -246,36 +250,28 @@ pub fn sample(
     let fds = if sockets.is_empty() {
         None
     } else {
-        std::fs::read_dir(format!("{dir}/fd")).ok()
+        process.fd().ok()
     };
-    if let Some(fds) = fds {
-        for fd in fds.flatten() {
-            s.open_files += 1;
-            let Ok(target) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if let Some(listening) = sockets.tcp.get(&inode) {
-                s.connections.tcp += 1;
-                s.connections.listening += u64::from(*listening);
-            } else if sockets.udp.contains(&inode) {
-                s.connections.udp += 1;
-            } else if sockets.unix.contains(&inode) {
-                s.connections.unix += 1;
-            }
+    for fd in fds.into_iter().flatten() {
+        // A descriptor closed while we list it is not counted.
+        let Ok(fd) = fd else { continue };
+        s.open_files += 1;
+        let FDTarget::Socket(inode) = fd.target else {
+            continue;
+        };
+        if let Some(listening) = sockets.tcp.get(&inode) {
+            s.connections.tcp += 1;
+            s.connections.listening += u64::from(*listening);
+        } else if sockets.udp.contains(&inode) {
+            s.connections.udp += 1;
+        } else if sockets.unix.contains(&inode) {
+            s.connections.unix += 1;
         }
     }
-    s.maps = maps.get(pid);
+    s.maps = maps.get(&process);
     if depth > 0 {
         s.children = maps
-            .children(pid)
+            .children(&process)
             .into_iter()
             .filter_map(|c| sample(c, sockets, cpu, maps, seen, depth - 1))
             .collect();
@@ -285,75 +281,75 @@ pub fn sample(
 
 /// Resident memory of `pid`, bytes (`VmRSS` of `/proc/PID/status`).
 pub fn resident_bytes(pid: u32) -> Option<u64> {
-    status_bytes(&format!("/proc/{pid}"), "VmRSS:")
+    resident(&open(pid)?)
 }
 
-/// A `kB` figure of `/proc/PID/status`, in bytes.
-fn status_bytes(dir: &str, key: &str) -> Option<u64> {
-    read(format!("{dir}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
+fn resident(process: &Process) -> Option<u64> {
+    process.status().ok()?.vmrss.map(|kib| kib * 1024)
 }
 
 /// Child process ids of `pid` (of all its threads).
 pub fn children(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return out;
+    open(pid).map(|p| children_of(&p)).unwrap_or_default()
+}
+
+fn children_of(process: &Process) -> Vec<u32> {
+    let Ok(tasks) = process.tasks() else {
+        return Vec::new();
     };
-    for t in tasks.flatten() {
-        if let Some(list) = read(t.path().join("children")) {
-            out.extend(
-                list.split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
-        }
-    }
-    out
+    tasks
+        .flatten()
+        .filter_map(|t| t.children().ok())
+        .flatten()
+        .collect()
 }
 
-fn parse_map(line: &str) -> Option<MapEntry> {
-    let mut cols = line.split_whitespace();
-    let range = cols.next()?;
-    let perms = cols.next()?.to_owned();
-    let path = cols.nth(3).unwrap_or("").to_owned();
-    let (a, b) = range.split_once('-')?;
-    let start = u64::from_str_radix(a, 16).ok()?;
-    let end = u64::from_str_radix(b, 16).ok()?;
-    Some(MapEntry {
-        start: a.to_owned(),
-        size: end.saturating_sub(start),
-        perms,
+fn entry(m: &MemoryMap) -> MapEntry {
+    let path = match &m.pathname {
+        MMapPath::Path(p) => p.display().to_string(),
+        MMapPath::Heap => "[heap]".into(),
+        MMapPath::Stack => "[stack]".into(),
+        MMapPath::TStack(tid) => format!("[stack:{tid}]"),
+        MMapPath::Vdso => "[vdso]".into(),
+        MMapPath::Vvar => "[vvar]".into(),
+        MMapPath::Vsyscall => "[vsyscall]".into(),
+        MMapPath::Anonymous => String::new(),
+        MMapPath::Rollup => "[rollup]".into(),
+        MMapPath::Vsys(key) => format!("/SYSV{key:08x}"),
+        MMapPath::Other(o) => format!("[{o}]"),
+    };
+    MapEntry {
+        start: format!("{:x}", m.address.0),
+        size: m.address.1.saturating_sub(m.address.0),
+        perms: m.perms.as_str(),
         path,
-    })
+    }
 }
 
-/// The memory maps of `pid`, summed.
-pub fn maps_summary(pid: u32) -> MapsSummary {
+fn summarise(process: &Process) -> MapsSummary {
     let mut m = MapsSummary::default();
-    for e in read(format!("/proc/{pid}/maps"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(parse_map)
-    {
+    for e in process.maps().into_iter().flatten() {
+        let size = e.address.1.saturating_sub(e.address.0);
         m.count += 1;
-        m.size += e.size;
-        if e.path.starts_with('/') {
-            m.file_backed += e.size;
+        m.size += size;
+        if matches!(e.pathname, MMapPath::Path(_)) {
+            m.file_backed += size;
         }
     }
     m
 }
 
+/// The memory maps of `pid`, summed.
+pub fn maps_summary(pid: u32) -> MapsSummary {
+    open(pid).map(|p| summarise(&p)).unwrap_or_default()
+}
+
 /// Every memory map of `pid` (the full list, asked for explicitly).
 pub fn maps(pid: u32) -> Vec<MapEntry> {
-    read(format!("/proc/{pid}/maps"))
+    open(pid)
+        .and_then(|p| p.maps().ok())
+        .map(|maps| maps.iter().map(entry).collect())
         .unwrap_or_default()
-        .lines()
-        .filter_map(parse_map)
-        .collect()
 }
 
 #[cfg(test)]
@@ -361,7 +357,7 @@ mod tests {
     use super::*;
 
     fn status_kib(pid: u32, key: &str) -> u64 {
-        read(format!("/proc/{pid}/status"))
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap()
             .lines()
             .find_map(|l| l.strip_prefix(key))
@@ -395,8 +391,21 @@ mod tests {
         let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
             .count() as u64;
+        let listed = maps(pid);
+        let lines = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .unwrap()
+            .lines()
+            .count();
         child.kill().unwrap();
         child.wait().unwrap();
+        assert_eq!(listed.len(), lines);
+        assert!(
+            listed
+                .iter()
+                .any(|m| m.path.ends_with("/sleep") && m.perms.starts_with("r")),
+            "{listed:?}"
+        );
+        assert!(listed.iter().any(|m| m.path == "[stack]"), "{listed:?}");
         assert_eq!(s.rss, rss);
         assert_eq!(s.vms, vms);
         assert_eq!(s.threads, threads);
@@ -413,6 +422,23 @@ mod tests {
         )
         .unwrap();
         assert!(own.children.is_empty(), "the sleep was reaped");
+    }
+
+    #[test]
+    fn listening_sockets_are_counted() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = sample(
+            std::process::id(),
+            &SocketTable::read(),
+            &mut CpuHistory::default(),
+            &mut MapsCache::default(),
+            &mut HashSet::new(),
+            0,
+        )
+        .unwrap();
+        drop(listener);
+        assert!(s.connections.listening >= 1, "{:?}", s.connections);
+        assert!(s.connections.tcp >= s.connections.listening);
     }
 
     #[test]
