@@ -258,7 +258,19 @@ async fn sigterm_answers_every_pipelined_request_with_large_replies() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The signal goes once the instance has all 100 (finished or
+    // running, by its `$stats`), however loaded the machine.
+    let client = Client::connect(&host.bus).await.unwrap();
+    eventually(WAIT, "all 100 requests reached the instance", || async {
+        let reports = client.stats(Some("testsvc")).await.ok()?;
+        let arrived: u64 = reports
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.methods.get("blob").map(|m| m.num_requests + m.in_flight))
+            .sum();
+        (arrived >= 100).then_some(())
+    })
+    .await;
     host.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let mut answered = std::collections::BTreeMap::new();
     while answered.len() < 100 {

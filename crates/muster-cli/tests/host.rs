@@ -109,6 +109,9 @@ async fn transient_is_not_restarted_after_exit_0_and_temporary_never() {
         (host.slot("trfail", 0).2 >= 1).then_some(())
     })
     .await;
+    // Nothing must happen to the other two: a restart would come within
+    // their 100 ms backoff, so half a second of nothing is the evidence
+    // (there is no event to wait for).
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(host.slot("tr", 0), (None, "exited".into(), 0));
     assert_eq!(host.slot("tmp", 0), (None, "failed".into(), 0));
@@ -202,7 +205,9 @@ async fn each_trigger_fires_once_per_event() {
     let host = Host::up(MUSTER, "triggers", &manifest).await;
     let mut events = host.events().await;
     let _ = next(&mut events, "run exited", is("run", "exited")).await;
-    // Let anything that would fire twice do so.
+    // Nothing more must happen: a trigger that fired twice would show
+    // within milliseconds; a second of nothing is the evidence (there is
+    // no event to wait for).
     tokio::time::sleep(Duration::from_secs(1)).await;
     let st = host.status();
     for s in st["transactions"][0]["services"].as_array().unwrap() {

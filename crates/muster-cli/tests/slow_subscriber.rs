@@ -109,6 +109,8 @@ async fn a_stopped_subscriber_stalls_nobody_and_every_event_is_accounted_for() {
         EVENTS as f64 / published_in.as_secs_f64(),
         during_stall as f64 / published_in.as_secs_f64()
     );
+    // The stall is the case under test and is real time: the host's
+    // triggers must keep firing through it.
     if let Some(rest) = STALL.checked_sub(stopped_at.elapsed()) {
         tokio::time::sleep(rest).await;
     }
