@@ -40,8 +40,16 @@ async fn sigterm_finishes_running_jobs(url: &str) {
         "error",
     ]);
     let mut w = Proc::spawn("muster-test-worker", c);
-    // All three are taken and running (prefetch 20) well before 1.5 s.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // All three are taken (prefetch 20) and running: each takes 1.5 s.
+    muster_test::eventually(
+        Duration::from_secs(30),
+        "the worker took all three jobs",
+        || async {
+            let s = muster_test::queue_stats(client.transport(), &queue).await;
+            (s.ready == 0 && s.in_flight.is_none_or(|n| n == 3)).then_some(())
+        },
+    )
+    .await;
     let t = Instant::now();
     let status = w.terminate(Duration::from_secs(10));
     assert!(status.success(), "exit 0 after SIGTERM: {status}");
