@@ -57,13 +57,34 @@ impl CallOptions {
 
 /// A handle for calling methods and using events on a bus. Cheap to clone.
 ///
-/// ```no_run
-/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-/// let client = muster::Client::connect("zmq://127.0.0.1:7700").await?;
-/// let r: serde_json::Value = client
-///     .call("echo.shout", &serde_json::json!({"text": "hi", "times": 2}))
-///     .await?;
-/// assert_eq!(r["text"], "hihi");
+/// On a real bus, [`Client::connect`] takes its URL (`zmq://127.0.0.1:7700`,
+/// `amqp://...`, `redis://...`); here the in-memory bus of
+/// [`testing`](crate::testing) stands in, so the example runs:
+///
+/// ```
+/// use muster::prelude::*;
+/// use muster::testing::TestBus;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = TestBus::new();
+/// let _echo = bus.start(Service::new("echo").rpc("shout", |Args(text): Args<String>| async move {
+///     text.to_uppercase()
+/// }))
+/// .await?;
+/// let client: &Client = bus.client();
+///
+/// // A call: JSON in, JSON out, errors as `RpcError`.
+/// let loud: String = client.call("echo.shout", &"hi").await?;
+/// assert_eq!(loud, "HI");
+/// let unknown = client.call::<_, String>("echo.whisper", &"hi").await.unwrap_err();
+/// assert_eq!(unknown.code, muster::code::METHOD_NOT_FOUND);
+///
+/// // Events: subscribe with wildcards, then publish.
+/// let mut events = client.subscribe(&["orders.*"]).await?;
+/// client.publish("orders.created", &serde_json::json!({"id": 7})).await?;
+/// let event = events.recv().await.expect("the event");
+/// assert_eq!((event.topic.as_str(), &event.payload["id"]), ("orders.created", &serde_json::json!(7)));
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

@@ -58,13 +58,19 @@ pub(crate) struct Subscription {
 
 /// A service: its name, methods, subscriptions and hooks.
 ///
-/// ```no_run
+/// A service's own binary ends in `fn main() -> muster::Result<()> {
+/// echo().run() }`, which reads its flags and environment (`--bus`,
+/// `MUSTER_BUS`...) and serves until a signal. Here the in-memory bus of
+/// [`testing`](crate::testing) stands in, so the example runs:
+///
+/// ```
 /// use muster::prelude::*;
+/// use muster::testing::TestBus;
 ///
 /// #[derive(Deserialize, JsonSchema)]
 /// struct Shout { text: String, times: Option<u32> }
 ///
-/// #[derive(Serialize, JsonSchema)]
+/// #[derive(Debug, Serialize, Deserialize, JsonSchema)]
 /// struct Echoed { text: String }
 ///
 /// async fn shout(ctx: Ctx, Args(a): Args<Shout>) -> Result<Echoed, RpcError> {
@@ -72,9 +78,23 @@ pub(crate) struct Subscription {
 ///     Ok(Echoed { text: a.text.repeat(a.times.unwrap_or(1) as usize) })
 /// }
 ///
-/// fn main() -> muster::Result<()> {
-///     Service::new("echo").rpc("shout", shout).run()
+/// fn echo() -> Service {
+///     Service::new("echo").rpc("shout", shout)
 /// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = TestBus::new();
+/// let _running = bus.start(echo()).await?; // runs until dropped
+/// let r: Echoed = bus
+///     .client()
+///     .call("echo.shout", &serde_json::json!({"text": "hi", "times": 2}))
+///     .await?;
+/// assert_eq!(r.text, "hihi");
+/// // A wrong type is the caller's error, named before the handler runs.
+/// let bad = bus.client().call::<_, Echoed>("echo.shout", &serde_json::json!({"text": 1})).await;
+/// assert_eq!(bad.unwrap_err().code, muster::code::INVALID_PARAMS);
+/// # Ok(()) }
 /// ```
 #[must_use]
 pub struct Service {
@@ -486,22 +506,34 @@ impl Service {
     /// dead-letter queue `<queue>.dead` with the reason. Up to
     /// [`Service::prefetch`] jobs (default 16) run at once.
     ///
-    /// ```no_run
+    /// ```
     /// use muster::prelude::*;
+    /// use muster::testing::TestBus;
     ///
     /// #[derive(Deserialize, JsonSchema)]
     /// struct Resize { image: String }
     ///
-    /// async fn resize(Args(job): Args<Resize>) -> Result<(), RpcError> {
-    ///     if job.image.is_empty() {
-    ///         return Err(RpcError::permanent("no image"));
-    ///     }
-    ///     Ok(())
-    /// }
-    ///
-    /// fn main() -> muster::Result<()> {
-    ///     Service::new("thumbs").consume("images", resize).prefetch(4).run()
-    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (done, mut resized) = tokio::sync::mpsc::unbounded_channel();
+    /// let thumbs = Service::new("thumbs")
+    ///     .consume("images", move |Args(job): Args<Resize>| {
+    ///         let done = done.clone();
+    ///         async move {
+    ///             if job.image.is_empty() {
+    ///                 return Err(RpcError::permanent("no image"));
+    ///             }
+    ///             let _ = done.send(job.image);
+    ///             Ok(())
+    ///         }
+    ///     })
+    ///     .prefetch(4);
+    /// let bus = TestBus::new();
+    /// let _running = bus.start(thumbs).await?; // runs until dropped
+    /// // Jobs wait in the queue for a consumer; each is taken once.
+    /// bus.client().enqueue("images", &serde_json::json!({"image": "cat.png"})).await?;
+    /// assert_eq!(resized.recv().await.as_deref(), Some("cat.png"));
+    /// # Ok(()) }
     /// ```
     ///
     /// # Panics
