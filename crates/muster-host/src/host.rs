@@ -170,17 +170,8 @@ pub async fn run(
     let http_stop = tokio_util::sync::CancellationToken::new();
     let http_addr = match &manifest.host.http {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(io(format!(
-                    "cannot serve HTTP on {addr} (set [host] http, or \"off\")"
-                )))?;
-            let bound = listener
-                .local_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default();
             let stats = bus.stats_handle();
-            let app = crate::http::router(crate::http::AppState {
+            let state = crate::http::AppState {
                 monitor: monitor.clone(),
                 commands: commands_tx.clone(),
                 client: client.clone(),
@@ -191,15 +182,12 @@ pub async fn run(
                 max_body: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
                 http_hosts: manifest.host.http_hosts.clone().into(),
                 public_read: manifest.host.http_public_read,
-            });
-            let stopped = http_stop.clone();
-            tokio::spawn(async move {
-                let serve = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stopped.cancelled().await });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "HTTP endpoint stopped");
-                }
-            });
+            };
+            let bound = crate::http::spawn(addr, state, http_stop.clone())
+                .await
+                .map_err(io(format!(
+                    "cannot serve HTTP on {addr} (set [host] http, or \"off\")"
+                )))?;
             Some(bound)
         }
         None => None,
@@ -253,48 +241,9 @@ pub async fn run(
         });
     }
 
-    let mut sample_every = tokio::time::interval(driver.manifest.host.monitor_every);
-    sample_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut stop = std::pin::pin!(stop);
-    let mut signals = Signals::new()?;
-    let mut stopping = false;
-    loop {
-        if stopping && driver.supervisor.is_idle() {
-            break;
-        }
-        tokio::select! {
-            () = &mut stop, if !stopping => {
-                stopping = true;
-                driver.shutdown().await;
-            }
-            () = signals.recv(), if !stopping => {
-                stopping = true;
-                driver.shutdown().await;
-            }
-            Some(input) = inputs.recv() => driver.input(input).await,
-            _ = sample_every.tick(), if !driver.sampling && !stopping => driver.sample(),
-            Some(cmd) = commands.recv() => driver.command(cmd).await,
-            ev = registry.recv() => match ev {
-                Ok(RegistryEvent::Registered(info)) => {
-                    let e = driver.supervisor.registered(Instant::now(), &info.instance);
-                    driver.apply(e).await;
-                }
-                Ok(RegistryEvent::Expired { instance, .. }) => {
-                    let e = driver.supervisor.expired(Instant::now(), &instance);
-                    driver.apply(e).await;
-                }
-                Ok(RegistryEvent::Updated(u)) => {
-                    let e = driver.supervisor.updated(Instant::now(), &u.instance, u.status);
-                    driver.apply(e).await;
-                }
-                Ok(_) => {}
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "registry watch fell behind");
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            },
-        }
-    }
+    driver
+        .drive(stop, &mut inputs, &mut commands, &mut registry)
+        .await?;
     tracing::info!("host stopped every service");
     http_stop.cancel();
     if let Some(g) = driver.guard.take() {
@@ -324,6 +273,60 @@ struct Driver {
 }
 
 impl Driver {
+    /// The host's loop: signals, the supervisor's timers, commands and the
+    /// registry's news, until a stop and every service has ended.
+    async fn drive(
+        &mut self,
+        stop: impl Future<Output = ()>,
+        inputs: &mut mpsc::UnboundedReceiver<Input>,
+        commands: &mut mpsc::Receiver<Command>,
+        registry: &mut tokio::sync::broadcast::Receiver<RegistryEvent>,
+    ) -> Result<(), HostError> {
+        let mut sample_every = tokio::time::interval(self.manifest.host.monitor_every);
+        sample_every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut stop = std::pin::pin!(stop);
+        let mut signals = Signals::new()?;
+        let mut stopping = false;
+        loop {
+            if stopping && self.supervisor.is_idle() {
+                break;
+            }
+            tokio::select! {
+                () = &mut stop, if !stopping => {
+                    stopping = true;
+                    self.shutdown().await;
+                }
+                () = signals.recv(), if !stopping => {
+                    stopping = true;
+                    self.shutdown().await;
+                }
+                Some(input) = inputs.recv() => self.input(input).await,
+                _ = sample_every.tick(), if !self.sampling && !stopping => self.sample(),
+                Some(cmd) = commands.recv() => self.command(cmd).await,
+                ev = registry.recv() => match ev {
+                    Ok(RegistryEvent::Registered(info)) => {
+                        let e = self.supervisor.registered(Instant::now(), &info.instance);
+                        self.apply(e).await;
+                    }
+                    Ok(RegistryEvent::Expired { instance, .. }) => {
+                        let e = self.supervisor.expired(Instant::now(), &instance);
+                        self.apply(e).await;
+                    }
+                    Ok(RegistryEvent::Updated(u)) => {
+                        let e = self.supervisor.updated(Instant::now(), &u.instance, u.status);
+                        self.apply(e).await;
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "registry watch fell behind");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                },
+            }
+        }
+        Ok(())
+    }
+
     /// Starts taking a sample in the background; it comes back as
     /// `Input::Sampled`.
     fn sample(&mut self) {

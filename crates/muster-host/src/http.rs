@@ -55,6 +55,26 @@ pub(crate) struct AppState {
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// Binds `addr` and serves the endpoint in the background until `stop`;
+/// returns the address bound (a port of 0 gets a free one).
+pub(crate) async fn spawn(
+    addr: &str,
+    state: AppState,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<String> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?.to_string();
+    let app = router(state);
+    tokio::spawn(async move {
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "HTTP endpoint stopped");
+        }
+    });
+    Ok(bound)
+}
+
 /// Serves until the listener is dropped with its task.
 pub(crate) fn router(state: AppState) -> axum::Router {
     axum::Router::new()

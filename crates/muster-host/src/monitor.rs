@@ -120,93 +120,10 @@ pub async fn sample(
         }
         due
     };
-    let m = monitor.clone();
-    let procs: HashMap<u32, ProcSample> = tokio::task::spawn_blocking(move || {
-        let mut mon = m.lock().unwrap_or_else(PoisonError::into_inner);
-        let sockets = if slow {
-            SocketTable::read()
-        } else {
-            SocketTable::default()
-        };
-        let mut maps = mon
-            .maps
-            .take()
-            .unwrap_or_else(|| procstat::MapsCache::new(SLOW_FIGURES_EVERY));
-        let mut seen = HashSet::new();
-        let out = pids
-            .iter()
-            .filter_map(|p| procstat::sample(*p, &sockets, &mut mon.cpu, &mut maps, &mut seen, 2))
-            .map(|s| (s.pid, s))
-            .collect();
-        mon.cpu.retain(&seen);
-        maps.retain(&seen);
-        mon.maps = Some(maps);
-        // Connections: counted on slow rounds, carried over in between.
-        let mut out: HashMap<u32, ProcSample> = out;
-        if slow {
-            mon.connections = out
-                .values()
-                .map(|p| (p.pid, (p.connections.clone(), p.open_files)))
-                .collect();
-        } else {
-            for p in out.values_mut() {
-                if let Some((c, files)) = mon.connections.get(&p.pid) {
-                    p.connections = c.clone();
-                    p.open_files = *files;
-                }
-            }
-        }
-        mon.connections.retain(|pid, _| seen.contains(pid));
-        out
-    })
-    .await
-    .unwrap_or_default();
-
-    // Method statistics, asked of every running instance at once.
-    let asks = status
-        .transactions
-        .iter()
-        .flat_map(|t| &t.services)
-        .flat_map(|s| s.instances.iter().map(move |i| (s.name.clone(), i)))
-        .filter(|(_, i)| i.state == "running")
-        .map(|(service, i)| {
-            let client = client.clone();
-            let instance = i.instance.clone();
-            async move {
-                let opts = CallOptions::default()
-                    .instance(instance.clone())
-                    .timeout(Duration::from_millis(500));
-                let r: Option<muster::stats::StatsReport> = client
-                    .call_with(&format!("{service}.$stats"), &serde_json::json!({}), opts)
-                    .await
-                    .ok();
-                (instance, r.map(|r| r.methods).unwrap_or_default())
-            }
-        });
-    let methods: HashMap<String, BTreeMap<String, MethodReport>> = if slow {
-        let fresh: HashMap<_, _> = futures_util::future::join_all(asks)
-            .await
-            .into_iter()
-            .collect();
-        monitor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .methods
-            .clone_from(&fresh);
-        fresh
-    } else {
-        drop(asks);
-        monitor
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .methods
-            .clone()
-    };
+    let procs = processes(monitor, pids, slow).await;
+    let methods = method_reports(monitor, status, client, slow).await;
 
     let at = chrono::Utc::now().to_rfc3339();
-    let mut over = Vec::new();
-    let mut mon = monitor.lock().unwrap_or_else(PoisonError::into_inner);
-    let now = Instant::now();
     let samples: Vec<MonitorSample> = status
         .transactions
         .iter()
@@ -229,7 +146,118 @@ pub async fn sample(
                 .collect(),
         })
         .collect();
-    for t in &samples {
+    let mut mon = monitor.lock().unwrap_or_else(PoisonError::into_inner);
+    let over = over_limits(&mut mon, &samples, limits);
+    mon.latest = samples.clone();
+    (samples, over)
+}
+
+/// `/proc` figures of `pids` and their children, read off the runtime's
+/// threads. Open files and connections are counted on slow rounds only
+/// and carried over in between.
+async fn processes(
+    monitor: &SharedMonitor,
+    pids: Vec<u32>,
+    slow: bool,
+) -> HashMap<u32, ProcSample> {
+    let m = monitor.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut mon = m.lock().unwrap_or_else(PoisonError::into_inner);
+        let sockets = if slow {
+            SocketTable::read()
+        } else {
+            SocketTable::default()
+        };
+        let mut maps = mon
+            .maps
+            .take()
+            .unwrap_or_else(|| procstat::MapsCache::new(SLOW_FIGURES_EVERY));
+        let mut seen = HashSet::new();
+        let mut out: HashMap<u32, ProcSample> = pids
+            .iter()
+            .filter_map(|p| procstat::sample(*p, &sockets, &mut mon.cpu, &mut maps, &mut seen, 2))
+            .map(|s| (s.pid, s))
+            .collect();
+        mon.cpu.retain(&seen);
+        maps.retain(&seen);
+        mon.maps = Some(maps);
+        if slow {
+            mon.connections = out
+                .values()
+                .map(|p| (p.pid, (p.connections.clone(), p.open_files)))
+                .collect();
+        } else {
+            for p in out.values_mut() {
+                if let Some((c, files)) = mon.connections.get(&p.pid) {
+                    p.connections = c.clone();
+                    p.open_files = *files;
+                }
+            }
+        }
+        mon.connections.retain(|pid, _| seen.contains(pid));
+        out
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Method statistics by instance: asked of every running instance at once
+/// on slow rounds, the last answers in between.
+async fn method_reports(
+    monitor: &SharedMonitor,
+    status: &Status,
+    client: &Client,
+    slow: bool,
+) -> HashMap<String, BTreeMap<String, MethodReport>> {
+    if !slow {
+        return monitor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .methods
+            .clone();
+    }
+    let asks = status
+        .transactions
+        .iter()
+        .flat_map(|t| &t.services)
+        .flat_map(|s| s.instances.iter().map(move |i| (s.name.clone(), i)))
+        .filter(|(_, i)| i.state == "running")
+        .map(|(service, i)| {
+            let client = client.clone();
+            let instance = i.instance.clone();
+            async move {
+                let opts = CallOptions::default()
+                    .instance(instance.clone())
+                    .timeout(Duration::from_millis(500));
+                let r: Option<muster::stats::StatsReport> = client
+                    .call_with(&format!("{service}.$stats"), &serde_json::json!({}), opts)
+                    .await
+                    .ok();
+                (instance, r.map(|r| r.methods).unwrap_or_default())
+            }
+        });
+    let fresh: HashMap<_, _> = futures_util::future::join_all(asks)
+        .await
+        .into_iter()
+        .collect();
+    monitor
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .methods
+        .clone_from(&fresh);
+    fresh
+}
+
+/// Instances over their service's memory limit, or over its CPU limit on
+/// average over a full window (kept per instance in `mon`).
+fn over_limits(
+    mon: &mut Monitor,
+    samples: &[MonitorSample],
+    limits: &HashMap<String, Limits>,
+) -> Vec<OverLimit> {
+    let now = Instant::now();
+    let mut over = Vec::new();
+    for t in samples {
         for i in &t.instances {
             let Some(p) = &i.process else { continue };
             let Some(l) = limits.get(&format!("{}/{}", t.transaction, i.service)) else {
@@ -280,8 +308,7 @@ pub async fn sample(
         .flat_map(|t| t.instances.iter().map(|i| i.status.instance.as_str()))
         .collect();
     mon.cpu_window.retain(|k, _| live.contains(k.as_str()));
-    mon.latest = samples.clone();
-    (samples, over)
+    over
 }
 
 /// RSS of a process and its children.

@@ -142,34 +142,7 @@ impl Service {
         let client = Client::new(transport.clone());
         // States first: an owner answers snapshots from its first request,
         // a reader's subscription is active before it asks for one.
-        let mut states = crate::state::States::default();
-        let mut state_subs = Vec::new();
-        for decl in &self.states {
-            let started = (decl.start)(crate::service::StateStart {
-                service: self.name.clone(),
-                client: client.clone(),
-                persist: decl.persist.clone(),
-            })
-            .await;
-            match started {
-                Ok((handle, sub)) => {
-                    states.handles.push((decl.type_id, handle));
-                    state_subs.extend(sub);
-                }
-                Err(e) => {
-                    for (_, h) in &states.handles {
-                        h.stop();
-                    }
-                    for sub in state_subs {
-                        sub.cancel().await;
-                    }
-                    return Err(Error::new(
-                        e.kind(),
-                        format!("{}: state {}: {e}", self.name, decl.label),
-                    ));
-                }
-            }
-        }
+        let (states, state_subs) = self.start_states(&client).await?;
         let ctx = Ctx::new(Arc::new(CtxShared {
             client,
             service: self.name.clone(),
@@ -189,84 +162,17 @@ impl Service {
             })?;
         }
 
-        let info = InstanceInfo {
-            service: self.name.clone(),
-            instance: instance.clone(),
-            version: self.version.clone(),
-            endpoint: String::new(),
-            methods: self
-                .methods
-                .iter()
-                .map(|m| MethodInfo {
-                    name: m.name.clone(),
-                    params: m.schemas.params.clone(),
-                    result: m.schemas.result.clone(),
-                    idempotent: m.idempotent,
-                })
-                .collect(),
-            subscriptions: self
-                .subscriptions
-                .iter()
-                .map(|s| s.pattern.clone())
-                .collect(),
-            queues: self.consumers.iter().map(|c| c.queue.clone()).collect(),
-            pid: std::process::id(),
-            transaction,
-            require_auth: self.require_auth,
-        };
-        let started = Instant::now();
+        let info = self.instance_info(&instance, transaction);
         let dispatch = Arc::new(dispatch::ServiceDispatch::new(
             &self,
             ctx.clone(),
             info.clone(),
             config_shown,
-            started,
+            Instant::now(),
         ));
-        let served = transport
-            .serve(
-                Registration {
-                    info,
-                    max_in_flight: self.max_in_flight,
-                },
-                dispatch.clone(),
-            )
-            .await?;
+        let (served, subscribed, consumers) =
+            self.attach(&transport, info, &dispatch, &instance).await?;
         let endpoint = served.endpoint();
-        let subscribed = if self.subscriptions.is_empty() {
-            None
-        } else {
-            let patterns: Vec<String> = self
-                .subscriptions
-                .iter()
-                .map(|s| s.pattern.clone())
-                .collect();
-            match transport.subscribe(&patterns, dispatch.clone()).await {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    served.stop(Duration::ZERO).await;
-                    return Err(e);
-                }
-            }
-        };
-        let mut consumers = Vec::new();
-        for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(&self)) {
-            let options = muster_core::queue::ConsumeOptions::new(instance.clone())
-                .prefetch(c.prefetch)
-                .claim_after(c.claim_after);
-            match transport.consume(&c.queue, options, sink).await {
-                Ok(s) => consumers.push(s),
-                Err(e) => {
-                    for s in consumers {
-                        s.cancel().await;
-                    }
-                    if let Some(s) = subscribed {
-                        s.cancel().await;
-                    }
-                    served.stop(Duration::ZERO).await;
-                    return Err(e);
-                }
-            }
-        }
         let jobs = dispatch
             .job_stats()
             .into_iter()
@@ -306,7 +212,138 @@ impl Service {
             grace: self.shutdown_grace,
         })
     }
+
+    /// Starts the declared states, in order; on a failure stops the ones
+    /// already started.
+    async fn start_states(
+        &self,
+        client: &Client,
+    ) -> Result<(crate::state::States, Vec<Box<dyn Subscribed>>), Error> {
+        let mut states = crate::state::States::default();
+        let mut subs = Vec::new();
+        for decl in &self.states {
+            let started = (decl.start)(crate::service::StateStart {
+                service: self.name.clone(),
+                client: client.clone(),
+                persist: decl.persist.clone(),
+            })
+            .await;
+            match started {
+                Ok((handle, sub)) => {
+                    states.handles.push((decl.type_id, handle));
+                    subs.extend(sub);
+                }
+                Err(e) => {
+                    for (_, h) in &states.handles {
+                        h.stop();
+                    }
+                    for sub in subs {
+                        sub.cancel().await;
+                    }
+                    return Err(Error::new(
+                        e.kind(),
+                        format!("{}: state {}: {e}", self.name, decl.label),
+                    ));
+                }
+            }
+        }
+        Ok((states, subs))
+    }
+
+    /// What the registry is told about this instance.
+    fn instance_info(&self, instance: &str, transaction: Option<String>) -> InstanceInfo {
+        InstanceInfo {
+            service: self.name.clone(),
+            instance: instance.to_owned(),
+            version: self.version.clone(),
+            endpoint: String::new(),
+            methods: self
+                .methods
+                .iter()
+                .map(|m| MethodInfo {
+                    name: m.name.clone(),
+                    params: m.schemas.params.clone(),
+                    result: m.schemas.result.clone(),
+                    idempotent: m.idempotent,
+                })
+                .collect(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|s| s.pattern.clone())
+                .collect(),
+            queues: self.consumers.iter().map(|c| c.queue.clone()).collect(),
+            pid: std::process::id(),
+            transaction,
+            require_auth: self.require_auth,
+        }
+    }
+
+    /// Puts the instance on the bus: serves its methods, subscribes to its
+    /// topics, consumes its queues. On a failure undoes what was done, so
+    /// a service that cannot start leaves nothing registered.
+    async fn attach(
+        &self,
+        transport: &SharedTransport,
+        info: InstanceInfo,
+        dispatch: &Arc<dispatch::ServiceDispatch>,
+        instance: &str,
+    ) -> Result<Attached, Error> {
+        let served = transport
+            .serve(
+                Registration {
+                    info,
+                    max_in_flight: self.max_in_flight,
+                },
+                dispatch.clone(),
+            )
+            .await?;
+        let subscribed = if self.subscriptions.is_empty() {
+            None
+        } else {
+            let patterns: Vec<String> = self
+                .subscriptions
+                .iter()
+                .map(|s| s.pattern.clone())
+                .collect();
+            match transport.subscribe(&patterns, dispatch.clone()).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    served.stop(Duration::ZERO).await;
+                    return Err(e);
+                }
+            }
+        };
+        let mut consumers = Vec::new();
+        for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(self)) {
+            let options = muster_core::queue::ConsumeOptions::new(instance.to_owned())
+                .prefetch(c.prefetch)
+                .claim_after(c.claim_after);
+            match transport.consume(&c.queue, options, sink).await {
+                Ok(s) => consumers.push(s),
+                Err(e) => {
+                    for s in consumers {
+                        s.cancel().await;
+                    }
+                    if let Some(s) = subscribed {
+                        s.cancel().await;
+                    }
+                    served.stop(Duration::ZERO).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok((served, subscribed, consumers))
+    }
 }
+
+/// What [`Service::attach`] put on the bus: the served methods, the event
+/// subscription, the queue consumers.
+type Attached = (
+    Box<dyn Served>,
+    Option<Box<dyn Subscribed>>,
+    Vec<Box<dyn Subscribed>>,
+);
 
 impl ServiceHandle {
     /// The service name.
