@@ -4,6 +4,9 @@
 //! checking that the bus and the instances still answer `muster call` and
 //! that the host's memory stayed within `HOST_RSS_BOUND` (documented in
 //! `docs/guarantees.md`, "Limits").
+//!
+//! Past 600 lines because each class of attack is a test here, side by
+//! side, sharing the helpers at the top.
 
 use std::process::Command;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! The host as a user runs it: `muster up` with a manifest, real service
 //! processes, `muster ctl`, `kill -9`, SIGTERM, and the process table.
+//!
+//! A long file on purpose: one test binary for everything the host does
+//! (one build, one link, tests run side by side), each test standing alone.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -2,6 +2,10 @@
 //! feeds what happens to the [`Supervisor`] and carries out its effects.
 //! One task holds all state, so there are no locks and every input is
 //! handled to the end before the next.
+//!
+//! One file past 600 lines on purpose: start-up, the loop and the effects
+//! are one task's code over one set of fields; the decisions themselves
+//! live in [`crate::supervisor`], which is tested without processes.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;

@@ -2,6 +2,9 @@
 //! project per service (`Cargo.toml`, `src/lib.rs` with the service,
 //! `src/main.rs`, `tests/service.rs` on the in-memory harness, `README.md`)
 //! and a manifest. Nothing is written when the target exists.
+//!
+//! About 600 lines, most of them the templates of the generated files,
+//! kept beside the code that fills them so that one reads both at once.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
