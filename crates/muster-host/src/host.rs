@@ -11,6 +11,8 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use tokio_util::time::DelayQueue;
+
 use muster::Client;
 use muster_core::auth::{KeyId, MasterSecret};
 use muster_core::registry::HOST_SERVICE;
@@ -229,6 +231,7 @@ pub async fn run(
         log_dir: log_dir.clone(),
         client: client.clone(),
         inputs: inputs_tx,
+        timers: DelayQueue::new(),
     };
     let restored = persist::load(&state_dir);
     let (booted, effects) = driver.supervisor.boot(Instant::now(), &restored);
@@ -274,6 +277,9 @@ struct Driver {
     log_dir: PathBuf,
     client: Client,
     inputs: mpsc::UnboundedSender<Input>,
+    /// The supervisor's timers (backoffs, stop deadlines, schedules), due
+    /// in this loop; they end with it.
+    timers: DelayQueue<crate::supervisor::Timer>,
 }
 
 impl Driver {
@@ -305,6 +311,9 @@ impl Driver {
                     self.shutdown().await;
                 }
                 Some(input) = inputs.recv() => self.input(input).await,
+                Some(timer) = std::future::poll_fn(|cx| self.timers.poll_expired(cx)) => {
+                    self.input(Input::Timer(timer.into_inner())).await;
+                }
                 _ = sample_every.tick(), if !self.sampling && !stopping => self.sample(),
                 Some(cmd) = commands.recv() => self.command(cmd).await,
                 ev = registry.recv() => match ev {
@@ -445,14 +454,10 @@ impl Driver {
                 }
                 Effect::Signal { pid, signal } => process::signal(pid, signal),
                 Effect::Timer { after, timer } => {
-                    let tx = self.inputs.clone();
                     if after.is_zero() {
-                        let _ = tx.send(Input::Timer(timer));
+                        let _ = self.inputs.send(Input::Timer(timer));
                     } else {
-                        tokio::spawn(async move {
-                            tokio::time::sleep(after).await;
-                            let _ = tx.send(Input::Timer(timer));
-                        });
+                        self.timers.insert(timer, after);
                     }
                 }
                 Effect::Publish { topic, body } => {
