@@ -64,6 +64,7 @@ pub struct HostInfo {
 
 /// Why a host could not run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HostError {
     /// The manifest is not valid.
     #[error(transparent)]

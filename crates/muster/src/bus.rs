@@ -56,6 +56,7 @@ impl BusOptions {
 /// | `zmq://HOST:PORT` | the embedded ZeroMQ bus (default `zmq://127.0.0.1:7700`) |
 /// | `amqp://USER:PASS@HOST:PORT/VHOST[?exchange=NAME]` | RabbitMQ (topic exchange, durable queues) |
 /// | `redis://HOST:PORT[/DB][?prefix=NAME]` | Redis (lists, pub/sub, streams) |
+/// | `nats://HOST:PORT[?prefix=NAME]` | NATS (request/reply, subjects, NATS micro, JetStream) |
 ///
 /// The credential comes from the environment ([`BusOptions::from_environment`]).
 ///
@@ -90,10 +91,11 @@ pub async fn connect_with(
         }
         "amqp" => amqp::connect(url, options).await,
         "redis" | "rediss" => redis::connect(url, options).await,
+        "nats" | "tls" => nats::connect(url, options).await,
         _ => Err(Error::new(
             ErrorKind::Config,
             format!(
-                "unknown bus URL {url:?}: expected zmq://HOST:PORT, amqp://HOST:PORT or redis://HOST:PORT"
+                "unknown bus URL {url:?}: expected zmq://HOST:PORT, amqp://HOST:PORT, redis://HOST:PORT or nats://HOST:PORT"
             ),
         )),
     }
@@ -127,6 +129,30 @@ mod redis {
     }
 }
 
+/// NATS, with the `nats` feature.
+#[cfg(feature = "nats")]
+mod nats {
+    use super::{Arc, BusOptions, Error, SharedTransport};
+
+    pub(super) async fn connect(url: &str, options: &BusOptions) -> Result<SharedTransport, Error> {
+        let mut nats = muster_nats::NatsOptions::default();
+        nats.max_message_size = options.max_message_size;
+        Ok(Arc::new(
+            muster_nats::NatsTransport::connect_with(url, nats).await?,
+        ))
+    }
+}
+
+/// A bus this build leaves out: a clear error naming the feature.
+#[cfg(not(feature = "nats"))]
+mod nats {
+    use super::{BusOptions, Error, SharedTransport};
+
+    pub(super) async fn connect(url: &str, _: &BusOptions) -> Result<SharedTransport, Error> {
+        Err(super::left_out(url, "nats"))
+    }
+}
+
 /// A bus this build leaves out: a clear error naming the feature.
 #[cfg(not(feature = "amqp"))]
 mod amqp {
@@ -148,7 +174,7 @@ mod redis {
 }
 
 /// The error for a bus this build leaves out.
-#[cfg(not(all(feature = "amqp", feature = "redis")))]
+#[cfg(not(all(feature = "amqp", feature = "redis", feature = "nats")))]
 fn left_out(url: &str, feature: &str) -> Error {
     Error::new(
         ErrorKind::Config,

@@ -1,0 +1,127 @@
+//! Events on NATS subjects: a topic `a.b` is published on `<p>.ev.a.b`
+//! with muster's header in `Muster-Header`, and a pattern subscribes
+//! `<p>.ev.<pattern>` (muster's `*` and `>` are NATS's own). A message a
+//! plain NATS client publishes there is delivered too, as an event with
+//! the subject's topic.
+//!
+//! NATS does not wait for a slow subscriber: past
+//! [`NatsOptions::subscription_capacity`](crate::NatsOptions) waiting
+//! messages it drops newer ones for that subscription and reports a slow
+//! consumer, which the transport counts
+//! ([`NatsTransport::slow_consumers`](crate::NatsTransport::slow_consumers))
+//! and logs (`docs/guarantees.md`, "NATS").
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use muster_core::topic::Pattern;
+use muster_core::transport::{BoxFuture, EventSink, Subscribed};
+use muster_core::wire::{Envelope, Header, Kind};
+use muster_core::{Error, ErrorKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::rpc::{header_of, headers_with};
+use crate::{Inner, unavailable};
+
+pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
+    let topic = muster_core::transport::check_event(&event, inner.options.max_message_size)?;
+    inner
+        .client
+        .publish_with_headers(
+            inner.subjects.event(topic),
+            headers_with(&event.header),
+            event.body,
+        )
+        .await
+        .map_err(|e| unavailable("publish on NATS", &e))
+}
+
+/// A live subscription: one task delivering, in order, what its NATS
+/// subscriptions receive.
+#[derive(Debug)]
+pub(crate) struct NatsSubscribed {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscribed for NatsSubscribed {
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.stop.cancel();
+            let _ = self.task.await;
+        })
+    }
+}
+
+pub(crate) async fn subscribe(
+    inner: Arc<Inner>,
+    patterns: &[String],
+    sink: Arc<dyn EventSink>,
+) -> Result<NatsSubscribed, Error> {
+    let mut subs = Vec::new();
+    for p in patterns {
+        let pattern =
+            Pattern::parse(p).map_err(|e| Error::new(ErrorKind::Config, e.to_string()))?;
+        subs.push(
+            inner
+                .client
+                .subscribe(inner.subjects.event(pattern.as_str()))
+                .await
+                .map_err(|e| unavailable("subscribe on NATS", &e))?,
+        );
+    }
+    inner
+        .client
+        .flush()
+        .await
+        .map_err(|e| unavailable("subscribe on NATS", &e))?;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(deliver(
+        inner.clone(),
+        futures_util::stream::select_all(subs),
+        sink,
+        stop.clone(),
+    ));
+    Ok(NatsSubscribed { stop, task })
+}
+
+async fn deliver(
+    inner: Arc<Inner>,
+    mut messages: futures_util::stream::SelectAll<async_nats::Subscriber>,
+    sink: Arc<dyn EventSink>,
+    stop: CancellationToken,
+) {
+    let prefix = inner.subjects.event_prefix();
+    loop {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            () = inner.shutdown.cancelled() => break,
+            m = messages.next() => match m { Some(m) => m, None => break },
+        };
+        if msg.payload.len() > inner.options.max_message_size {
+            tracing::warn!(
+                size = msg.payload.len(),
+                "event over the size limit; dropped"
+            );
+            continue;
+        }
+        let header = match header_of(&msg) {
+            Some(Ok(h)) => h,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, subject = %msg.subject, "event with an unreadable header; dropped");
+                continue;
+            }
+            None => {
+                let topic = msg
+                    .subject
+                    .strip_prefix(prefix.as_str())
+                    .unwrap_or(&msg.subject);
+                Header::new(Kind::Event).with_topic(topic)
+            }
+        };
+        sink.deliver(Envelope::new(header, msg.payload)).await;
+    }
+    for mut s in messages.into_iter() {
+        let _ = s.unsubscribe().await;
+    }
+}

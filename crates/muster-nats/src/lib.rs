@@ -1,0 +1,309 @@
+//! The NATS transport of muster (`--bus nats://HOST:PORT`).
+//!
+//! | pattern | on NATS |
+//! |---|---|
+//! | RPC | request/reply on `<p>.rpc.<service>.<method>`, which every instance of the service subscribes in the queue group `q` (balanced); `<p>.inst.<instance>.<method>` for one instance; the muster header in the NATS header `Muster-Header`, the JSON-RPC body as the payload |
+//! | events | `<p>.ev.<topic>`; muster's patterns are NATS's (`*`, `>`) |
+//! | discovery | NATS micro: every instance answers `$SRV.PING`, `$SRV.INFO`, `$SRV.STATS` (all, by name, by name and id); `instances()` gathers `$SRV.INFO` answers, so plain micro services are listed too |
+//! | claims | a JetStream key-value bucket `<p>-claims`, first writer wins |
+//!
+//! `<p>` is the subject prefix, `muster` unless the URL says `?prefix=...`.
+//! The formats are in `docs/protocol.md`, "NATS".
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), muster_core::Error> {
+//! use muster_core::transport::Transport;
+//! let bus = muster_nats::NatsTransport::connect("nats://127.0.0.1:4222").await?;
+//! println!("{} instances", bus.instances().await?.len());
+//! # Ok(()) }
+//! ```
+
+mod claims;
+mod events;
+pub mod micro;
+mod rpc;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use muster_core::registry::InstanceInfo;
+use muster_core::transport::{
+    BoxFuture, Dispatch, EventSink, Registration, Served, Subscribed, Transport,
+};
+use muster_core::wire::Envelope;
+use muster_core::{Error, ErrorKind, RpcError};
+
+/// Settings of the NATS transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NatsOptions {
+    /// Prefix of every subject and bucket muster uses.
+    pub prefix: String,
+    /// Largest message sent or accepted.
+    pub max_message_size: usize,
+    /// Messages a subscription holds for a handler that is behind; past
+    /// it, NATS drops them for that subscriber and counts a slow consumer
+    /// (`docs/guarantees.md`, "NATS").
+    pub subscription_capacity: usize,
+    /// How long `instances()` waits for `$SRV.INFO` answers after the last
+    /// one came in.
+    pub discovery_quiet: Duration,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        Self {
+            prefix: "muster".into(),
+            max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
+            subscription_capacity: 4096,
+            discovery_quiet: Duration::from_millis(150),
+        }
+    }
+}
+
+/// Subject names.
+#[derive(Debug, Clone)]
+pub(crate) struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub(crate) fn rpc(&self, service: &str, method: &str) -> String {
+        format!("{}.rpc.{service}.{method}", self.prefix)
+    }
+    pub(crate) fn rpc_all(&self, service: &str) -> String {
+        format!("{}.rpc.{service}.*", self.prefix)
+    }
+    pub(crate) fn instance(&self, instance: &str, method: &str) -> String {
+        format!("{}.inst.{instance}.{method}", self.prefix)
+    }
+    pub(crate) fn instance_all(&self, instance: &str) -> String {
+        format!("{}.inst.{instance}.*", self.prefix)
+    }
+    pub(crate) fn event(&self, topic: &str) -> String {
+        format!("{}.ev.{topic}", self.prefix)
+    }
+    pub(crate) fn event_prefix(&self) -> String {
+        format!("{}.ev.", self.prefix)
+    }
+    pub(crate) fn claims_bucket(&self) -> String {
+        format!("{}-claims", self.prefix)
+    }
+}
+
+/// True when `token` can stand as one subject token: no dots, wildcards
+/// or white space, not empty.
+pub(crate) fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && !token
+            .chars()
+            .any(|c| c == '.' || c == '*' || c == '>' || c.is_whitespace())
+}
+
+pub(crate) struct Inner {
+    client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+    options: NatsOptions,
+    subjects: Subjects,
+    /// Messages NATS dropped for this connection's slow subscriptions.
+    slow_consumers: Arc<AtomicU64>,
+    claims: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("prefix", &self.options.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The NATS bus. Clones share the connection.
+#[derive(Debug, Clone)]
+pub struct NatsTransport {
+    inner: Arc<Inner>,
+}
+
+pub(crate) fn unavailable(what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::new(ErrorKind::Unavailable, format!("{what}: {e}"))
+}
+
+impl NatsTransport {
+    /// Connects with default options; `?prefix=NAME` in the URL sets the
+    /// subject prefix.
+    ///
+    /// # Errors
+    /// A malformed URL, or NATS cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::connect_with(url, NatsOptions::default()).await
+    }
+
+    /// Connects with `options` (a `?prefix=` in the URL wins).
+    ///
+    /// # Errors
+    /// As [`NatsTransport::connect`].
+    pub async fn connect_with(url: &str, mut options: NatsOptions) -> Result<Self, Error> {
+        let (url, prefix) = split_prefix(url);
+        if let Some(p) = prefix {
+            options.prefix = p;
+        }
+        if !options.prefix.split('.').all(is_token) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!("bad NATS subject prefix {:?}", options.prefix),
+            ));
+        }
+        let slow_consumers = Arc::new(AtomicU64::new(0));
+        let counted = slow_consumers.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("muster {}", std::process::id()))
+            .subscription_capacity(options.subscription_capacity)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(move |event| {
+                let counted = counted.clone();
+                async move {
+                    match event {
+                        async_nats::Event::SlowConsumer(sid) => {
+                            counted.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(
+                                subscription = sid,
+                                "NATS dropped messages for a slow subscriber"
+                            );
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS connection lost; reconnecting")
+                        }
+                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                        other => tracing::debug!(event = %other, "NATS"),
+                    }
+                }
+            })
+            .connect(url.as_str())
+            .await
+            .map_err(|e| unavailable(&format!("connect to NATS at {url}"), &e))?;
+        let jetstream = async_nats::jetstream::new(client.clone());
+        let subjects = Subjects {
+            prefix: options.prefix.clone(),
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                jetstream,
+                options,
+                subjects,
+                slow_consumers,
+                claims: tokio::sync::OnceCell::new(),
+                shutdown: tokio_util::sync::CancellationToken::new(),
+            }),
+        })
+    }
+
+    /// Times NATS reported one of this connection's subscriptions as a
+    /// slow consumer (it dropped messages for it).
+    pub fn slow_consumers(&self) -> u64 {
+        self.inner.slow_consumers.load(Ordering::Relaxed)
+    }
+}
+
+fn split_prefix(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let prefix = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("prefix="))
+        .map(str::to_owned);
+    (base.to_owned(), prefix)
+}
+
+impl Transport for NatsTransport {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn serve(
+        &self,
+        registration: Registration,
+        dispatch: Arc<dyn Dispatch>,
+    ) -> BoxFuture<'_, Result<Box<dyn Served>, Error>> {
+        Box::pin(async move {
+            rpc::serve(self.inner.clone(), registration, dispatch)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Served>)
+        })
+    }
+
+    fn request(
+        &self,
+        request: Envelope,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Envelope, RpcError>> {
+        Box::pin(rpc::request(&self.inner, request, timeout))
+    }
+
+    fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(events::publish(&self.inner, event))
+    }
+
+    fn subscribe(
+        &self,
+        patterns: &[String],
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let patterns = patterns.to_vec();
+        Box::pin(async move {
+            events::subscribe(self.inner.clone(), &patterns, sink)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Subscribed>)
+        })
+    }
+
+    fn instances(&self) -> BoxFuture<'_, Result<Vec<InstanceInfo>, Error>> {
+        Box::pin(micro::discover(&self.inner))
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        self.inner.shutdown.cancel();
+        Box::pin(async move {
+            let _ = self.inner.client.flush().await;
+        })
+    }
+
+    fn claim(&self, key: &str, holder: &str, ttl: Duration) -> BoxFuture<'_, Result<bool, Error>> {
+        let key = key.to_owned();
+        let holder = holder.to_owned();
+        Box::pin(async move { claims::claim(&self.inner, &key, &holder, ttl).await })
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_comes_out_of_the_url() {
+        assert_eq!(
+            split_prefix("nats://h:1?prefix=t1"),
+            ("nats://h:1".to_owned(), Some("t1".to_owned()))
+        );
+        assert_eq!(split_prefix("nats://h"), ("nats://h".to_owned(), None));
+    }
+
+    #[test]
+    fn tokens_refuse_what_would_change_the_subject() {
+        assert!(is_token("echo-1"));
+        for bad in ["", "a.b", "a*", ">", "a b"] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! RPC on NATS request/reply. Every instance subscribes
+//! `<p>.rpc.<service>.*` in the queue group `q`, so NATS gives each request
+//! to one of them, and `<p>.inst.<instance>.*` for calls to it alone. A
+//! request from muster carries its header as JSON in the NATS header
+//! `Muster-Header` and the JSON-RPC body as payload; a request without it
+//! comes from a plain NATS micro client: its payload is the params, and
+//! the reply is the bare result, or the micro error headers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Message, Subscriber};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
+use muster_core::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
+use muster_core::{Error, ErrorKind, RpcError};
+use serde_json::Value;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Inner, is_token, micro, unavailable};
+
+/// The NATS header that carries muster's own header.
+pub(crate) const MUSTER_HEADER: &str = "Muster-Header";
+/// The micro specification's error headers.
+pub(crate) const SERVICE_ERROR: &str = "Nats-Service-Error";
+pub(crate) const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
+
+/// The muster header of a message, when it has one. `Err` when it has
+/// one that cannot be read.
+pub(crate) fn header_of(msg: &Message) -> Option<Result<Header, String>> {
+    let raw = msg.headers.as_ref()?.get(MUSTER_HEADER)?;
+    Some(muster_core::wire::decode_header(raw.as_str().as_bytes()).map_err(|e| e.to_string()))
+}
+
+pub(crate) fn headers_with(header: &Header) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let json = String::from_utf8(muster_core::wire::encode_header(header)).unwrap_or_default();
+    h.insert(MUSTER_HEADER, json.as_str());
+    h
+}
+
+/// Sends a request and waits for its reply.
+pub(crate) async fn request(
+    inner: &Arc<Inner>,
+    mut request: Envelope,
+    timeout: Duration,
+) -> Result<Envelope, RpcError> {
+    let service = request.header.service.clone().unwrap_or_default();
+    let method = request.header.method.clone().unwrap_or_default();
+    if !is_token(&service) || !is_token(&method) {
+        return Err(RpcError::method_not_found(format!("{service}.{method}")));
+    }
+    if request.header.id.is_empty() {
+        request.header.id = muster_core::id::short_id();
+    }
+    request.header.deadline_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+    let subject = match &request.header.instance {
+        Some(id) if is_token(id) => inner.subjects.instance(id, &method),
+        Some(id) => {
+            return Err(RpcError::unavailable(format!(
+                "no instance {id:?} of {service}"
+            )));
+        }
+        None => inner.subjects.rpc(&service, &method),
+    };
+    let headers = headers_with(&request.header);
+    let size = request.body.len() + headers.get(MUSTER_HEADER).map_or(0, |v| v.as_str().len());
+    if size > inner.options.max_message_size {
+        return Err(RpcError::too_large(size, inner.options.max_message_size));
+    }
+    let sent = inner
+        .client
+        .send_request(
+            subject,
+            async_nats::Request::new()
+                .headers(headers)
+                .payload(request.body.clone())
+                .timeout(Some(timeout)),
+        )
+        .await;
+    match sent {
+        Ok(reply) => reply_envelope(reply),
+        Err(e) => match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => {
+                if request.header.instance.is_some() {
+                    return Err(RpcError::unavailable(format!(
+                        "instance {} of {service} is not on the bus",
+                        request.header.instance.as_deref().unwrap_or_default()
+                    )));
+                }
+                // Not a muster service: perhaps a plain NATS micro one.
+                micro::call(inner, &request, timeout).await
+            }
+            async_nats::RequestErrorKind::TimedOut => Err(RpcError::timeout(format!(
+                "no reply from {service}.{method} within {timeout:?}"
+            ))),
+            async_nats::RequestErrorKind::Other => {
+                Err(RpcError::unavailable(format!("NATS request failed: {e}")))
+            }
+        },
+    }
+}
+
+fn reply_envelope(reply: Message) -> Result<Envelope, RpcError> {
+    match header_of(&reply) {
+        Some(Ok(header)) => Ok(Envelope::new(header, reply.payload)),
+        Some(Err(e)) => Err(RpcError::parse_error(format!("reply header: {e}"))),
+        None => Err(RpcError::parse_error(
+            "a reply without the muster header came back to a muster request",
+        )),
+    }
+}
+
+/// A served instance: its subscriptions' tasks and the requests in flight.
+#[derive(Debug)]
+pub(crate) struct NatsServed {
+    endpoint: String,
+    stop: CancellationToken,
+    slots: Arc<Semaphore>,
+    max_in_flight: u32,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Served for NatsServed {
+    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            // The readers end and drop their subscriptions: NATS stops
+            // sending, and `$SRV` no longer lists the instance.
+            self.stop.cancel();
+            for t in &self.tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    while !t.is_finished() {
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await;
+            }
+            // Every slot back = every request taken answered.
+            let _ = tokio::time::timeout(grace, self.slots.acquire_many(self.max_in_flight)).await;
+            for t in &self.tasks {
+                t.abort();
+            }
+        })
+    }
+
+    fn endpoint(&self) -> String {
+        self.endpoint.clone()
+    }
+}
+
+/// What a served instance needs to answer a request.
+#[derive(Clone)]
+pub(crate) struct Server {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) service: String,
+    pub(crate) dispatch: Arc<dyn Dispatch>,
+    pub(crate) slots: Arc<Semaphore>,
+}
+
+pub(crate) async fn serve(
+    inner: Arc<Inner>,
+    registration: Registration,
+    dispatch: Arc<dyn Dispatch>,
+) -> Result<NatsServed, Error> {
+    let mut info = registration.info;
+    for (what, name) in [("service", &info.service), ("instance", &info.instance)] {
+        if !is_token(name) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "{what} name {name:?} cannot be a NATS subject token (no dots, wildcards or spaces)"
+                ),
+            ));
+        }
+    }
+    info.endpoint = format!("nats:{}", inner.subjects.instance_all(&info.instance));
+    let max_in_flight = u32::try_from(registration.max_in_flight.clamp(1, 100_000)).unwrap_or(1);
+    let slots = Arc::new(Semaphore::new(max_in_flight as usize));
+    let subscribe = |r: Result<Subscriber, async_nats::SubscribeError>| {
+        r.map_err(|e| unavailable("subscribe on NATS", &e))
+    };
+    let balanced = subscribe(
+        inner
+            .client
+            .queue_subscribe(inner.subjects.rpc_all(&info.service), "q".into())
+            .await,
+    )?;
+    let own = subscribe(
+        inner
+            .client
+            .subscribe(inner.subjects.instance_all(&info.instance))
+            .await,
+    )?;
+    let server = Server {
+        inner: inner.clone(),
+        service: info.service.clone(),
+        dispatch,
+        slots: slots.clone(),
+    };
+    let stop = CancellationToken::new();
+    let mut tasks = vec![
+        tokio::spawn(read(server.clone(), balanced, stop.clone())),
+        tokio::spawn(read(server.clone(), own, stop.clone())),
+    ];
+    tasks.extend(micro::serve(server, info.clone(), stop.clone()).await?);
+    inner
+        .client
+        .flush()
+        .await
+        .map_err(|e| unavailable("subscribe on NATS", &e))?;
+    Ok(NatsServed {
+        endpoint: info.endpoint,
+        stop,
+        slots,
+        max_in_flight,
+        tasks,
+    })
+}
+
+/// Takes requests from one subscription, each when a slot is free, until
+/// the instance stops.
+async fn read(server: Server, mut sub: Subscriber, stop: CancellationToken) {
+    loop {
+        let permit = tokio::select! {
+            () = stop.cancelled() => break,
+            p = server.slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            m = sub.next() => match m { Some(m) => m, None => break },
+        };
+        let server = server.clone();
+        tokio::spawn(async move {
+            answer(&server, msg).await;
+            drop(permit);
+        });
+    }
+    let _ = sub.unsubscribe().await;
+}
+
+async fn answer(server: &Server, msg: Message) {
+    let inner = &server.inner;
+    let max = inner.options.max_message_size;
+    let method = msg
+        .subject
+        .rsplit('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    match header_of(&msg) {
+        Some(Ok(header)) => {
+            let reply = if msg.payload.len() > max {
+                Some(error_reply(
+                    &header,
+                    RpcError::too_large(msg.payload.len(), max),
+                ))
+            } else if header.kind != Kind::Request {
+                Some(error_reply(
+                    &header,
+                    RpcError::invalid_request("expected kind \"request\""),
+                ))
+            } else {
+                server
+                    .dispatch
+                    .dispatch(Envelope::new(header, msg.payload))
+                    .await
+            };
+            if let (Some(reply), Some(to)) = (reply, msg.reply) {
+                let sent = inner
+                    .client
+                    .publish_with_headers(to, headers_with(&reply.header), reply.body)
+                    .await;
+                if let Err(e) = sent {
+                    tracing::warn!(error = %e, "cannot send a reply; the caller will time out");
+                }
+            }
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "request with an unreadable muster header");
+            if let Some(to) = msg.reply {
+                let mut h = HeaderMap::new();
+                h.insert(
+                    SERVICE_ERROR,
+                    format!("unreadable {MUSTER_HEADER}").as_str(),
+                );
+                h.insert(SERVICE_ERROR_CODE, "400");
+                let _ = inner.client.publish_with_headers(to, h, Bytes::new()).await;
+            }
+        }
+        None => answer_plain(server, &method, msg).await,
+    }
+}
+
+/// A request from a plain NATS client: the payload is the params (JSON,
+/// or nothing), the reply the bare result or the micro error headers.
+pub(crate) async fn answer_plain(server: &Server, method: &str, msg: Message) {
+    let Some(to) = msg.reply.clone() else { return };
+    let inner = &server.inner;
+    let outcome = match plain_params(&msg.payload, inner.options.max_message_size) {
+        Ok(params) => call_own(server, method, params).await,
+        Err(e) => Err(e),
+    };
+    let sent = match outcome {
+        Ok(result) => inner.client.publish(to, result).await,
+        Err(e) => {
+            let mut h = HeaderMap::new();
+            h.insert(SERVICE_ERROR, e.message.as_str());
+            h.insert(SERVICE_ERROR_CODE, e.code.to_string().as_str());
+            let body = serde_json::to_vec(&e).unwrap_or_default();
+            inner.client.publish_with_headers(to, h, body.into()).await
+        }
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "cannot send a reply; the caller will time out");
+    }
+}
+
+fn plain_params(payload: &[u8], max: usize) -> Result<Value, RpcError> {
+    if payload.len() > max {
+        return Err(RpcError::too_large(payload.len(), max));
+    }
+    if payload.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(payload)
+        .map_err(|e| RpcError::parse_error(format!("the request is not JSON: {e}")))
+}
+
+/// Calls one of this instance's own methods through its dispatcher, as a
+/// muster request would: the bare JSON result, or the error.
+pub(crate) async fn call_own(
+    server: &Server,
+    method: &str,
+    params: Value,
+) -> Result<Bytes, RpcError> {
+    let header = Header::request(muster_core::id::short_id(), &server.service, method);
+    let body = jsonrpc::encode_request(ContentType::Json, 1, method, &params)?;
+    let reply = server
+        .dispatch
+        .dispatch(Envelope::new(header, body))
+        .await
+        .ok_or_else(|| RpcError::internal("no reply"))?;
+    let result = jsonrpc::decode_reply(ContentType::Json, &reply.body)??;
+    Ok(Bytes::copy_from_slice(result.get().as_bytes()))
+}
+
+fn error_reply(request: &Header, error: RpcError) -> Envelope {
+    let mut header = Header::reply_to(request);
+    let ct = ContentType::from_header(request.content_type.as_deref()).unwrap_or_default();
+    if ct == ContentType::Json {
+        header.content_type = None;
+    }
+    Envelope::new(header, jsonrpc::encode_error(ct, &None, &error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_params_are_json_or_nothing() {
+        assert_eq!(plain_params(b"", 10).unwrap(), Value::Null);
+        assert_eq!(plain_params(b" {\"a\":1}", 100).unwrap()["a"], 1);
+        assert_eq!(plain_params(b"nope", 100).unwrap_err().code, -32700);
+        assert_eq!(plain_params(b"[1,2,3]", 3).unwrap_err().code, -32003);
+    }
+}
