@@ -5,6 +5,7 @@
 //! | RPC | request/reply on `<p>.rpc.<service>.<method>`, which every instance of the service subscribes in the queue group `q` (balanced); `<p>.inst.<instance>.<method>` for one instance; the muster header in the NATS header `Muster-Header`, the JSON-RPC body as the payload |
 //! | events | `<p>.ev.<topic>`; muster's patterns are NATS's (`*`, `>`) |
 //! | discovery | NATS micro: every instance answers `$SRV.PING`, `$SRV.INFO`, `$SRV.STATS` (all, by name, by name and id); `instances()` gathers `$SRV.INFO` answers, so plain micro services are listed too |
+//! | work queues | a JetStream stream per queue (work-queue retention, file storage) with one shared durable pull consumer; retries and dead letters (`<queue>.dead`) are new messages |
 //! | claims | a JetStream key-value bucket `<p>-claims`, first writer wins |
 //!
 //! `<p>` is the subject prefix, `muster` unless the URL says `?prefix=...`.
@@ -21,12 +22,14 @@
 mod claims;
 mod events;
 pub mod micro;
+mod queue;
 mod rpc;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use muster_core::registry::InstanceInfo;
 use muster_core::transport::{
     BoxFuture, Dispatch, EventSink, Registration, Served, Subscribed, Transport,
@@ -109,6 +112,8 @@ pub(crate) struct Inner {
     /// Messages NATS dropped for this connection's slow subscriptions.
     slow_consumers: Arc<AtomicU64>,
     claims: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
+    /// Queues whose streams this transport has made or seen.
+    queues: std::sync::Mutex<std::collections::HashSet<String>>,
     shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -195,6 +200,7 @@ impl NatsTransport {
                 subjects,
                 slow_consumers,
                 claims: tokio::sync::OnceCell::new(),
+                queues: std::sync::Mutex::default(),
                 shutdown: tokio_util::sync::CancellationToken::new(),
             }),
         })
@@ -275,6 +281,34 @@ impl Transport for NatsTransport {
         let key = key.to_owned();
         let holder = holder.to_owned();
         Box::pin(async move { claims::claim(&self.inner, &key, &holder, ttl).await })
+    }
+
+    fn enqueue(&self, queue: &str, job: Job) -> BoxFuture<'_, Result<(), Error>> {
+        let queue = queue.to_owned();
+        Box::pin(async move { queue::enqueue(&self.inner, &queue, &job).await })
+    }
+
+    fn consume(
+        &self,
+        queue: &str,
+        options: ConsumeOptions,
+        sink: Arc<dyn JobSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let queue = queue.to_owned();
+        Box::pin(async move {
+            queue::consume(self.inner.clone(), &queue, options, sink)
+                .await
+                .map(|c| Box::new(c) as Box<dyn Subscribed>)
+        })
+    }
+
+    fn queue_command(
+        &self,
+        queue: &str,
+        command: QueueCommand,
+    ) -> BoxFuture<'_, Result<QueueReply, Error>> {
+        let queue = queue.to_owned();
+        Box::pin(async move { queue::command(&self.inner, &queue, command).await })
     }
 }
 

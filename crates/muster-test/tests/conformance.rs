@@ -498,6 +498,9 @@ macro_rules! conformance {
         mod amqp {
             suite!(Amqp: $($test),*);
         }
+        mod nats {
+            suite!(Nats: $($test),*);
+        }
     };
 }
 
@@ -512,17 +515,3 @@ conformance!(
     claim_has_one_winner,
     discovery_lists_methods_and_queues,
 );
-
-// NATS runs the suite as far as its transport goes so far: work queues on
-// JetStream (and with them the queue and discovery-of-queues tests) are
-// the part of issue 17 still to come.
-mod nats {
-    suite!(Nats:
-        rpc_call_and_errors,
-        rpc_balanced_over_instances,
-        rpc_timeout,
-        events_in_order_and_filtered,
-        state_replicates,
-        claim_has_one_winner,
-    );
-}

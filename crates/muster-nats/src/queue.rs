@@ -1,0 +1,393 @@
+//! Work queues on JetStream: one stream per queue (`<P>_Q_<queue>`, file
+//! storage, work-queue retention) on the subject `<p>.q.<queue>`, a job
+//! per message as JSON, and one durable pull consumer `muster` that every
+//! instance of the consuming service shares. A job is acknowledged after
+//! its handler; a retry is the job enqueued again with `attempt + 1`, a
+//! dead letter the job enqueued on `<queue>.dead` with its reason, each
+//! before the original is acknowledged (at least once, never lost). A job
+//! held by an instance that dies is delivered again once the consumer's
+//! ack wait (`claim_after`, 30 s by default) has passed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::{self, stream};
+use futures_util::StreamExt;
+use muster_core::queue::consumer::{self, Consuming, JobSource};
+use muster_core::queue::{
+    ConsumeOptions, Job, JobSink, Outcome, QueueCommand, QueueReply, QueueStats, dead_queue,
+};
+use muster_core::transport::BoxFuture;
+use muster_core::{Error, ErrorKind};
+
+use crate::{Inner, unavailable};
+
+/// Jobs a queue holds at most; past it an enqueue is refused.
+const MAX_JOBS: i64 = 1_000_000;
+/// The consumer every instance shares.
+const CONSUMER: &str = "muster";
+
+/// A stream name for `queue`: stream names take no dots, so `.`, `:` and
+/// `_` are written `_2E`, `_3A`, `_5F` (one name per queue, both ways).
+fn stream_name(prefix: &str, queue: &str) -> String {
+    let mut out = format!("{}_Q_", prefix.replace('.', "_2E"));
+    for c in queue.chars() {
+        match c {
+            '.' => out.push_str("_2E"),
+            ':' => out.push_str("_3A"),
+            '_' => out.push_str("_5F"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn subject(inner: &Inner, queue: &str) -> String {
+    format!("{}.q.{queue}", inner.options.prefix)
+}
+
+fn check_name(queue: &str) -> Result<(), Error> {
+    if muster_core::queue::is_valid_queue_name(queue) {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!("invalid queue name {queue:?}: use letters, digits, _, -, . and :"),
+        ))
+    }
+}
+
+/// The queue's stream, made on first use.
+async fn stream(inner: &Inner, queue: &str) -> Result<stream::Stream, Error> {
+    check_name(queue)?;
+    let name = stream_name(&inner.options.prefix, queue);
+    if let Ok(s) = inner.jetstream.get_stream(&name).await {
+        return Ok(s);
+    }
+    let made = inner
+        .jetstream
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject(inner, queue)],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_messages: MAX_JOBS,
+            discard: stream::DiscardPolicy::New,
+            ..stream::Config::default()
+        })
+        .await;
+    // Made here or by another instance at the same moment: open it.
+    inner
+        .jetstream
+        .get_stream(&name)
+        .await
+        .map_err(|e| match made {
+            Err(made) => unavailable(&format!("create the JetStream stream {name}"), &made),
+            Ok(_) => unavailable(&format!("open the JetStream stream {name}"), &e),
+        })
+}
+
+/// Makes the queue's stream once per transport; after that an enqueue is
+/// one publish.
+async fn ensure(inner: &Inner, queue: &str) -> Result<(), Error> {
+    let known = inner
+        .queues
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(queue);
+    if !known {
+        stream(inner, queue).await?;
+        inner
+            .queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(queue.to_owned());
+    }
+    Ok(())
+}
+
+/// A producer's enqueue: JetStream drops a second copy of one attempt of
+/// one job within its duplicate window (a retry after a lost ack).
+pub(crate) async fn enqueue(inner: &Inner, queue: &str, job: &Job) -> Result<(), Error> {
+    put(inner, queue, job, true).await
+}
+
+async fn put(inner: &Inner, queue: &str, job: &Job, dedup: bool) -> Result<(), Error> {
+    ensure(inner, queue).await?;
+    let payload = serde_json::to_vec(job)
+        .map_err(|e| Error::new(ErrorKind::Codec, format!("cannot encode the job: {e}")))?;
+    if payload.len() > inner.options.max_message_size {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "job of {} bytes is over the limit of {}",
+                payload.len(),
+                inner.options.max_message_size
+            ),
+        ));
+    }
+    let mut headers = HeaderMap::new();
+    if dedup {
+        headers.insert(
+            "Nats-Msg-Id",
+            format!("{}-{}", job.id, job.attempt).as_str(),
+        );
+    }
+    let ack = inner
+        .jetstream
+        .publish_with_headers(subject(inner, queue), headers, payload.into())
+        .await
+        .map_err(|e| unavailable(&format!("enqueue on {queue:?}"), &e))?;
+    ack.await
+        .map(|_| ())
+        .map_err(|e| unavailable(&format!("enqueue on {queue:?} (not stored)"), &e))
+}
+
+async fn pull_consumer(stream: &stream::Stream, ack_wait: Duration) -> Result<PullConsumer, Error> {
+    stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait,
+                // Muster counts attempts itself (a retry is a new message).
+                max_deliver: -1,
+                max_ack_pending: 100_000,
+                ..pull::Config::default()
+            },
+        )
+        .await
+        .map_err(|e| unavailable("create the JetStream consumer", &e))
+}
+
+/// One instance's hold on a queue: the messages it was given and not yet
+/// settled, by tag.
+struct Source {
+    inner: Arc<Inner>,
+    queue: String,
+    consumer: PullConsumer,
+    held: Mutex<HashMap<u64, jetstream::Message>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+fn job_of(msg: &jetstream::Message) -> Job {
+    serde_json::from_slice(&msg.payload).unwrap_or_else(|_| {
+        // Published by a plain NATS client: the payload is the body.
+        let mut job = Job::new(msg.payload.clone());
+        if let Ok(info) = msg.info() {
+            job.id = format!("nats-{}", info.stream_sequence);
+        }
+        job
+    })
+}
+
+impl JobSource for Source {
+    fn take(&self, max: usize) -> BoxFuture<'_, Result<Vec<(u64, Job)>, Error>> {
+        Box::pin(async move {
+            let mut batch = self
+                .consumer
+                .fetch()
+                .max_messages(max)
+                .expires(Duration::from_secs(1))
+                .messages()
+                .await
+                .map_err(|e| unavailable(&format!("take jobs from {:?}", self.queue), &e))?;
+            let mut out = Vec::new();
+            while let Some(m) = batch.next().await {
+                let msg =
+                    m.map_err(|e| unavailable(&format!("take jobs from {:?}", self.queue), &e))?;
+                let tag = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                out.push((tag, job_of(&msg)));
+                self.held
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(tag, msg);
+            }
+            Ok(out)
+        })
+    }
+
+    fn settle(&self, tag: u64, job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            match &outcome {
+                Outcome::Ack => {}
+                Outcome::Retry { .. } => {
+                    put(&self.inner, &self.queue, &job.next_attempt(), true).await?;
+                }
+                // A job may die again after an operator requeued it: no
+                // deduplication, or the second death would be dropped.
+                Outcome::Dead { reason } => {
+                    put(
+                        &self.inner,
+                        &dead_queue(&self.queue),
+                        &job.dead(reason),
+                        false,
+                    )
+                    .await?;
+                }
+            }
+            let msg = self
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&tag);
+            if let Some(msg) = msg {
+                // Acknowledged twice-safely: a lost ack only means one more
+                // delivery, after the ack wait.
+                msg.double_ack()
+                    .await
+                    .map_err(|e| unavailable("acknowledge a job", &e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn release(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let held: Vec<jetstream::Message> = self
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .drain()
+                .map(|(_, m)| m)
+                .collect();
+            for m in held {
+                // Back to the queue at once, for another instance.
+                let _ = m.ack_with(AckKind::Nak(None)).await;
+            }
+        })
+    }
+}
+
+pub(crate) async fn consume(
+    inner: Arc<Inner>,
+    queue: &str,
+    options: ConsumeOptions,
+    sink: Arc<dyn JobSink>,
+) -> Result<Consuming, Error> {
+    let stream = stream(&inner, queue).await?;
+    let consumer = pull_consumer(&stream, options.claim_after.max(Duration::from_secs(1))).await?;
+    let source = Arc::new(Source {
+        inner,
+        queue: queue.to_owned(),
+        consumer,
+        held: Mutex::default(),
+        next: std::sync::atomic::AtomicU64::new(0),
+    });
+    Ok(consumer::spawn(source, sink, options.prefetch))
+}
+
+pub(crate) async fn command(
+    inner: &Arc<Inner>,
+    queue: &str,
+    command: QueueCommand,
+) -> Result<QueueReply, Error> {
+    let mut s = stream(inner, queue).await?;
+    match command {
+        QueueCommand::Stats => {
+            let messages = s
+                .info()
+                .await
+                .map_err(|e| unavailable("read the queue", &e))?
+                .state
+                .messages;
+            let (in_flight, consumers) = match s.consumer_info(CONSUMER).await {
+                Ok(c) => (c.num_ack_pending as u64, c.num_waiting as u64),
+                Err(_) => (0, 0),
+            };
+            let mut dead = stream(inner, &dead_queue(queue)).await?;
+            let dead = dead
+                .info()
+                .await
+                .map_err(|e| unavailable("read the queue", &e))?
+                .state
+                .messages;
+            Ok(QueueReply::Stats(QueueStats {
+                queue: queue.to_owned(),
+                ready: messages.saturating_sub(in_flight),
+                in_flight: Some(in_flight),
+                dead,
+                consumers,
+            }))
+        }
+        QueueCommand::Peek { count } => {
+            let state = s
+                .info()
+                .await
+                .map_err(|e| unavailable("read the queue", &e))?
+                .state
+                .clone();
+            let mut jobs = Vec::new();
+            let mut seq = state.first_sequence;
+            while jobs.len() < count && seq <= state.last_sequence && seq > 0 {
+                if let Ok(m) = s.get_raw_message(seq).await {
+                    let job = serde_json::from_slice(&m.payload)
+                        .unwrap_or_else(|_| Job::new(m.payload.clone()));
+                    jobs.push(job);
+                }
+                seq += 1;
+            }
+            Ok(QueueReply::Jobs(jobs))
+        }
+        QueueCommand::Purge => {
+            let purged = s
+                .purge()
+                .await
+                .map_err(|e| unavailable("purge the queue", &e))?
+                .purged;
+            Ok(QueueReply::Count(purged))
+        }
+        QueueCommand::RequeueDead => {
+            let dead = stream(inner, &dead_queue(queue)).await?;
+            let consumer = pull_consumer(&dead, Duration::from_secs(30)).await?;
+            let mut moved = 0;
+            loop {
+                let mut batch = consumer
+                    .fetch()
+                    .max_messages(100)
+                    .expires(Duration::from_millis(500))
+                    .messages()
+                    .await
+                    .map_err(|e| unavailable("read the dead letters", &e))?;
+                let mut got = 0;
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(|e| unavailable("read the dead letters", &e))?;
+                    let job = job_of(&m);
+                    let again = Job {
+                        attempt: 1,
+                        reason: None,
+                        ..job
+                    };
+                    put(inner, queue, &again, false).await?;
+                    m.double_ack()
+                        .await
+                        .map_err(|e| unavailable("acknowledge a dead letter", &e))?;
+                    got += 1;
+                }
+                moved += got;
+                if got == 0 {
+                    break;
+                }
+            }
+            Ok(QueueReply::Count(moved))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_are_one_per_queue() {
+        assert_eq!(stream_name("muster", "mail"), "muster_Q_mail");
+        assert_eq!(stream_name("muster", "a.b"), "muster_Q_a_2Eb");
+        assert_ne!(stream_name("muster", "a_2Eb"), stream_name("muster", "a.b"));
+        assert_eq!(stream_name("muster", "x:y"), "muster_Q_x_3Ay");
+    }
+}
