@@ -1,0 +1,196 @@
+//! NATS micro compatibility, both ways (`MUSTER_TEST_NATS`): a muster
+//! service driven purely by `$SRV` requests and plain NATS requests (no
+//! muster code on the calling side), and a service written with
+//! `async-nats`'s own service API listed and called through muster.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use muster::prelude::*;
+use muster_test::broker_url;
+use serde_json::{Value, json};
+
+#[derive(Deserialize, Serialize, JsonSchema)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+async fn add(Args(x): Args<Add>) -> Result<i64, RpcError> {
+    Ok(x.a + x.b)
+}
+
+fn ns() -> String {
+    format!("t{:x}", muster::id::random_u64() & 0xff_ffff)
+}
+
+async fn ask(nats: &async_nats::Client, subject: String, payload: &str) -> async_nats::Message {
+    nats.request(subject, payload.to_owned().into())
+        .await
+        .unwrap_or_else(|e| panic!("plain NATS request: {e}"))
+}
+
+fn json_of(m: &async_nats::Message) -> Value {
+    serde_json::from_slice(&m.payload)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&m.payload)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_muster_service_is_driven_through_srv_by_a_plain_nats_client() {
+    let Some(base) = broker_url("MUSTER_TEST_NATS", "nats_micro::srv") else {
+        return;
+    };
+    let ns = ns();
+    let url = format!("{base}?prefix={ns}");
+    let svc = format!("calc-{ns}");
+    let h = Service::new(&svc)
+        .version("1.2.3")
+        .rpc("add", add)
+        .start(muster::bus::connect(&url, None).await.unwrap())
+        .await
+        .unwrap();
+    let nats = async_nats::connect(&base).await.unwrap();
+
+    let ping = json_of(&ask(&nats, format!("$SRV.PING.{svc}"), "").await);
+    assert_eq!(ping["type"], "io.nats.micro.v1.ping_response", "{ping}");
+    assert_eq!(
+        (&ping["name"], &ping["version"]),
+        (&json!(svc), &json!("1.2.3"))
+    );
+    let id = ping["id"].as_str().unwrap().to_owned();
+
+    let info = json_of(&ask(&nats, format!("$SRV.INFO.{svc}.{id}"), "").await);
+    assert_eq!(info["type"], "io.nats.micro.v1.info_response", "{info}");
+    let endpoint = info["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "add")
+        .unwrap_or_else(|| panic!("add is an endpoint: {info}"))
+        .clone();
+    assert_eq!(endpoint["queue_group"], "q");
+    let schema: Value = serde_json::from_str(
+        endpoint["metadata"]["muster.params_schema"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(schema["properties"]["a"].is_object(), "{schema}");
+    let subject = endpoint["subject"].as_str().unwrap().to_owned();
+
+    // Called as any micro endpoint is: the params in, the bare result out.
+    let sum = ask(&nats, subject.clone(), r#"{"a": 2, "b": 3}"#).await;
+    assert!(sum.headers.is_none(), "no error headers");
+    assert_eq!(json_of(&sum), json!(5));
+    let bad = ask(&nats, subject.clone(), r#"{"a": "x", "b": 1}"#).await;
+    let headers = bad.headers.clone().expect("error headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+        "-32602"
+    );
+    assert!(
+        !headers
+            .get("Nats-Service-Error")
+            .unwrap()
+            .as_str()
+            .is_empty()
+    );
+    let not_json = ask(&nats, subject, "two and three").await;
+    assert_eq!(
+        not_json
+            .headers
+            .unwrap()
+            .get("Nats-Service-Error-Code")
+            .unwrap()
+            .as_str(),
+        "-32700"
+    );
+
+    let stats = json_of(&ask(&nats, format!("$SRV.STATS.{svc}"), "").await);
+    assert_eq!(stats["type"], "io.nats.micro.v1.stats_response", "{stats}");
+    let add_stats = &stats["endpoints"][0];
+    assert_eq!(add_stats["name"], "add");
+    assert_eq!(add_stats["num_requests"], 2, "{stats}");
+    assert_eq!(add_stats["num_errors"], 1, "{stats}");
+    assert!(stats["started"].as_str().unwrap().contains('T'));
+
+    // `$SRV.PING` to everyone reaches it too.
+    let inbox = nats.new_inbox();
+    let mut answers = nats.subscribe(inbox.clone()).await.unwrap();
+    nats.publish_with_reply("$SRV.PING", inbox, "".into())
+        .await
+        .unwrap();
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(m) = answers.next().await {
+            if json_of(&m)["id"] == json!(id) {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(found, Ok(true), "our instance answers $SRV.PING");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_written_with_async_nats_is_listed_and_called_through_muster() {
+    use async_nats::service::ServiceExt;
+    let Some(base) = broker_url("MUSTER_TEST_NATS", "nats_micro::plain_service") else {
+        return;
+    };
+    let ns = ns();
+    let name = format!("adder-{ns}");
+    let nats = async_nats::connect(&base).await.unwrap();
+    let service = nats
+        .service_builder()
+        .description("written without muster")
+        .start(&name, "0.9.0")
+        .await
+        .unwrap();
+    let mut endpoint = service.endpoint("add").await.unwrap();
+    let serving = tokio::spawn(async move {
+        while let Some(req) = endpoint.next().await {
+            let answer = match serde_json::from_slice::<Value>(&req.message.payload) {
+                Ok(v) if v["a"].is_i64() => Ok(json!(
+                    v["a"].as_i64().unwrap() + v["b"].as_i64().unwrap_or(0)
+                )
+                .to_string()
+                .into()),
+                _ => Err(async_nats::service::error::Error {
+                    status: "a and b, please".into(),
+                    code: 400,
+                }),
+            };
+            let _ = req.respond(answer).await;
+        }
+    });
+
+    let client = Client::new(
+        muster::bus::connect(&format!("{base}?prefix={ns}"), None)
+            .await
+            .unwrap(),
+    );
+    let listed = muster_test::wait_registered(&client, &name, 1).await;
+    assert_eq!(listed[0].version, "0.9.0");
+    assert!(listed[0].method("add").is_some(), "{:?}", listed[0]);
+    let sum: i64 = client
+        .call(&format!("{name}.add"), &json!({"a": 40, "b": 2}))
+        .await
+        .unwrap();
+    assert_eq!(sum, 42);
+    let refused = client
+        .call::<_, i64>(&format!("{name}.add"), &json!({"x": 1}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code, refused.message.as_str()),
+        (400, "a and b, please")
+    );
+    let unknown = client
+        .call::<_, i64>(&format!("{name}.subtract"), &json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code, -32601, "{unknown}");
+    serving.abort();
+}
