@@ -224,6 +224,17 @@ async fn a_persisted_owner_resumes_from_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persisted_owner_resumes_from_nats() {
+    if let Some(url) =
+        muster_test::broker_url("MUSTER_TEST_NATS", "a_persisted_owner_resumes_from_nats")
+    {
+        // A prefix of its own: streams outlive the test.
+        let prefix = format!("t{:x}", muster::id::random_u64() & 0xff_ffff);
+        persisted_owner_resumes(&format!("{url}?prefix={prefix}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persisted_owner_resumes_from_postgres() {
     if let Some(url) = muster_test::broker_url(
         "MUSTER_TEST_POSTGRES",

@@ -12,7 +12,9 @@
 //! - `redis://...` ([`redis`]): the snapshot in
 //!   `muster:state:<service>:<name>:snap`, the changes in the list `...:log`;
 //! - `postgres://...` ([`postgres`]): the tables `muster_state` and
-//!   `muster_state_log` (created if missing).
+//!   `muster_state_log` (created if missing);
+//! - `nats://...[?prefix=P]` ([`nats`]): a JetStream stream per state,
+//!   `<P>_STATE_<service>_<name>`.
 
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,8 @@ use super::StateKind;
 use crate::BoxError;
 
 mod file;
+#[cfg(feature = "nats")]
+mod nats;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(feature = "redis")]
@@ -140,6 +144,8 @@ impl Store {
                 redis_store(target, service, name).await?
             } else if target.starts_with("postgres://") || target.starts_with("postgresql://") {
                 postgres_store(target, service, name).await?
+            } else if target.starts_with("nats://") {
+                nats_store(target, service, name).await?
             } else {
                 Box::new(file::FileStore::new(target.into()))
             };
@@ -228,6 +234,21 @@ async fn redis_store(target: &str, _: &str, _: &str) -> Result<Box<dyn Backend>>
     Err(StoreError::LeftOut {
         target: target.to_owned(),
         feature: "redis",
+    })
+}
+
+#[cfg(feature = "nats")]
+async fn nats_store(target: &str, service: &str, name: &str) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(
+        nats::NatsStore::open(target, service, name).await?,
+    ))
+}
+
+#[cfg(not(feature = "nats"))]
+async fn nats_store(target: &str, _: &str, _: &str) -> Result<Box<dyn Backend>> {
+    Err(StoreError::LeftOut {
+        target: target.to_owned(),
+        feature: "nats",
     })
 }
 
