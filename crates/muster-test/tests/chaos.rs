@@ -9,7 +9,9 @@
 //! runs its own `redis-server` with an append-only file (`appendfsync
 //! always`), killed with SIGKILL and started again on the same files; the
 //! shared Redis of `MUSTER_TEST_REDIS` keeps nothing on disk and so is not
-//! used (see docs/guarantees.md).
+//! used (see docs/guarantees.md). NATS: the test runs its own `nats-server
+//! -js` with a store directory, killed with SIGKILL and started again on
+//! it.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -360,5 +362,68 @@ async fn redis_survives_kills_and_a_broker_restart() {
     };
     chaos("redis", &url, Some(Box::new(restart_redis))).await;
     redis.lock().unwrap().kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A `nats-server -js` of this test's own, with a store directory that
+/// survives its SIGKILL.
+struct OwnNats {
+    port: u16,
+    dir: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl OwnNats {
+    fn start(&mut self) {
+        let mut c = Command::new("nats-server");
+        c.args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(["-js", "-sd"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.proc = Some(Proc::spawn("nats-server", c));
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_survives_kills_and_a_broker_restart() {
+    // Gated like the other NATS tests; the server is this test's own.
+    if broker_url("MUSTER_TEST_NATS", "chaos::nats").is_none() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("muster-chaos-nats-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut nats = OwnNats {
+        port: muster_test::free_port_base(),
+        dir: dir.clone(),
+        proc: None,
+    };
+    nats.start();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let nats = std::sync::Arc::new(std::sync::Mutex::new(nats));
+    let restart = nats.clone();
+    let restart_nats = move || {
+        let mut n = restart.lock().unwrap();
+        n.kill9();
+        n.start();
+    };
+    chaos("nats", &url, Some(Box::new(restart_nats))).await;
+    nats.lock().unwrap().kill9();
     let _ = std::fs::remove_dir_all(&dir);
 }
