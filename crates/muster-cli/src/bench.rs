@@ -6,6 +6,7 @@
 mod auth;
 mod broker;
 mod host;
+mod nats;
 mod peer;
 mod pubsub;
 mod rpc;
@@ -42,14 +43,18 @@ pub(crate) enum Scenario {
     /// muster callers against a do-nothing server: the client side alone.
     RpcClient,
     /// Work-queue jobs/s with acks at prefetch 1 and 100 on `--bus`
-    /// (amqp:// or redis://) against a plain lapin or redis loop.
+    /// (amqp://, redis:// or nats://) against a plain lapin, redis or
+    /// async-nats loop.
     Queue,
-    /// RPC calls/s over RabbitMQ (`--bus amqp://...`) against plain lapin.
+    /// RPC calls/s over RabbitMQ or NATS (`--bus amqp://...`,
+    /// `nats://...`) against plain lapin or async-nats.
     BrokerRpc,
+    /// Events/s over NATS (`--bus nats://...`) against plain async-nats.
+    BrokerEvents,
     /// Registry verbs, calls and new callers on a bus with a secret
     /// against an open bus; `require_auth` against without.
     Auth,
-    /// All of the above but auth, queue and broker-rpc (they need a broker).
+    /// All of the above but auth and the broker scenarios (they need a broker).
     All,
 }
 
@@ -127,16 +132,19 @@ impl BenchCmd {
         if all || self.scenario == Scenario::HostStart {
             host::start_many(self.instances, self.idle_for).await?;
         }
-        if matches!(self.scenario, Scenario::Queue | Scenario::BrokerRpc) {
+        if matches!(
+            self.scenario,
+            Scenario::Queue | Scenario::BrokerRpc | Scenario::BrokerEvents
+        ) {
             let url = self
                 .bus
                 .clone()
                 .or_else(|| std::env::var("MUSTER_BUS").ok())
-                .context("this scenario needs --bus amqp://... or redis://...")?;
-            if self.scenario == Scenario::Queue {
-                broker::queue(&self, &url).await?;
-            } else {
-                broker::amqp_rpc(&self, &url).await?;
+                .context("this scenario needs --bus amqp://..., redis://... or nats://...")?;
+            match self.scenario {
+                Scenario::Queue => broker::queue(&self, &url).await?,
+                Scenario::BrokerRpc => broker::broker_rpc(&self, &url).await?,
+                _ => broker::broker_events(&self, &url).await?,
             }
         }
         Ok(())

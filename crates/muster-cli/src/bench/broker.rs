@@ -19,16 +19,16 @@ use muster::queue::QueueCommand;
 
 use super::{BenchCmd, report};
 
-fn unique(base: &str) -> String {
+pub(super) fn unique(base: &str) -> String {
     format!("{base}-{:x}", muster::id::random_u64() & 0xff_ffff)
 }
 
 /// The URL without muster's own query keys, for plain clients.
-fn plain_url(url: &str) -> String {
+pub(super) fn plain_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_owned()
 }
 
-fn job_body(size: usize) -> serde_json::Value {
+pub(super) fn job_body(size: usize) -> serde_json::Value {
     serde_json::json!({ "pad": "x".repeat(size.saturating_sub(12)) })
 }
 
@@ -45,8 +45,12 @@ pub(super) async fn queue(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> {
         let (name, baseline) = match kind {
             "amqp" => ("lapin", lapin_jobs(url, prefetch, jobs, cmd.size).await?),
             "redis" | "rediss" => ("redis", redis_jobs(url, prefetch, jobs, cmd.size).await?),
+            "nats" => (
+                "async-nats",
+                super::nats::plain_jobs(url, prefetch, jobs, cmd.size).await?,
+            ),
             other => anyhow::bail!(
-                "the queue scenario needs --bus amqp://... or redis://..., not {other}://"
+                "the queue scenario needs --bus amqp://..., redis://... or nats://..., not {other}://"
             ),
         };
         report(
@@ -220,10 +224,15 @@ async fn redis_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyho
     Ok(jobs as f64 / elapsed.as_secs_f64())
 }
 
-/// RPC calls/s over RabbitMQ, one caller and `in_flight` callers, against
-/// a plain lapin request/reply loop with direct reply-to.
-pub(super) async fn amqp_rpc(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(url.starts_with("amqp"), "broker-rpc needs --bus amqp://...");
+/// RPC calls/s over RabbitMQ or NATS, one caller and `in_flight` callers,
+/// against a plain request/reply loop: lapin with direct reply-to, or
+/// async-nats request/reply on a queue subscription.
+pub(super) async fn broker_rpc(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> {
+    let kind = url.split("://").next().unwrap_or("");
+    anyhow::ensure!(
+        kind == "amqp" || kind == "nats",
+        "broker-rpc needs --bus amqp://... or nats://..."
+    );
     let payload = "x".repeat(cmd.size);
     let server = Service::new("benchrpc")
         .rpc("echo", |Args(s): Args<String>| async move {
@@ -234,15 +243,74 @@ pub(super) async fn amqp_rpc(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> {
         .await?;
     let client = Client::new(muster::bus::connect(url, None).await?);
     let _: String = client.call("benchrpc.echo", &payload).await?;
-    let plain = plain_rpc_server(url).await?;
-    for lanes in [1usize, cmd.in_flight] {
-        let m = muster_calls(&client, &payload, lanes, cmd.duration).await?;
-        let p = plain_calls(url, &plain.queue, &payload, lanes, cmd.duration).await?;
-        report(&format!("amqp rpc x{lanes}"), "calls", m, "lapin", p);
+    if kind == "nats" {
+        let (subject, task) = super::nats::plain_rpc_server(url).await?;
+        for lanes in [1usize, cmd.in_flight] {
+            let m = muster_calls(&client, &payload, lanes, cmd.duration).await?;
+            let p = super::nats::plain_calls(url, &subject, &payload, lanes, cmd.duration).await?;
+            report(&format!("nats rpc x{lanes}"), "calls", m, "async-nats", p);
+        }
+        task.abort();
+    } else {
+        let plain = plain_rpc_server(url).await?;
+        for lanes in [1usize, cmd.in_flight] {
+            let m = muster_calls(&client, &payload, lanes, cmd.duration).await?;
+            let p = plain_calls(url, &plain.queue, &payload, lanes, cmd.duration).await?;
+            report(&format!("amqp rpc x{lanes}"), "calls", m, "lapin", p);
+        }
+        plain.task.abort();
     }
     server.stop().await;
-    plain.task.abort();
     Ok(())
+}
+
+/// Events/s from a publisher to a subscriber over a broker (NATS), muster
+/// against plain async-nats, with how many arrived.
+pub(super) async fn broker_events(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        url.starts_with("nats"),
+        "broker-events needs --bus nats://..."
+    );
+    let events = cmd.events.min(1_000_000);
+    let m = muster_events(url, events, cmd.size).await?;
+    let p = super::nats::plain_events(url, events, cmd.size).await?;
+    report("nats events", "events", m.0, "async-nats", p.0);
+    println!(
+        "               received: muster {} of {events}, async-nats {} of {events}",
+        m.1, p.1
+    );
+    Ok(())
+}
+
+async fn muster_events(url: &str, events: u64, size: usize) -> anyhow::Result<(f64, u64)> {
+    let publisher = Client::new(muster::bus::connect(url, None).await?);
+    let subscriber = Client::new(muster::bus::connect(url, None).await?);
+    let topic = unique("bench.ev");
+    let mut sub = subscriber.subscribe(&[topic.as_str()]).await?;
+    let body = job_body(size);
+    let got = Arc::new(AtomicU64::new(0));
+    let counted = got.clone();
+    let reader = tokio::spawn(async move {
+        let mut last = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), sub.recv()).await {
+                Ok(Some(_)) => {
+                    last = Instant::now();
+                    if counted.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                        return last;
+                    }
+                }
+                _ => return last,
+            }
+        }
+    });
+    let started = Instant::now();
+    for _ in 0..events {
+        publisher.publish(&topic, &body).await?;
+    }
+    let last = reader.await?;
+    let n = got.load(Ordering::Relaxed);
+    Ok((n as f64 / last.duration_since(started).as_secs_f64(), n))
 }
 
 async fn muster_calls(

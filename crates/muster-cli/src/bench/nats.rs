@@ -1,0 +1,186 @@
+//! NATS baselines: the same topologies as muster's, written with plain
+//! `async-nats` (no muster), against the same server in the same run.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use futures_util::StreamExt;
+
+use super::broker::{job_body, plain_url, unique};
+
+/// A plain request/reply server: a queue subscription that answers each
+/// JSON-RPC-shaped request with a JSON-RPC result (what muster's echo
+/// does, without muster).
+pub(super) async fn plain_rpc_server(
+    url: &str,
+) -> anyhow::Result<(String, tokio::task::JoinHandle<()>)> {
+    let client = async_nats::connect(plain_url(url)).await?;
+    let subject = unique("bench.plain.echo");
+    let mut sub = client.queue_subscribe(subject.clone(), "q".into()).await?;
+    client.flush().await?;
+    let task = tokio::spawn(async move {
+        while let Some(m) = sub.next().await {
+            let Some(to) = m.reply else { continue };
+            let req: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            let body = serde_json::to_vec(
+                &serde_json::json!({"jsonrpc": "2.0", "result": req["params"][0], "id": req["id"]}),
+            )
+            .unwrap_or_default();
+            let _ = client.publish(to, body.into()).await;
+        }
+    });
+    Ok((subject, task))
+}
+
+/// Calls/s of `lanes` plain callers, each one request at a time.
+pub(super) async fn plain_calls(
+    url: &str,
+    subject: &str,
+    payload: &str,
+    lanes: usize,
+    d: Duration,
+) -> anyhow::Result<f64> {
+    let client = async_nats::connect(plain_url(url)).await?;
+    let count = Arc::new(AtomicU64::new(0));
+    let body = serde_json::to_vec(
+        &serde_json::json!({"jsonrpc": "2.0", "method": "echo", "params": [payload], "id": 1}),
+    )?;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..lanes)
+        .map(|_| {
+            let (client, count, subject, body) = (
+                client.clone(),
+                count.clone(),
+                subject.to_owned(),
+                body.clone(),
+            );
+            tokio::spawn(async move {
+                while started.elapsed() < d {
+                    if let Ok(m) = client.request(subject.clone(), body.clone().into()).await {
+                        let _: serde_json::Value =
+                            serde_json::from_slice(&m.payload).unwrap_or_default();
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await?;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Events/s from one publisher to one subscriber (other connections), and
+/// how many arrived: `(rate, received)`.
+pub(super) async fn plain_events(
+    url: &str,
+    events: u64,
+    size: usize,
+) -> anyhow::Result<(f64, u64)> {
+    let publisher = async_nats::connect(plain_url(url)).await?;
+    let subscriber = async_nats::ConnectOptions::new()
+        .subscription_capacity(65_536)
+        .connect(plain_url(url))
+        .await?;
+    let subject = unique("bench.plain.ev");
+    let mut sub = subscriber.subscribe(subject.clone()).await?;
+    subscriber.flush().await?;
+    let body =
+        serde_json::to_vec(&serde_json::json!({ "pad": "x".repeat(size.saturating_sub(12)) }))?;
+    let got = Arc::new(AtomicU64::new(0));
+    let counted = got.clone();
+    let reader = tokio::spawn(async move {
+        let mut last = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
+                Ok(Some(m)) => {
+                    let _: serde_json::Value =
+                        serde_json::from_slice(&m.payload).unwrap_or_default();
+                    last = Instant::now();
+                    if counted.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                        return last;
+                    }
+                }
+                _ => return last,
+            }
+        }
+    });
+    let started = Instant::now();
+    for _ in 0..events {
+        publisher
+            .publish(subject.clone(), body.clone().into())
+            .await?;
+    }
+    publisher.flush().await?;
+    let last = reader.await?;
+    let n = got.load(Ordering::Relaxed);
+    Ok((n as f64 / last.duration_since(started).as_secs_f64(), n))
+}
+
+/// Jobs/s of a plain JetStream work queue: `jobs` published (acks awaited
+/// together), then taken `prefetch` at a time by a pull consumer and
+/// acknowledged one by one.
+pub(super) async fn plain_jobs(
+    url: &str,
+    prefetch: usize,
+    jobs: u64,
+    size: usize,
+) -> anyhow::Result<f64> {
+    let client = async_nats::connect(plain_url(url)).await?;
+    let js = jetstream::new(client);
+    let name = unique("BENCH_PLAIN").replace('-', "_");
+    let subject = format!("bench.plain.q.{name}");
+    let stream = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..stream::Config::default()
+        })
+        .await?;
+    let body = serde_json::to_vec(&job_body(size))?;
+    let acks = futures_util::stream::iter(0..jobs)
+        .map(|_| {
+            let (js, subject, body) = (js.clone(), subject.clone(), body.clone());
+            async move { js.publish(subject, body.into()).await?.await }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await;
+    for a in acks {
+        a?;
+    }
+    let consumer = stream
+        .get_or_create_consumer(
+            "plain",
+            pull::Config {
+                durable_name: Some("plain".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ..pull::Config::default()
+            },
+        )
+        .await?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while n < jobs {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(prefetch)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await?;
+        while let Some(m) = batch.next().await {
+            let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let _: serde_json::Value = serde_json::from_slice(&m.payload)?;
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            n += 1;
+        }
+    }
+    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    let _ = js.delete_stream(&name).await;
+    Ok(rate)
+}
