@@ -59,7 +59,7 @@ impl Default for NatsOptions {
         Self {
             prefix: "muster".into(),
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
-            subscription_capacity: 4096,
+            subscription_capacity: 65_536,
             discovery_quiet: Duration::from_millis(150),
         }
     }
