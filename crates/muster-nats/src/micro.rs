@@ -50,8 +50,18 @@ pub struct Ping {
     /// Service version.
     pub version: String,
     /// Free-form metadata.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub metadata: BTreeMap<String, String>,
+}
+
+/// Other micro libraries write an empty map or list as `null` (Go's nil
+/// map): read it as empty.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// One endpoint in `$SRV.INFO`.
@@ -62,7 +72,7 @@ pub struct EndpointInfo {
     /// Subject it is served on.
     pub subject: String,
     /// Queue group of its subscription.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub queue_group: String,
     /// Free-form metadata (muster: the method's JSON Schemas).
     #[serde(default)]
@@ -82,13 +92,13 @@ pub struct Info {
     /// Service version.
     pub version: String,
     /// Description.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub description: String,
     /// Free-form metadata (muster: the prefix and its registration).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub metadata: BTreeMap<String, String>,
     /// The endpoints.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub endpoints: Vec<EndpointInfo>,
 }
 
@@ -408,18 +418,23 @@ pub(crate) async fn call(
     let service = request.header.service.clone().unwrap_or_default();
     let method = request.header.method.clone().unwrap_or_default();
     let target = format!("{service}.{method}");
-    let answers = gather(inner, "INFO", &service)
+    // The first instance to answer names the endpoint's subject; nobody
+    // answering means nobody serves it, which the caller learns at once.
+    let info = inner
+        .client
+        .send_request(
+            format!("$SRV.INFO.{service}"),
+            async_nats::Request::new().timeout(Some(timeout.min(Duration::from_secs(2)))),
+        )
         .await
-        .map_err(|e| RpcError::unavailable(e.to_string()))?;
-    let subject = answers
-        .iter()
-        .filter_map(|m| serde_json::from_slice::<Info>(&m.payload).ok())
-        .find_map(|i| {
-            i.endpoints
-                .into_iter()
-                .find(|e| e.name == method)
-                .map(|e| e.subject)
-        })
+        .map_err(|e| match e.kind() {
+            async_nats::RequestErrorKind::NoResponders => RpcError::method_not_found(&target),
+            _ => RpcError::unavailable(format!("no answer to $SRV.INFO.{service}: {e}")),
+        })?;
+    let subject = serde_json::from_slice::<Info>(&info.payload)
+        .ok()
+        .and_then(|i| i.endpoints.into_iter().find(|e| e.name == method))
+        .map(|e| e.subject)
         .ok_or_else(|| RpcError::method_not_found(&target))?;
     let ct = ContentType::from_header(request.header.content_type.as_deref()).unwrap_or_default();
     if ct != ContentType::Json {
@@ -476,6 +491,19 @@ pub(crate) async fn call(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn null_maps_and_lists_read_as_empty() {
+        let go = r#"{"type":"io.nats.micro.v1.info_response","name":"g","id":"1","version":"1.0.0","description":null,"metadata":null,"endpoints":[{"name":"e","subject":"g.e","queue_group":"q","metadata":null}]}"#;
+        let info: Info = serde_json::from_str(go).unwrap();
+        assert!(info.metadata.is_empty() && info.description.is_empty());
+        assert_eq!(info.endpoints[0].subject, "g.e");
+        let none: Info = serde_json::from_str(
+            r#"{"type":"t","name":"g","id":"1","version":"1","endpoints":null}"#,
+        )
+        .unwrap();
+        assert!(none.endpoints.is_empty());
+    }
 
     #[test]
     fn instances_of_another_prefix_are_not_listed_and_plain_ones_are() {

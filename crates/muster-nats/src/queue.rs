@@ -297,9 +297,15 @@ pub(crate) async fn command(
                 .map_err(|e| unavailable("read the queue", &e))?
                 .state
                 .messages;
-            let (in_flight, consumers) = match s.consumer_info(CONSUMER).await {
-                Ok(c) => (c.num_ack_pending as u64, c.num_waiting as u64),
-                Err(_) => (0, 0),
+            // Held jobs stay in a work-queue stream until acknowledged:
+            // what waits is what the consumer has not delivered yet.
+            let (ready, in_flight, consumers) = match s.consumer_info(CONSUMER).await {
+                Ok(c) => (
+                    c.num_pending,
+                    c.num_ack_pending as u64,
+                    c.num_waiting as u64,
+                ),
+                Err(_) => (messages, 0, 0),
             };
             let mut dead = stream(inner, &dead_queue(queue)).await?;
             let dead = dead
@@ -310,7 +316,7 @@ pub(crate) async fn command(
                 .messages;
             Ok(QueueReply::Stats(QueueStats {
                 queue: queue.to_owned(),
-                ready: messages.saturating_sub(in_flight),
+                ready,
                 in_flight: Some(in_flight),
                 dead,
                 consumers,

@@ -124,18 +124,13 @@ pub(crate) struct NatsServed {
 }
 
 impl Served for NatsServed {
-    fn stop(self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
+    fn stop(mut self: Box<Self>, grace: Duration) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             // The readers end and drop their subscriptions: NATS stops
             // sending, and `$SRV` no longer lists the instance.
             self.stop.cancel();
-            for t in &self.tasks {
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    while !t.is_finished() {
-                        tokio::task::yield_now().await;
-                    }
-                })
-                .await;
+            for t in &mut self.tasks {
+                let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
             }
             // Every slot back = every request taken answered.
             let _ = tokio::time::timeout(grace, self.slots.acquire_many(self.max_in_flight)).await;
