@@ -13,7 +13,7 @@ use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
-use muster_core::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
+use muster_core::wire::{ContentType, Envelope, Header, Kind, WireError, jsonrpc};
 use muster_core::{Error, ErrorKind, RpcError};
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -29,9 +29,9 @@ pub(crate) const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
 
 /// The muster header of a message, when it has one. `Err` when it has
 /// one that cannot be read.
-pub(crate) fn header_of(msg: &Message) -> Option<Result<Header, String>> {
+pub(crate) fn header_of(msg: &Message) -> Option<Result<Header, WireError>> {
     let raw = msg.headers.as_ref()?.get(MUSTER_HEADER)?;
-    Some(muster_core::wire::decode_header(raw.as_str().as_bytes()).map_err(|e| e.to_string()))
+    Some(muster_core::wire::decode_header(raw.as_str().as_bytes()))
 }
 
 pub(crate) fn headers_with(header: &Header) -> HeaderMap {
