@@ -323,6 +323,9 @@ async fn answer(server: &Server, described: &Described, msg: Message) {
     }
 }
 
+/// Most `$SRV` answers one discovery takes.
+const MAX_ANSWERS: usize = 100_000;
+
 /// Sends `verb` (`PING`, `INFO`, `STATS`) to `subject_tail` (empty for
 /// every service, `NAME` or `NAME.ID`) and gathers the answers until none
 /// has come for `quiet` (at most two seconds in all).
@@ -352,7 +355,8 @@ async fn gather(inner: &Inner, verb: &str, subject_tail: &str) -> Result<Vec<Mes
     // The first answers take a round trip; after that, a pause means done.
     let mut wait = inner.options.discovery_quiet.max(Duration::from_millis(50)) * 2;
     let mut got = Vec::new();
-    loop {
+    // Bounded whatever answers: a flood of them costs no more than this.
+    while got.len() < MAX_ANSWERS {
         let left = end.saturating_duration_since(Instant::now()).min(wait);
         match tokio::time::timeout(left, sub.next()).await {
             Ok(Some(m)) => {
@@ -361,6 +365,9 @@ async fn gather(inner: &Inner, verb: &str, subject_tail: &str) -> Result<Vec<Mes
             }
             _ => break,
         }
+    }
+    if got.len() == MAX_ANSWERS {
+        tracing::warn!("discovery stopped at {MAX_ANSWERS} answers");
     }
     let _ = sub.unsubscribe().await;
     Ok(got)

@@ -199,8 +199,17 @@ impl JobSource for Source {
                 .map_err(|e| unavailable(&format!("take jobs from {:?}", self.queue), &e))?;
             let mut out = Vec::new();
             while let Some(m) = batch.next().await {
-                let msg =
-                    m.map_err(|e| unavailable(&format!("take jobs from {:?}", self.queue), &e))?;
+                let msg = match m {
+                    Ok(msg) => msg,
+                    Err(e) if out.is_empty() => {
+                        return Err(unavailable(&format!("take jobs from {:?}", self.queue), &e));
+                    }
+                    // The jobs already taken are held: hand them over.
+                    Err(e) => {
+                        tracing::warn!(error = %e, queue = %self.queue, "taking jobs stopped mid-batch");
+                        break;
+                    }
+                };
                 let tag = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 out.push((tag, job_of(&msg)));
                 self.held
