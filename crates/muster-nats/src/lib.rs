@@ -213,7 +213,8 @@ impl NatsTransport {
     }
 }
 
-fn split_prefix(url: &str) -> (String, Option<String>) {
+/// The server URL and the `?prefix=` of a muster NATS URL.
+pub fn split_prefix(url: &str) -> (String, Option<String>) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_owned(), None);
     };

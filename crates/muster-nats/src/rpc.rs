@@ -342,12 +342,7 @@ pub(crate) async fn call_own(
 }
 
 fn error_reply(request: &Header, error: RpcError) -> Envelope {
-    let mut header = Header::reply_to(request);
-    let ct = ContentType::from_header(request.content_type.as_deref()).unwrap_or_default();
-    if ct == ContentType::Json {
-        header.content_type = None;
-    }
-    Envelope::new(header, jsonrpc::encode_error(ct, &None, &error))
+    jsonrpc::error_envelope(request, &error)
 }
 
 #[cfg(test)]

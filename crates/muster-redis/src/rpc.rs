@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use muster_core::retry::Backoff;
 use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
-use muster_core::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
+use muster_core::wire::{Envelope, Header, Kind, jsonrpc};
 use muster_core::{Error, RpcError};
 use tokio::sync::{OnceCell, Semaphore, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -386,12 +386,7 @@ fn salvage(blob: &[u8]) -> Option<Header> {
 }
 
 fn error_reply(request: &Header, error: RpcError) -> Envelope {
-    let mut header = Header::reply_to(request);
-    let ct = ContentType::from_header(request.content_type.as_deref()).unwrap_or_default();
-    if ct == ContentType::Json {
-        header.content_type = None;
-    }
-    Envelope::new(header, jsonrpc::encode_error(ct, &None, &error))
+    jsonrpc::error_envelope(request, &error)
 }
 
 #[cfg(test)]

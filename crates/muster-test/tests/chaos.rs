@@ -296,19 +296,88 @@ async fn zmq_survives_consumer_kills() {
     chaos("zmq", &url, None).await;
 }
 
-/// A `redis-server` of this test's own, persisting every write.
-struct OwnRedis {
+/// A broker process of this test's own on `port`, killed with SIGKILL and
+/// started again on the same files.
+struct OwnServer {
+    program: &'static str,
+    args: Vec<std::ffi::OsString>,
     port: u16,
-    dir: PathBuf,
     proc: Option<Proc>,
 }
 
-impl OwnRedis {
+impl OwnServer {
     fn start(&mut self) {
-        let mut c = Command::new("redis-server");
-        c.args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
-            .args([
+        let mut c = Command::new(self.program);
+        c.args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        self.proc = Some(Proc::spawn(self.program, c));
+        // Polls until the other process opens its port (a condition; it
+        // has no other way of saying it is up).
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "{} did not start",
+                self.program
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill9();
+        }
+    }
+}
+
+/// The chaos run against a broker of the test's own: `args` start it on
+/// a port with its files in a directory; the restart is SIGKILL, then
+/// the same command on the same files.
+async fn chaos_on_own_server(
+    label: &str,
+    scheme: &str,
+    program: &'static str,
+    args: impl FnOnce(u16, &Path) -> Vec<std::ffi::OsString>,
+) {
+    let dir = std::env::temp_dir().join(format!("muster-chaos-{label}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = muster_test::free_port_base();
+    let mut server = OwnServer {
+        program,
+        args: args(port, &dir),
+        port,
+        proc: None,
+    };
+    server.start();
+    let url = format!("{scheme}://127.0.0.1:{port}");
+    let server = std::sync::Arc::new(std::sync::Mutex::new(server));
+    let restart = server.clone();
+    let restart_server = move || {
+        let mut s = restart.lock().unwrap();
+        s.kill9();
+        s.start();
+    };
+    chaos(label, &url, Some(Box::new(restart_server))).await;
+    server.lock().unwrap().kill9();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_survives_kills_and_a_broker_restart() {
+    // Gated like the other Redis tests; the server is this test's own,
+    // persisting every write.
+    if broker_url("MUSTER_TEST_REDIS", "chaos::redis").is_none() {
+        return;
+    }
+    chaos_on_own_server("redis", "redis", "redis-server", |port, dir| {
+        let mut a: Vec<std::ffi::OsString> =
+            ["--bind", "127.0.0.1", "--port"].map(Into::into).to_vec();
+        a.push(port.to_string().into());
+        a.extend(
+            [
                 "--appendonly",
                 "yes",
                 "--appendfsync",
@@ -316,114 +385,28 @@ impl OwnRedis {
                 "--save",
                 "",
                 "--dir",
-            ])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null());
-        self.proc = Some(Proc::spawn("redis-server", c));
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "redis-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_survives_kills_and_a_broker_restart() {
-    // Gated like the other Redis tests; the server is this test's own.
-    if broker_url("MUSTER_TEST_REDIS", "chaos::redis").is_none() {
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("muster-chaos-redis-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut redis = OwnRedis {
-        port: muster_test::free_port_base(),
-        dir: dir.clone(),
-        proc: None,
-    };
-    redis.start();
-    let url = format!("redis://127.0.0.1:{}", redis.port);
-    let redis = std::sync::Arc::new(std::sync::Mutex::new(redis));
-    let restart = redis.clone();
-    let restart_redis = move || {
-        let mut r = restart.lock().unwrap();
-        r.kill9();
-        r.start();
-    };
-    chaos("redis", &url, Some(Box::new(restart_redis))).await;
-    redis.lock().unwrap().kill9();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A `nats-server -js` of this test's own, with a store directory that
-/// survives its SIGKILL.
-struct OwnNats {
-    port: u16,
-    dir: PathBuf,
-    proc: Option<Proc>,
-}
-
-impl OwnNats {
-    fn start(&mut self) {
-        let mut c = Command::new("nats-server");
-        c.args(["-a", "127.0.0.1", "-p"])
-            .arg(self.port.to_string())
-            .args(["-js", "-sd"])
-            .arg(&self.dir)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        self.proc = Some(Proc::spawn("nats-server", c));
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut p) = self.proc.take() {
-            p.kill9();
-        }
-    }
+            ]
+            .map(Into::into),
+        );
+        a.push(dir.into());
+        a
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_survives_kills_and_a_broker_restart() {
-    // Gated like the other NATS tests; the server is this test's own.
+    // Gated like the other NATS tests; the server is this test's own,
+    // with a store directory.
     if broker_url("MUSTER_TEST_NATS", "chaos::nats").is_none() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("muster-chaos-nats-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut nats = OwnNats {
-        port: muster_test::free_port_base(),
-        dir: dir.clone(),
-        proc: None,
-    };
-    nats.start();
-    let url = format!("nats://127.0.0.1:{}", nats.port);
-    let nats = std::sync::Arc::new(std::sync::Mutex::new(nats));
-    let restart = nats.clone();
-    let restart_nats = move || {
-        let mut n = restart.lock().unwrap();
-        n.kill9();
-        n.start();
-    };
-    chaos("nats", &url, Some(Box::new(restart_nats))).await;
-    nats.lock().unwrap().kill9();
-    let _ = std::fs::remove_dir_all(&dir);
+    chaos_on_own_server("nats", "nats", "nats-server", |port, dir| {
+        let mut a: Vec<std::ffi::OsString> = ["-a", "127.0.0.1", "-p"].map(Into::into).to_vec();
+        a.push(port.to_string().into());
+        a.extend(["-js", "-sd"].map(Into::into));
+        a.push(dir.into());
+        a
+    })
+    .await;
 }

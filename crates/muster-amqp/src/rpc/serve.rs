@@ -326,10 +326,5 @@ fn incoming_request(d: &Delivery, service: &str, correlation: Option<&str>) -> E
 }
 
 fn error_reply(request: &Header, error: RpcError) -> Envelope {
-    let mut header = Header::reply_to(request);
-    let ct = ContentType::from_header(request.content_type.as_deref()).unwrap_or_default();
-    if ct == ContentType::Json {
-        header.content_type = None;
-    }
-    Envelope::new(header, jsonrpc::encode_error(ct, &None, &error))
+    jsonrpc::error_envelope(request, &error)
 }

@@ -260,6 +260,18 @@ pub fn decode_reply_as<R: serde::de::DeserializeOwned>(
     }
 }
 
+/// The error reply to `request`: its id, in its content type (JSON
+/// without saying so), carrying `error`. What every broker transport
+/// sends back for a request it refuses before the handler.
+pub fn error_envelope(request: &super::Header, error: &RpcError) -> super::Envelope {
+    let mut header = super::Header::reply_to(request);
+    let ct = ContentType::from_header(request.content_type.as_deref()).unwrap_or_default();
+    if ct == ContentType::Json {
+        header.content_type = None;
+    }
+    super::Envelope::new(header, encode_error(ct, &None, error))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,16 +46,8 @@ fn token(s: &str) -> String {
 
 impl NatsStore {
     pub(super) async fn open(target: &str, service: &str, name: &str) -> Result<Self> {
-        let (url, prefix) = match target.split_once('?') {
-            Some((url, query)) => (
-                url,
-                query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("prefix="))
-                    .unwrap_or("muster"),
-            ),
-            None => (target, "muster"),
-        };
+        let (url, prefix) = muster_nats::split_prefix(target);
+        let prefix = prefix.as_deref().unwrap_or("muster");
         let client = async_nats::connect(url)
             .await
             .map_err(|e| StoreError::Unreachable {
