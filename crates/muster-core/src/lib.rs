@@ -18,6 +18,7 @@ pub mod duration;
 pub mod error;
 pub mod fs;
 pub mod id;
+pub mod inline;
 pub mod queue;
 pub mod registry;
 pub mod retry;

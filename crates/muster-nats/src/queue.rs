@@ -28,6 +28,8 @@ use crate::{Inner, unavailable};
 
 /// Jobs a queue holds at most; past it an enqueue is refused.
 const MAX_JOBS: i64 = 1_000_000;
+/// How long settled jobs' acks gather before they are sent together.
+const ACK_GATHER: Duration = Duration::from_millis(1);
 /// The consumer every instance shares.
 const CONSUMER: &str = "muster";
 
@@ -116,30 +118,97 @@ pub(crate) async fn enqueue(inner: &Inner, queue: &str, job: &Job) -> Result<(),
     put(inner, queue, job, true).await
 }
 
+/// The NATS header that carries a job's own fields; the payload is the
+/// job's body as it was enqueued. (A JSON job with the body inside as a
+/// string cost an escape on the way in and an unescape and a copy on the
+/// way out: a fifth of the consumer's time at prefetch 100.)
+const JOB_HEADER: &str = "Muster-Job";
+
+/// A job's fields but its body, as JSON in [`JOB_HEADER`] (JSON keeps any
+/// line break in an id or a reason out of the NATS protocol).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JobFields {
+    id: String,
+    #[serde(default = "first_attempt")]
+    attempt: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    transaction: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+/// A job as a NATS message: its headers and payload.
+fn encode(job: &Job, dedup: bool) -> (HeaderMap, bytes::Bytes) {
+    let fields = JobFields {
+        id: job.id.clone(),
+        attempt: job.attempt,
+        transaction: job.transaction.clone(),
+        reason: job.reason.clone(),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        JOB_HEADER,
+        serde_json::to_string(&fields).unwrap_or_default(),
+    );
+    if dedup {
+        headers.insert(
+            "Nats-Msg-Id",
+            crate::rpc::header_text(&format!("{}-{}", job.id, job.attempt)),
+        );
+    }
+    (headers, job.body.clone())
+}
+
+/// The job a stored message holds. A message without [`JOB_HEADER`] (a
+/// plain NATS client published it) is a first attempt at its payload,
+/// named after its stream sequence.
+fn decode(
+    headers: Option<&HeaderMap>,
+    payload: bytes::Bytes,
+    sequence: impl FnOnce() -> Option<u64>,
+) -> Job {
+    let fields = headers
+        .and_then(|h| h.get(JOB_HEADER))
+        .and_then(|v| serde_json::from_str::<JobFields>(v.as_str()).ok());
+    match fields {
+        Some(f) => Job {
+            id: f.id,
+            body: payload,
+            attempt: f.attempt,
+            transaction: f.transaction,
+            reason: f.reason,
+        },
+        None => {
+            let mut job = Job::new(payload);
+            if let Some(seq) = sequence() {
+                job.id = format!("nats-{seq}");
+            }
+            job
+        }
+    }
+}
+
 async fn put(inner: &Inner, queue: &str, job: &Job, dedup: bool) -> Result<(), Error> {
     ensure(inner, queue).await?;
-    let payload = serde_json::to_vec(job)
-        .map_err(|e| Error::new(ErrorKind::Codec, format!("cannot encode the job: {e}")))?;
-    if payload.len() > inner.options.max_message_size {
+    let (headers, payload) = encode(job, dedup);
+    let header_size = headers.get(JOB_HEADER).map_or(0, |v| v.as_str().len());
+    let size = payload.len() + header_size;
+    if size > inner.options.max_message_size {
         return Err(Error::new(
             ErrorKind::TooLarge,
             format!(
-                "job of {} bytes is over the limit of {}",
-                payload.len(),
+                "job of {size} bytes is over the limit of {}",
                 inner.options.max_message_size
             ),
         ));
     }
-    let mut headers = HeaderMap::new();
-    if dedup {
-        headers.insert(
-            "Nats-Msg-Id",
-            format!("{}-{}", job.id, job.attempt).as_str(),
-        );
-    }
     let ack = inner
         .jetstream
-        .publish_with_headers(subject(inner, queue), headers, payload.into())
+        .publish_with_headers(subject(inner, queue), headers, payload)
         .await
         .map_err(|e| unavailable(&format!("enqueue on {queue:?}"), &e))?;
     ack.await
@@ -173,16 +242,67 @@ struct Source {
     consumer: PullConsumer,
     held: Mutex<HashMap<u64, jetstream::Message>>,
     next: std::sync::atomic::AtomicU64,
+    acks: Arc<Acks>,
+    acker: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Settled jobs whose acks wait to be sent. One task sends whatever has
+/// gathered, back to back, so that the client writes many acks per
+/// syscall: sent by each job's task as it finished, every ack was a write
+/// of its own (1.1 writes per job against 0.04 for a plain loop, and half
+/// its rate at prefetch 100).
+#[derive(Default)]
+struct Acks {
+    pending: Mutex<Vec<jetstream::Message>>,
+    ready: tokio::sync::Notify,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Acks {
+    fn push(&self, msg: jetstream::Message) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(msg);
+        self.ready.notify_one();
+    }
+
+    /// Sends what has gathered. Not waited for (`double_ack` would cost a
+    /// round trip per job): a lost ack only means one more delivery after
+    /// the ack wait, which at-least-once allows anyway.
+    async fn send(&self) {
+        let batch =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for msg in batch {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "cannot acknowledge a job; it will be delivered again");
+            }
+        }
+    }
+
+    async fn run(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                () = self.ready.notified() => {
+                    // Jobs settle one by one; let the acks of the next
+                    // ones gather (a later ack costs nothing but a later
+                    // redelivery, should this instance die meanwhile).
+                    tokio::select! {
+                        () = self.stop.cancelled() => {}
+                        () = tokio::time::sleep(ACK_GATHER) => {}
+                    }
+                    self.send().await;
+                }
+            }
+        }
+        self.send().await;
+    }
 }
 
 fn job_of(msg: &jetstream::Message) -> Job {
-    serde_json::from_slice(&msg.payload).unwrap_or_else(|_| {
-        // Published by a plain NATS client: the payload is the body.
-        let mut job = Job::new(msg.payload.clone());
-        if let Ok(info) = msg.info() {
-            job.id = format!("nats-{}", info.stream_sequence);
-        }
-        job
+    decode(msg.headers.as_ref(), msg.payload.clone(), || {
+        msg.info().ok().map(|i| i.stream_sequence)
     })
 }
 
@@ -246,12 +366,7 @@ impl JobSource for Source {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&tag);
             if let Some(msg) = msg {
-                // Not waited for (`double_ack` would cost a round trip per
-                // job): a lost ack only means one more delivery after the
-                // ack wait, which at-least-once allows anyway.
-                msg.ack()
-                    .await
-                    .map_err(|e| unavailable("acknowledge a job", &e))?;
+                self.acks.push(msg);
             }
             Ok(())
         })
@@ -259,6 +374,17 @@ impl JobSource for Source {
 
     fn release(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // The acks of settled jobs first, then the rest back.
+            self.acks.stop.cancel();
+            let acker = self
+                .acker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(acker) = acker {
+                let _ = acker.await;
+            }
+            self.acks.send().await;
             let held: Vec<jetstream::Message> = self
                 .held
                 .lock()
@@ -282,12 +408,15 @@ pub(crate) async fn consume(
 ) -> Result<Consuming, Error> {
     let stream = stream(&inner, queue).await?;
     let consumer = pull_consumer(&stream, options.claim_after.max(Duration::from_secs(1))).await?;
+    let acks = Arc::new(Acks::default());
     let source = Arc::new(Source {
         inner,
         queue: queue.to_owned(),
         consumer,
         held: Mutex::default(),
         next: std::sync::atomic::AtomicU64::new(0),
+        acker: Mutex::new(Some(tokio::spawn(acks.clone().run()))),
+        acks,
     });
     Ok(consumer::spawn(source, sink, options.prefetch))
 }
@@ -342,9 +471,7 @@ pub(crate) async fn command(
             let mut seq = state.first_sequence;
             while jobs.len() < count && seq <= state.last_sequence && seq > 0 {
                 if let Ok(m) = s.get_raw_message(seq).await {
-                    let job = serde_json::from_slice(&m.payload)
-                        .unwrap_or_else(|_| Job::new(m.payload.clone()));
-                    jobs.push(job);
+                    jobs.push(decode(Some(&m.headers), m.payload, || Some(m.sequence)));
                 }
                 seq += 1;
             }

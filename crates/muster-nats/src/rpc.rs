@@ -34,6 +34,14 @@ pub(crate) fn header_of(msg: &Message) -> Option<Result<Header, WireError>> {
     Some(muster_core::wire::decode_header(raw.as_str().as_bytes()))
 }
 
+/// `text` as a NATS header value. async-nats writes a value as it is
+/// given, and a line break in it would end the header there and have the
+/// server read the rest as commands of this connection: line breaks
+/// become spaces.
+pub(crate) fn header_text(text: &str) -> String {
+    text.replace(['\r', '\n'], " ")
+}
+
 pub(crate) fn headers_with(header: &Header) -> HeaderMap {
     let mut h = HeaderMap::new();
     let json = String::from_utf8(muster_core::wire::encode_header(header)).unwrap_or_default();
@@ -217,6 +225,7 @@ pub(crate) async fn serve(
 /// Takes requests from one subscription, each when a slot is free, until
 /// the instance stops.
 async fn read(server: Server, mut sub: Subscriber, stop: CancellationToken) {
+    let mut inline = muster_core::inline::Inline::default();
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => break,
@@ -227,10 +236,15 @@ async fn read(server: Server, mut sub: Subscriber, stop: CancellationToken) {
             m = sub.next() => match m { Some(m) => m, None => break },
         };
         let server = server.clone();
-        tokio::spawn(async move {
+        let answering = Box::pin(async move {
             answer(&server, msg).await;
             drop(permit);
         });
+        // Answered here when quick: the replies of one read leave in one
+        // write, and there is no task to spawn.
+        if let Some(pending) = inline.poll_once(answering) {
+            tokio::spawn(pending);
+        }
     }
     let _ = sub.unsubscribe().await;
 }
@@ -301,7 +315,7 @@ pub(crate) async fn answer_plain(server: &Server, method: &str, msg: Message) {
         Ok(result) => inner.client.publish(to, result).await,
         Err(e) => {
             let mut h = HeaderMap::new();
-            h.insert(SERVICE_ERROR, e.message.as_str());
+            h.insert(SERVICE_ERROR, header_text(&e.message));
             h.insert(SERVICE_ERROR_CODE, e.code.to_string().as_str());
             let body = serde_json::to_vec(&e).unwrap_or_default();
             inner.client.publish_with_headers(to, h, body.into()).await

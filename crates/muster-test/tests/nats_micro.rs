@@ -133,6 +133,53 @@ async fn a_muster_service_is_driven_through_srv_by_a_plain_nats_client() {
     h.stop().await;
 }
 
+/// An error message is text from a handler: a line break in it must not
+/// reach the NATS protocol, where it would end the header early and the
+/// rest would be read as commands of muster's connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_break_in_an_error_does_not_break_the_micro_reply() {
+    let Some(base) = broker_url("MUSTER_TEST_NATS", "nats_micro::line_break") else {
+        return;
+    };
+    let ns = ns();
+    let url = format!("{base}?prefix={ns}");
+    let svc = format!("liar-{ns}");
+    let h = Service::new(&svc)
+        .rpc("fail", |Args(_): Args<Value>| async move {
+            Err::<Value, _>(RpcError::new(
+                4000,
+                "first line\r\nPUB injected 2\r\nhi\r\n",
+            ))
+        })
+        .rpc("add", add)
+        .start(muster::bus::connect(&url, None).await.unwrap())
+        .await
+        .unwrap();
+    let nats = async_nats::connect(&base).await.unwrap();
+    let mut injected = nats.subscribe("injected").await.unwrap();
+    nats.flush().await.unwrap();
+    let failed = ask(&nats, format!("{ns}.rpc.{svc}.fail"), "{}").await;
+    let headers = failed.headers.clone().expect("error headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+        "4000"
+    );
+    let message = headers.get("Nats-Service-Error").unwrap().as_str();
+    assert!(message.starts_with("first line"), "{message:?}");
+    assert!(!message.contains(['\r', '\n']), "{message:?}");
+    // muster's connection is whole: it still answers, and nothing was
+    // published on the subject the message named.
+    let sum = ask(&nats, format!("{ns}.rpc.{svc}.add"), r#"{"a": 1, "b": 1}"#).await;
+    assert_eq!(json_of(&sum), json!(2));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), injected.next())
+            .await
+            .is_err(),
+        "a message was injected"
+    );
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_written_with_async_nats_is_listed_and_called_through_muster() {
     use async_nats::service::ServiceExt;

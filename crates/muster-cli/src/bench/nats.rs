@@ -164,7 +164,7 @@ pub(super) async fn plain_jobs(
             },
         )
         .await?;
-    let started = Instant::now();
+    let mut started = None;
     let mut n = 0u64;
     while n < jobs {
         let mut batch = consumer
@@ -175,12 +175,16 @@ pub(super) async fn plain_jobs(
             .await?;
         while let Some(m) = batch.next().await {
             let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+            started.get_or_insert_with(Instant::now);
             let _: serde_json::Value = serde_json::from_slice(&m.payload)?;
             m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
             n += 1;
         }
     }
-    let rate = jobs as f64 / started.elapsed().as_secs_f64();
+    let rate = jobs as f64
+        / started
+            .map_or(Duration::ZERO, |t| t.elapsed())
+            .as_secs_f64();
     let _ = js.delete_stream(&name).await;
     Ok(rate)
 }

@@ -63,6 +63,7 @@ async fn run<S: JobSource>(
 ) {
     let slots = Arc::new(Semaphore::new(prefetch));
     let mut running = JoinSet::new();
+    let mut inline = crate::inline::Inline::default();
     let mut backoff = crate::retry::Backoff::new();
     loop {
         while running.try_join_next().is_some() {}
@@ -105,7 +106,7 @@ async fn run<S: JobSource>(
             };
             let source = source.clone();
             let sink = sink.clone();
-            running.spawn(async move {
+            let work = Box::pin(async move {
                 let outcome = sink.handle(job.clone()).await;
                 if let Outcome::Retry { after, reason } = &outcome {
                     tracing::debug!(job = %job.id, attempt = job.attempt, %reason, "job will be retried");
@@ -114,6 +115,10 @@ async fn run<S: JobSource>(
                 settle(&*source, tag, job, outcome).await;
                 drop(permit);
             });
+            // Quick jobs run here, the rest in their own task.
+            if let Some(pending) = inline.poll_once(work) {
+                running.spawn(pending);
+            }
         }
     }
     let drained = tokio::time::timeout(STOP_GRACE, async {
