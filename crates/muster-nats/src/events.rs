@@ -43,8 +43,34 @@ pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error>
 
 /// True for the header of an event with nothing but its kind and topic.
 fn carries_only_its_topic(h: &Header) -> bool {
-    let bare = Header::new(Kind::Event).with_topic(h.topic.clone().unwrap_or_default());
-    *h == bare
+    // Destructured so that a member added to `Header` must be named here.
+    let Header {
+        id,
+        kind,
+        service,
+        method,
+        topic: _,
+        transaction,
+        deadline_ms,
+        content_type,
+        seq,
+        publisher,
+        instance,
+        auth,
+        count,
+    } = h;
+    id.is_empty()
+        && *kind == Kind::Event
+        && service.is_none()
+        && method.is_none()
+        && transaction.is_none()
+        && deadline_ms.is_none()
+        && content_type.is_none()
+        && seq.is_none()
+        && publisher.is_none()
+        && instance.is_none()
+        && auth.is_none()
+        && count.is_none()
 }
 
 /// A live subscription: one task delivering, in order, what its NATS
@@ -134,5 +160,25 @@ async fn deliver(
     }
     for mut s in messages.into_iter() {
         let _ = s.unsubscribe().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_bare_event_goes_without_its_header() {
+        let bare = Header::new(Kind::Event).with_topic("a.b");
+        assert!(carries_only_its_topic(&bare));
+        let mut in_transaction = bare.clone();
+        in_transaction.transaction = Some("t1".into());
+        assert!(!carries_only_its_topic(&in_transaction));
+        let mut numbered = bare.clone();
+        numbered.seq = Some(3);
+        assert!(!carries_only_its_topic(&numbered));
+        let mut msgpack = bare;
+        msgpack.content_type = Some("application/msgpack".into());
+        assert!(!carries_only_its_topic(&msgpack));
     }
 }

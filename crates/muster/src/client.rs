@@ -376,10 +376,17 @@ struct ChannelSink {
 
 impl EventSink for ChannelSink {
     fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
-        let tx = self.tx.clone();
-        Box::pin(async move {
-            let _ = tx.send(event).await;
-        })
+        // Room in the channel is the usual case: no clone, no allocation
+        // (a boxed `Ready<()>` is zero-sized).
+        match self.tx.try_send(event) {
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                let tx = self.tx.clone();
+                Box::pin(async move {
+                    let _ = tx.send(event).await;
+                })
+            }
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Box::pin(std::future::ready(())),
+        }
     }
 
     fn missed(&self, _topic: &str, count: u64) {

@@ -296,15 +296,15 @@ async fn muster_events(url: &str, events: u64, size: usize) -> anyhow::Result<(f
     let topic = unique("bench.ev");
     let mut sub = subscriber.subscribe(&[topic.as_str()]).await?;
     let body = job_body(size);
-    let got = Arc::new(AtomicU64::new(0));
-    let counted = got.clone();
+    let window = Arc::new(super::nats::Window::default());
+    let counted = window.clone();
     let reader = tokio::spawn(async move {
         let mut last = Instant::now();
         loop {
             match tokio::time::timeout(Duration::from_secs(1), sub.recv()).await {
                 Ok(Some(_)) => {
                     last = Instant::now();
-                    if counted.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                    if counted.received() == events {
                         return last;
                     }
                 }
@@ -313,11 +313,12 @@ async fn muster_events(url: &str, events: u64, size: usize) -> anyhow::Result<(f
         }
     });
     let started = Instant::now();
-    for _ in 0..events {
+    for sent in 0..events {
+        window.room_for(sent).await;
         publisher.publish(&topic, &body).await?;
     }
     let last = reader.await?;
-    let n = got.load(Ordering::Relaxed);
+    let n = window.got.load(Ordering::Relaxed);
     Ok((n as f64 / last.duration_since(started).as_secs_f64(), n))
 }
 

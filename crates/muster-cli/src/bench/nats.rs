@@ -73,8 +73,9 @@ pub(super) async fn plain_calls(
     Ok(count.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
 
-/// Events/s from one publisher to one subscriber (other connections), and
-/// how many arrived: `(rate, received)`.
+/// Events/s from one publisher to one subscriber (other connections),
+/// the publisher held to [`Window::AHEAD`] events ahead of the subscriber:
+/// `(rate, received)`.
 pub(super) async fn plain_events(
     url: &str,
     events: u64,
@@ -88,10 +89,9 @@ pub(super) async fn plain_events(
     let subject = unique("bench.plain.ev");
     let mut sub = subscriber.subscribe(subject.clone()).await?;
     subscriber.flush().await?;
-    let body =
-        serde_json::to_vec(&serde_json::json!({ "pad": "x".repeat(size.saturating_sub(12)) }))?;
-    let got = Arc::new(AtomicU64::new(0));
-    let counted = got.clone();
+    let value = super::broker::job_body(size);
+    let window = Arc::new(Window::default());
+    let counted = window.clone();
     let reader = tokio::spawn(async move {
         let mut last = Instant::now();
         loop {
@@ -100,7 +100,7 @@ pub(super) async fn plain_events(
                     let _: serde_json::Value =
                         serde_json::from_slice(&m.payload).unwrap_or_default();
                     last = Instant::now();
-                    if counted.fetch_add(1, Ordering::Relaxed) + 1 == events {
+                    if counted.received() == events {
                         return last;
                     }
                 }
@@ -109,15 +109,48 @@ pub(super) async fn plain_events(
         }
     });
     let started = Instant::now();
-    for _ in 0..events {
-        publisher
-            .publish(subject.clone(), body.clone().into())
-            .await?;
+    for sent in 0..events {
+        window.room_for(sent).await;
+        // Encoded per event, as muster does and as a real publisher must.
+        let body = serde_json::to_vec(&value)?;
+        publisher.publish(subject.clone(), body.into()).await?;
     }
     publisher.flush().await?;
     let last = reader.await?;
-    let n = got.load(Ordering::Relaxed);
+    let n = window.got.load(Ordering::Relaxed);
     Ok((n as f64 / last.duration_since(started).as_secs_f64(), n))
+}
+
+/// Holds an event publisher to a number of events ahead of its subscriber,
+/// so that neither muster nor the plain loop overruns NATS's per-subscriber
+/// bound and the rate compared is of events delivered, none dropped.
+#[derive(Default)]
+pub(super) struct Window {
+    pub(super) got: AtomicU64,
+    more: tokio::sync::Notify,
+}
+
+impl Window {
+    /// Events the publisher may be ahead (below the 65,536 messages both
+    /// subscribers may hold).
+    pub(super) const AHEAD: u64 = 10_000;
+
+    /// Counts one event received; returns how many so far.
+    pub(super) fn received(&self) -> u64 {
+        let n = self.got.fetch_add(1, Ordering::Relaxed) + 1;
+        if n % 1_000 == 0 {
+            self.more.notify_one();
+        }
+        n
+    }
+
+    /// Waits until event number `sent` may go.
+    pub(super) async fn room_for(&self, sent: u64) {
+        while sent >= self.got.load(Ordering::Relaxed) + Self::AHEAD {
+            // `notify_one` keeps a wake-up for a waiter still to come.
+            self.more.notified().await;
+        }
+    }
 }
 
 /// Jobs/s of a plain JetStream work queue: `jobs` published (acks awaited
