@@ -138,7 +138,7 @@ impl Window {
     /// Counts one event received; returns how many so far.
     pub(super) fn received(&self) -> u64 {
         let n = self.got.fetch_add(1, Ordering::Relaxed) + 1;
-        if n % 1_000 == 0 {
+        if n.is_multiple_of(1_000) {
             self.more.notify_one();
         }
         n
