@@ -1,6 +1,7 @@
 //! Work queues on JetStream: one stream per queue (`<P>_Q_<queue>`, file
 //! storage, work-queue retention) on the subject `<p>.q.<queue>`, a job
-//! per message as JSON, and one durable pull consumer `muster` that every
+//! per message (its body as the payload, its other fields in the
+//! `Muster-Job` header), and one durable pull consumer `muster` that every
 //! instance of the consuming service shares. A job is acknowledged after
 //! its handler; a retry is the job enqueued again with `attempt + 1`, a
 //! dead letter the job enqueued on `<queue>.dead` with its reason, each
@@ -525,6 +526,26 @@ pub(crate) async fn command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_comes_back_as_it_went_and_a_plain_message_is_a_first_attempt() {
+        let mut job = Job::new(bytes::Bytes::from_static(b"{\"to\":\"a@b\"}"));
+        job.attempt = 3;
+        job.transaction = Some("t-1".into());
+        job.reason = Some("line one\r\nPUB x 1".into());
+        let (headers, payload) = encode(&job, true);
+        for (_, values) in headers.iter() {
+            for v in values {
+                assert!(!v.as_str().contains(['\r', '\n']), "{v:?}");
+            }
+        }
+        assert_eq!(decode(Some(&headers), payload, || None), job);
+        let plain = decode(None, bytes::Bytes::from_static(b"hello"), || Some(7));
+        assert_eq!(
+            (plain.id.as_str(), plain.attempt, &plain.body[..]),
+            ("nats-7", 1, &b"hello"[..])
+        );
+    }
 
     #[test]
     fn stream_names_are_one_per_queue() {
