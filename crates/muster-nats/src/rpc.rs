@@ -42,6 +42,14 @@ pub(crate) fn header_text(text: &str) -> String {
     text.replace(['\r', '\n'], " ")
 }
 
+/// The micro specification's error headers for a reply to a plain client.
+fn micro_error(message: &str, code: i64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(SERVICE_ERROR, header_text(message));
+    h.insert(SERVICE_ERROR_CODE, code.to_string());
+    h
+}
+
 pub(crate) fn headers_with(header: &Header) -> HeaderMap {
     let mut h = HeaderMap::new();
     let json = String::from_utf8(muster_core::wire::encode_header(header)).unwrap_or_default();
@@ -261,14 +269,14 @@ async fn answer(server: &Server, msg: Message) {
     match header_of(&msg) {
         Some(Ok(header)) => {
             let reply = if msg.payload.len() > max {
-                Some(error_reply(
+                Some(jsonrpc::error_envelope(
                     &header,
-                    RpcError::too_large(msg.payload.len(), max),
+                    &RpcError::too_large(msg.payload.len(), max),
                 ))
             } else if header.kind != Kind::Request {
-                Some(error_reply(
+                Some(jsonrpc::error_envelope(
                     &header,
-                    RpcError::invalid_request("expected kind \"request\""),
+                    &RpcError::invalid_request("expected kind \"request\""),
                 ))
             } else {
                 server
@@ -289,12 +297,7 @@ async fn answer(server: &Server, msg: Message) {
         Some(Err(e)) => {
             tracing::warn!(error = %e, "request with an unreadable muster header");
             if let Some(to) = msg.reply {
-                let mut h = HeaderMap::new();
-                h.insert(
-                    SERVICE_ERROR,
-                    format!("unreadable {MUSTER_HEADER}").as_str(),
-                );
-                h.insert(SERVICE_ERROR_CODE, "400");
+                let h = micro_error(&format!("unreadable {MUSTER_HEADER}"), 400);
                 let _ = inner.client.publish_with_headers(to, h, Bytes::new()).await;
             }
         }
@@ -314,9 +317,7 @@ pub(crate) async fn answer_plain(server: &Server, method: &str, msg: Message) {
     let sent = match outcome {
         Ok(result) => inner.client.publish(to, result).await,
         Err(e) => {
-            let mut h = HeaderMap::new();
-            h.insert(SERVICE_ERROR, header_text(&e.message));
-            h.insert(SERVICE_ERROR_CODE, e.code.to_string().as_str());
+            let h = micro_error(&e.message, e.code);
             let body = serde_json::to_vec(&e).unwrap_or_default();
             inner.client.publish_with_headers(to, h, body.into()).await
         }
@@ -353,10 +354,6 @@ pub(crate) async fn call_own(
         .ok_or_else(|| RpcError::internal("no reply"))?;
     let result = jsonrpc::decode_reply(ContentType::Json, &reply.body)??;
     Ok(Bytes::copy_from_slice(result.get().as_bytes()))
-}
-
-fn error_reply(request: &Header, error: RpcError) -> Envelope {
-    jsonrpc::error_envelope(request, &error)
 }
 
 #[cfg(test)]

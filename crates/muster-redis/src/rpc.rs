@@ -355,16 +355,19 @@ fn accept(item: &[u8], max: usize) -> Option<(String, Result<Envelope, Envelope>
         let header = salvage(blob)?;
         return Some((
             reply_key,
-            Err(error_reply(&header, RpcError::too_large(item.len(), max))),
+            Err(jsonrpc::error_envelope(
+                &header,
+                &RpcError::too_large(item.len(), max),
+            )),
         ));
     }
     match Envelope::from_blob(blob) {
         Ok(env) if env.header.kind == Kind::Request => Some((reply_key, Ok(env))),
         Ok(env) => Some((
             reply_key,
-            Err(error_reply(
+            Err(jsonrpc::error_envelope(
                 &env.header,
-                RpcError::invalid_request("expected kind \"request\""),
+                &RpcError::invalid_request("expected kind \"request\""),
             )),
         )),
         Err(e) => {
@@ -372,7 +375,10 @@ fn accept(item: &[u8], max: usize) -> Option<(String, Result<Envelope, Envelope>
             let header = salvage(blob)?;
             Some((
                 reply_key,
-                Err(error_reply(&header, RpcError::invalid_request(e))),
+                Err(jsonrpc::error_envelope(
+                    &header,
+                    &RpcError::invalid_request(e),
+                )),
             ))
         }
     }
@@ -383,10 +389,6 @@ fn salvage(blob: &[u8]) -> Option<Header> {
     muster_core::wire::decode_header(header)
         .ok()
         .filter(|h| !h.id.is_empty())
-}
-
-fn error_reply(request: &Header, error: RpcError) -> Envelope {
-    jsonrpc::error_envelope(request, &error)
 }
 
 #[cfg(test)]

@@ -255,9 +255,9 @@ async fn answer(
         let request = incoming_request(&d, &info.service, correlation.as_deref());
         // `None` for a notification: no reply.
         if d.data.len() > inner.options.max_message_size {
-            Some(error_reply(
+            Some(jsonrpc::error_envelope(
                 &request.header,
-                RpcError::too_large(d.data.len(), inner.options.max_message_size),
+                &RpcError::too_large(d.data.len(), inner.options.max_message_size),
             ))
         } else {
             dispatch.dispatch(request).await
@@ -323,8 +323,4 @@ fn incoming_request(d: &Delivery, service: &str, correlation: Option<&str>) -> E
         .as_ref()
         .and_then(|e| e.as_str().parse().ok());
     Envelope::new(header, d.data.clone())
-}
-
-fn error_reply(request: &Header, error: RpcError) -> Envelope {
-    jsonrpc::error_envelope(request, &error)
 }

@@ -294,23 +294,14 @@ async fn muster_events(url: &str, events: u64, size: usize) -> anyhow::Result<(f
     let publisher = Client::new(muster::bus::connect(url, None).await?);
     let subscriber = Client::new(muster::bus::connect(url, None).await?);
     let topic = unique("bench.ev");
-    let mut sub = subscriber.subscribe(&[topic.as_str()]).await?;
+    let sub = subscriber.subscribe(&[topic.as_str()]).await?;
     let body = job_body(size);
     let window = Arc::new(super::nats::Window::default());
     let counted = window.clone();
     let reader = tokio::spawn(async move {
-        let mut last = Instant::now();
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), sub.recv()).await {
-                Ok(Some(_)) => {
-                    last = Instant::now();
-                    if counted.received() == events {
-                        return last;
-                    }
-                }
-                _ => return last,
-            }
-        }
+        let arrivals =
+            futures_util::stream::unfold(sub, |mut sub| async { Some((sub.recv().await?, sub)) });
+        counted.count(events, arrivals).await
     });
     let started = Instant::now();
     for sent in 0..events {

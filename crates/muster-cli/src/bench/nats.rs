@@ -87,26 +87,16 @@ pub(super) async fn plain_events(
         .connect(plain_url(url))
         .await?;
     let subject = unique("bench.plain.ev");
-    let mut sub = subscriber.subscribe(subject.clone()).await?;
+    let sub = subscriber.subscribe(subject.clone()).await?;
     subscriber.flush().await?;
     let value = super::broker::job_body(size);
     let window = Arc::new(Window::default());
     let counted = window.clone();
     let reader = tokio::spawn(async move {
-        let mut last = Instant::now();
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), sub.next()).await {
-                Ok(Some(m)) => {
-                    let _: serde_json::Value =
-                        serde_json::from_slice(&m.payload).unwrap_or_default();
-                    last = Instant::now();
-                    if counted.received() == events {
-                        return last;
-                    }
-                }
-                _ => return last,
-            }
-        }
+        let decoded = sub.map(|m| {
+            let _: serde_json::Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+        });
+        counted.count(events, decoded).await
     });
     let started = Instant::now();
     for sent in 0..events {
@@ -142,6 +132,21 @@ impl Window {
             self.more.notify_one();
         }
         n
+    }
+
+    /// Counts what `arrivals` yields until `events` have come or none has
+    /// for a second; returns when the last one came.
+    pub(super) async fn count(&self, events: u64, arrivals: impl futures_util::Stream) -> Instant {
+        let mut arrivals = std::pin::pin!(arrivals);
+        let mut last = Instant::now();
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(1), arrivals.next()).await
+        {
+            last = Instant::now();
+            if self.received() == events {
+                break;
+            }
+        }
+        last
     }
 
     /// Waits until event number `sent` may go.
