@@ -3,15 +3,25 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// This process's id, asked of the OS once: `getpid` is a system call
+/// each time (glibc no longer caches it), and an id is made per request.
+/// A child that forks without exec keeps its parent's value; the time
+/// mixed in below still tells their ids apart.
+fn pid() -> u32 {
+    static PID: OnceLock<u32> = OnceLock::new();
+    *PID.get_or_init(std::process::id)
+}
 
 /// A random 64-bit number (not for secrets: use the OS for those).
 pub fn random_u64() -> u64 {
     let mut h = RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u32(std::process::id());
+    h.write_u32(pid());
     if let Ok(d) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
         h.write_u128(d.as_nanos());
     }

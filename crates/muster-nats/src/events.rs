@@ -16,12 +16,30 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use muster_core::topic::Pattern;
 use muster_core::transport::{BoxFuture, EventSink, Subscribed};
-use muster_core::wire::{Envelope, Header, Kind};
+use muster_core::wire::{Envelope, Header, Kind, WireError};
 use muster_core::{Error, ErrorKind};
 use tokio_util::sync::CancellationToken;
 
-use crate::rpc::{header_of, headers_with};
 use crate::{Inner, unavailable};
+
+/// The NATS header that carries muster's own header on an event. (An
+/// event keeps its body as the payload, so a plain NATS subscriber reads
+/// it as it is; RPC carries the header in the payload instead.)
+pub(crate) const MUSTER_HEADER: &str = "Muster-Header";
+
+/// The muster header of a message, when it has one. `Err` when it has
+/// one that cannot be read.
+fn header_of(msg: &async_nats::Message) -> Option<Result<Header, WireError>> {
+    let raw = msg.headers.as_ref()?.get(MUSTER_HEADER)?;
+    Some(muster_core::wire::decode_header(raw.as_str().as_bytes()))
+}
+
+fn headers_with(header: &Header) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    let json = String::from_utf8(muster_core::wire::encode_header(header)).unwrap_or_default();
+    h.insert(MUSTER_HEADER, json.as_str());
+    h
+}
 
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
     let topic = muster_core::transport::check_event(&event, inner.options.max_message_size)?;

@@ -471,20 +471,8 @@ pub(crate) async fn call(
             async_nats::RequestErrorKind::Other => RpcError::unavailable(e.to_string()),
         })?;
     let header = Header::reply_to(&request.header);
-    let error = reply
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(SERVICE_ERROR).map(|v| v.as_str().to_owned()));
-    let out = match error {
-        Some(message) => {
-            let code = reply
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(SERVICE_ERROR_CODE))
-                .and_then(|c| c.as_str().parse::<i64>().ok())
-                .unwrap_or(muster_core::error::code::INTERNAL_ERROR);
-            jsonrpc::encode_error(ct, &body.id, &RpcError::new(code, message))
-        }
+    let out = match error_of(&reply) {
+        Some(error) => jsonrpc::encode_error(ct, &body.id, &error),
         None => {
             let result: Value = serde_json::from_slice(&reply.payload).unwrap_or_else(|_| {
                 Value::String(String::from_utf8_lossy(&reply.payload).into_owned())
@@ -493,6 +481,18 @@ pub(crate) async fn call(
         }
     };
     Ok(Envelope::new(header, out))
+}
+
+/// The error a micro reply carries in its headers (`Nats-Service-Error`
+/// and its code; a code that is not a number reads as an internal error).
+pub(crate) fn error_of(reply: &async_nats::Message) -> Option<RpcError> {
+    let headers = reply.headers.as_ref()?;
+    let message = headers.get(SERVICE_ERROR)?.as_str();
+    let code = headers
+        .get(SERVICE_ERROR_CODE)
+        .and_then(|c| c.as_str().parse::<i64>().ok())
+        .unwrap_or(muster_core::error::code::INTERNAL_ERROR);
+    Some(RpcError::new(code, message))
 }
 
 #[cfg(test)]

@@ -1,10 +1,14 @@
 //! RPC on NATS request/reply. Every instance subscribes
 //! `<p>.rpc.<service>.*` in the queue group `q`, so NATS gives each request
 //! to one of them, and `<p>.inst.<instance>.*` for calls to it alone. A
-//! request from muster carries its header as JSON in the NATS header
-//! `Muster-Header` and the JSON-RPC body as payload; a request without it
-//! comes from a plain NATS micro client: its payload is the params, and
-//! the reply is the bare result, or the micro error headers.
+//! request from muster and its reply are one payload each, the muster
+//! header and the JSON-RPC body as on Redis (`MUSTER/1\n<header>\n<body>`,
+//! [`Envelope::to_blob`]), with no NATS headers: a message with headers
+//! costs async-nats and nats-server so much more that it cut the calls a
+//! second by a fifth (measured in `docs/benchmarks.md`, "NATS, third
+//! round"). A request whose payload does not start so comes from a plain
+//! NATS micro client: its payload is the params, and the reply is the
+//! bare result, or the micro error headers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +17,7 @@ use async_nats::{HeaderMap, Message, Subscriber};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
-use muster_core::wire::{ContentType, Envelope, Header, Kind, WireError, jsonrpc};
+use muster_core::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
 use muster_core::{Error, ErrorKind, RpcError};
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -21,18 +25,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Inner, is_token, micro, unavailable};
 
-/// The NATS header that carries muster's own header.
-pub(crate) const MUSTER_HEADER: &str = "Muster-Header";
 /// The micro specification's error headers.
 pub(crate) const SERVICE_ERROR: &str = "Nats-Service-Error";
 pub(crate) const SERVICE_ERROR_CODE: &str = "Nats-Service-Error-Code";
-
-/// The muster header of a message, when it has one. `Err` when it has
-/// one that cannot be read.
-pub(crate) fn header_of(msg: &Message) -> Option<Result<Header, WireError>> {
-    let raw = msg.headers.as_ref()?.get(MUSTER_HEADER)?;
-    Some(muster_core::wire::decode_header(raw.as_str().as_bytes()))
-}
 
 /// `text` as a NATS header value. async-nats writes a value as it is
 /// given, and a line break in it would end the header there and have the
@@ -47,13 +42,6 @@ fn micro_error(message: &str, code: i64) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(SERVICE_ERROR, header_text(message));
     h.insert(SERVICE_ERROR_CODE, code.to_string());
-    h
-}
-
-pub(crate) fn headers_with(header: &Header) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    let json = String::from_utf8(muster_core::wire::encode_header(header)).unwrap_or_default();
-    h.insert(MUSTER_HEADER, json.as_str());
     h
 }
 
@@ -81,18 +69,19 @@ pub(crate) async fn request(
         }
         None => inner.subjects.rpc(&service, &method),
     };
-    let headers = headers_with(&request.header);
-    let size = request.body.len() + headers.get(MUSTER_HEADER).map_or(0, |v| v.as_str().len());
-    if size > inner.options.max_message_size {
-        return Err(RpcError::too_large(size, inner.options.max_message_size));
+    let blob = request.to_blob();
+    if blob.len() > inner.options.max_message_size {
+        return Err(RpcError::too_large(
+            blob.len(),
+            inner.options.max_message_size,
+        ));
     }
     let sent = inner
         .client
         .send_request(
             subject,
             async_nats::Request::new()
-                .headers(headers)
-                .payload(request.body.clone())
+                .payload(blob.into())
                 .timeout(Some(timeout)),
         )
         .await;
@@ -120,13 +109,18 @@ pub(crate) async fn request(
 }
 
 fn reply_envelope(reply: Message) -> Result<Envelope, RpcError> {
-    match header_of(&reply) {
-        Some(Ok(header)) => Ok(Envelope::new(header, reply.payload)),
-        Some(Err(e)) => Err(RpcError::parse_error(format!("reply header: {e}"))),
-        None => Err(RpcError::parse_error(
-            "a reply without the muster header came back to a muster request",
-        )),
+    if Envelope::looks_like_blob(&reply.payload) {
+        return Envelope::from_blob_bytes(&reply.payload)
+            .map_err(|e| RpcError::parse_error(format!("reply: {e}")));
     }
+    // An instance that could not read the request answers as a micro
+    // service would: the error is in the headers.
+    if let Some(error) = micro::error_of(&reply) {
+        return Err(error);
+    }
+    Err(RpcError::parse_error(
+        "a reply without the muster header came back to a muster request",
+    ))
 }
 
 /// A served instance: its subscriptions' tasks and the requests in flight.
@@ -260,48 +254,42 @@ async fn read(server: Server, mut sub: Subscriber, stop: CancellationToken) {
 async fn answer(server: &Server, msg: Message) {
     let inner = &server.inner;
     let max = inner.options.max_message_size;
-    let method = msg
-        .subject
-        .rsplit('.')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    match header_of(&msg) {
-        Some(Ok(header)) => {
-            let reply = if msg.payload.len() > max {
-                Some(jsonrpc::error_envelope(
-                    &header,
-                    &RpcError::too_large(msg.payload.len(), max),
-                ))
-            } else if header.kind != Kind::Request {
-                Some(jsonrpc::error_envelope(
-                    &header,
-                    &RpcError::invalid_request("expected kind \"request\""),
-                ))
-            } else {
-                server
-                    .dispatch
-                    .dispatch(Envelope::new(header, msg.payload))
-                    .await
-            };
-            if let (Some(reply), Some(to)) = (reply, msg.reply) {
-                let sent = inner
-                    .client
-                    .publish_with_headers(to, headers_with(&reply.header), reply.body)
-                    .await;
-                if let Err(e) = sent {
-                    tracing::warn!(error = %e, "cannot send a reply; the caller will time out");
-                }
-            }
-        }
-        Some(Err(e)) => {
+    if !Envelope::looks_like_blob(&msg.payload) {
+        let method = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        return answer_plain(server, &method, msg).await;
+    }
+    let reply = if msg.payload.len() > max {
+        Err(RpcError::too_large(msg.payload.len(), max))
+    } else {
+        Envelope::from_blob_bytes(&msg.payload).map_err(|e| {
             tracing::warn!(error = %e, "request with an unreadable muster header");
+            RpcError::invalid_request(format!("unreadable muster header: {e}"))
+        })
+    };
+    let reply = match reply {
+        Ok(request) if request.header.kind != Kind::Request => Some(jsonrpc::error_envelope(
+            &request.header,
+            &RpcError::invalid_request("expected kind \"request\""),
+        )),
+        Ok(request) => server.dispatch.dispatch(request).await,
+        Err(e) => {
             if let Some(to) = msg.reply {
-                let h = micro_error(&format!("unreadable {MUSTER_HEADER}"), 400);
+                let h = micro_error(&e.message, e.code);
                 let _ = inner.client.publish_with_headers(to, h, Bytes::new()).await;
             }
+            return;
         }
-        None => answer_plain(server, &method, msg).await,
+    };
+    if let (Some(reply), Some(to)) = (reply, msg.reply) {
+        let sent = inner.client.publish(to, reply.to_blob().into()).await;
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "cannot send a reply; the caller will time out");
+        }
     }
 }
 

@@ -180,6 +180,53 @@ async fn a_line_break_in_an_error_does_not_break_the_micro_reply() {
     h.stop().await;
 }
 
+/// The wire format of `docs/protocol.md` ("NATS"), spoken by hand: a
+/// muster request is one payload, `MUSTER/1`, the header and the JSON-RPC
+/// body on three lines, and so is its reply. One whose header cannot be
+/// read gets the micro error headers, and the instance goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_framed_by_hand_is_answered_in_the_same_framing() {
+    let Some(base) = broker_url("MUSTER_TEST_NATS", "nats_micro::framing") else {
+        return;
+    };
+    let ns = ns();
+    let url = format!("{base}?prefix={ns}");
+    let svc = format!("framed-{ns}");
+    let h = Service::new(&svc)
+        .rpc("add", add)
+        .start(muster::bus::connect(&url, None).await.unwrap())
+        .await
+        .unwrap();
+    let nats = async_nats::connect(&base).await.unwrap();
+    let subject = format!("{ns}.rpc.{svc}.add");
+    let request = format!(
+        "MUSTER/1\n{}\n{}",
+        json!({"id": "r1", "kind": "request", "service": svc, "method": "add"}),
+        json!({"jsonrpc": "2.0", "method": "add", "params": {"a": 2, "b": 3}, "id": 7})
+    );
+    let reply = ask(&nats, subject.clone(), &request).await;
+    let text = String::from_utf8_lossy(&reply.payload).into_owned();
+    let mut lines = text.splitn(3, '\n');
+    assert_eq!(lines.next(), Some("MUSTER/1"), "{text}");
+    let header: Value = serde_json::from_str(lines.next().unwrap_or_default()).unwrap();
+    assert_eq!(
+        (&header["kind"], &header["id"]),
+        (&json!("reply"), &json!("r1"))
+    );
+    let body: Value = serde_json::from_str(lines.next().unwrap_or_default()).unwrap();
+    assert_eq!(body, json!({"jsonrpc": "2.0", "result": 5, "id": 7}));
+
+    let broken = ask(&nats, subject.clone(), "MUSTER/1\n{not a header\n{}").await;
+    let headers = broken.headers.clone().expect("error headers");
+    assert_eq!(
+        headers.get("Nats-Service-Error-Code").unwrap().as_str(),
+        "-32600"
+    );
+    let again = ask(&nats, subject, &request).await;
+    assert_eq!(again.payload, reply.payload);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_written_with_async_nats_is_listed_and_called_through_muster() {
     use async_nats::service::ServiceExt;

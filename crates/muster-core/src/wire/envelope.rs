@@ -125,20 +125,46 @@ impl Envelope {
     /// # Errors
     /// A [`WireError`]; never panics on any input.
     pub fn from_blob(blob: &[u8]) -> Result<Self, WireError> {
-        let mut parts = blob.splitn(3, |b| *b == b'\n');
-        let (Some(tag), Some(header), Some(body)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(WireError::Frames {
-                expected: 3,
-                got: blob.iter().filter(|b| **b == b'\n').count() + 1,
-            });
-        };
-        check_tag(tag)?;
+        let (header, at) = read_blob(blob)?;
         Ok(Self {
-            header: decode_header(header)?,
-            body: Bytes::copy_from_slice(body),
+            header,
+            body: Bytes::copy_from_slice(&blob[at..]),
         })
     }
+
+    /// [`Envelope::from_blob`] for a blob already in [`Bytes`]: the body
+    /// is a slice of it, not a copy.
+    ///
+    /// # Errors
+    /// A [`WireError`]; never panics on any input.
+    pub fn from_blob_bytes(blob: &Bytes) -> Result<Self, WireError> {
+        let (header, at) = read_blob(blob)?;
+        Ok(Self {
+            header,
+            body: blob.slice(at..),
+        })
+    }
+
+    /// True when `bytes` starts as [`Envelope::to_blob`]'s format does
+    /// (the protocol tag and a newline), whatever follows.
+    pub fn looks_like_blob(bytes: &[u8]) -> bool {
+        bytes.len() > PROTOCOL_TAG.len()
+            && bytes.starts_with(PROTOCOL_TAG)
+            && bytes[PROTOCOL_TAG.len()] == b'\n'
+    }
+}
+
+/// The header of a blob and where its body starts.
+fn read_blob(blob: &[u8]) -> Result<(Header, usize), WireError> {
+    let mut parts = blob.splitn(3, |b| *b == b'\n');
+    let (Some(tag), Some(header), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(WireError::Frames {
+            expected: 3,
+            got: blob.iter().filter(|b| **b == b'\n').count() + 1,
+        });
+    };
+    check_tag(tag)?;
+    Ok((decode_header(header)?, tag.len() + header.len() + 2))
 }
 
 /// Frames of a batch of events on one topic, for prefix-filtering buses
@@ -373,6 +399,18 @@ mod tests {
     }
 
     #[test]
+    fn a_blob_in_bytes_reads_as_a_copied_one_and_keeps_line_breaks_in_its_body() {
+        let e = Envelope::new(Header::request("r1", "svc", "m"), "line one\nline two\n");
+        let blob = Bytes::from(e.to_blob());
+        assert!(Envelope::looks_like_blob(&blob));
+        assert_eq!(Envelope::from_blob_bytes(&blob).unwrap(), e);
+        assert_eq!(Envelope::from_blob(&blob).unwrap(), e);
+        assert!(!Envelope::looks_like_blob(b"MUSTER/1"));
+        assert!(!Envelope::looks_like_blob(b"{\"a\":1}"));
+        assert!(Envelope::from_blob_bytes(&Bytes::from_static(b"MUSTER/1\n{}")).is_err());
+    }
+
+    #[test]
     fn event_batches_round_trip() {
         let a = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "1");
         let b = Envelope::new(Header::new(Kind::Event).with_topic("t.a"), "2");
@@ -478,6 +516,7 @@ mod tests {
             let mut tagged = b"MUSTER/1\n".to_vec();
             tagged.extend_from_slice(&bytes);
             let _ = Envelope::from_blob(&tagged);
+            let _ = Envelope::from_blob_bytes(&Bytes::from(tagged));
         }
 
         #[test]
