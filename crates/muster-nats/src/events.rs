@@ -14,6 +14,8 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use futures_util::future::Either;
+use futures_util::stream::SelectAll;
 use muster_core::topic::Pattern;
 use muster_core::transport::{BoxFuture, EventSink, Subscribed};
 use muster_core::wire::{Envelope, Header, Kind, WireError};
@@ -131,26 +133,33 @@ pub(crate) async fn subscribe(
         .await
         .map_err(|e| unavailable("subscribe on NATS", &e))?;
     let stop = CancellationToken::new();
-    let task = tokio::spawn(deliver(
-        inner.clone(),
-        futures_util::stream::select_all(subs),
-        sink,
-        stop.clone(),
-    ));
+    // One pattern (the common case) is read as it is: merging streams
+    // costs a poll of a FuturesUnordered per event.
+    let messages = if subs.len() == 1 {
+        Either::Left(subs.remove(0))
+    } else {
+        Either::Right(futures_util::stream::select_all(subs))
+    };
+    let task = tokio::spawn(deliver(inner.clone(), messages, sink, stop.clone()));
     Ok(NatsSubscribed { stop, task })
 }
 
+type Messages = Either<async_nats::Subscriber, SelectAll<async_nats::Subscriber>>;
+
 async fn deliver(
     inner: Arc<Inner>,
-    mut messages: futures_util::stream::SelectAll<async_nats::Subscriber>,
+    mut messages: Messages,
     sink: Arc<dyn EventSink>,
     stop: CancellationToken,
 ) {
     let prefix = inner.subjects.event_prefix();
+    // Made once, not per event: each is a registration with its token.
+    let mut stopped = std::pin::pin!(stop.cancelled());
+    let mut shut_down = std::pin::pin!(inner.shutdown.cancelled());
     loop {
         let msg = tokio::select! {
-            () = stop.cancelled() => break,
-            () = inner.shutdown.cancelled() => break,
+            () = &mut stopped => break,
+            () = &mut shut_down => break,
             m = messages.next() => match m { Some(m) => m, None => break },
         };
         if msg.payload.len() > inner.options.max_message_size {
@@ -176,8 +185,15 @@ async fn deliver(
         };
         sink.deliver(Envelope::new(header, msg.payload)).await;
     }
-    for mut s in messages.into_iter() {
-        let _ = s.unsubscribe().await;
+    match messages {
+        Either::Left(mut s) => {
+            let _ = s.unsubscribe().await;
+        }
+        Either::Right(all) => {
+            for mut s in all {
+                let _ = s.unsubscribe().await;
+            }
+        }
     }
 }
 
