@@ -422,15 +422,18 @@ async fn plain_calls(
                 FieldTable::default(),
             )
             .await?;
-        let (queue, count) = (queue.to_owned(), count.clone());
-        let body = serde_json::to_vec(
-            &serde_json::json!({"jsonrpc": "2.0", "method": "echo", "params": [payload], "id": 1}),
-        )?;
+        let (queue, count, payload) = (queue.to_owned(), count.clone(), payload.to_owned());
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
             while started.elapsed() < d {
                 n += 1;
                 let corr = n.to_string();
+                // Encoded per call and the reply decoded, as muster's
+                // client does and as a real caller must.
+                let body = serde_json::to_vec(&serde_json::json!(
+                    {"jsonrpc": "2.0", "method": "echo", "params": [&payload], "id": n}
+                ))
+                .unwrap_or_default();
                 let sent = ch
                     .basic_publish(
                         "".into(),
@@ -446,7 +449,9 @@ async fn plain_calls(
                     break;
                 }
                 match replies.next().await {
-                    Some(Ok(_)) => {
+                    Some(Ok(reply)) => {
+                        let _: serde_json::Value =
+                            serde_json::from_slice(&reply.data).unwrap_or_default();
                         count.fetch_add(1, Ordering::Relaxed);
                     }
                     _ => break,

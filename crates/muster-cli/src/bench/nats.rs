@@ -44,21 +44,26 @@ pub(super) async fn plain_calls(
 ) -> anyhow::Result<f64> {
     let client = async_nats::connect(plain_url(url)).await?;
     let count = Arc::new(AtomicU64::new(0));
-    let body = serde_json::to_vec(
-        &serde_json::json!({"jsonrpc": "2.0", "method": "echo", "params": [payload], "id": 1}),
-    )?;
     let started = Instant::now();
     let tasks: Vec<_> = (0..lanes)
         .map(|_| {
-            let (client, count, subject, body) = (
+            let (client, count, subject, payload) = (
                 client.clone(),
                 count.clone(),
                 subject.to_owned(),
-                body.clone(),
+                payload.to_owned(),
             );
             tokio::spawn(async move {
+                let mut id = 0u64;
                 while started.elapsed() < d {
-                    if let Ok(m) = client.request(subject.clone(), body.clone().into()).await {
+                    // Encoded per call, as muster's client does and as a
+                    // real caller must (its arguments change).
+                    id += 1;
+                    let body = serde_json::to_vec(&serde_json::json!(
+                        {"jsonrpc": "2.0", "method": "echo", "params": [&payload], "id": id}
+                    ))
+                    .unwrap_or_default();
+                    if let Ok(m) = client.request(subject.clone(), body.into()).await {
                         let _: serde_json::Value =
                             serde_json::from_slice(&m.payload).unwrap_or_default();
                         count.fetch_add(1, Ordering::Relaxed);
