@@ -45,7 +45,9 @@ fn headers_with(header: &Header) -> async_nats::HeaderMap {
 
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
     let topic = muster_core::transport::check_event(&event, inner.options.max_message_size)?;
-    let subject = inner.subjects.event(topic);
+    // A `Subject` made from the `String` takes its buffer; async-nats
+    // would copy a `String` given as it is.
+    let subject = async_nats::Subject::from(inner.subjects.event(topic));
     // An event that says no more than its subject (no transaction, JSON)
     // goes without `Muster-Header`: the subscriber rebuilds the header
     // from the subject, and encoding one would cost more than the rest of

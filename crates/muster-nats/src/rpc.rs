@@ -69,6 +69,8 @@ pub(crate) async fn request(
         }
         None => inner.subjects.rpc(&service, &method),
     };
+    // Taken without a copy (async-nats copies a `String` subject).
+    let subject = async_nats::Subject::from(subject);
     let blob = request.to_blob();
     if blob.len() > inner.options.max_message_size {
         return Err(RpcError::too_large(
