@@ -418,7 +418,7 @@ impl Subscription {
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&env.body).into_owned()));
         Some(Event {
             topic: env.header.topic.clone().unwrap_or_default(),
-            header: env.header,
+            header: *env.header,
             payload,
         })
     }

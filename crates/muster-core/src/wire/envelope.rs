@@ -63,7 +63,7 @@ pub enum WireError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     /// The parsed header.
-    pub header: Header,
+    pub header: Box<Header>,
     /// The payload bytes, encoded as `header.content_type` says.
     pub body: Bytes,
 }
@@ -72,7 +72,7 @@ impl Envelope {
     /// A message from a header and a body.
     pub fn new(header: Header, body: impl Into<Bytes>) -> Self {
         Self {
-            header,
+            header: Box::new(header),
             body: body.into(),
         }
     }
@@ -99,7 +99,7 @@ impl Envelope {
         }
         check_tag(&frames[0])?;
         Ok(Self {
-            header: decode_header(&frames[1])?,
+            header: Box::new(decode_header(&frames[1])?),
             body: frames[2].clone(),
         })
     }
@@ -127,7 +127,7 @@ impl Envelope {
     pub fn from_blob(blob: &[u8]) -> Result<Self, WireError> {
         let (header, at) = read_blob(blob)?;
         Ok(Self {
-            header,
+            header: Box::new(header),
             body: Bytes::copy_from_slice(&blob[at..]),
         })
     }
@@ -140,7 +140,7 @@ impl Envelope {
     pub fn from_blob_bytes(blob: &Bytes) -> Result<Self, WireError> {
         let (header, at) = read_blob(blob)?;
         Ok(Self {
-            header,
+            header: Box::new(header),
             body: blob.slice(at..),
         })
     }
@@ -283,7 +283,7 @@ pub fn decode_events(frames: &[Bytes]) -> Result<Vec<Envelope>, WireError> {
             let mut h = if k == 0 { header.clone() } else { rest.clone() };
             h.seq = first.map(|n| n.wrapping_add(k as u64));
             out.push(Envelope {
-                header: h,
+                header: Box::new(h),
                 body: body.clone(),
             });
         }

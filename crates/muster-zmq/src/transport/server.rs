@@ -354,7 +354,7 @@ async fn serve_loop(
                 };
                 in_flight.push(InFlight {
                     identity,
-                    header,
+                    header: *header,
                     reply,
                 });
                 None

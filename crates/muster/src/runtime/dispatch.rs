@@ -297,7 +297,7 @@ impl Dispatch for ServiceDispatch {
                 .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
         };
         let inv = Invocation {
-            header,
+            header: *header,
             payload: decoded.params,
             ctx: self.ctx.scoped(scope),
         };
@@ -351,7 +351,7 @@ impl EventSink for ServiceDispatch {
                 deadline: None,
             };
             let inv = Invocation {
-                header: event.header.clone(),
+                header: (*event.header).clone(),
                 payload: Some(payload.clone()),
                 ctx: self.ctx.scoped(scope),
             };

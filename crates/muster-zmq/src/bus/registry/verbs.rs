@@ -86,7 +86,7 @@ pub(super) fn handle(
         reg,
         options,
         identity,
-        env.header.clone(),
+        (*env.header).clone(),
         &verb,
         &env.body,
         who.as_ref(),
