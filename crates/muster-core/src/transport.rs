@@ -6,6 +6,8 @@ use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::error::{Error, RpcError};
@@ -34,6 +36,65 @@ pub trait EventSink: Send + Sync + 'static {
     /// far behind (each bus's policy is in `docs/guarantees.md`).
     fn missed(&self, topic: &str, count: u64) {
         let _ = (topic, count);
+    }
+}
+
+/// The events of one subscription, as a stream its reader polls.
+pub type EventStream = Pin<Box<dyn futures_core::Stream<Item = Envelope> + Send>>;
+
+/// A subscription read as a stream ([`Transport::subscribe_stream`]).
+pub struct StreamSubscription {
+    /// The events, in order; the stream ends with the subscription.
+    pub events: EventStream,
+    /// Stops delivery.
+    pub handle: Box<dyn Subscribed>,
+}
+
+impl Debug for StreamSubscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamSubscription")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default of [`Transport::subscribe_stream`]: delivery into a bounded
+/// channel, read as a stream.
+struct ChannelSink {
+    tx: tokio::sync::mpsc::Sender<Envelope>,
+    missed: Arc<AtomicU64>,
+}
+
+impl EventSink for ChannelSink {
+    fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
+        // Room in the channel is the usual case: no clone, no allocation
+        // (a boxed `Ready<()>` is zero-sized).
+        match self.tx.try_send(event) {
+            Err(tokio::sync::mpsc::error::TrySendError::Full(event)) => {
+                let tx = self.tx.clone();
+                Box::pin(async move {
+                    let _ = tx.send(event).await;
+                })
+            }
+            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                Box::pin(std::future::ready(()))
+            }
+        }
+    }
+
+    fn missed(&self, _topic: &str, count: u64) {
+        self.missed.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+/// A channel's receiving end as a stream.
+struct ReceiverStream(tokio::sync::mpsc::Receiver<Envelope>);
+
+impl futures_core::Stream for ReceiverStream {
+    type Item = Envelope;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Envelope>> {
+        self.0.poll_recv(cx)
     }
 }
 
@@ -116,6 +177,29 @@ pub trait Transport: Send + Sync + Debug + 'static {
         patterns: &[String],
         sink: Arc<dyn EventSink>,
     ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>>;
+
+    /// [`Transport::subscribe`] for a reader that polls the events itself
+    /// (`Client::subscribe`); `missed` counts the events the bus dropped
+    /// for it. The default delivers into a channel of 1,024 events read as
+    /// a stream. A transport whose client library queues each
+    /// subscription's messages already (NATS) hands out that queue instead
+    /// and saves a task and a channel hop per event.
+    fn subscribe_stream(
+        &self,
+        patterns: &[String],
+        missed: Arc<AtomicU64>,
+    ) -> BoxFuture<'_, Result<StreamSubscription, Error>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let sink = Arc::new(ChannelSink { tx, missed });
+        let patterns = patterns.to_vec();
+        Box::pin(async move {
+            let handle = self.subscribe(&patterns, sink).await?;
+            Ok(StreamSubscription {
+                events: Box::pin(ReceiverStream(rx)),
+                handle,
+            })
+        })
+    }
 
     /// Every registered instance, with methods and schemas.
     fn instances(&self) -> BoxFuture<'_, Result<Vec<InstanceInfo>, Error>>;

@@ -17,7 +17,7 @@ use futures_util::StreamExt;
 use futures_util::future::Either;
 use futures_util::stream::SelectAll;
 use muster_core::topic::Pattern;
-use muster_core::transport::{BoxFuture, EventSink, Subscribed};
+use muster_core::transport::{BoxFuture, EventSink, StreamSubscription, Subscribed};
 use muster_core::wire::{Envelope, Header, Kind, WireError};
 use muster_core::{Error, ErrorKind};
 use tokio_util::sync::CancellationToken;
@@ -112,11 +112,8 @@ impl Subscribed for NatsSubscribed {
     }
 }
 
-pub(crate) async fn subscribe(
-    inner: Arc<Inner>,
-    patterns: &[String],
-    sink: Arc<dyn EventSink>,
-) -> Result<NatsSubscribed, Error> {
+/// NATS subscriptions to `patterns`, live on the server when this returns.
+async fn messages(inner: &Inner, patterns: &[String]) -> Result<Messages, Error> {
     let mut subs = Vec::new();
     for p in patterns {
         let pattern =
@@ -134,16 +131,84 @@ pub(crate) async fn subscribe(
         .flush()
         .await
         .map_err(|e| unavailable("subscribe on NATS", &e))?;
-    let stop = CancellationToken::new();
     // One pattern (the common case) is read as it is: merging streams
     // costs a poll of a FuturesUnordered per event.
-    let messages = if subs.len() == 1 {
+    Ok(if subs.len() == 1 {
         Either::Left(subs.remove(0))
     } else {
         Either::Right(futures_util::stream::select_all(subs))
-    };
+    })
+}
+
+pub(crate) async fn subscribe(
+    inner: Arc<Inner>,
+    patterns: &[String],
+    sink: Arc<dyn EventSink>,
+) -> Result<NatsSubscribed, Error> {
+    let messages = messages(&inner, patterns).await?;
+    let stop = CancellationToken::new();
     let task = tokio::spawn(deliver(inner.clone(), messages, sink, stop.clone()));
     Ok(NatsSubscribed { stop, task })
+}
+
+/// A subscription its reader polls: async-nats's own queue of the
+/// subscription's messages, each turned into an event as it is read. No
+/// task sits in between, and dropping the stream unsubscribes.
+pub(crate) async fn subscribe_stream(
+    inner: Arc<Inner>,
+    patterns: &[String],
+) -> Result<StreamSubscription, Error> {
+    let messages = messages(&inner, patterns).await?;
+    let stop = CancellationToken::new();
+    let ended = futures_util::future::select(
+        Box::pin(stop.clone().cancelled_owned()),
+        Box::pin(inner.shutdown.clone().cancelled_owned()),
+    );
+    let prefix = inner.subjects.event_prefix();
+    let max = inner.options.max_message_size;
+    let events = messages
+        .filter_map(move |msg| std::future::ready(event_of(&prefix, max, msg)))
+        .take_until(ended);
+    Ok(StreamSubscription {
+        events: Box::pin(events),
+        handle: Box::new(StreamStop(stop)),
+    })
+}
+
+/// Ends a [`subscribe_stream`] stream.
+#[derive(Debug)]
+struct StreamStop(CancellationToken);
+
+impl Subscribed for StreamStop {
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
+        self.0.cancel();
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// The event a NATS message carries; `None` (logged) for one over the size
+/// limit or with a muster header that cannot be read. A message without
+/// that header is an event of the subject's topic.
+fn event_of(prefix: &str, max: usize, msg: async_nats::Message) -> Option<Envelope> {
+    if msg.payload.len() > max {
+        tracing::warn!(
+            size = msg.payload.len(),
+            "event over the size limit; dropped"
+        );
+        return None;
+    }
+    let header = match header_of(&msg) {
+        Some(Ok(h)) => h,
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, subject = %msg.subject, "event with an unreadable header; dropped");
+            return None;
+        }
+        None => {
+            let topic = msg.subject.strip_prefix(prefix).unwrap_or(&msg.subject);
+            Header::new(Kind::Event).with_topic(topic)
+        }
+    };
+    Some(Envelope::new(header, msg.payload))
 }
 
 type Messages = Either<async_nats::Subscriber, SelectAll<async_nats::Subscriber>>;
@@ -155,6 +220,7 @@ async fn deliver(
     stop: CancellationToken,
 ) {
     let prefix = inner.subjects.event_prefix();
+    let max = inner.options.max_message_size;
     // Made once, not per event: each is a registration with its token.
     let mut stopped = std::pin::pin!(stop.cancelled());
     let mut shut_down = std::pin::pin!(inner.shutdown.cancelled());
@@ -164,28 +230,9 @@ async fn deliver(
             () = &mut shut_down => break,
             m = messages.next() => match m { Some(m) => m, None => break },
         };
-        if msg.payload.len() > inner.options.max_message_size {
-            tracing::warn!(
-                size = msg.payload.len(),
-                "event over the size limit; dropped"
-            );
-            continue;
+        if let Some(event) = event_of(&prefix, max, msg) {
+            sink.deliver(event).await;
         }
-        let header = match header_of(&msg) {
-            Some(Ok(h)) => h,
-            Some(Err(e)) => {
-                tracing::warn!(error = %e, subject = %msg.subject, "event with an unreadable header; dropped");
-                continue;
-            }
-            None => {
-                let topic = msg
-                    .subject
-                    .strip_prefix(prefix.as_str())
-                    .unwrap_or(&msg.subject);
-                Header::new(Kind::Event).with_topic(topic)
-            }
-        };
-        sink.deliver(Envelope::new(header, msg.payload)).await;
     }
     match messages {
         Either::Left(mut s) => {

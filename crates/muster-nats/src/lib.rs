@@ -32,7 +32,7 @@ use std::time::Duration;
 use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use muster_core::registry::InstanceInfo;
 use muster_core::transport::{
-    BoxFuture, Dispatch, EventSink, Registration, Served, Subscribed, Transport,
+    BoxFuture, Dispatch, EventSink, Registration, Served, StreamSubscription, Subscribed, Transport,
 };
 use muster_core::wire::Envelope;
 use muster_core::{Error, ErrorKind, RpcError};
@@ -267,6 +267,17 @@ impl Transport for NatsTransport {
                 .await
                 .map(|s| Box::new(s) as Box<dyn Subscribed>)
         })
+    }
+
+    fn subscribe_stream(
+        &self,
+        patterns: &[String],
+        // async-nats counts slow consumers for the whole connection only
+        // (`NatsTransport::slow_consumers`).
+        _missed: Arc<AtomicU64>,
+    ) -> BoxFuture<'_, Result<StreamSubscription, Error>> {
+        let patterns = patterns.to_vec();
+        Box::pin(async move { events::subscribe_stream(self.inner.clone(), &patterns).await })
     }
 
     fn instances(&self) -> BoxFuture<'_, Result<Vec<InstanceInfo>, Error>> {

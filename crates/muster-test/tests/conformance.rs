@@ -253,6 +253,51 @@ async fn events_in_order_and_filtered(bus: &Bus) {
     h.stop().await;
 }
 
+/// A `Client` subscription (a stream on NATS, a channel elsewhere): its
+/// events in publish order, only those that match; cancelling it returns.
+async fn client_subscription_in_order_and_cancelled(bus: &Bus) {
+    let prefix = bus.name("cev");
+    let reader = bus.client().await;
+    let mut sub = reader
+        .subscribe(&[format!("{prefix}.a.*").as_str()])
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    // The ZeroMQ forwarder needs the subscription to travel: publish until
+    // one lands.
+    let warm = format!("{prefix}.a.warmup");
+    let give_up = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(std::time::Instant::now() < give_up, "no event within 10 s");
+        client.publish(&warm, &0u32).await.unwrap();
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.recv()).await {
+            break;
+        }
+    }
+    for n in 1..=50u32 {
+        client.publish(&format!("{prefix}.b.x"), &n).await.unwrap();
+        client.publish(&format!("{prefix}.a.x"), &n).await.unwrap();
+    }
+    let mut ns = Vec::new();
+    while ns.len() < 50 {
+        let event = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("50 events within 10 s")
+            .expect("the subscription is live");
+        if event.topic == warm {
+            continue;
+        }
+        assert_eq!(event.topic, format!("{prefix}.a.x"), "only matching topics");
+        ns.push(event.payload.as_u64().unwrap());
+    }
+    assert_eq!(
+        ns,
+        (1..=50).collect::<Vec<_>>(),
+        "in publish order, once each"
+    );
+    sub.cancel().await;
+}
+
 /// What the queue test's consumer did: attempts per job number.
 type Attempts = Arc<Mutex<BTreeMap<u32, u32>>>;
 
@@ -509,6 +554,7 @@ conformance!(
     rpc_balanced_over_instances,
     rpc_timeout,
     events_in_order_and_filtered,
+    client_subscription_in_order_and_cancelled,
     queue_retry_and_dead_letter,
     queue_balanced_consumers,
     state_replicates,

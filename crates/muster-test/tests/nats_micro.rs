@@ -1,7 +1,8 @@
 //! NATS micro compatibility, both ways (`MUSTER_TEST_NATS`): a muster
 //! service driven purely by `$SRV` requests and plain NATS requests (no
-//! muster code on the calling side), and a service written with
-//! `async-nats`'s own service API listed and called through muster.
+//! muster code on the calling side), a service written with
+//! `async-nats`'s own service API listed and called through muster, and
+//! events from a plain NATS publisher.
 
 use std::time::Duration;
 
@@ -287,4 +288,48 @@ async fn a_service_written_with_async_nats_is_listed_and_called_through_muster()
         .unwrap_err();
     assert_eq!(unknown.code, -32601, "{unknown}");
     serving.abort();
+}
+
+/// A plain NATS publish on an event subject reaches a muster subscriber
+/// as an event of the subject's topic; one whose `Muster-Header` cannot be
+/// read is dropped (and logged) without ending the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_publish_is_an_event_and_a_broken_header_is_skipped() {
+    let Some(base) = broker_url("MUSTER_TEST_NATS", "nats_micro::plain_events") else {
+        return;
+    };
+    let ns = ns();
+    let url = format!("{base}?prefix={ns}");
+    let client = muster::Client::new(muster::bus::connect(&url, None).await.unwrap());
+    let mut sub = client.subscribe(&["orders.*"]).await.unwrap();
+    let nats = async_nats::connect(&base).await.unwrap();
+    nats.publish(format!("{ns}.ev.orders.new"), r#"{"n":1}"#.into())
+        .await
+        .unwrap();
+    let mut broken = async_nats::HeaderMap::new();
+    broken.insert("Muster-Header", "{not json");
+    nats.publish_with_headers(format!("{ns}.ev.orders.new"), broken, "2".into())
+        .await
+        .unwrap();
+    nats.flush().await.unwrap();
+    client
+        .publish("orders.paid", &json!({"n": 3}))
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+            .await
+            .expect("an event within 10 s")
+            .expect("the subscription is live");
+        got.push((e.topic, e.payload));
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("orders.new".to_owned(), json!({"n": 1})),
+            ("orders.paid".to_owned(), json!({"n": 3})),
+        ]
+    );
+    sub.cancel().await;
 }

@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
 
 use crate::stats::StatsReport;
-use crate::transport::{BoxFuture, EventSink, SharedTransport, Subscribed};
+use crate::transport::{EventStream, SharedTransport, Subscribed};
 use crate::wire::{ContentType, Envelope, Header, Kind, jsonrpc};
 use crate::{Error, ErrorKind, RpcError};
 use muster_core::registry::{InstanceInfo, builtin};
@@ -295,17 +295,15 @@ impl Client {
     /// # Errors
     /// A bad pattern, or no bus.
     pub async fn subscribe(&self, patterns: &[&str]) -> Result<Subscription, Error> {
-        let (tx, rx) = mpsc::channel(1024);
         let patterns: Vec<String> = patterns.iter().map(|p| (*p).to_owned()).collect();
         let missed = Arc::new(AtomicU64::new(0));
-        let sink = ChannelSink {
-            tx,
-            missed: missed.clone(),
-        };
-        let handle = self.transport.subscribe(&patterns, Arc::new(sink)).await?;
+        let sub = self
+            .transport
+            .subscribe_stream(&patterns, missed.clone())
+            .await?;
         Ok(Subscription {
-            rx,
-            handle: Some(handle),
+            events: sub.events,
+            handle: Some(sub.handle),
             missed,
         })
     }
@@ -369,37 +367,20 @@ pub struct Event {
     pub payload: Value,
 }
 
-struct ChannelSink {
-    tx: mpsc::Sender<Envelope>,
-    missed: Arc<AtomicU64>,
-}
-
-impl EventSink for ChannelSink {
-    fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
-        // Room in the channel is the usual case: no clone, no allocation
-        // (a boxed `Ready<()>` is zero-sized).
-        match self.tx.try_send(event) {
-            Err(mpsc::error::TrySendError::Full(event)) => {
-                let tx = self.tx.clone();
-                Box::pin(async move {
-                    let _ = tx.send(event).await;
-                })
-            }
-            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Box::pin(std::future::ready(())),
-        }
-    }
-
-    fn missed(&self, _topic: &str, count: u64) {
-        self.missed.fetch_add(count, Ordering::Relaxed);
-    }
-}
-
 /// A live subscription: events in publication order.
-#[derive(Debug)]
 pub struct Subscription {
-    rx: mpsc::Receiver<Envelope>,
+    events: EventStream,
     handle: Option<Box<dyn Subscribed>>,
     missed: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("handle", &self.handle)
+            .field("missed", &self.missed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Subscription {
@@ -413,7 +394,7 @@ impl Subscription {
     /// The next event; `None` once the subscription ended. An event whose
     /// payload is not JSON is delivered with the payload as a string.
     pub async fn recv(&mut self) -> Option<Event> {
-        let env = self.rx.recv().await?;
+        let env = self.events.next().await?;
         let payload = serde_json::from_slice(&env.body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&env.body).into_owned()));
         Some(Event {
