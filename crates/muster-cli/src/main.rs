@@ -20,14 +20,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's allocator: a bus moves many small buffers
-/// from the task that makes them to the connection task that frees them,
-/// and glibc serialises such frees on an arena lock (in a profile of the
-/// NATS events benchmark, a fifth of the process's time went to that lock).
-/// Figures in `docs/benchmarks.md`, "NATS, third round".
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "muster",
