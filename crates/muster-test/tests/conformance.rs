@@ -256,33 +256,46 @@ async fn events_in_order_and_filtered(bus: &Bus) {
 /// A `Client` subscription (a stream on NATS, a channel elsewhere): its
 /// events in publish order, only those that match; cancelling it returns.
 async fn client_subscription_in_order_and_cancelled(bus: &Bus) {
+    // Every step bounded, so that a stall names itself.
+    async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+        tokio::time::timeout(Duration::from_secs(20), f)
+            .await
+            .unwrap_or_else(|_| panic!("{what}: stalled for 20 s"))
+    }
     let prefix = bus.name("cev");
-    let reader = bus.client().await;
-    let mut sub = reader
-        .subscribe(&[format!("{prefix}.a.*").as_str()])
-        .await
-        .unwrap();
-    let client = bus.client().await;
+    let reader = within("connect the reader", bus.client()).await;
+    let mut sub = within(
+        "subscribe",
+        reader.subscribe(&[format!("{prefix}.a.*").as_str()]),
+    )
+    .await
+    .unwrap();
+    let client = within("connect the publisher", bus.client()).await;
     // The ZeroMQ forwarder needs the subscription to travel: publish until
     // one lands.
     let warm = format!("{prefix}.a.warmup");
     let give_up = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         assert!(std::time::Instant::now() < give_up, "no event within 10 s");
-        client.publish(&warm, &0u32).await.unwrap();
+        within("publish a warm-up", client.publish(&warm, &0u32))
+            .await
+            .unwrap();
         if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(100), sub.recv()).await {
             break;
         }
     }
     for n in 1..=50u32 {
-        client.publish(&format!("{prefix}.b.x"), &n).await.unwrap();
-        client.publish(&format!("{prefix}.a.x"), &n).await.unwrap();
+        within("publish", client.publish(&format!("{prefix}.b.x"), &n))
+            .await
+            .unwrap();
+        within("publish", client.publish(&format!("{prefix}.a.x"), &n))
+            .await
+            .unwrap();
     }
     let mut ns = Vec::new();
     while ns.len() < 50 {
-        let event = tokio::time::timeout(Duration::from_secs(10), sub.recv())
+        let event = within("the next event", sub.recv())
             .await
-            .expect("50 events within 10 s")
             .expect("the subscription is live");
         if event.topic == warm {
             continue;
@@ -295,7 +308,7 @@ async fn client_subscription_in_order_and_cancelled(bus: &Bus) {
         (1..=50).collect::<Vec<_>>(),
         "in publish order, once each"
     );
-    sub.cancel().await;
+    within("cancel", sub.cancel()).await;
 }
 
 /// What the queue test's consumer did: attempts per job number.
