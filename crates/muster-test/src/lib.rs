@@ -20,15 +20,21 @@ static NEXT_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::n
 /// A base port with the two ports after it free too (a bus needs three).
 /// Ports are handed out from a per-process range, so tests running in
 /// parallel never get the same base.
+///
+/// The range stays below Linux's ephemeral ports (32768 and up): a client
+/// that keeps reconnecting to a port nobody listens on (a bus being
+/// restarted) can be given that same port as its own source port and
+/// connect to itself (TCP simultaneous open), after which the bus cannot
+/// bind it again.
 pub fn free_port_base() -> u16 {
-    let start = 20_000 + (std::process::id() % 1_000) * 30;
+    const LOW: u32 = 10_000;
+    const SPAN: u32 = 22_500; // LOW + SPAN + 3 < 32_768
+    let start = (std::process::id() % 750) * 30;
     for _ in 0..2_000 {
         let offset = NEXT_PORT.fetch_add(3, std::sync::atomic::Ordering::Relaxed);
-        let p = start + offset % 30_000;
-        let Ok(p) = u16::try_from(p) else { continue };
-        if p > 65_000 {
+        let Ok(p) = u16::try_from(LOW + (start + offset) % SPAN) else {
             continue;
-        }
+        };
         if (0..3).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }

@@ -156,17 +156,17 @@ impl ControlClient {
         let key = header.id.clone();
         lock(&self.pending).insert(key.clone(), tx);
         let env = Envelope::new(header, Bytes::from(body));
-        let sent = self.socket.send(envelope_message(&env)).await;
-        let reply = match sent {
-            Ok(()) => tokio::time::timeout(timeout, rx).await,
-            Err(e) => {
-                lock(&self.pending).remove(&key);
-                return Err(zmq_error("send to bus", e));
-            }
-        };
+        // The send is inside the deadline too: with the bus away and the
+        // socket's queue full, it would wait for the bus for ever.
+        let reply = tokio::time::timeout(timeout, async {
+            self.socket.send(envelope_message(&env)).await?;
+            Ok::<_, omq_tokio::Error>(rx.await)
+        })
+        .await;
         lock(&self.pending).remove(&key);
         match reply {
-            Ok(Ok(env)) => Ok(env),
+            Ok(Ok(Ok(env))) => Ok(env),
+            Ok(Err(e)) => Err(zmq_error("send to bus", e)),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,
                 format!("no bus answered at {} within {timeout:?}", self.registry),
