@@ -1,7 +1,7 @@
 //! `muster bus`.
 
 use anyhow::Context;
-use muster_zmq::{Bus, BusAddr, BusOptions};
+use muster_zmq::{Bus, BusAddr, BusOptions, QueueStore};
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct BusCmd {
@@ -16,13 +16,22 @@ pub(crate) struct BusCmd {
     /// ("queues are full"). 256MB by default.
     #[arg(long, value_name = "BYTES", default_value_t = muster_core::queue::DEFAULT_QUEUE_BYTES)]
     queue_max_bytes: usize,
+    /// Where jobs are kept: `disk` (the job log `queues.redb` in the state
+    /// directory, written before `enqueue` returns; jobs outlive a crash of
+    /// the bus) or `memory` (faster, lost with the bus).
+    #[arg(long, value_name = "WHERE", default_value = "disk", value_parser = ["disk", "memory"])]
+    queue_store: String,
+    /// When the job log is flushed: `always` (as soon as the previous
+    /// flush ends) or a group-commit interval such as `5ms`.
+    #[arg(long, value_name = "POLICY", default_value = "always")]
+    queue_fsync: muster_zmq::FsyncPolicy,
     /// Event messages queued for each subscriber; beyond, that
     /// subscriber's oldest are dropped (and counted by it).
     #[arg(long, value_name = "N", default_value_t = 1000)]
     subscriber_queue: u32,
     /// Where the bus keeps its master secret (`bus.secret`, made on first
-    /// start, mode 0600): services started from the same directory find
-    /// it there (docs/security.md).
+    /// start, mode 0600; services started from the same directory find
+    /// it there, docs/security.md) and its job log (`queues.redb`).
     #[arg(long, value_name = "DIR", default_value = ".muster")]
     state_dir: std::path::PathBuf,
     /// Take every registry verb from anyone, without credentials (a bus
@@ -52,6 +61,12 @@ impl BusCmd {
         options.ttl = self.ttl;
         options.queue_limits.bytes = self.queue_max_bytes;
         options.subscriber_hwm = self.subscriber_queue.max(1);
+        if self.queue_store == "disk" {
+            options.queue_store = QueueStore::Disk {
+                path: self.state_dir.join("queues.redb"),
+                fsync: self.queue_fsync,
+            };
+        }
         if !self.open {
             let secret = muster_core::auth::MasterSecret::load_or_create(&self.state_dir)
                 .with_context(|| {
@@ -68,6 +83,15 @@ impl BusCmd {
             addr.events_in(),
             addr.events_out()
         );
+        if self.queue_store == "disk" {
+            println!(
+                "jobs: {} (fsync {})",
+                self.state_dir.join("queues.redb").display(),
+                self.queue_fsync
+            );
+        } else {
+            println!("jobs: in memory (lost when the bus stops)");
+        }
         if self.open {
             println!("open: registry verbs are taken from anyone, without credentials");
         } else {

@@ -31,11 +31,12 @@ pub(crate) fn run_example(name: &str, args: Vec<String>) -> ExitCode {
         "echo" => muster_example_echo::service(),
         "producer" => muster_example_producer::service(),
         "subscriber" => muster_example_subscriber::service(),
+        "worker" => muster_example_worker::service(),
         other => match muster_example_statemachine::service(other) {
             Some(s) => s,
             None => {
                 eprintln!(
-                    "muster: no example service {other:?} (echo, producer, subscriber, stand, walk, drink_coffee, run)"
+                    "muster: no example service {other:?} (echo, producer, subscriber, worker, stand, walk, drink_coffee, run)"
                 );
                 return ExitCode::from(2);
             }

@@ -99,7 +99,7 @@ enum Command {
     /// Run one of the example services (used by `demo`).
     #[command(name = "__service", hide = true)]
     Service {
-        /// echo, producer or subscriber.
+        /// echo, producer, subscriber or worker.
         name: String,
         /// The standard service arguments.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

@@ -95,8 +95,8 @@ async fn evict_drops_an_instance_and_its_group_ids_at_once() {
     let mut echo = Proc::spawn("echo", c);
     wait_registered(&client, "echo", 1).await;
     echo.kill9(); // no goodbye: only the ttl (3 s) or an eviction drops it
-    bus.evict("echo-0-abc"); // a prefix that is not an id: nothing goes
-    bus.evict("echo-0-abcdef");
+    bus.evict("echo-0-abc", "exit code 1"); // a prefix that is not an id: nothing goes
+    bus.evict("echo-0-abcdef", "exit code 1");
     let gone = tokio::time::timeout(Duration::from_secs(1), async {
         loop {
             if let Ok(muster_zmq::RegistryEvent::Unregistered { instance, .. }) = watch.recv().await

@@ -44,6 +44,7 @@ async fn python_calls_muster_and_muster_calls_python() {
     let _bus = Proc::spawn("bus", {
         let mut c = Command::new(MUSTER);
         c.args(["bus", "--listen", &url, "--log-level", "warn"])
+            .args(["--queue-store", "memory"])
             .stdout(Stdio::null());
         c
     });

@@ -103,6 +103,7 @@ async fn ctl_never_hands_its_token_to_an_impostor_host() {
     let bus = muster_test::free_bus_url();
     let mut bus_cmd = Command::new(MUSTER);
     bus_cmd.args(["bus", "--listen", &bus, "--open", "--log-level", "warn"]);
+    bus_cmd.args(["--queue-store", "memory"]);
     let _bus = muster_test::Proc::spawn("open bus", bus_cmd);
     let seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>> = std::sync::Arc::default();
     let record = seen.clone();

@@ -18,7 +18,9 @@ use crate::transport::BoxFuture;
 mod book;
 pub mod consumer;
 
-pub use book::{DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_LIMIT, QueueBook, QueueFull, QueueLimits};
+pub use book::{
+    DEFAULT_QUEUE_BYTES, DEFAULT_QUEUE_LIMIT, JobChange, QueueBook, QueueFull, QueueLimits,
+};
 
 /// Suffix of a queue's dead-letter queue.
 pub const DEAD_SUFFIX: &str = ".dead";
@@ -52,7 +54,8 @@ pub struct Job {
     /// The transaction the job belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction: Option<String>,
-    /// Why the job is in a dead-letter queue.
+    /// Why the job is in a dead-letter queue, or why its last delivery
+    /// ended without an outcome (`consumer died: ...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -288,6 +291,94 @@ mod tests {
         assert_eq!(book.release("inst-1"), 2);
         let again = book.take("q", "b", 2);
         assert_eq!(again[0].1.body, "2");
+    }
+
+    #[test]
+    fn a_consumer_that_dies_costs_each_job_it_held_an_attempt() {
+        let mut book = QueueBook::default();
+        book.push("q", job(1)).unwrap();
+        book.push("q", job(2)).unwrap();
+        let _ = book.take("q", "w-1", 2);
+        assert_eq!(book.release_dead("w-1", "signal 6 (SIGABRT)"), 2);
+        let got = book.take("q", "w-2", 2);
+        assert_eq!(got[0].1.body, "1", "given back at the front, in order");
+        assert_eq!(got[0].1.attempt, 2);
+        assert_eq!(
+            got[0].1.reason.as_deref(),
+            Some("consumer died: signal 6 (SIGABRT)")
+        );
+        // A graceful give-back is not an attempt.
+        book.release("w-2");
+        assert_eq!(book.take("q", "w-3", 1)[0].1.attempt, 2);
+    }
+
+    /// Replaying a journaling book's changes into a map (what a store
+    /// does) and restoring from it gives the same queues, in order.
+    #[test]
+    fn the_journal_replays_to_the_same_queues() {
+        let mut book = QueueBook::journaling(QueueLimits::default());
+        for n in 1..=5 {
+            book.push("q", job(n)).unwrap();
+        }
+        let got = book.take("q", "w", 3);
+        book.settle("q", got[0].0, &Outcome::Ack);
+        book.settle(
+            "q",
+            got[1].0,
+            &Outcome::Retry {
+                after: Duration::ZERO,
+                reason: "again".into(),
+            },
+        );
+        book.settle(
+            "q",
+            got[2].0,
+            &Outcome::Dead {
+                reason: "bad".into(),
+            },
+        );
+        let _ = book.take("q", "x", 1); // job 4, held when the store stops
+        let mut stored = std::collections::BTreeMap::new();
+        for c in book.take_changes() {
+            match c {
+                JobChange::Put { key, queue, job } => {
+                    stored.insert(key, (queue, job));
+                }
+                JobChange::Delete { key } => {
+                    stored.remove(&key);
+                }
+            }
+        }
+        assert!(book.take_changes().is_empty(), "taken once");
+        let mut back = QueueBook::default();
+        for (key, (queue, job)) in stored {
+            back.restore(key, &queue, job);
+        }
+        let q: Vec<(String, u32)> = back
+            .take("q", "y", 10)
+            .into_iter()
+            .map(|(_, j)| (String::from_utf8_lossy(&j.body).into_owned(), j.attempt))
+            .collect();
+        let want = [("4", 1), ("5", 1), ("2", 2)].map(|(b, a)| (b.to_owned(), a));
+        assert_eq!(q, want, "held job 4 is waiting again; the retry is last");
+        let dead = back.take("q.dead", "y", 10);
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].1.reason.as_deref(), Some("bad"));
+        // New keys do not reuse restored ones.
+        let k = back.push("q", job(9)).unwrap();
+        assert!(k > 5, "{k}");
+    }
+
+    #[test]
+    fn a_job_the_store_refused_is_forgotten() {
+        let mut book = QueueBook::default();
+        let k = book.push("q", job(1)).unwrap();
+        let before = book.bytes();
+        assert!(before > 0);
+        assert!(book.forget("q", k));
+        assert_eq!(book.bytes(), 0);
+        assert!(!book.forget("q", k));
+        assert!(book.take("q", "w", 1).is_empty());
     }
 
     #[test]

@@ -18,7 +18,7 @@ use muster_core::auth::{KeyId, MasterSecret};
 use muster_core::registry::HOST_SERVICE;
 use muster_core::transport::SharedTransport;
 use muster_core::{Error, ErrorKind};
-use muster_zmq::{Bus, BusAddr, BusOptions, RegistryEvent, ZmqOptions, ZmqTransport};
+use muster_zmq::{Bus, BusAddr, BusOptions, QueueStore, RegistryEvent, ZmqOptions, ZmqTransport};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -154,6 +154,12 @@ pub async fn run(
     bus_options.secret = Some(secret.clone());
     bus_options.queue_limits.bytes =
         usize::try_from(manifest.host.queue_max_bytes).unwrap_or(usize::MAX);
+    if !manifest.host.queue_in_memory {
+        bus_options.queue_store = QueueStore::Disk {
+            path: state_dir.join("queues.redb"),
+            fsync: manifest.host.queue_fsync,
+        };
+    }
     let bus = Bus::start(addr.clone(), bus_options).await.map_err(|e| {
         Error::new(
             ErrorKind::Io,
@@ -389,8 +395,10 @@ impl Driver {
                 pid,
                 status,
             } => {
-                // Callers stop picking it now, not after the heartbeat ttl.
-                self.bus.evict(&instance);
+                // Callers stop picking it now, not after the heartbeat ttl;
+                // the jobs it held count the crash as an attempt.
+                let cause = process::exit_status(status).describe();
+                self.bus.evict(&instance, &cause);
                 // Whatever the instance started and left behind goes too.
                 process::signal(pid, crate::supervisor::StopSignal::Kill);
                 if let Some(g) = &mut self.guard {

@@ -116,6 +116,27 @@ impl Checker<'_> {
                             .map_err(|e| self.err(v.span().start, "host.queue_max_bytes", e))?,
                         None => DEFAULT_QUEUE_MAX_BYTES,
                     },
+                    queue_in_memory: match &h.queue_store {
+                        None => false,
+                        Some(v) => match v.get_ref().as_str() {
+                            "disk" => false,
+                            "memory" => true,
+                            other => {
+                                return Err(self.err(
+                                    v.span().start,
+                                    "host.queue_store",
+                                    format!("{other:?} is neither \"disk\" nor \"memory\""),
+                                ));
+                            }
+                        },
+                    },
+                    queue_fsync: match &h.queue_fsync {
+                        None => muster_zmq::FsyncPolicy::default(),
+                        Some(v) => v
+                            .get_ref()
+                            .parse()
+                            .map_err(|e| self.err(v.span().start, "host.queue_fsync", e))?,
+                    },
                     http_hosts: h.http_hosts,
                     http_public_read: h.http_public_read.unwrap_or(false),
                 })

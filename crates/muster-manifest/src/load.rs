@@ -65,6 +65,8 @@ impl Manifest {
                 monitor_every: Duration::from_secs(1),
                 gateway_open: false,
                 queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
+                queue_in_memory: false,
+                queue_fsync: muster_zmq::FsyncPolicy::default(),
                 http_hosts: Vec::new(),
                 http_public_read: false,
             }),

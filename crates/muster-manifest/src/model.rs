@@ -29,6 +29,13 @@ pub struct HostSpec {
     /// Bytes of jobs the embedded bus's work queues hold in all
     /// (`queue_max_bytes`, default 256 MiB); more are refused.
     pub queue_max_bytes: u64,
+    /// Jobs kept in the bus's memory only (`queue_store = "memory"`),
+    /// lost with the host; by default (`"disk"`) they are written to the
+    /// job log `queues.redb` in `state_dir` before `enqueue` returns.
+    pub queue_in_memory: bool,
+    /// When the job log is flushed (`queue_fsync`: `"always"`, the
+    /// default, or a group-commit interval such as `"5ms"`).
+    pub queue_fsync: muster_zmq::FsyncPolicy,
     /// `Host` header names the HTTP endpoint answers besides the loopback
     /// ones (`http_hosts`).
     pub http_hosts: Vec<String>,

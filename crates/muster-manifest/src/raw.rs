@@ -29,6 +29,8 @@ pub(crate) struct RawHost {
     pub(crate) monitor_every: Option<Spanned<DurationValue>>,
     pub(crate) gateway_open: Option<bool>,
     pub(crate) queue_max_bytes: Option<Spanned<String>>,
+    pub(crate) queue_store: Option<Spanned<String>>,
+    pub(crate) queue_fsync: Option<Spanned<String>>,
     #[serde(default)]
     pub(crate) http_hosts: Vec<String>,
     pub(crate) http_public_read: Option<bool>,

@@ -187,6 +187,9 @@ where
 pub fn spawn_bus_process(muster: &str, url: &str) -> Proc {
     let mut c = Command::new(muster);
     c.args(["bus", "--listen", url, "--log-level", "warn"])
+        // Tests share the working directory; their jobs need not outlive
+        // the bus.
+        .args(["--queue-store", "memory"])
         .stdout(Stdio::null());
     let bus = Proc::spawn("bus", c);
     let secret = Path::new(".muster").join(muster_core::auth::SECRET_FILE);

@@ -2,6 +2,7 @@
 
 mod forwarder;
 mod registry;
+mod store;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,6 +17,7 @@ use crate::addr::BusAddr;
 use crate::socket::{self, zmq_error};
 
 pub use registry::RegistryEvent;
+pub use store::{BadFsyncPolicy, FsyncPolicy, QueueStore};
 
 /// Registry changes kept for a slow [`Bus::watch`] receiver.
 const REGISTRY_EVENT_BACKLOG: usize = 4096;
@@ -38,6 +40,10 @@ pub struct BusOptions {
     pub subscriber_hwm: u32,
     /// How much the work queues hold; more is refused ("queue full").
     pub queue_limits: muster_core::queue::QueueLimits,
+    /// Where the jobs of the work queues are kept: in memory (the
+    /// default of the library) or in a job log on disk (the default of the
+    /// host and of `muster bus`, in their state directory).
+    pub queue_store: QueueStore,
     /// Largest instance record `register` accepts (its methods' schemas
     /// included); a larger one is refused.
     pub max_registration_size: usize,
@@ -57,6 +63,7 @@ impl Default for BusOptions {
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
             subscriber_hwm: 1_000,
             queue_limits: muster_core::queue::QueueLimits::default(),
+            queue_store: QueueStore::Memory,
             max_registration_size: DEFAULT_MAX_REGISTRATION_SIZE,
             max_instances: 10_000,
             secret: None,
@@ -113,16 +120,19 @@ pub struct Bus {
     tasks: Vec<JoinHandle<()>>,
     stats: StatsHandle,
     events: tokio::sync::broadcast::Sender<RegistryEvent>,
-    evictions: tokio::sync::mpsc::UnboundedSender<String>,
+    evictions: tokio::sync::mpsc::UnboundedSender<(String, String)>,
 }
 
 impl Bus {
     /// Binds the registry and the event endpoints and starts serving.
     ///
     /// # Errors
-    /// When an endpoint cannot be bound (for example, the port is in use).
+    /// When an endpoint cannot be bound (for example, the port is in use),
+    /// or the job log cannot be opened (another bus has it, or its
+    /// directory is not writable).
     pub async fn start(addr: BusAddr, options: BusOptions) -> Result<Self, Error> {
         let shutdown = CancellationToken::new();
+        let queues = registry::Queues::open(&options).await?;
 
         let router = socket::socket(SocketType::Router, options.max_message_size);
         router
@@ -161,6 +171,7 @@ impl Bus {
         let tasks = vec![
             tokio::spawn(registry::run(
                 router,
+                queues,
                 options.clone(),
                 shutdown.clone(),
                 stats.registry.clone(),
@@ -215,9 +226,11 @@ impl Bus {
     /// Drops `instance` (and the `<instance>-<service>` ids of a group
     /// process) from the registry now, rather than after the heartbeat
     /// ttl: the host calls this when it sees the process end, so callers
-    /// stop picking a dead instance at once.
-    pub fn evict(&self, instance: &str) {
-        let _ = self.evictions.send(instance.to_owned());
+    /// stop picking a dead instance at once. The jobs its consumers held
+    /// go back to their queues, each delivery counted as an attempt, with
+    /// `cause` (how the process ended) as the job's reason.
+    pub fn evict(&self, instance: &str, cause: &str) {
+        let _ = self.evictions.send((instance.to_owned(), cause.to_owned()));
     }
 
     /// Stops serving and closes the endpoints.

@@ -23,5 +23,5 @@ mod socket;
 mod transport;
 
 pub use addr::{Addresses, BusAddr, DEFAULT_BUS, DirectEvents};
-pub use bus::{Bus, BusOptions, RegistryEvent};
+pub use bus::{BadFsyncPolicy, Bus, BusOptions, FsyncPolicy, QueueStore, RegistryEvent};
 pub use transport::{ZmqOptions, ZmqTransport};

@@ -270,9 +270,11 @@ impl Transport for MemoryTransport {
     fn enqueue(&self, queue: &str, job: Job) -> BoxFuture<'_, Result<(), Error>> {
         let pushed = self.lock().queues.push(queue, job);
         self.jobs_ready.notify_waiters();
-        Box::pin(
-            async move { pushed.map_err(|e| Error::new(ErrorKind::Unavailable, e.to_string())) },
-        )
+        Box::pin(async move {
+            pushed
+                .map(|_| ())
+                .map_err(|e| Error::new(ErrorKind::Unavailable, e.to_string()))
+        })
     }
 
     fn consume(

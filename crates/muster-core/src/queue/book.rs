@@ -1,5 +1,10 @@
 //! [`QueueBook`]: the work queues held in one process (the embedded bus,
 //! the in-memory transport), bounded in jobs per queue and in bytes.
+//!
+//! Every job the book holds has a key. A book that journals
+//! ([`QueueBook::journaling`]) records each change to its jobs as a
+//! [`JobChange`] of those keys, which a durable store (the embedded bus's
+//! job log) replays on disk; [`QueueBook::restore`] reads them back.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -68,10 +73,39 @@ pub enum QueueFull {
     },
 }
 
+/// A change to the jobs of a [`QueueBook`], in the order it happened, for
+/// a durable store to apply.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobChange {
+    /// `job` is (now) in `queue` under `key`.
+    Put {
+        /// The job's key in the book (unique, growing: the order of
+        /// [`QueueBook::restore`]).
+        key: u64,
+        /// Its queue.
+        queue: String,
+        /// The job as it is now.
+        job: Job,
+    },
+    /// The job of `key` is gone (acknowledged, purged, or moved under a
+    /// new key).
+    Delete {
+        /// Its key.
+        key: u64,
+    },
+}
+
+/// A job in the book, with its key.
+#[derive(Debug, Clone)]
+struct Held {
+    key: u64,
+    job: Job,
+}
+
 #[derive(Debug, Default)]
 struct Queue {
-    ready: VecDeque<Job>,
-    in_flight: HashMap<u64, (String, Job)>,
+    ready: VecDeque<Held>,
+    in_flight: HashMap<u64, (String, Held)>,
 }
 
 impl Queue {
@@ -97,9 +131,13 @@ fn job_bytes(job: &Job) -> usize {
 pub struct QueueBook {
     queues: HashMap<String, Queue>,
     next_tag: u64,
+    next_key: u64,
     limits: QueueLimits,
     /// Bytes of every job held ([`job_bytes`]).
     bytes: usize,
+    /// Changes not yet taken by [`QueueBook::take_changes`]; `None` when
+    /// the book does not journal.
+    journal: Option<Vec<JobChange>>,
 }
 
 impl Default for QueueBook {
@@ -119,10 +157,72 @@ impl QueueBook {
     pub fn new(limits: QueueLimits) -> Self {
         Self {
             queues: HashMap::new(),
-            next_tag: 0,
+            // Tags start at random: a consumer that settles a tag of a bus
+            // that has since restarted must not settle another job.
+            next_tag: crate::id::random_u64() >> 16,
+            next_key: 0,
             limits,
             bytes: 0,
+            journal: None,
         }
+    }
+
+    /// A book that records every change to its jobs for
+    /// [`QueueBook::take_changes`].
+    pub fn journaling(limits: QueueLimits) -> Self {
+        Self {
+            journal: Some(Vec::new()),
+            ..Self::new(limits)
+        }
+    }
+
+    /// The changes recorded since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<JobChange> {
+        self.journal
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    fn record(&mut self, change: JobChange) {
+        if let Some(j) = &mut self.journal {
+            j.push(change);
+        }
+    }
+
+    fn new_key(&mut self) -> u64 {
+        self.next_key += 1;
+        self.next_key
+    }
+
+    /// Adds a job read back from a durable store, at the back of `queue`
+    /// under its old `key`; call in key order. Not journaled, and not
+    /// refused for space (it was accepted once).
+    pub fn restore(&mut self, key: u64, queue: &str, job: Job) {
+        self.next_key = self.next_key.max(key);
+        self.bytes += job_bytes(&job);
+        self.queues
+            .entry(queue.to_owned())
+            .or_default()
+            .ready
+            .push_back(Held { key, job });
+    }
+
+    /// Removes the waiting job of `key` from `queue` (a store could not
+    /// keep it, so its producer was told it failed). False when it was
+    /// taken already.
+    pub fn forget(&mut self, queue: &str, key: u64) -> bool {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return false;
+        };
+        let Some(at) = q.ready.iter().position(|h| h.key == key) else {
+            return false;
+        };
+        if let Some(h) = q.ready.remove(at) {
+            self.bytes -= job_bytes(&h.job);
+        }
+        self.forget_if_empty(queue);
+        true
     }
 
     /// Bytes of jobs held now.
@@ -135,7 +235,7 @@ impl QueueBook {
     /// # Errors
     /// The queue holds its most jobs, or the book its most bytes (the job
     /// is not taken).
-    pub fn push(&mut self, queue: &str, job: Job) -> Result<(), QueueFull> {
+    pub fn push(&mut self, queue: &str, job: Job) -> Result<u64, QueueFull> {
         let size = job_bytes(&job);
         if self.bytes + size > self.limits.bytes {
             return Err(QueueFull::Bytes {
@@ -152,8 +252,18 @@ impl QueueBook {
             });
         }
         self.bytes += size;
-        q.ready.push_back(job);
-        Ok(())
+        self.next_key += 1;
+        let key = self.next_key;
+        q.ready.push_back(Held {
+            key,
+            job: job.clone(),
+        });
+        self.record(JobChange::Put {
+            key,
+            queue: queue.to_owned(),
+            job,
+        });
+        Ok(key)
     }
 
     /// Forgets `queue` when nothing is in it.
@@ -170,12 +280,12 @@ impl QueueBook {
         };
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(job) = q.ready.pop_front() else {
+            let Some(held) = q.ready.pop_front() else {
                 break;
             };
             self.next_tag += 1;
-            q.in_flight
-                .insert(self.next_tag, (holder.to_owned(), job.clone()));
+            let job = held.job.clone();
+            q.in_flight.insert(self.next_tag, (holder.to_owned(), held));
             out.push((self.next_tag, job));
         }
         out
@@ -197,7 +307,7 @@ impl QueueBook {
     /// Settles a held job. Returns false for an unknown tag (settled
     /// already, or released when its holder went away).
     pub fn settle(&mut self, queue: &str, tag: u64, outcome: &Outcome) -> bool {
-        let Some((_, job)) = self
+        let Some((_, Held { key, job })) = self
             .queues
             .get_mut(queue)
             .and_then(|q| q.in_flight.remove(&tag))
@@ -205,8 +315,10 @@ impl QueueBook {
             return false;
         };
         self.bytes -= job_bytes(&job);
+        self.record(JobChange::Delete { key });
         // A retry or a dead letter is never refused for space: the job was
-        // counted when it came in.
+        // counted when it came in. It goes to the back under a new key, so
+        // that a store reads it back in the same place.
         let next = match outcome {
             Outcome::Ack => None,
             Outcome::Retry { .. } => Some((queue.to_owned(), job.next_attempt())),
@@ -214,32 +326,74 @@ impl QueueBook {
         };
         if let Some((to, job)) = next {
             self.bytes += job_bytes(&job);
-            self.queues.entry(to).or_default().ready.push_back(job);
+            let key = self.new_key();
+            self.record(JobChange::Put {
+                key,
+                queue: to.clone(),
+                job: job.clone(),
+            });
+            self.queues
+                .entry(to)
+                .or_default()
+                .ready
+                .push_back(Held { key, job });
         }
         self.forget_if_empty(queue);
         true
     }
 
     /// Puts every job held by holders whose id is `holder` (or starts with
-    /// `holder-`) back at the front of its queue. Returns how many.
+    /// `holder-`) back at the front of its queue: they gave them back. The
+    /// attempt does not change. Returns how many.
     pub fn release(&mut self, holder: &str) -> usize {
+        self.give_back(holder, None)
+    }
+
+    /// [`QueueBook::release`] for a holder that died holding its jobs:
+    /// each delivery counts as an attempt (`attempt + 1`), and the job's
+    /// `reason` says what happened (`consumer died: <cause>`), so that a
+    /// job that kills every consumer is set aside after its attempts
+    /// rather than delivered for ever.
+    pub fn release_dead(&mut self, holder: &str, cause: &str) -> usize {
+        self.give_back(holder, Some(cause))
+    }
+
+    fn give_back(&mut self, holder: &str, died: Option<&str>) -> usize {
         let mut n = 0;
-        for q in self.queues.values_mut() {
-            let mut back: Vec<(u64, Job)> = Vec::new();
-            q.in_flight.retain(|tag, (h, job)| {
+        let mut changes = Vec::new();
+        for (name, q) in &mut self.queues {
+            let mut back: Vec<(u64, Held)> = Vec::new();
+            q.in_flight.retain(|tag, (h, held)| {
                 let gone = h
                     .strip_prefix(holder)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'));
                 if gone {
-                    back.push((*tag, job.clone()));
+                    back.push((*tag, held.clone()));
                 }
                 !gone
             });
             back.sort_by_key(|(tag, _)| std::cmp::Reverse(*tag));
             n += back.len();
-            for (_, job) in back {
-                q.ready.push_front(job);
+            for (_, mut held) in back {
+                if let Some(cause) = died {
+                    let reason = format!("consumer died: {cause}");
+                    self.bytes -= job_bytes(&held.job);
+                    held.job = Job {
+                        reason: Some(reason),
+                        ..held.job.next_attempt()
+                    };
+                    self.bytes += job_bytes(&held.job);
+                    changes.push(JobChange::Put {
+                        key: held.key,
+                        queue: name.clone(),
+                        job: held.job.clone(),
+                    });
+                }
+                q.ready.push_front(held);
             }
+        }
+        for c in changes {
+            self.record(c);
         }
         n
     }
@@ -269,7 +423,7 @@ impl QueueBook {
             QueueCommand::Peek { count } => QueueReply::Jobs(
                 self.queues
                     .get(queue)
-                    .map(|q| q.ready.iter().take(*count).cloned().collect())
+                    .map(|q| q.ready.iter().take(*count).map(|h| h.job.clone()).collect())
                     .unwrap_or_default(),
             ),
             QueueCommand::Purge => {
@@ -278,32 +432,42 @@ impl QueueBook {
                     .get_mut(queue)
                     .map(|q| std::mem::take(&mut q.ready))
                     .unwrap_or_default();
-                self.bytes -= purged.iter().map(job_bytes).sum::<usize>();
+                for h in &purged {
+                    self.bytes -= job_bytes(&h.job);
+                    self.record(JobChange::Delete { key: h.key });
+                }
                 self.forget_if_empty(queue);
                 QueueReply::Count(purged.len() as u64)
             }
             QueueCommand::RequeueDead => {
                 let dead_name = dead_queue(queue);
-                let dead: Vec<Job> = self
+                let dead: Vec<Held> = self
                     .queues
                     .get_mut(&dead_name)
                     .map(|q| std::mem::take(&mut q.ready).into())
                     .unwrap_or_default();
                 self.forget_if_empty(&dead_name);
                 let n = dead.len() as u64;
-                for job in dead {
+                for Held { key, job } in dead {
                     self.bytes -= job_bytes(&job);
+                    self.record(JobChange::Delete { key });
                     let job = Job {
                         attempt: 1,
                         reason: None,
                         ..job
                     };
                     self.bytes += job_bytes(&job);
+                    let key = self.new_key();
+                    self.record(JobChange::Put {
+                        key,
+                        queue: queue.to_owned(),
+                        job: job.clone(),
+                    });
                     self.queues
                         .entry(queue.to_owned())
                         .or_default()
                         .ready
-                        .push_back(job);
+                        .push_back(Held { key, job });
                 }
                 QueueReply::Count(n)
             }

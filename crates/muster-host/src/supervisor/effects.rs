@@ -18,10 +18,14 @@ pub enum ExitStatus {
 }
 
 impl ExitStatus {
-    pub(super) fn describe(self) -> String {
+    /// `exit code 3`, `killed by signal 6 (SIGABRT)`.
+    pub(crate) fn describe(self) -> String {
         match self {
             Self::Code(c) => format!("exit code {c}"),
-            Self::Signal(s) => format!("killed by signal {s}"),
+            Self::Signal(s) => match nix::sys::signal::Signal::try_from(s) {
+                Ok(name) => format!("killed by signal {s} ({name})"),
+                Err(_) => format!("killed by signal {s}"),
+            },
         }
     }
 }

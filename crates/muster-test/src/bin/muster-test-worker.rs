@@ -3,7 +3,9 @@
 //! `--record FILE` before acknowledging (so a job recorded twice was
 //! delivered twice), and fails permanently every job with `N % 1000 == 7`,
 //! which must end in `chaos.dead`. `--delay-ms` makes each job take that
-//! long (so a run lasts long enough to be interrupted).
+//! long (so a run lasts long enough to be interrupted); `--max-attempts`
+//! sets the deliveries of a job (default 5), crashes of its consumers
+//! included.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
 }
 
-const USAGE: &str = "usage: muster-test-worker --record FILE [--queue Q] [--prefetch N] [--delay-ms MS] [service options: --bus URL, --log-level L, ...]";
+const USAGE: &str = "usage: muster-test-worker --record FILE [--queue Q] [--prefetch N] [--delay-ms MS] [--max-attempts N] [service options: --bus URL, --log-level L, ...]";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -45,6 +47,9 @@ fn run(args: &[String], record: &str) -> muster::Result<()> {
     let prefetch: usize = arg(args, "--prefetch")
         .and_then(|p| p.parse().ok())
         .unwrap_or(20);
+    let max_attempts: u32 = arg(args, "--max-attempts")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5);
     let delay = std::time::Duration::from_millis(
         arg(args, "--delay-ms")
             .and_then(|p| p.parse().ok())
@@ -63,7 +68,13 @@ fn run(args: &[String], record: &str) -> muster::Result<()> {
         .filter(|(i, a)| {
             let flag = |f: &str| a.as_str() == f;
             let value_of = |f: &str| *i > 0 && args[i - 1] == f;
-            const OWN: [&str; 4] = ["--queue", "--record", "--prefetch", "--delay-ms"];
+            const OWN: [&str; 5] = [
+                "--queue",
+                "--record",
+                "--prefetch",
+                "--delay-ms",
+                "--max-attempts",
+            ];
             !OWN.iter().any(|f| flag(f) || value_of(f))
         })
         .map(|(_, a)| a.clone())
@@ -87,6 +98,7 @@ fn run(args: &[String], record: &str) -> muster::Result<()> {
             }
         })
         .prefetch(prefetch)
+        .max_attempts(max_attempts)
         .claim_after(std::time::Duration::from_secs(2))
         .run_from(passthrough)
 }

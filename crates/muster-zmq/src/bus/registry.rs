@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::BusOptions;
+use super::store::{Accepted, Committed, JobLog, QueueStore};
 use crate::control::{List, ListReply, Take, TakeReply, Taken};
 use crate::socket::{frames, log_dropped, routed_message};
 use muster_core::queue::QueueBook;
@@ -66,6 +67,11 @@ struct Registry {
     claims: HashMap<String, (String, Instant)>,
     /// Work queues held by the bus.
     queues: QueueBook,
+    /// Where the changes to `queues` are written, when they are kept on
+    /// disk.
+    log: Option<JobLog>,
+    /// Enqueues of this turn, answered once their jobs are on disk.
+    accepted: Vec<Accepted>,
     /// `take`s waiting for a job.
     waiters: Vec<Waiter>,
     /// Consumers: holder -> last take or settle.
@@ -113,15 +119,25 @@ impl Registry {
 
     /// Gives back the jobs of consumers that belong to `instance`, and
     /// forgets their parked takes (nobody reads those answers any more).
-    fn release_instance(&mut self, instance: &str) {
+    /// `died` says how, when the instance did not give them back itself:
+    /// each of its deliveries then counts as an attempt.
+    fn release_instance(&mut self, instance: &str, died: Option<&str>) {
         let belongs = |h: &str| {
             h.strip_prefix(instance)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
         };
         self.waiters.retain(|w| !belongs(&w.take.holder));
-        let n = self.queues.release(instance);
+        let n = match died {
+            Some(cause) => self.queues.release_dead(instance, cause),
+            None => self.queues.release(instance),
+        };
         if n > 0 {
-            tracing::info!(instance, jobs = n, "jobs of a departed consumer given back");
+            tracing::info!(
+                instance,
+                jobs = n,
+                cause = died.unwrap_or("released"),
+                "jobs of a departed consumer given back"
+            );
         }
         self.holders.retain(|h, _| !belongs(h));
     }
@@ -141,7 +157,35 @@ impl Registry {
             .map(|(h, _)| h.clone())
             .collect();
         for h in silent {
-            self.release_instance(&h);
+            self.release_instance(&h, Some("silent for 30 s (no take or settle)"));
+        }
+    }
+
+    /// Hands this turn's changes to the job log.
+    fn write_changes(&mut self) {
+        if let Some(log) = &self.log {
+            let changes = self.queues.take_changes();
+            let accepted = std::mem::take(&mut self.accepted);
+            if !changes.is_empty() || !accepted.is_empty() {
+                log.send(changes, accepted);
+            }
+        }
+    }
+
+    /// Answers the enqueues of a batch the job log wrote, or failed to:
+    /// their jobs are then taken out of the queues again (unless a
+    /// consumer has one already) and the producers told why.
+    fn committed(&mut self, c: Committed) {
+        for a in c.accepted {
+            let body = match &c.error {
+                None => encode(&crate::control::Ack::default()),
+                Some(e) => {
+                    self.queues.forget(&a.queue, a.key);
+                    verbs::error(format!("job not kept: {e}"))
+                }
+            };
+            self.outbox
+                .push((a.identity, Envelope::new(Header::reply_to(&a.header), body)));
         }
     }
 
@@ -190,14 +234,61 @@ pub enum RegistryEvent {
     Updated(StatusUpdate),
 }
 
+/// The bus's work queues, read back from their job log when they have
+/// one.
+pub(super) struct Queues {
+    book: QueueBook,
+    log: Option<JobLog>,
+    committed: Option<tokio::sync::mpsc::UnboundedReceiver<Committed>>,
+}
+
+impl Queues {
+    pub(super) async fn open(options: &BusOptions) -> Result<Self, muster_core::Error> {
+        match &options.queue_store {
+            QueueStore::Memory => Ok(Self {
+                book: QueueBook::new(options.queue_limits),
+                log: None,
+                committed: None,
+            }),
+            QueueStore::Disk { path, fsync } => {
+                let mut book = QueueBook::journaling(options.queue_limits);
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let log = JobLog::open(path, *fsync, &mut book, tx).await?;
+                Ok(Self {
+                    book,
+                    log: Some(log),
+                    committed: Some(rx),
+                })
+            }
+        }
+    }
+}
+
+/// The next batch the job log answered; never, without a log.
+async fn next_committed(
+    rx: &mut Option<tokio::sync::mpsc::UnboundedReceiver<Committed>>,
+) -> Option<Committed> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // one call site: the bus's parts
 pub(super) async fn run(
     router: Socket,
+    queues: Queues,
     options: BusOptions,
     shutdown: CancellationToken,
     stats: SharedStats,
     events: tokio::sync::broadcast::Sender<RegistryEvent>,
-    mut evictions: tokio::sync::mpsc::UnboundedReceiver<String>,
+    mut evictions: tokio::sync::mpsc::UnboundedReceiver<(String, String)>,
 ) {
+    let Queues {
+        book,
+        log,
+        mut committed,
+    } = queues;
     let mut reg = Registry {
         secret: options.secret.clone(),
         sessions: HashMap::new(),
@@ -205,7 +296,9 @@ pub(super) async fn run(
         version: 0,
         entries: HashMap::new(),
         claims: HashMap::new(),
-        queues: QueueBook::new(options.queue_limits),
+        queues: book,
+        log,
+        accepted: Vec::new(),
         waiters: Vec::new(),
         holders: HashMap::new(),
         outbox: Vec::new(),
@@ -237,12 +330,13 @@ pub(super) async fn run(
                     reg.changed();
                 }
                 for id in gone {
-                    reg.release_instance(&id);
+                    reg.release_instance(&id, Some("no heartbeat (instance expired)"));
                 }
                 reg.release_silent_holders(now);
                 reg.serve_waiters(now);
             }
-            Some(id) = evictions.recv() => {
+            Some(c) = next_committed(&mut committed) => reg.committed(c),
+            Some((id, cause)) = evictions.recv() => {
                 let before = reg.entries.len();
                 reg.entries.retain(|key, e| {
                     let gone = key
@@ -260,7 +354,7 @@ pub(super) async fn run(
                 if reg.entries.len() != before {
                     reg.changed();
                 }
-                reg.release_instance(&id);
+                reg.release_instance(&id, Some(&cause));
                 reg.serve_waiters(Instant::now());
             }
             msg = router.recv() => {
@@ -286,6 +380,7 @@ pub(super) async fn run(
                 }
             }
         }
+        reg.write_changes();
         for (identity, reply) in std::mem::take(&mut reg.outbox) {
             let _ = router.send(routed_message(identity, &reply)).await;
         }

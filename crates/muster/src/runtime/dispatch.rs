@@ -403,6 +403,20 @@ impl JobSink for QueueDispatch {
             transaction = job.transaction.as_deref().unwrap_or(""),
         );
         self.stats.begin();
+        // Past its attempts already: its consumers died holding it (a
+        // crash counts as an attempt, `docs/guarantees.md`). It is not run
+        // again, so a job that kills its consumer costs at most
+        // `max_attempts` crashes.
+        if job.attempt > self.max_attempts {
+            let reason = format!(
+                "{}; gave up after {} attempts",
+                job.reason.as_deref().unwrap_or("delivered too often"),
+                job.attempt - 1
+            );
+            span.in_scope(|| tracing::warn!(%reason, "job dead-lettered"));
+            self.stats.end(Duration::ZERO, Some(&reason));
+            return Box::pin(std::future::ready(Outcome::Dead { reason }));
+        }
         let payload = std::str::from_utf8(&job.body)
             .map_err(|e| e.to_string())
             .and_then(|t| RawValue::from_string(t.to_owned()).map_err(|e| e.to_string()));

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use super::{Entry, MAX_SESSIONS, Registry, RegistryEvent, Waiter, encode};
 use crate::bus::BusOptions;
+use crate::bus::store::Accepted;
 use crate::control::{
     self, Ack, Claim, ClaimReply, Enqueue, Heartbeat, HeartbeatReply, Hello, List, QueueOp,
     QueueOpReply, Release, Settle, Take, TakeReply, Taken, Unregister, Verified, Verify,
@@ -115,7 +116,7 @@ enum Done {
     Reply(Bytes),
     /// A valid credential asked for what is not its to do.
     Forbidden(String),
-    /// A `take` waits for a job.
+    /// A `take` waits for a job, or an `enqueue` for the disk.
     Parked,
 }
 
@@ -170,9 +171,19 @@ fn verb_of(
         },
         control::ENQUEUE => match serde_json::from_slice::<Enqueue>(body) {
             Ok(q) => match reg.queues.push(&q.queue, q.job) {
-                Ok(()) => {
+                Ok(key) => {
                     reg.serve_waiters(Instant::now());
-                    reply(encode(&Ack::default()))
+                    if reg.log.is_none() {
+                        return reply(encode(&Ack::default()));
+                    }
+                    // Answered once the job is on disk (`Registry::committed`).
+                    reg.accepted.push(Accepted {
+                        identity: identity.clone(),
+                        header,
+                        queue: q.queue,
+                        key,
+                    });
+                    Done::Parked
                 }
                 Err(e) => reply(error(e.to_string())),
             },
@@ -198,7 +209,7 @@ fn verb_of(
         control::RELEASE => match serde_json::from_slice::<Release>(body) {
             Ok(r) if !reg.holds_for(who, &r.holder) => not_yours(&format!("holder {:?}", r.holder)),
             Ok(r) => {
-                reg.release_instance(&r.holder);
+                reg.release_instance(&r.holder, None);
                 reg.serve_waiters(Instant::now());
                 reply(encode(&Ack::default()))
             }
@@ -241,7 +252,7 @@ fn verb_of(
     }
 }
 
-fn error(why: String) -> Bytes {
+pub(super) fn error(why: String) -> Bytes {
     encode(&Ack { error: Some(why) })
 }
 
