@@ -112,7 +112,10 @@ impl StatsHandle {
     }
 }
 
-/// A running bus device. Dropping it does not stop it; call [`Bus::stop`].
+/// A running bus device. [`Bus::stop`] stops it and waits for its tasks;
+/// dropping it stops it without waiting (a bus left running past its
+/// owner kept a runtime from shutting down: its forwarder was still
+/// polled while the test that owned it ended).
 #[derive(Debug)]
 pub struct Bus {
     addr: BusAddr,
@@ -234,10 +237,16 @@ impl Bus {
     }
 
     /// Stops serving and closes the endpoints.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.shutdown.cancel();
-        for t in self.tasks {
+        for t in std::mem::take(&mut self.tasks) {
             let _ = t.await;
         }
+    }
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }

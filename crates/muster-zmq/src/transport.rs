@@ -249,14 +249,21 @@ impl Transport for ZmqTransport {
     }
 
     fn enqueue(&self, queue: &str, job: Job) -> BoxFuture<'_, Result<(), Error>> {
+        const ENQUEUE_TIMEOUT_FACTOR: u32 = 5;
         let req = control::Enqueue {
             queue: queue.to_owned(),
             job,
         };
         Box::pin(async move {
+            // A bus with a job log answers once the job is on disk, which
+            // under a burst of producers takes longer than a registry verb.
             let reply: control::Ack = self
                 .bus_control()?
-                .call(control::ENQUEUE, &req, self.inner.options.control_timeout)
+                .call(
+                    control::ENQUEUE,
+                    &req,
+                    self.inner.options.control_timeout * ENQUEUE_TIMEOUT_FACTOR,
+                )
                 .await?;
             match reply.error {
                 None => Ok(()),

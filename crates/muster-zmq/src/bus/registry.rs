@@ -389,6 +389,9 @@ pub(super) async fn run(
             .instances
             .store(reg.entries.len() as u64, Ordering::Relaxed);
     }
+    if let Some(log) = reg.log.take() {
+        log.close().await;
+    }
 }
 
 pub(super) fn encode<T: Serialize>(v: &T) -> Bytes {

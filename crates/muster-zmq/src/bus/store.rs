@@ -124,6 +124,7 @@ pub(super) struct Committed {
 #[derive(Debug)]
 pub(super) struct JobLog {
     tx: mpsc::UnboundedSender<(Vec<JobChange>, Vec<Accepted>)>,
+    writer: tokio::task::JoinHandle<()>,
 }
 
 impl JobLog {
@@ -150,8 +151,15 @@ impl JobLog {
             tracing::info!(jobs = n, path = %path.display(), "jobs read back from the job log");
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(write(db, rx, committed, fsync, path.to_owned()));
-        Ok(Self { tx })
+        let writer = tokio::spawn(write(db, rx, committed, fsync, path.to_owned()));
+        Ok(Self { tx, writer })
+    }
+
+    /// Writes what was sent and closes the file (another bus may then
+    /// open it).
+    pub(super) async fn close(self) {
+        drop(self.tx);
+        let _ = self.writer.await;
     }
 
     /// Queues changes (and the enqueues they answer) for the writer.
