@@ -9,6 +9,7 @@ mod host;
 mod nats;
 mod peer;
 mod pubsub;
+mod queue_store;
 mod rpc;
 mod state;
 
@@ -44,7 +45,8 @@ pub(crate) enum Scenario {
     RpcClient,
     /// Work-queue jobs/s with acks at prefetch 1 and 100 on `--bus`
     /// (amqp://, redis:// or nats://) against a plain lapin, redis or
-    /// async-nats loop.
+    /// async-nats loop; on the embedded bus (no `--bus`, or zmq://), the
+    /// job log under each fsync policy against jobs kept in memory.
     Queue,
     /// RPC calls/s over RabbitMQ or NATS (`--bus amqp://...`,
     /// `nats://...`) against plain lapin or async-nats.
@@ -131,6 +133,15 @@ impl BenchCmd {
         }
         if all || self.scenario == Scenario::HostStart {
             host::start_many(self.instances, self.idle_for).await?;
+        }
+        let bus = self
+            .bus
+            .clone()
+            .or_else(|| std::env::var("MUSTER_BUS").ok());
+        if self.scenario == Scenario::Queue
+            && bus.as_deref().is_none_or(|b| b.starts_with("zmq://"))
+        {
+            return queue_store::run(&self).await;
         }
         if matches!(
             self.scenario,
