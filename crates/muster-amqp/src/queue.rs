@@ -16,8 +16,8 @@ use futures_util::{FutureExt, StreamExt};
 use lapin::Acker;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions, QueueDeclareOptions,
-    QueuePurgeOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicGetOptions, BasicQosOptions,
+    QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -194,7 +194,9 @@ struct AmqpSource {
     prefetch: u16,
     tag_prefix: String,
     live: tokio::sync::Mutex<Option<Live>>,
-    held: Mutex<HashMap<u64, Acker>>,
+    /// Deliveries handed to the consumer loop and not settled yet, with
+    /// their jobs (stored again at a graceful release).
+    held: Mutex<HashMap<u64, (Acker, Job)>>,
     next_tag: AtomicU64,
 }
 
@@ -232,8 +234,43 @@ impl AmqpSource {
         self.held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(tag, d.acker);
+            .insert(tag, (d.acker, job.clone()));
         (tag, job)
+    }
+
+    /// A delivery the broker marks redelivered came back because a channel
+    /// closed holding it: its consumer died (or lost the broker). That is
+    /// an attempt (`docs/guarantees.md`): the job is stored again with
+    /// `attempt + 1` and the reason, and this copy acknowledged; the new
+    /// copy is run when it comes (a job past its attempts is then
+    /// dead-lettered unrun). The broker's flag does not say how often, so
+    /// the count lives in the job. `None` once done; the delivery back
+    /// should the store fail (it is run uncounted rather than lost).
+    async fn count_crash(&self, d: Delivery) -> Option<Delivery> {
+        let job = delivery_job(&d.properties, &d.data);
+        let job = Job {
+            reason: Some("consumer died: its channel closed holding the job".to_owned()),
+            ..job.next_attempt()
+        };
+        match enqueue(&self.inner, &self.queue, &job).await {
+            Ok(()) => {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, job = %job.id, "cannot count a crash delivery; the job runs uncounted");
+                Some(d)
+            }
+        }
+    }
+
+    /// Stores `job` again as it is and acknowledges its delivery: given
+    /// back, not counted. Left unacknowledged (back with the channel, and
+    /// counted) should the store fail.
+    async fn give_back(&self, acker: Acker, job: &Job) {
+        if enqueue(&self.inner, &self.queue, job).await.is_ok() {
+            let _ = acker.ack(BasicAckOptions::default()).await;
+        }
     }
 }
 
@@ -269,11 +306,21 @@ impl JobSource for AmqpSource {
                     return Err(Error::new(ErrorKind::Unavailable, "the job consumer ended"));
                 }
             };
-            let mut out = vec![self.hold(first)];
-            while out.len() < max {
-                match l.consumer.next().now_or_never() {
-                    Some(Some(Ok(d))) => out.push(self.hold(d)),
-                    _ => break,
+            let mut out = Vec::new();
+            let mut next = Some(first);
+            while let Some(d) = next.take() {
+                let d = if d.redelivered {
+                    self.count_crash(d).await
+                } else {
+                    Some(d)
+                };
+                if let Some(d) = d {
+                    out.push(self.hold(d));
+                }
+                if out.len() < max
+                    && let Some(Some(Ok(d))) = l.consumer.next().now_or_never()
+                {
+                    next = Some(d);
                 }
             }
             Ok(out)
@@ -296,7 +343,7 @@ impl JobSource for AmqpSource {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&tag);
-            if let Some(acker) = acker
+            if let Some((acker, _)) = acker
                 && let Err(e) = acker.ack(BasicAckOptions::default()).await
             {
                 // The channel went away: the broker delivers the job again.
@@ -308,8 +355,31 @@ impl JobSource for AmqpSource {
 
     fn release(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            if let Some(l) = self.live.lock().await.take() {
-                // Unacked deliveries go back to the queue with the channel.
+            if let Some(mut l) = self.live.lock().await.take() {
+                // A graceful stop is not a crash: what this consumer holds,
+                // and what waits in its channel, is stored again as it is
+                // and acknowledged, rather than handed back with the
+                // channel (the broker would mark it redelivered, and that
+                // counts as an attempt). Deliveries stop first.
+                let _ = l
+                    .channel
+                    .basic_cancel(l.consumer.tag(), BasicCancelOptions::default())
+                    .await;
+                let held: Vec<(Acker, Job)> = self
+                    .held
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drain()
+                    .map(|(_, h)| h)
+                    .collect();
+                for (acker, job) in held {
+                    self.give_back(acker, &job).await;
+                }
+                while let Some(Some(Ok(d))) = l.consumer.next().now_or_never() {
+                    let job = delivery_job(&d.properties, &d.data);
+                    self.give_back(d.acker, &job).await;
+                }
+                // Anything left goes back with the channel.
                 let _ = l.channel.close(0, "muster: consumer stopped".into()).await;
             }
         })

@@ -301,10 +301,24 @@ impl Acks {
     }
 }
 
+/// The job a message holds, its attempt counting the deliveries before
+/// this one that ended without an ack (the consumer died holding it, and
+/// JetStream delivered it again after the ack wait): a crash is an
+/// attempt (`docs/guarantees.md`). A graceful release does not count: it
+/// stores the job again rather than handing the message back.
 fn job_of(msg: &jetstream::Message) -> Job {
-    decode(msg.headers.as_ref(), msg.payload.clone(), || {
-        msg.info().ok().map(|i| i.stream_sequence)
-    })
+    let info = msg.info().ok();
+    let mut job = decode(msg.headers.as_ref(), msg.payload.clone(), || {
+        info.as_ref().map(|i| i.stream_sequence)
+    });
+    let crashes = info.map_or(0, |i| i.delivered.saturating_sub(1));
+    if crashes > 0 {
+        job.attempt = job
+            .attempt
+            .saturating_add(u32::try_from(crashes).unwrap_or(u32::MAX));
+        job.reason = Some("consumer died: its ack wait ran out".to_owned());
+    }
+    job
 }
 
 impl JobSource for Source {
@@ -394,8 +408,18 @@ impl JobSource for Source {
                 .map(|(_, m)| m)
                 .collect();
             for m in held {
-                // Back to the queue at once, for another instance.
-                let _ = m.ack_with(AckKind::Nak(None)).await;
+                // Back to the queue at once, for another instance: stored
+                // again with its attempt as it is, then acknowledged, so
+                // that the delivery is not counted as a crash (a NAK would
+                // raise JetStream's delivery count). Should the store
+                // fail, the NAK is the fallback: a counted attempt rather
+                // than a lost job.
+                let job = job_of(&m);
+                let kind = match put(&self.inner, &self.queue, &job, false).await {
+                    Ok(()) => AckKind::Ack,
+                    Err(_) => AckKind::Nak(None),
+                };
+                let _ = m.ack_with(kind).await;
             }
         })
     }

@@ -18,7 +18,9 @@ use muster_core::queue::{
 use muster_core::retry::Backoff;
 use muster_core::transport::BoxFuture;
 use muster_core::{Error, ErrorKind};
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadReply,
+};
 use redis::{RedisError, Value};
 
 use crate::{Inner, unavailable};
@@ -74,6 +76,34 @@ fn entry_job(entry: &StreamId) -> Job {
         transaction: text("txn"),
         reason: text("reason"),
     }
+}
+
+/// How often each of `entries` (just claimed) was delivered, from
+/// `XPENDING`; an entry missing from the answer counts as delivered twice
+/// (once before, once now).
+async fn delivery_counts(
+    conn: &mut redis::aio::ConnectionManager,
+    key: &str,
+    entries: &[StreamId],
+) -> HashMap<String, usize> {
+    if entries.is_empty() {
+        return HashMap::new();
+    }
+    let mut pipe = redis::pipe();
+    for e in entries {
+        pipe.cmd("XPENDING")
+            .arg(key)
+            .arg(GROUP)
+            .arg(&e.id)
+            .arg(&e.id)
+            .arg(1);
+    }
+    let replies: Vec<StreamPendingCountReply> = pipe.query_async(conn).await.unwrap_or_default();
+    replies
+        .into_iter()
+        .flat_map(|r| r.ids)
+        .map(|p| (p.id, p.times_delivered))
+        .collect()
 }
 
 pub(crate) async fn enqueue(inner: &Inner, queue: &str, job: &Job) -> Result<(), Error> {
@@ -255,8 +285,20 @@ impl JobSource for RedisSource {
                 if !claimed.claimed.is_empty() {
                     tracing::info!(jobs = claimed.claimed.len(), queue = %self.key, "took over jobs pending on a silent consumer");
                 }
+                let delivered = delivery_counts(&mut conn, &self.key, &claimed.claimed).await;
                 for e in &claimed.claimed {
-                    out.push((self.tag(e), entry_job(e)));
+                    let mut job = entry_job(e);
+                    // Each delivery before this one ended with its consumer
+                    // silent past `claim_after`: a crash, and an attempt.
+                    let crashes = delivered.get(&e.id).map_or(1, |n| n.saturating_sub(1));
+                    job.attempt = job
+                        .attempt
+                        .saturating_add(u32::try_from(crashes).unwrap_or(u32::MAX));
+                    job.reason = Some(format!(
+                        "consumer died: silent for {:?} holding it",
+                        self.claim_after
+                    ));
+                    out.push((self.tag(e), job));
                 }
                 if !out.is_empty() {
                     return Ok(out);

@@ -134,6 +134,13 @@ impl Proc {
         }
     }
 
+    /// How it ended, once it has (reaped then); `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
     /// Resident memory in KiB, from `/proc/PID/status`.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())

@@ -5,7 +5,7 @@
 //! which must end in `chaos.dead`. `--delay-ms` makes each job take that
 //! long (so a run lasts long enough to be interrupted); `--max-attempts`
 //! sets the deliveries of a job (default 5), crashes of its consumers
-//! included.
+//! included; `--abort-on N` aborts the process on job `N` (a poison job).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ fn arg(args: &[String], name: &str) -> Option<String> {
     args.windows(2).find(|w| w[0] == name).map(|w| w[1].clone())
 }
 
-const USAGE: &str = "usage: muster-test-worker --record FILE [--queue Q] [--prefetch N] [--delay-ms MS] [--max-attempts N] [service options: --bus URL, --log-level L, ...]";
+const USAGE: &str = "usage: muster-test-worker --record FILE [--queue Q] [--prefetch N] [--delay-ms MS] [--max-attempts N] [--abort-on N] [service options: --bus URL, --log-level L, ...]";
 
 fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -47,6 +47,7 @@ fn run(args: &[String], record: &str) -> muster::Result<()> {
     let prefetch: usize = arg(args, "--prefetch")
         .and_then(|p| p.parse().ok())
         .unwrap_or(20);
+    let abort_on: Option<u32> = arg(args, "--abort-on").and_then(|p| p.parse().ok());
     let max_attempts: u32 = arg(args, "--max-attempts")
         .and_then(|p| p.parse().ok())
         .unwrap_or(5);
@@ -68,12 +69,13 @@ fn run(args: &[String], record: &str) -> muster::Result<()> {
         .filter(|(i, a)| {
             let flag = |f: &str| a.as_str() == f;
             let value_of = |f: &str| *i > 0 && args[i - 1] == f;
-            const OWN: [&str; 5] = [
+            const OWN: [&str; 6] = [
                 "--queue",
                 "--record",
                 "--prefetch",
                 "--delay-ms",
                 "--max-attempts",
+                "--abort-on",
             ];
             !OWN.iter().any(|f| flag(f) || value_of(f))
         })
@@ -84,6 +86,9 @@ fn run(args: &[String], record: &str) -> muster::Result<()> {
             let file = file.clone();
             async move {
                 tokio::time::sleep(delay).await;
+                if abort_on == Some(w.n) {
+                    std::process::abort();
+                }
                 if w.n % 1000 == 7 {
                     return Err(RpcError::permanent(format!(
                         "job {} is designed to fail",
