@@ -255,6 +255,7 @@ struct Source {
 #[derive(Default)]
 struct Acks {
     pending: Mutex<Vec<jetstream::Message>>,
+    sending: tokio::sync::Mutex<()>,
     ready: tokio::sync::Notify,
     stop: tokio_util::sync::CancellationToken,
 }
@@ -270,8 +271,11 @@ impl Acks {
 
     /// Sends what has gathered. Not waited for (`double_ack` would cost a
     /// round trip per job): a lost ack only means one more delivery after
-    /// the ack wait, which at-least-once allows anyway.
+    /// the ack wait, which at-least-once allows anyway. One sender at a
+    /// time, so that a caller returns only once every ack gathered before
+    /// it is on the connection.
     async fn send(&self) {
+        let _one = self.sending.lock().await;
         let batch =
             std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for msg in batch {
@@ -324,6 +328,11 @@ fn job_of(msg: &jetstream::Message) -> Job {
 impl JobSource for Source {
     fn take(&self, max: usize) -> BoxFuture<'_, Result<Vec<(u64, Job)>, Error>> {
         Box::pin(async move {
+            // The acks of finished jobs go before the request for more: the
+            // server reads a connection in order, so a job taken next that
+            // kills this process cannot take the acks of finished ones with
+            // it (they would come back, counted as crashes).
+            self.acks.send().await;
             let mut batch = self
                 .consumer
                 .fetch()
