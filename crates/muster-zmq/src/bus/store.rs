@@ -33,6 +33,24 @@ const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const COMPACT_ABOVE: u64 = 4 << 20;
 
 /// Where the bus keeps the jobs of its work queues.
+///
+/// ```no_run
+/// use muster_zmq::{Bus, BusAddr, BusOptions, FsyncPolicy, QueueStore};
+///
+/// # async fn run() -> Result<(), muster_core::Error> {
+/// let mut options = BusOptions::default();
+/// options.queue_store = QueueStore::Disk {
+///     path: ".muster/queues.redb".into(),
+///     fsync: FsyncPolicy::Always,
+/// };
+/// let addr: BusAddr = "zmq://127.0.0.1:7700".parse().expect("a bus URL");
+/// // Every job an `enqueue` was answered for is in the file, after a
+/// // crash too.
+/// let bus = Bus::start(addr, options).await?;
+/// bus.stop().await;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum QueueStore {
