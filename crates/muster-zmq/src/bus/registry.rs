@@ -161,14 +161,20 @@ impl Registry {
         }
     }
 
-    /// Hands this turn's changes to the job log.
+    /// Hands this turn's changes to the job log. Should its writer be
+    /// gone, the enqueues are answered with the failure at once.
     fn write_changes(&mut self) {
-        if let Some(log) = &self.log {
-            let changes = self.queues.take_changes();
-            let accepted = std::mem::take(&mut self.accepted);
-            if !changes.is_empty() || !accepted.is_empty() {
-                log.send(changes, accepted);
-            }
+        let Some(log) = &self.log else { return };
+        let changes = self.queues.take_changes();
+        let accepted = std::mem::take(&mut self.accepted);
+        if changes.is_empty() && accepted.is_empty() {
+            return;
+        }
+        if let Err(accepted) = log.send(changes, accepted) {
+            self.committed(Committed {
+                accepted,
+                error: Some("the job log writer stopped".to_owned()),
+            });
         }
     }
 

@@ -15,6 +15,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -138,11 +140,18 @@ pub(super) struct Committed {
     pub(super) error: Option<String>,
 }
 
+/// Changes sent to the writer and not yet written past which `enqueue` is
+/// refused ("the job log is behind"): the channel to the writer is
+/// otherwise unbounded, and producers faster than the disk would grow it.
+pub(super) const MAX_BACKLOG: usize = 200_000;
+
 /// The registry's end of the log.
 #[derive(Debug)]
 pub(super) struct JobLog {
     tx: mpsc::UnboundedSender<(Vec<JobChange>, Vec<Accepted>)>,
     writer: tokio::task::JoinHandle<()>,
+    /// Changes sent and not yet written.
+    backlog: Arc<AtomicUsize>,
 }
 
 impl JobLog {
@@ -169,8 +178,25 @@ impl JobLog {
             tracing::info!(jobs = n, path = %path.display(), "jobs read back from the job log");
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(write(db, rx, committed, fsync, path.to_owned()));
-        Ok(Self { tx, writer })
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let writer = tokio::spawn(write(
+            db,
+            rx,
+            committed,
+            fsync,
+            path.to_owned(),
+            backlog.clone(),
+        ));
+        Ok(Self {
+            tx,
+            writer,
+            backlog,
+        })
+    }
+
+    /// True when the writer is more than [`MAX_BACKLOG`] changes behind.
+    pub(super) fn is_behind(&self) -> bool {
+        self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
     }
 
     /// Writes what was sent and closes the file (another bus may then
@@ -180,10 +206,20 @@ impl JobLog {
         let _ = self.writer.await;
     }
 
-    /// Queues changes (and the enqueues they answer) for the writer.
-    pub(super) fn send(&self, changes: Vec<JobChange>, accepted: Vec<Accepted>) {
-        // The writer ends only with the registry that owns this end.
-        let _ = self.tx.send((changes, accepted));
+    /// Queues changes (and the enqueues they answer) for the writer. The
+    /// enqueues come back when the writer is gone (it failed): nothing
+    /// will answer them.
+    pub(super) fn send(
+        &self,
+        changes: Vec<JobChange>,
+        accepted: Vec<Accepted>,
+    ) -> Result<(), Vec<Accepted>> {
+        let n = changes.len();
+        self.backlog.fetch_add(n, Ordering::Relaxed);
+        self.tx.send((changes, accepted)).map_err(|e| {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
+            (e.0).1
+        })
     }
 }
 
@@ -232,6 +268,7 @@ async fn write(
     committed: mpsc::UnboundedSender<Committed>,
     fsync: FsyncPolicy,
     path: PathBuf,
+    backlog: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::new();
     loop {
@@ -250,6 +287,7 @@ async fn write(
         let mut last: BTreeMap<u64, Option<Vec<u8>>> = BTreeMap::new();
         for (changes, acc) in batch.drain(..) {
             accepted.extend(acc);
+            backlog.fetch_sub(changes.len(), Ordering::Relaxed);
             for c in changes {
                 match c {
                     JobChange::Put { key, queue, job } => {

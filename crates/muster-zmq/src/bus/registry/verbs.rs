@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{Entry, MAX_SESSIONS, Registry, RegistryEvent, Waiter, encode};
 use crate::bus::BusOptions;
-use crate::bus::store::Accepted;
+use crate::bus::store::{Accepted, JobLog};
 use crate::control::{
     self, Ack, Claim, ClaimReply, Enqueue, Heartbeat, HeartbeatReply, Hello, List, QueueOp,
     QueueOpReply, Release, Settle, Take, TakeReply, Taken, Unregister, Verified, Verify,
@@ -170,6 +170,9 @@ fn verb_of(
             Err(e) => reply(error(format!("bad claim: {e}"))),
         },
         control::ENQUEUE => match serde_json::from_slice::<Enqueue>(body) {
+            Ok(_) if reg.log.as_ref().is_some_and(JobLog::is_behind) => reply(error(
+                "the job log is behind the producers; try again shortly".to_owned(),
+            )),
             Ok(q) => match reg.queues.push(&q.queue, q.job) {
                 Ok(key) => {
                     reg.serve_waiters(Instant::now());
