@@ -192,3 +192,42 @@ fn syntax_errors_have_a_line() {
     let (_, key, msg) = fault("[[service]]\nname = \"a\"\nrun = [\"a\"]\n");
     assert!(msg.contains("context"), "{key}: {msg}");
 }
+
+#[test]
+fn the_job_store_settings_are_read_and_checked() {
+    let host = |extra: &str| {
+        parse(
+            Path::new("/tmp/m/muster.toml"),
+            &format!("[host]\n{extra}\n{GOOD}"),
+            true,
+            &Substitutions::default(),
+        )
+        .map(|(h, _)| h.expect("a [host] table"))
+    };
+    let h = host("").unwrap();
+    assert!(!h.queue_in_memory, "jobs are on disk by default");
+    assert_eq!(h.queue_fsync, muster_zmq::FsyncPolicy::Always);
+    let h = host("queue_store = \"memory\"\nqueue_fsync = \"5ms\"").unwrap();
+    assert!(h.queue_in_memory);
+    assert_eq!(
+        h.queue_fsync,
+        muster_zmq::FsyncPolicy::Every(Duration::from_millis(5))
+    );
+    for (bad, key, says) in [
+        ("queue_store = \"tape\"", "host.queue_store", "\"disk\""),
+        ("queue_fsync = \"sometimes\"", "host.queue_fsync", "always"),
+    ] {
+        match host(bad).unwrap_err() {
+            ManifestError::Invalid {
+                line,
+                key: k,
+                message,
+                ..
+            } => {
+                assert_eq!((line, k.as_str()), (2, key));
+                assert!(message.contains(says), "{message}");
+            }
+            ManifestError::Io { .. } => unreachable!(),
+        }
+    }
+}

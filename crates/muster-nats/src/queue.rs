@@ -330,8 +330,10 @@ impl JobSource for Source {
         Box::pin(async move {
             // The acks of finished jobs go before the request for more: the
             // server reads a connection in order, so a job taken next that
-            // kills this process cannot take the acks of finished ones with
-            // it (they would come back, counted as crashes).
+            // kills this process cannot take the acks of the finished ones
+            // with it (they would come back, counted as crashes). Sending
+            // them only when nothing runs measured the same at prefetch 100
+            // (0.66-0.68 of plain async-nats), so this stays simple.
             self.acks.send().await;
             let mut batch = self
                 .consumer

@@ -231,11 +231,37 @@ pub async fn bus_and_client() -> (muster_zmq::Bus, muster::Client, String) {
     (bus, client, url)
 }
 
-/// A bus device running in this test process.
+/// A bus device running in this test process, on a runtime of its own
+/// (one thread, never shut down): dropping or stopping the returned `Bus`
+/// stops it.
+///
+/// Why not the test's runtime: a test's runtime waits, when the test
+/// ends, for every task it runs, and twice in CI (and once in ten loaded
+/// local runs) it waited for ever. gdb showed the bus's event forwarder
+/// spinning inside omq's `recv` (a fan-in source signalled ready that
+/// yields nothing, so the poll never returns) while that runtime shut
+/// down around it. On a runtime that is never shut down, the forwarder
+/// ends cleanly when the bus stops.
 pub async fn start_bus(url: &str) -> muster_zmq::Bus {
     let addr: muster_zmq::BusAddr = url.parse().expect("bus url");
-    muster_zmq::Bus::start(addr, muster_zmq::BusOptions::default())
-        .await
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("test-bus".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("a runtime for the test bus");
+            runtime.block_on(async move {
+                let bus = muster_zmq::Bus::start(addr, muster_zmq::BusOptions::default()).await;
+                let _ = tx.send(bus);
+                std::future::pending::<()>().await;
+            });
+        })
+        .expect("a thread for the test bus");
+    rx.await
+        .expect("the test bus thread answers")
         .expect("bus starts")
 }
 
