@@ -134,13 +134,6 @@ impl Proc {
         }
     }
 
-    /// How it ended, once it has (reaped then); `None` while it runs.
-    pub fn exited(&mut self) -> Option<ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok()??;
-        self.child = None;
-        Some(status)
-    }
-
     /// Resident memory in KiB, from `/proc/PID/status`.
     pub fn rss_kib(&self) -> u64 {
         rss_kib(self.pid())
@@ -263,6 +256,31 @@ pub async fn start_bus(url: &str) -> muster_zmq::Bus {
     rx.await
         .expect("the test bus thread answers")
         .expect("bus starts")
+}
+
+/// `muster-test-bus URL LOG` (`bus` is the path of that binary), returned
+/// once it says it serves: a bus in a process of its own, for tests that
+/// kill it.
+///
+/// # Panics
+/// When it ends before serving (its error is then on the test's stderr).
+pub fn spawn_test_bus(bus: &str, url: &str, log: &Path) -> Proc {
+    use std::io::BufRead;
+    let mut c = Command::new(bus);
+    c.arg(url)
+        .arg(log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut p = Proc::spawn("muster-test-bus", c);
+    let stdout = p
+        .child
+        .as_mut()
+        .and_then(|c| c.stdout.take())
+        .expect("stdout piped");
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+    assert_eq!(line.trim(), "ready", "muster-test-bus {url} did not start");
+    p
 }
 
 /// Waits until `n` instances of `service` are registered.

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use muster::Client;
@@ -27,20 +27,8 @@ fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
-/// `muster-test-bus URL LOG`, returned once its registry port is open.
 fn bus(url: &str, log: &Path) -> Proc {
-    let mut c = Command::new(BUS);
-    c.arg(url).arg(log).stdout(Stdio::null());
-    let p = Proc::spawn("muster-test-bus", c);
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let t = Instant::now();
-    // Polls until the other process opens its port (it has no other way
-    // of saying it is up).
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t.elapsed() < WAIT, "the bus did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    p
+    muster_test::spawn_test_bus(BUS, url, log)
 }
 
 async fn stats(client: &Client, queue: &str) -> Option<QueueStats> {

@@ -14,26 +14,44 @@
 
 use std::collections::BTreeSet;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::process::Command;
 
 use muster::Client;
 use muster::queue::{QueueCommand, QueueReply};
-use muster_test::{Proc, broker_url};
+use muster_test::{broker_url, eventually};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_muster-test-worker");
 const POISON: u32 = 50;
 
-fn worker(url: &str, queue: &str, record: &Path) -> Proc {
-    let mut c = Command::new(WORKER);
-    c.args(["--queue", queue, "--record"])
-        .arg(record)
-        .args(["--prefetch", "1", "--max-attempts", "3"])
-        .args(["--abort-on", &POISON.to_string()])
-        .args(["--bus", url, "--log-level", "error"])
-        .stderr(std::process::Stdio::null());
-    Proc::spawn("muster-test-worker", c)
+/// Runs the worker and starts it again whenever it ends, as a host would,
+/// until aborted (its worker is then killed); counts the aborts.
+async fn supervise(url: String, queue: String, record: PathBuf, aborts: Arc<AtomicU32>) {
+    loop {
+        let mut child = Command::new(WORKER)
+            .args(["--queue", &queue, "--record"])
+            .arg(&record)
+            .args(["--prefetch", "1", "--max-attempts", "3"])
+            .args(["--abort-on", &POISON.to_string()])
+            .args(["--bus", &url, "--log-level", "error"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the worker starts");
+        let status = child.wait().await.expect("the worker is reaped");
+        // Only the poison job aborts it; a worker that could not start
+        // (a broker busy loading, on a loaded machine) is started again
+        // without counting.
+        if status.signal() == Some(6) {
+            aborts.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn poison(label: &str, url: &str) {
@@ -55,38 +73,35 @@ async fn poison(label: &str, url: &str) {
             .await
             .unwrap();
     }
-    let mut w = worker(url, &queue, &record);
-    let mut crashes = 0u32;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let dead = loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if let Some(status) = w.exited() {
-            // Only the poison job aborts it; a worker that could not start
-            // (a broker busy loading, on a loaded machine) is started again
-            // without counting.
-            if status.signal() == Some(6) {
-                crashes += 1;
+    let aborts = Arc::new(AtomicU32::new(0));
+    let supervisor = tokio::spawn(supervise(
+        url.to_owned(),
+        queue.clone(),
+        record.clone(),
+        aborts.clone(),
+    ));
+    let dead = eventually(
+        Duration::from_secs(120),
+        &format!("poison {label}: every good job done, the poison job dead"),
+        || async {
+            let seen: BTreeSet<u32> = muster_test::recorded_numbers(&dir).into_keys().collect();
+            if !seen.is_superset(&good) {
+                return None;
             }
-            w = worker(url, &queue, &record);
-        }
-        let seen: BTreeSet<u32> = muster_test::recorded_numbers(&dir).into_keys().collect();
-        if seen.is_superset(&good)
-            && let Ok(QueueReply::Jobs(dead)) = client
+            match client
                 .transport()
                 .queue_command(&format!("{queue}.dead"), QueueCommand::Peek { count: 10 })
                 .await
-            && !dead.is_empty()
-        {
-            break dead;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "poison {label}: after 120 s, {crashes} crashes, {} of {} good jobs done",
-            seen.len(),
-            good.len()
-        );
-    };
-    drop(w);
+            {
+                Ok(QueueReply::Jobs(dead)) if !dead.is_empty() => Some(dead),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    supervisor.abort();
+    let _ = supervisor.await; // its worker, dropped, is killed
+    let crashes = aborts.load(Ordering::Relaxed);
     assert_eq!(dead.len(), 1, "only the poison job is dead: {dead:?}");
     let job = &dead[0];
     assert_eq!(job.body.as_ref(), format!(r#"{{"n":{POISON}}}"#).as_bytes());

@@ -28,6 +28,23 @@ pub(super) fn plain_url(url: &str) -> String {
     url.split('?').next().unwrap_or(url).to_owned()
 }
 
+/// Enqueues `jobs` copies of `body` with 64 in flight, as a busy producer.
+pub(super) async fn enqueue_all(
+    client: &Client,
+    queue: &str,
+    body: &serde_json::Value,
+    jobs: u64,
+) -> Result<(), muster::Error> {
+    futures_util::stream::iter(0..jobs)
+        .map(|_| client.enqueue(queue, body))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map(|_| ())
+}
+
 pub(super) fn job_body(size: usize) -> serde_json::Value {
     serde_json::json!({ "pad": "x".repeat(size.saturating_sub(12)) })
 }
@@ -68,14 +85,7 @@ async fn muster_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyh
     let transport = muster::bus::connect(url, None).await?;
     let client = Client::new(transport.clone());
     let queue = unique("bench-jobs");
-    let body = job_body(size);
-    futures_util::stream::iter(0..jobs)
-        .map(|_| client.enqueue(&queue, &body))
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    enqueue_all(&client, &queue, &job_body(size), jobs).await?;
     let done = Arc::new(AtomicU64::new(0));
     let counter = done.clone();
     // Timed from the first job handled, as the plain loops are timed from

@@ -9,11 +9,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use muster::prelude::*;
 use muster_zmq::{Bus, BusAddr, BusOptions, FsyncPolicy, QueueStore};
 
-use super::broker::{job_body, unique};
+use super::broker::{enqueue_all, job_body, unique};
 use super::{BenchCmd, free_ports, report};
 
 /// Prints jobs/s of each store at prefetch 1 and 100, with the ratio to
@@ -72,15 +71,8 @@ async fn round(store: QueueStore, prefetch: usize, jobs: u64, size: usize) -> an
         .max_attempts(1)
         .start(muster::bus::connect(&url, None).await?)
         .await?;
-    let body = job_body(size);
     let started = Instant::now();
-    futures_util::stream::iter(0..jobs)
-        .map(|_| client.enqueue(&queue, &body))
-        .buffer_unordered(64)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()?;
+    enqueue_all(&client, &queue, &job_body(size), jobs).await?;
     while done.load(Ordering::Relaxed) < jobs {
         tokio::time::sleep(Duration::from_millis(1)).await;
         anyhow::ensure!(

@@ -190,6 +190,31 @@ impl QueueBook {
         }
     }
 
+    /// Records that `job` is in `queue` under `key`; the copy is made only
+    /// when the book journals (an in-memory book's hot path copies nothing).
+    fn record_put(&mut self, key: u64, queue: &str, job: &Job) {
+        if let Some(j) = &mut self.journal {
+            j.push(JobChange::Put {
+                key,
+                queue: queue.to_owned(),
+                job: job.clone(),
+            });
+        }
+    }
+
+    /// Puts `job` at the back of `queue` under a new key (so that a store
+    /// reads it back in the same place), counting its bytes.
+    fn push_back_new(&mut self, queue: &str, job: Job) {
+        self.bytes += job_bytes(&job);
+        let key = self.new_key();
+        self.record_put(key, queue, &job);
+        self.queues
+            .entry(queue.to_owned())
+            .or_default()
+            .ready
+            .push_back(Held { key, job });
+    }
+
     fn new_key(&mut self) -> u64 {
         self.next_key += 1;
         self.next_key
@@ -254,15 +279,14 @@ impl QueueBook {
         self.bytes += size;
         self.next_key += 1;
         let key = self.next_key;
-        q.ready.push_back(Held {
-            key,
-            job: job.clone(),
-        });
-        self.record(JobChange::Put {
-            key,
-            queue: queue.to_owned(),
-            job,
-        });
+        if let Some(j) = &mut self.journal {
+            j.push(JobChange::Put {
+                key,
+                queue: queue.to_owned(),
+                job: job.clone(),
+            });
+        }
+        q.ready.push_back(Held { key, job });
         Ok(key)
     }
 
@@ -325,18 +349,7 @@ impl QueueBook {
             Outcome::Dead { reason } => Some((dead_queue(queue), job.dead(reason))),
         };
         if let Some((to, job)) = next {
-            self.bytes += job_bytes(&job);
-            let key = self.new_key();
-            self.record(JobChange::Put {
-                key,
-                queue: to.clone(),
-                job: job.clone(),
-            });
-            self.queues
-                .entry(to)
-                .or_default()
-                .ready
-                .push_back(Held { key, job });
+            self.push_back_new(&to, job);
         }
         self.forget_if_empty(queue);
         true
@@ -360,7 +373,6 @@ impl QueueBook {
 
     fn give_back(&mut self, holder: &str, died: Option<&str>) -> usize {
         let mut n = 0;
-        let mut changes = Vec::new();
         for (name, q) in &mut self.queues {
             let mut back: Vec<(u64, Held)> = Vec::new();
             q.in_flight.retain(|tag, (h, held)| {
@@ -383,17 +395,16 @@ impl QueueBook {
                         ..held.job.next_attempt()
                     };
                     self.bytes += job_bytes(&held.job);
-                    changes.push(JobChange::Put {
-                        key: held.key,
-                        queue: name.clone(),
-                        job: held.job.clone(),
-                    });
+                    if let Some(j) = &mut self.journal {
+                        j.push(JobChange::Put {
+                            key: held.key,
+                            queue: name.clone(),
+                            job: held.job.clone(),
+                        });
+                    }
                 }
                 q.ready.push_front(held);
             }
-        }
-        for c in changes {
-            self.record(c);
         }
         n
     }
@@ -456,18 +467,7 @@ impl QueueBook {
                         reason: None,
                         ..job
                     };
-                    self.bytes += job_bytes(&job);
-                    let key = self.new_key();
-                    self.record(JobChange::Put {
-                        key,
-                        queue: queue.to_owned(),
-                        job: job.clone(),
-                    });
-                    self.queues
-                        .entry(queue.to_owned())
-                        .or_default()
-                        .ready
-                        .push_back(Held { key, job });
+                    self.push_back_new(queue, job);
                 }
                 QueueReply::Count(n)
             }

@@ -3,6 +3,8 @@
 //! keeps the jobs of its queues in the job log `JOBLOG` (`memory` for
 //! none), flushed under `FSYNC` (`always`, or an interval such as `5ms`).
 //! It is an open bus (no credentials), as the in-process test buses are.
+//! It prints `ready` once it serves (`muster_test::spawn_test_bus` waits
+//! for that line).
 
 use muster_zmq::{Bus, BusOptions, QueueStore};
 
@@ -42,6 +44,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    println!("ready");
     let _ = tokio::signal::ctrl_c().await;
     bus.stop().await;
     std::process::ExitCode::SUCCESS
