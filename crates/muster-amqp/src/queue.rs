@@ -73,6 +73,7 @@ fn delivery_job(props: &BasicProperties, body: &[u8]) -> Job {
         attempt: u32_field(props, JOB_ATTEMPT).unwrap_or(1).max(1),
         transaction: text_field(props, JOB_TXN),
         reason: text_field(props, JOB_REASON),
+        expires_ms: None,
     }
 }
 

@@ -14,6 +14,7 @@
 //! ```
 
 pub mod auth;
+pub mod durable;
 pub mod duration;
 pub mod error;
 pub mod fs;

@@ -58,6 +58,11 @@ pub struct Job {
     /// ended without an outcome (`consumer died: ...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When a kept event is dropped unread (ms since the Unix epoch): set
+    /// on the jobs that carry a durable group's events
+    /// ([`crate::durable::event_job`]), `None` for work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
 }
 
 fn one() -> u32 {
@@ -73,6 +78,7 @@ impl Job {
             attempt: 1,
             transaction: None,
             reason: None,
+            expires_ms: None,
         }
     }
 
@@ -235,6 +241,49 @@ mod tests {
 
     fn job(n: u32) -> Job {
         Job::new(n.to_string())
+    }
+
+    /// A capped queue (a durable group's) drops its oldest waiting jobs
+    /// to stay within its count and bytes, and its expired ones first;
+    /// what it drops reaches the journal, and held jobs are not touched.
+    #[test]
+    fn a_capped_queue_drops_its_oldest() {
+        let mut book = QueueBook::journaling(QueueLimits::default());
+        for n in 0..5 {
+            let (_, dropped) = book.push_capped("g", job(n), 3, usize::MAX, 0).unwrap();
+            assert_eq!(dropped, u64::from(n >= 3));
+        }
+        let bodies = |book: &mut QueueBook, q: &str| match book
+            .command(q, &QueueCommand::Peek { count: 10 })
+        {
+            QueueReply::Jobs(j) => j
+                .iter()
+                .map(|j| String::from_utf8_lossy(&j.body).into_owned())
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(bodies(&mut book, "g"), ["2", "3", "4"]);
+        let deletes = book
+            .take_changes()
+            .iter()
+            .filter(|c| matches!(c, JobChange::Delete { .. }))
+            .count();
+        assert_eq!(deletes, 2);
+        // Held jobs are not the queue's to drop.
+        let held = book.take("g", "h", 1);
+        assert_eq!(held.len(), 1);
+        // Bytes: one more job of this size does not fit beside two.
+        let size = book.bytes() / 3;
+        let (_, dropped) = book.push_capped("g", job(5), 10, size * 2, 0).unwrap();
+        assert_eq!(dropped, 1);
+        assert_eq!(bodies(&mut book, "g"), ["4", "5"]);
+        // Expired ones go first, whatever the room.
+        let mut old = job(6);
+        old.expires_ms = Some(10);
+        book.push_capped("e", old, 10, usize::MAX, 0).unwrap();
+        let (_, dropped) = book.push_capped("e", job(7), 10, usize::MAX, 11).unwrap();
+        assert_eq!(dropped, 1);
+        assert_eq!(bodies(&mut book, "e"), ["7"]);
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::durable::DurableGroup;
 use crate::error::{Error, RpcError};
 use crate::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use crate::registry::{InstanceInfo, StatusUpdate};
@@ -198,6 +199,34 @@ pub trait Transport: Send + Sync + Debug + 'static {
                 events: Box::pin(ReceiverStream(rx)),
                 handle,
             })
+        })
+    }
+
+    /// Joins the durable group `group` as one of its members: the bus
+    /// keeps the group's events while no member is there (within its
+    /// retention) and delivers them to `sink` one at a time, in publish
+    /// order per publisher, acknowledging each once `deliver` resolves
+    /// (at least once). `options.holder` names the member, as a
+    /// consumer's holder does; the prefetch bounds the events on their
+    /// way to it.
+    ///
+    /// # Errors
+    /// `Config` for an invalid group, or a bus that keeps none.
+    fn subscribe_durable(
+        &self,
+        group: &DurableGroup,
+        options: ConsumeOptions,
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let _ = (group, options, sink);
+        Box::pin(async move {
+            Err(Error::new(
+                crate::ErrorKind::Config,
+                format!(
+                    "the {} transport keeps no durable subscriptions in this mode",
+                    self.kind()
+                ),
+            ))
         })
     }
 

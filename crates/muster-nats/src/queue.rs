@@ -182,6 +182,7 @@ fn decode(
             attempt: f.attempt,
             transaction: f.transaction,
             reason: f.reason,
+            expires_ms: None,
         },
         None => {
             let mut job = Job::new(payload);

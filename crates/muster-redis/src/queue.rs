@@ -75,6 +75,7 @@ fn entry_job(entry: &StreamId) -> Job {
             .max(1),
         transaction: text("txn"),
         reason: text("reason"),
+        expires_ms: None,
     }
 }
 

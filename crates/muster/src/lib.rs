@@ -31,7 +31,8 @@
 //!   publishes the JSON Schemas. Params that do not fit are answered with
 //!   -32602 naming the field; the handler never sees them.
 //! - **Events**: [`Service::subscribe`] with `a.*.c` / `a.>` patterns,
-//!   [`Ctx::publish`].
+//!   [`Ctx::publish`]; [`Service::durable`] keeps a group's events while
+//!   its members are down.
 //! - **Main mode**: [`Service::main`] runs a producer function (with `-m`).
 //! - **The standard CLI**: [`Service::run`] parses `-c FILE`, `--bus URL`,
 //!   logging flags and `--key value` config overrides (see [`cli`]).
@@ -67,6 +68,7 @@ pub use ctx::{Ctx, UPDATE_TOPIC};
 pub use extract::{Args, Config};
 pub use group::Group;
 pub use handler::Handler;
+pub use muster_core::durable::{self, Retention};
 pub use muster_core::id;
 pub use muster_core::queue;
 pub use muster_core::registry;

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use muster_core::durable::{DurableGroup, EventJobs, Keeper};
 use muster_core::queue::consumer::{self, JobSource};
 use muster_core::queue::{
     ConsumeOptions, Job, JobSink, Outcome, QueueBook, QueueCommand, QueueReply,
@@ -38,6 +39,8 @@ struct State {
     /// key -> (holder, until)
     claims: std::collections::HashMap<String, (String, std::time::Instant)>,
     queues: QueueBook,
+    /// Durable groups: their events wait in `queues`.
+    durable: Keeper,
 }
 
 /// The in-memory bus. Clones share it.
@@ -185,13 +188,19 @@ impl Transport for MemoryTransport {
                     format!("cannot publish on {topic:?}"),
                 ));
             }
-            let targets: Vec<mpsc::Sender<Envelope>> = self
-                .lock()
-                .subs
-                .iter()
-                .filter(|s| s.patterns.iter().any(|p| p.matches(&topic)))
-                .map(|s| s.tx.clone())
-                .collect();
+            let targets: Vec<mpsc::Sender<Envelope>> = {
+                let mut st = self.lock();
+                let st = &mut *st;
+                if st.durable.wants(&topic) {
+                    st.durable.keep(&mut st.queues, &event);
+                    self.jobs_ready.notify_waiters();
+                }
+                st.subs
+                    .iter()
+                    .filter(|s| s.patterns.iter().any(|p| p.matches(&topic)))
+                    .map(|s| s.tx.clone())
+                    .collect()
+            };
             for tx in targets {
                 let _ = tx.send(event.clone()).await;
             }
@@ -230,6 +239,21 @@ impl Transport for MemoryTransport {
                 id,
                 task,
             }) as Box<dyn Subscribed>)
+        })
+    }
+
+    fn subscribe_durable(
+        &self,
+        group: &DurableGroup,
+        options: ConsumeOptions,
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let declared = self.lock().durable.declare(group.clone());
+        let queue = group.queue();
+        Box::pin(async move {
+            declared?;
+            self.consume(&queue, options, Arc::new(EventJobs::new(sink)))
+                .await
         })
     }
 

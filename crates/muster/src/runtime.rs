@@ -7,6 +7,7 @@ pub(crate) mod scheduler;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use muster_core::durable::{DurableGroup, Retention};
 use muster_core::id;
 use muster_core::registry::{InstanceInfo, MethodInfo};
 use muster_core::transport::{Registration, Served, SharedTransport, Subscribed};
@@ -298,14 +299,15 @@ impl Service {
                 dispatch.clone(),
             )
             .await?;
-        let subscribed = if self.subscriptions.is_empty() {
+        let patterns: Vec<String> = self
+            .subscriptions
+            .iter()
+            .filter(|s| s.durable.is_none())
+            .map(|s| s.pattern.clone())
+            .collect();
+        let subscribed = if patterns.is_empty() {
             None
         } else {
-            let patterns: Vec<String> = self
-                .subscriptions
-                .iter()
-                .map(|s| s.pattern.clone())
-                .collect();
             match transport.subscribe(&patterns, dispatch.clone()).await {
                 Ok(s) => Some(s),
                 Err(e) => {
@@ -314,7 +316,39 @@ impl Service {
                 }
             }
         };
+        // Durable groups join like consumers: each is one more thing to
+        // cancel at stop.
         let mut consumers = Vec::new();
+        let groups = match self.durable_groups() {
+            Ok(g) => g,
+            Err(e) => {
+                if let Some(s) = subscribed {
+                    s.cancel().await;
+                }
+                served.stop(Duration::ZERO).await;
+                return Err(e);
+            }
+        };
+        for group in groups {
+            let sink = Arc::new(dispatch::GroupSink {
+                dispatch: dispatch.clone(),
+                group: group.name.clone(),
+            });
+            let options = muster_core::queue::ConsumeOptions::new(instance.to_owned());
+            match transport.subscribe_durable(&group, options, sink).await {
+                Ok(s) => consumers.push(s),
+                Err(e) => {
+                    for s in consumers {
+                        s.cancel().await;
+                    }
+                    if let Some(s) = subscribed {
+                        s.cancel().await;
+                    }
+                    served.stop(Duration::ZERO).await;
+                    return Err(e);
+                }
+            }
+        }
         for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(self)) {
             let options = muster_core::queue::ConsumeOptions::new(instance.to_owned())
                 .prefetch(c.prefetch)
@@ -334,6 +368,28 @@ impl Service {
             }
         }
         Ok((served, subscribed, consumers))
+    }
+
+    /// The durable groups of the subscriptions, in order of first use:
+    /// a group's patterns together, its retention the last one set.
+    fn durable_groups(&self) -> Result<Vec<DurableGroup>, Error> {
+        let mut groups: Vec<(&str, Vec<String>, Retention)> = Vec::new();
+        for s in &self.subscriptions {
+            let Some((name, retention)) = &s.durable else {
+                continue;
+            };
+            match groups.iter_mut().find(|g| g.0 == name) {
+                Some(g) => {
+                    g.1.push(s.pattern.clone());
+                    g.2 = *retention;
+                }
+                None => groups.push((name, vec![s.pattern.clone()], *retention)),
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(name, patterns, retention)| DurableGroup::new(name, patterns, retention))
+            .collect()
     }
 }
 

@@ -22,6 +22,7 @@ use muster_core::registry::{is_valid_name, is_valid_service_name};
 use crate::runtime::scheduler::Job;
 use crate::schedule::{Clock, Misfire, Schedule, SystemClock};
 use crate::state::{Faults, Owner, OwnerHandle, Reader, ReaderHandle, StateHandle, StateKind};
+use muster_core::durable::Retention;
 use muster_core::topic::Pattern;
 
 /// The error type of `main` and `init` functions.
@@ -54,6 +55,9 @@ pub(crate) struct Consumer {
 pub(crate) struct Subscription {
     pub(crate) pattern: String,
     pub(crate) handler: Arc<dyn ErasedHandler>,
+    /// The durable group and what it keeps; `None` for a plain
+    /// subscription.
+    pub(crate) durable: Option<(String, Retention)>,
 }
 
 /// A service: its name, methods, subscriptions and hooks.
@@ -492,7 +496,88 @@ impl Service {
         self.subscriptions.push(Subscription {
             pattern: pattern.to_owned(),
             handler,
+            durable: None,
         });
+        self
+    }
+
+    /// Makes the last [`Service::subscribe`] durable, as a member of the
+    /// group `group`: events on its topic published while no member of
+    /// the group runs are kept by the bus (within
+    /// [`Service::retention`]) and delivered when one comes back, at least
+    /// once, in publish order per publisher. Members of a group share its
+    /// events; subscriptions of one service with the same group share one
+    /// backlog. A plain subscription misses what is published while it is
+    /// down, and costs nothing on the bus.
+    ///
+    /// ```
+    /// use muster::prelude::*;
+    /// use muster::testing::TestBus;
+    ///
+    /// #[derive(Deserialize, JsonSchema)]
+    /// struct Paid { order: u64 }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (tx, mut paid) = tokio::sync::mpsc::unbounded_channel();
+    /// let billing = Service::new("billing")
+    ///     .subscribe("orders.paid", move |Args(e): Args<Paid>| {
+    ///         let tx = tx.clone();
+    ///         async move {
+    ///             let _ = tx.send(e.order);
+    ///             Ok(())
+    ///         }
+    ///     })
+    ///     .durable("billing");
+    /// let bus = TestBus::new();
+    /// let running = bus.start(billing).await?;
+    /// running.stop().await;
+    /// // Published while no member of "billing" runs: kept.
+    /// bus.client().publish("orders.paid", &serde_json::json!({"order": 7})).await?;
+    /// # let (tx, mut paid) = tokio::sync::mpsc::unbounded_channel();
+    /// # let billing = Service::new("billing")
+    /// #     .subscribe("orders.paid", move |Args(e): Args<Paid>| {
+    /// #         let tx = tx.clone();
+    /// #         async move { let _ = tx.send(e.order); Ok(()) }
+    /// #     })
+    /// #     .durable("billing");
+    /// let _again = bus.start(billing).await?;
+    /// assert_eq!(paid.recv().await, Some(7));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Panics
+    /// When no `subscribe` comes before it, or on an invalid group name
+    /// (letters, digits, `_` and `-`).
+    #[track_caller]
+    pub fn durable(mut self, group: &str) -> Self {
+        assert!(
+            muster_core::durable::is_valid_group_name(group),
+            "invalid durable group {group:?}: use 1 to 100 letters, digits, _ and -"
+        );
+        let s = self
+            .subscriptions
+            .last_mut()
+            .expect("durable() applies to the subscribe() before it");
+        s.durable = Some((group.to_owned(), Retention::default()));
+        self
+    }
+
+    /// What the bus keeps for the durable group of the last
+    /// [`Service::durable`] subscription while no member runs: most
+    /// events, bytes and age, the oldest dropped first past a bound.
+    /// Default [`Retention::default`] (1,000,000 events, 256 MiB, 7 days).
+    ///
+    /// # Panics
+    /// When the subscription before it is not durable.
+    #[track_caller]
+    pub fn retention(mut self, retention: Retention) -> Self {
+        let s = self
+            .subscriptions
+            .last_mut()
+            .and_then(|s| s.durable.as_mut())
+            .expect("retention() applies to a durable() subscription before it");
+        s.1 = retention;
         self
     }
 

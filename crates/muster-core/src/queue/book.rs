@@ -105,12 +105,36 @@ struct Held {
 #[derive(Debug, Default)]
 struct Queue {
     ready: VecDeque<Held>,
+    /// Bytes of the jobs in `ready` ([`job_bytes`]), for a capped queue's
+    /// bound ([`QueueBook::push_capped`]).
+    ready_bytes: usize,
     in_flight: HashMap<u64, (String, Held)>,
 }
 
 impl Queue {
     fn is_empty(&self) -> bool {
         self.ready.is_empty() && self.in_flight.is_empty()
+    }
+
+    fn push_back(&mut self, held: Held) {
+        self.ready_bytes += job_bytes(&held.job);
+        self.ready.push_back(held);
+    }
+
+    fn push_front(&mut self, held: Held) {
+        self.ready_bytes += job_bytes(&held.job);
+        self.ready.push_front(held);
+    }
+
+    fn pop_front(&mut self) -> Option<Held> {
+        let held = self.ready.pop_front()?;
+        self.ready_bytes -= job_bytes(&held.job);
+        Some(held)
+    }
+
+    fn take_ready(&mut self) -> VecDeque<Held> {
+        self.ready_bytes = 0;
+        std::mem::take(&mut self.ready)
     }
 }
 
@@ -211,7 +235,6 @@ impl QueueBook {
         self.queues
             .entry(queue.to_owned())
             .or_default()
-            .ready
             .push_back(Held { key, job });
     }
 
@@ -229,7 +252,6 @@ impl QueueBook {
         self.queues
             .entry(queue.to_owned())
             .or_default()
-            .ready
             .push_back(Held { key, job });
     }
 
@@ -244,6 +266,7 @@ impl QueueBook {
             return false;
         };
         if let Some(h) = q.ready.remove(at) {
+            q.ready_bytes -= job_bytes(&h.job);
             self.bytes -= job_bytes(&h.job);
         }
         self.forget_if_empty(queue);
@@ -286,8 +309,47 @@ impl QueueBook {
                 job: job.clone(),
             });
         }
-        q.ready.push_back(Held { key, job });
+        q.push_back(Held { key, job });
         Ok(key)
+    }
+
+    /// Adds a job at the back of a capped queue (a durable group's):
+    /// first drops the oldest waiting jobs that are past their
+    /// `expires_ms`, then as many as it takes to keep the queue within
+    /// `max_jobs` and `max_bytes` waiting. Returns the job's key and how
+    /// many were dropped.
+    ///
+    /// # Errors
+    /// The book holds its most bytes even so (the job is not taken).
+    pub fn push_capped(
+        &mut self,
+        queue: &str,
+        job: Job,
+        max_jobs: usize,
+        max_bytes: usize,
+        now_ms: u64,
+    ) -> Result<(u64, u64), QueueFull> {
+        let size = job_bytes(&job);
+        let mut dropped = Vec::new();
+        if let Some(q) = self.queues.get_mut(queue) {
+            while let Some(front) = q.ready.front() {
+                let expired = front.job.expires_ms.is_some_and(|t| t < now_ms);
+                let over = q.ready.len() >= max_jobs.max(1) || q.ready_bytes + size > max_bytes;
+                if !expired && !over {
+                    break;
+                }
+                if let Some(h) = q.pop_front() {
+                    dropped.push(h);
+                }
+            }
+        }
+        let n = dropped.len() as u64;
+        for h in dropped {
+            self.bytes -= job_bytes(&h.job);
+            self.record(JobChange::Delete { key: h.key });
+        }
+        let key = self.push(queue, job)?;
+        Ok((key, n))
     }
 
     /// Forgets `queue` when nothing is in it.
@@ -304,7 +366,7 @@ impl QueueBook {
         };
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(held) = q.ready.pop_front() else {
+            let Some(held) = q.pop_front() else {
                 break;
             };
             self.next_tag += 1;
@@ -403,7 +465,7 @@ impl QueueBook {
                         });
                     }
                 }
-                q.ready.push_front(held);
+                q.push_front(held);
             }
         }
         n
@@ -441,7 +503,7 @@ impl QueueBook {
                 let purged = self
                     .queues
                     .get_mut(queue)
-                    .map(|q| std::mem::take(&mut q.ready))
+                    .map(Queue::take_ready)
                     .unwrap_or_default();
                 for h in &purged {
                     self.bytes -= job_bytes(&h.job);
@@ -455,7 +517,7 @@ impl QueueBook {
                 let dead: Vec<Held> = self
                     .queues
                     .get_mut(&dead_name)
-                    .map(|q| std::mem::take(&mut q.ready).into())
+                    .map(|q| q.take_ready().into())
                     .unwrap_or_default();
                 self.forget_if_empty(&dead_name);
                 let n = dead.len() as u64;

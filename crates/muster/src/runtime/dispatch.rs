@@ -29,6 +29,8 @@ struct Entry {
 
 struct EventEntry {
     pattern: Pattern,
+    /// The durable group it belongs to; `None` for a plain subscription.
+    group: Option<String>,
     handler: Arc<dyn ErasedHandler>,
     stats: Arc<MethodStats>,
 }
@@ -76,6 +78,7 @@ impl ServiceDispatch {
                 .filter_map(|s| {
                     Some(EventEntry {
                         pattern: Pattern::parse(&s.pattern).ok()?,
+                        group: s.durable.as_ref().map(|(g, _)| g.clone()),
                         handler: s.handler.clone(),
                         stats: Arc::default(),
                     })
@@ -325,18 +328,52 @@ impl Dispatch for ServiceDispatch {
 
 impl EventSink for ServiceDispatch {
     fn missed(&self, topic: &str, count: u64) {
-        for entry in self.events.iter().filter(|en| en.pattern.matches(topic)) {
+        self.missed_by(None, topic, count);
+    }
+
+    fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
+        self.deliver_to(None, event)
+    }
+}
+
+/// The events of one durable group, for the handlers of that group only
+/// (an event a plain subscription also matches reaches it there).
+pub(super) struct GroupSink {
+    pub(super) dispatch: Arc<ServiceDispatch>,
+    pub(super) group: String,
+}
+
+impl EventSink for GroupSink {
+    fn missed(&self, topic: &str, count: u64) {
+        self.dispatch.missed_by(Some(&self.group), topic, count);
+    }
+
+    fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
+        self.dispatch.deliver_to(Some(&self.group), event)
+    }
+}
+
+impl ServiceDispatch {
+    fn missed_by(&self, group: Option<&str>, topic: &str, count: u64) {
+        for entry in self
+            .events
+            .iter()
+            .filter(|en| en.group.as_deref() == group && en.pattern.matches(topic))
+        {
             entry.stats.missed(count);
         }
     }
 
-    fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
+    /// Runs the handlers of `group` (`None`: the plain subscriptions)
+    /// whose pattern matches the event, one after the other.
+    fn deliver_to(&self, group: Option<&str>, event: Envelope) -> BoxFuture<'static, ()> {
         let topic = event.header.topic.clone().unwrap_or_default();
+        let mine = |en: &&EventEntry| en.group.as_deref() == group && en.pattern.matches(&topic);
         let payload = match decode_payload(&event) {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(topic = %topic, error = %e, "event payload is not valid; dropped");
-                for entry in self.events.iter().filter(|en| en.pattern.matches(&topic)) {
+                for entry in self.events.iter().filter(mine) {
                     entry.stats.begin();
                     entry.stats.end(Duration::ZERO, Some(&e));
                 }
@@ -344,7 +381,7 @@ impl EventSink for ServiceDispatch {
             }
         };
         let mut calls = Vec::new();
-        for entry in self.events.iter().filter(|en| en.pattern.matches(&topic)) {
+        for entry in self.events.iter().filter(mine) {
             let scope = CallScope {
                 request_id: None,
                 transaction: event.header.transaction.clone(),
