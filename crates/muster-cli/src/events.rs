@@ -38,6 +38,19 @@ pub(crate) struct SubCmd {
     /// Exit after this many events.
     #[arg(long, short = 'n')]
     count: Option<u64>,
+    /// Join the durable group NAME: events published while no member of
+    /// it runs are kept by the bus and delivered when one comes back.
+    #[arg(long, value_name = "NAME")]
+    durable: Option<String>,
+    /// With --durable: most events the group keeps while nobody reads.
+    #[arg(long, requires = "durable", value_name = "N")]
+    max_events: Option<u64>,
+    /// With --durable: most bytes of events the group keeps.
+    #[arg(long, requires = "durable", value_name = "BYTES")]
+    max_bytes: Option<u64>,
+    /// With --durable: oldest event the group keeps (`90s`, `1h`, `168h`).
+    #[arg(long, requires = "durable", value_name = "AGE", value_parser = muster_core::duration::parse)]
+    max_age: Option<std::time::Duration>,
     #[command(flatten)]
     bus: BusArg,
 }
@@ -48,8 +61,31 @@ impl SubCmd {
         crate::init_client_logging();
         let client = self.bus.client().await?;
         let patterns: Vec<&str> = self.patterns.iter().map(String::as_str).collect();
-        let mut sub = client.subscribe(&patterns).await?;
-        eprintln!("subscribed to {}", self.patterns.join(" "));
+        let mut sub = match &self.durable {
+            None => client.subscribe(&patterns).await?,
+            Some(group) => {
+                let mut retention = muster::Retention::default();
+                if let Some(n) = self.max_events {
+                    retention = retention.max_events(n);
+                }
+                if let Some(n) = self.max_bytes {
+                    retention = retention.max_bytes(n);
+                }
+                if let Some(age) = self.max_age {
+                    retention = retention.max_age(age);
+                }
+                client
+                    .subscribe_durable(group, &patterns, retention)
+                    .await?
+            }
+        };
+        match &self.durable {
+            None => eprintln!("subscribed to {}", self.patterns.join(" ")),
+            Some(g) => eprintln!(
+                "subscribed to {} as a member of the durable group {g}",
+                self.patterns.join(" ")
+            ),
+        }
         let mut seen = 0u64;
         let mut told = (0u64, std::time::Instant::now());
         loop {

@@ -531,6 +531,74 @@ async fn discovery_lists_methods_and_queues(bus: &Bus) {
     .await;
 }
 
+/// The group's only member is stopped, 10,000 events are published, it
+/// starts again and receives all 10,000, in order; events on topics the
+/// group does not keep are not among them.
+async fn durable_subscription_keeps_events_while_down(bus: &Bus) {
+    const EVENTS: u32 = 10_000;
+    let prefix = bus.name("dur");
+    let group = bus.name("audit");
+    let member = |got: Arc<Mutex<Vec<u32>>>| {
+        Service::new(bus.name("auditor"))
+            .subscribe(&format!("{prefix}.kept.*"), move |Args(n): Args<u32>| {
+                let got = got.clone();
+                async move {
+                    got.lock().unwrap().push(n);
+                    Ok::<_, RpcError>(())
+                }
+            })
+            .durable(&group)
+    };
+    let got: Arc<Mutex<Vec<u32>>> = Arc::default();
+    // Joining declares the group; from then on the bus keeps its events.
+    let first = member(got.clone())
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    first.stop().await;
+    let client = bus.client().await;
+    for n in 1..=EVENTS {
+        client
+            .publish(&format!("{prefix}.kept.x"), &n)
+            .await
+            .unwrap();
+        if n % 1000 == 0 {
+            client
+                .publish(&format!("{prefix}.other"), &0u32)
+                .await
+                .unwrap();
+        }
+    }
+    let again = member(got.clone())
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let events = eventually(Duration::from_secs(60), "10,000 kept events", || async {
+        let g = got.lock().unwrap().clone();
+        (g.len() >= EVENTS as usize).then_some(g)
+    })
+    .await;
+    // A moment for any extra delivery to show.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events_now = got.lock().unwrap().clone();
+    assert_eq!(
+        events_now.len(),
+        events.len(),
+        "no more than the events published"
+    );
+    let first_wrong = events
+        .iter()
+        .zip(1..=EVENTS)
+        .position(|(got, want)| *got != want);
+    assert_eq!(
+        first_wrong,
+        None,
+        "every kept event once, in publish order; around the first out of place: {:?}",
+        first_wrong.map(|at| &events[at.saturating_sub(3)..(at + 3).min(events.len())])
+    );
+    again.stop().await;
+}
+
 macro_rules! suite {
     ($kind:ident: $($test:ident),* $(,)?) => {
         $(
@@ -573,4 +641,5 @@ conformance!(
     state_replicates,
     claim_has_one_winner,
     discovery_lists_methods_and_queues,
+    durable_subscription_keeps_events_while_down,
 );

@@ -87,6 +87,8 @@ pub struct BusStats {
     pub bad_subscriptions: u64,
     /// Times the forwarder started again after a socket error.
     pub forwarder_restarts: u64,
+    /// Events of durable groups dropped to keep within their retention.
+    pub durable_dropped: u64,
 }
 
 /// Reads a bus's counters from anywhere.
@@ -99,7 +101,7 @@ pub struct StatsHandle {
 impl StatsHandle {
     /// The counters now.
     pub fn snapshot(&self) -> BusStats {
-        let (instances, expired, bad_messages) = self.registry.snapshot();
+        let (instances, expired, bad_messages, durable_dropped) = self.registry.snapshot();
         let f = &self.forwarder;
         BusStats {
             instances,
@@ -108,6 +110,7 @@ impl StatsHandle {
             events_forwarded: f.forwarded.load(Ordering::Relaxed),
             bad_subscriptions: f.bad_subscriptions.load(Ordering::Relaxed),
             forwarder_restarts: f.restarts.load(Ordering::Relaxed),
+            durable_dropped,
         }
     }
 }
@@ -171,10 +174,16 @@ impl Bus {
         };
         let (events, _) = tokio::sync::broadcast::channel(REGISTRY_EVENT_BACKLOG);
         let (evictions, evictions_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (to_registry, kept) = tokio::sync::mpsc::channel(forwarder::TAP_BACKLOG);
+        let tap = Arc::new(forwarder::Tap::new(to_registry));
         let tasks = vec![
             tokio::spawn(registry::run(
                 router,
                 queues,
+                registry::Durable {
+                    tap: tap.clone(),
+                    kept,
+                },
                 options.clone(),
                 shutdown.clone(),
                 stats.registry.clone(),
@@ -184,6 +193,7 @@ impl Bus {
             tokio::spawn(forwarder::run(
                 xsub,
                 xpub,
+                tap,
                 stats.forwarder.clone(),
                 shutdown.clone(),
             )),

@@ -55,6 +55,9 @@ pub(crate) const SETTLE: &str = "settle";
 pub(crate) const RELEASE: &str = "release";
 /// Verb: an operator command on a queue.
 pub(crate) const QUEUE: &str = "queue";
+/// Verb: declare a durable group (body: a `DurableGroup`); the bus keeps
+/// its events in the queue `durable.<group>` from then on.
+pub(crate) const DURABLE: &str = "durable";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Enqueue {

@@ -12,6 +12,7 @@ mod view;
 use std::sync::Arc;
 use std::time::Duration;
 
+use muster_core::durable::{DurableGroup, EventJobs};
 use muster_core::queue::consumer;
 use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use muster_core::registry::{InstanceInfo, StatusUpdate};
@@ -287,6 +288,29 @@ impl Transport for ZmqTransport {
                 timeout: self.inner.options.control_timeout,
             });
             Ok(Box::new(consumer::spawn(source, sink, options.prefetch)) as Box<dyn Subscribed>)
+        })
+    }
+
+    fn subscribe_durable(
+        &self,
+        group: &DurableGroup,
+        options: ConsumeOptions,
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let group = group.clone();
+        Box::pin(async move {
+            group.check()?;
+            // Declared before the member takes from the queue: from the
+            // bus's answer on, every matching event is kept.
+            let reply: control::Ack = self
+                .bus_control()?
+                .call(control::DURABLE, &group, self.inner.options.control_timeout)
+                .await?;
+            if let Some(e) = reply.error {
+                return Err(Error::new(ErrorKind::Config, e));
+            }
+            self.consume(&group.queue(), options, Arc::new(EventJobs::new(sink)))
+                .await
         })
     }
 

@@ -308,6 +308,51 @@ impl Client {
         })
     }
 
+    /// Joins the durable group `group` on `patterns` (see
+    /// [`crate::Service::durable`]): events published while no member of
+    /// the group runs are kept within `retention` and arrive here when it
+    /// subscribes again, in publish order per publisher. An event is
+    /// acknowledged once this subscription's buffer (16 events) takes it:
+    /// a process that dies gets at most those again, never fewer.
+    ///
+    /// # Errors
+    /// An invalid group or pattern, no bus, or a bus that keeps no
+    /// durable subscriptions.
+    pub async fn subscribe_durable(
+        &self,
+        group: &str,
+        patterns: &[&str],
+        retention: crate::Retention,
+    ) -> Result<Subscription, Error> {
+        let group = muster_core::durable::DurableGroup::new(
+            group,
+            patterns.iter().map(|p| (*p).to_owned()).collect(),
+            retention,
+        )?;
+        let missed = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let sink = Arc::new(BufferSink {
+            tx,
+            missed: missed.clone(),
+        });
+        let holder = format!("client-{}", muster_core::id::short_id());
+        let options = muster_core::queue::ConsumeOptions::new(holder);
+        let handle = self
+            .transport
+            .subscribe_durable(&group, options, sink)
+            .await?;
+        let events =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
+            );
+        Ok(Subscription {
+            events: Box::pin(events),
+            handle: Some(handle),
+            missed,
+        })
+    }
+
     /// Every instance registered on the bus.
     ///
     /// # Errors
@@ -380,6 +425,26 @@ impl std::fmt::Debug for Subscription {
             .field("handle", &self.handle)
             .field("missed", &self.missed)
             .finish_non_exhaustive()
+    }
+}
+
+/// Hands a durable subscription's events to its reader: a delivery ends
+/// (and the event is acknowledged) once the buffer has it.
+struct BufferSink {
+    tx: tokio::sync::mpsc::Sender<Envelope>,
+    missed: Arc<AtomicU64>,
+}
+
+impl muster_core::transport::EventSink for BufferSink {
+    fn deliver(&self, event: Envelope) -> muster_core::transport::BoxFuture<'static, ()> {
+        let tx = self.tx.clone();
+        Box::pin(async move {
+            let _ = tx.send(event).await;
+        })
+    }
+
+    fn missed(&self, _topic: &str, count: u64) {
+        self.missed.fetch_add(count, Ordering::Relaxed);
     }
 }
 

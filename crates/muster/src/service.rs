@@ -513,35 +513,31 @@ impl Service {
     /// ```
     /// use muster::prelude::*;
     /// use muster::testing::TestBus;
+    /// use tokio::sync::mpsc::UnboundedSender;
     ///
     /// #[derive(Deserialize, JsonSchema)]
     /// struct Paid { order: u64 }
     ///
+    /// fn billing(paid: UnboundedSender<u64>) -> Service {
+    ///     Service::new("billing")
+    ///         .subscribe("orders.paid", move |Args(e): Args<Paid>| {
+    ///             let paid = paid.clone();
+    ///             async move {
+    ///                 let _ = paid.send(e.order);
+    ///                 Ok::<_, RpcError>(())
+    ///             }
+    ///         })
+    ///         .durable("billing")
+    /// }
+    ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let (tx, mut paid) = tokio::sync::mpsc::unbounded_channel();
-    /// let billing = Service::new("billing")
-    ///     .subscribe("orders.paid", move |Args(e): Args<Paid>| {
-    ///         let tx = tx.clone();
-    ///         async move {
-    ///             let _ = tx.send(e.order);
-    ///             Ok(())
-    ///         }
-    ///     })
-    ///     .durable("billing");
     /// let bus = TestBus::new();
-    /// let running = bus.start(billing).await?;
-    /// running.stop().await;
+    /// let (tx, mut paid) = tokio::sync::mpsc::unbounded_channel();
+    /// bus.start(billing(tx.clone())).await?.stop().await;
     /// // Published while no member of "billing" runs: kept.
     /// bus.client().publish("orders.paid", &serde_json::json!({"order": 7})).await?;
-    /// # let (tx, mut paid) = tokio::sync::mpsc::unbounded_channel();
-    /// # let billing = Service::new("billing")
-    /// #     .subscribe("orders.paid", move |Args(e): Args<Paid>| {
-    /// #         let tx = tx.clone();
-    /// #         async move { let _ = tx.send(e.order); Ok(()) }
-    /// #     })
-    /// #     .durable("billing");
-    /// let _again = bus.start(billing).await?;
+    /// let _again = bus.start(billing(tx)).await?;
     /// assert_eq!(paid.recv().await, Some(7));
     /// # Ok(()) }
     /// ```

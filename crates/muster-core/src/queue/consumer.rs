@@ -105,9 +105,12 @@ async fn run<S: JobSource>(
                 },
             };
             let source = source.clone();
-            let sink = sink.clone();
+            // Handed over here, in the order taken: a sink that keeps
+            // order (a durable group's) sees the jobs in queue order even
+            // when their tasks run in another.
+            let handled = sink.handle(job.clone());
             let work = Box::pin(async move {
-                let outcome = sink.handle(job.clone()).await;
+                let outcome = handled.await;
                 if let Outcome::Retry { after, reason } = &outcome {
                     tracing::debug!(job = %job.id, attempt = job.attempt, %reason, "job will be retried");
                     tokio::time::sleep(*after).await;

@@ -5,15 +5,21 @@
 //! numbers, `docs/guarantees.md`), and neither the publishers nor the
 //! other subscribers wait for it.
 //!
+//! Messages on a topic a durable group keeps are copied to the registry
+//! first ([`Tap`]), which adds them to the group's queue: publishers wait
+//! for that copy (back-pressure), never for a subscriber.
+//!
 //! Subscribers only ever send subscriptions. Anything else they send is
 //! counted and skipped; nothing a peer sends ends the forwarder, and the
 //! loop starts again should a socket report an error.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
 use muster_core::retry::Backoff;
+use muster_core::topic::Pattern;
 use omq_tokio::{Message, Socket};
 use tokio_util::sync::CancellationToken;
 
@@ -33,10 +39,72 @@ pub(super) struct ForwarderCounters {
     pub(super) restarts: AtomicU64,
 }
 
+/// The topics the durable groups keep, set by the registry, and where
+/// the forwarder sends the messages on them.
+#[derive(Debug)]
+pub(super) struct Tap {
+    patterns: RwLock<Vec<Pattern>>,
+    /// False while no group is declared: the forwarder looks no further.
+    any: AtomicBool,
+    to_registry: tokio::sync::mpsc::Sender<Vec<Bytes>>,
+}
+
+/// Messages on their way from the forwarder to the registry's durable
+/// groups; past this the forwarder (and so the publishers) waits.
+pub(super) const TAP_BACKLOG: usize = 1024;
+
+impl Tap {
+    /// A tap sending to `to_registry`, keeping nothing yet.
+    pub(super) fn new(to_registry: tokio::sync::mpsc::Sender<Vec<Bytes>>) -> Self {
+        Self {
+            patterns: RwLock::new(Vec::new()),
+            any: AtomicBool::new(false),
+            to_registry,
+        }
+    }
+
+    /// The patterns of every durable group, from now on.
+    pub(super) fn set(&self, patterns: Vec<Pattern>) {
+        let any = !patterns.is_empty();
+        *self
+            .patterns
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = patterns;
+        self.any.store(any, Ordering::Release);
+    }
+
+    /// True when a group keeps the topic of this message (its first frame).
+    fn wants(&self, msg: &Message) -> bool {
+        if !self.any.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(topic) = msg.part_bytes(0) else {
+            return false;
+        };
+        let Ok(topic) = std::str::from_utf8(&topic) else {
+            return false;
+        };
+        self.patterns
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .any(|p| p.matches(topic))
+    }
+
+    /// Copies `msg` to the registry when a group keeps its topic.
+    async fn copy(&self, msg: &Message) {
+        if self.wants(msg) {
+            // A registry gone is a bus stopping: nothing to keep it for.
+            let _ = self.to_registry.send(crate::socket::frames(msg)).await;
+        }
+    }
+}
+
 /// Runs until `shutdown`, restarting the loop after an error.
 pub(super) async fn run(
     inlet: Socket,
     outlet: Socket,
+    tap: Arc<Tap>,
     counters: Arc<ForwarderCounters>,
     shutdown: CancellationToken,
 ) {
@@ -47,7 +115,7 @@ pub(super) async fn run(
         let started = std::time::Instant::now();
         let wait = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = forward(&inlet, &outlet, &counters) => {
+            r = forward(&inlet, &outlet, &tap, &counters) => {
                 let e = match r {
                     // A closed socket is the end (the bus or the runtime
                     // is going away), not a fault to recover from.
@@ -79,6 +147,7 @@ pub(super) async fn run(
 async fn forward(
     inlet: &Socket,
     outlet: &Socket,
+    tap: &Tap,
     counters: &ForwarderCounters,
 ) -> Result<(), omq_tokio::Error> {
     loop {
@@ -87,6 +156,7 @@ async fn forward(
                 let mut msg = Some(msg?);
                 let mut n = 0u64;
                 while let Some(m) = msg.take() {
+                    tap.copy(&m).await;
                     deliver(outlet, m).await?;
                     n += 1;
                     if n < BURST as u64 {
@@ -151,9 +221,11 @@ mod tests {
         outlet.bind("tcp://127.0.0.1:0").await.unwrap();
         let closer = inlet.clone_shared();
         let counters = Arc::new(ForwarderCounters::default());
+        let (to_registry, _) = tokio::sync::mpsc::channel(1);
         let task = tokio::spawn(run(
             inlet,
             outlet,
+            Arc::new(Tap::new(to_registry)),
             counters.clone(),
             CancellationToken::new(),
         ));

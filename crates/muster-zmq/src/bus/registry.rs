@@ -11,13 +11,17 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use muster_core::auth::{KeyId, MasterSecret};
+use muster_core::durable::{DurableGroup, Keeper};
+use muster_core::queue::{Job, QueueCommand, QueueReply};
 use muster_core::registry::{InstanceInfo, StatusUpdate};
+use muster_core::wire::decode_events;
 use muster_core::wire::{Envelope, Header};
 use omq_tokio::Socket;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::BusOptions;
+use super::forwarder::Tap;
 use super::store::{Accepted, Committed, JobLog, QueueStore};
 use crate::control::{List, ListReply, Take, TakeReply, Taken};
 use crate::socket::{frames, log_dropped, routed_message};
@@ -31,15 +35,17 @@ pub(super) struct Counters {
     instances: AtomicU64,
     expired: AtomicU64,
     bad_messages: AtomicU64,
+    durable_dropped: AtomicU64,
 }
 
 impl SharedStats {
-    /// (instances, expired, bad messages).
-    pub(super) fn snapshot(&self) -> (u64, u64, u64) {
+    /// (instances, expired, bad messages, kept events dropped).
+    pub(super) fn snapshot(&self) -> (u64, u64, u64, u64) {
         (
             self.0.instances.load(Ordering::Relaxed),
             self.0.expired.load(Ordering::Relaxed),
             self.0.bad_messages.load(Ordering::Relaxed),
+            self.0.durable_dropped.load(Ordering::Relaxed),
         )
     }
 }
@@ -78,6 +84,22 @@ struct Registry {
     holders: HashMap<String, Instant>,
     /// Replies made outside the request that caused them (to waiters).
     outbox: Vec<(Bytes, Envelope)>,
+    /// Durable groups: their events wait in `queues`.
+    durable: Keeper,
+    /// Tells the forwarder which topics the groups keep.
+    tap: Arc<Tap>,
+}
+
+/// The queue in which the bus keeps the definitions of its durable groups
+/// (one job each), so that a bus started again keeps their events before
+/// any member is back. Not a valid queue name: no client reaches it.
+const GROUPS_QUEUE: &str = "~durable-groups";
+
+/// The registry's side of the durable groups: the forwarder's tap and the
+/// messages it copies.
+pub(super) struct Durable {
+    pub(super) tap: Arc<Tap>,
+    pub(super) kept: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
 }
 
 /// A `take` parked until a job comes or its wait ends.
@@ -195,6 +217,94 @@ impl Registry {
         }
     }
 
+    /// Reads back the groups kept in [`GROUPS_QUEUE`].
+    fn restore_groups(&mut self) {
+        let QueueReply::Jobs(jobs) = self
+            .queues
+            .command(GROUPS_QUEUE, &QueueCommand::Peek { count: usize::MAX })
+        else {
+            return;
+        };
+        for job in jobs {
+            match serde_json::from_slice::<DurableGroup>(&job.body)
+                .map_err(|e| e.to_string())
+                .and_then(|g| self.durable.declare(g).map_err(|e| e.to_string()))
+            {
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "a kept durable group cannot be read; skipped")
+                }
+            }
+        }
+        self.retap();
+        let n = self.durable.groups().count();
+        if n > 0 {
+            tracing::info!(groups = n, "durable groups read back");
+        }
+    }
+
+    /// Declares a durable group (or changes it), keeping its definition
+    /// with the jobs.
+    fn declare(&mut self, group: DurableGroup) -> Result<(), muster_core::Error> {
+        if !self.durable.declare(group.clone())? {
+            return Ok(());
+        }
+        tracing::info!(group = %group.name, patterns = ?group.patterns, "durable group declared");
+        self.retap();
+        self.queues.command(GROUPS_QUEUE, &QueueCommand::Purge);
+        let defs: Vec<Vec<u8>> = self
+            .durable
+            .groups()
+            .map(|g| serde_json::to_vec(g).unwrap_or_default())
+            .collect();
+        for def in defs {
+            if let Err(e) = self.queues.push(GROUPS_QUEUE, Job::new(def)) {
+                tracing::error!(error = %e, "durable group definitions not kept");
+            }
+        }
+        Ok(())
+    }
+
+    fn retap(&self) {
+        self.tap.set(
+            self.durable
+                .groups()
+                .flat_map(|g| g.check().unwrap_or_default())
+                .collect(),
+        );
+    }
+
+    /// Adds the events of a message the forwarder copied to the queues of
+    /// the groups that keep them.
+    fn keep(&mut self, frames: &[Bytes], stats: &SharedStats) {
+        let events = match decode_events(frames) {
+            Ok(e) => e,
+            // The subscribers drop it too (it is not an event batch).
+            Err(e) => return log_dropped("event kept for a durable group", &e),
+        };
+        let mut dropped = 0;
+        // A job log behind the publishers would grow without bound: the
+        // events are dropped (and counted) until it catches up.
+        if self.log.as_ref().is_some_and(JobLog::is_behind) {
+            stats
+                .0
+                .durable_dropped
+                .fetch_add(events.len() as u64, Ordering::Relaxed);
+            return;
+        }
+        for e in &events {
+            dropped += self.durable.keep(&mut self.queues, e);
+        }
+        if dropped > 0 {
+            stats
+                .0
+                .durable_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
+            tracing::debug!(dropped, "kept events dropped for their group's retention");
+        }
+        self.serve_waiters(Instant::now());
+    }
+
     fn changed(&mut self) {
         self.version += 1;
     }
@@ -284,6 +394,7 @@ async fn next_committed(
 pub(super) async fn run(
     router: Socket,
     queues: Queues,
+    durable: Durable,
     options: BusOptions,
     shutdown: CancellationToken,
     stats: SharedStats,
@@ -308,7 +419,11 @@ pub(super) async fn run(
         waiters: Vec::new(),
         holders: HashMap::new(),
         outbox: Vec::new(),
+        durable: Keeper::default(),
+        tap: durable.tap,
     };
+    let mut kept = durable.kept;
+    reg.restore_groups();
     let mut sweep = tokio::time::interval(options.sweep_every);
     loop {
         tokio::select! {
@@ -342,6 +457,7 @@ pub(super) async fn run(
                 reg.serve_waiters(now);
             }
             Some(c) = next_committed(&mut committed) => reg.committed(c),
+            Some(frames) = kept.recv() => reg.keep(&frames, &stats),
             Some((id, cause)) = evictions.recv() => {
                 let before = reg.entries.len();
                 reg.entries.retain(|key, e| {

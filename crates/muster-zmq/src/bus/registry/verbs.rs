@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use muster_core::auth::KeyId;
-use muster_core::queue::Outcome;
+use muster_core::durable::DurableGroup;
+use muster_core::queue::{Outcome, is_valid_queue_name};
 use muster_core::registry::{InstanceInfo, StatusUpdate};
 use muster_core::wire::{Envelope, Header, Kind};
 use serde::Serialize;
@@ -169,6 +170,21 @@ fn verb_of(
             },
             Err(e) => reply(error(format!("bad claim: {e}"))),
         },
+        control::ENQUEUE | control::TAKE | control::QUEUE
+            if !queue_named(body).is_none_or(|q| is_valid_queue_name(&q)) =>
+        {
+            reply(error(format!(
+                "invalid queue name {:?}",
+                queue_named(body).unwrap_or_default()
+            )))
+        }
+        control::DURABLE => match serde_json::from_slice::<DurableGroup>(body) {
+            Ok(g) => match reg.declare(g) {
+                Ok(()) => reply(encode(&Ack::default())),
+                Err(e) => reply(error(e.to_string())),
+            },
+            Err(e) => reply(error(format!("bad durable group: {e}"))),
+        },
         control::ENQUEUE => match serde_json::from_slice::<Enqueue>(body) {
             Ok(_) if reg.log.as_ref().is_some_and(JobLog::is_behind) => reply(error(
                 "the job log is behind the producers; try again shortly".to_owned(),
@@ -253,6 +269,15 @@ fn verb_of(
         },
         other => reply(error(format!("unknown control verb {other:?}"))),
     }
+}
+
+/// The `queue` field of a queue verb's body, if it has one.
+fn queue_named(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Named {
+        queue: String,
+    }
+    serde_json::from_slice::<Named>(body).ok().map(|n| n.queue)
 }
 
 pub(super) fn error(why: String) -> Bytes {
