@@ -63,7 +63,7 @@ pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error>
 }
 
 /// A pattern as an AMQP topic binding key.
-fn binding(pattern: &Pattern) -> String {
+pub(crate) fn binding(pattern: &Pattern) -> String {
     pattern
         .as_str()
         .split('.')
@@ -76,6 +76,12 @@ fn binding(pattern: &Pattern) -> String {
 pub(crate) struct AmqpSubscribed {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl AmqpSubscribed {
+    pub(crate) fn new(stop: CancellationToken, task: tokio::task::JoinHandle<()>) -> Self {
+        Self { stop, task }
+    }
 }
 
 impl Subscribed for AmqpSubscribed {

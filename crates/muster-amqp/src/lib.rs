@@ -4,6 +4,7 @@
 //! |---|---|
 //! | RPC | topic exchange (`muster`, or `?exchange=NAME`); a durable queue `<exchange>.rpc.<service>` bound to `<service>.*`; routing key `<service>.<method>`; JSON-RPC 2.0 body; reply to `reply_to` (direct reply-to) through the default exchange with `correlation_id` echoed |
 //! | events | the same exchange, routing key = topic; a bounded exclusive queue per subscriber |
+//! | durable groups | a durable queue `<exchange>.durable.<group>` bound with the group's patterns, limited by its retention; manual acks |
 //! | work queues | a durable queue named as the queue, persistent messages, publisher confirms, manual acks; `<queue>.dead` for dead letters |
 //! | registry | every instance also listens on the routing key `$discover` and answers with its description |
 //!
@@ -20,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod durable;
 mod events;
 mod link;
 mod props;
@@ -29,6 +31,7 @@ mod rpc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use muster_core::durable::DurableGroup;
 use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use muster_core::registry::InstanceInfo;
 use muster_core::transport::{
@@ -181,6 +184,20 @@ impl Transport for AmqpTransport {
 
     fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(events::publish(&self.inner, event))
+    }
+
+    fn subscribe_durable(
+        &self,
+        group: &DurableGroup,
+        options: ConsumeOptions,
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let group = group.clone();
+        Box::pin(async move {
+            durable::subscribe(self.inner.clone(), &group, options, sink)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Subscribed>)
+        })
     }
 
     fn subscribe(

@@ -490,7 +490,7 @@ fn is_not_found(e: &lapin::Error) -> bool {
 
 /// The broker's channel-level refusal (404 NOT_FOUND, 406
 /// PRECONDITION_FAILED, ...), if that is what `e` is.
-fn soft_error(e: &lapin::Error) -> Option<AMQPSoftError> {
+pub(crate) fn soft_error(e: &lapin::Error) -> Option<AMQPSoftError> {
     match e.kind() {
         lapin::ErrorKind::ProtocolError(p) => match p.kind() {
             AMQPErrorKind::Soft(soft) => Some(soft.clone()),
