@@ -35,14 +35,7 @@ pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error>
             ),
         ));
     }
-    let mut conn = inner.conn.clone();
-    redis::cmd("PUBLISH")
-        .arg(inner.keys.event(topic))
-        .arg(blob)
-        .query_async::<i64>(&mut conn)
-        .await
-        .map(|_| ())
-        .map_err(|e| unavailable("publish", &e))
+    crate::durable::publish(inner, &inner.keys.event(topic), topic, &blob).await
 }
 
 /// A live subscription.

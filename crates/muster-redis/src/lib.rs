@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+mod durable;
 mod events;
 mod queue;
 mod registry;
@@ -27,6 +28,7 @@ mod rpc;
 use std::sync::Arc;
 use std::time::Duration;
 
+use muster_core::durable::DurableGroup;
 use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use muster_core::registry::InstanceInfo;
 use muster_core::transport::{
@@ -91,6 +93,9 @@ impl Keys {
     }
     pub(crate) fn queue(&self, queue: &str) -> String {
         format!("{}:q:{queue}", self.prefix)
+    }
+    pub(crate) fn durable_groups(&self) -> String {
+        format!("{}:durable", self.prefix)
     }
     pub(crate) fn claim(&self, key: &str) -> String {
         format!("{}:claim:{key}", self.prefix)
@@ -235,6 +240,20 @@ impl Transport for RedisTransport {
 
     fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(events::publish(&self.inner, event))
+    }
+
+    fn subscribe_durable(
+        &self,
+        group: &DurableGroup,
+        options: ConsumeOptions,
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let group = group.clone();
+        Box::pin(async move {
+            durable::subscribe(self.inner.clone(), &group, options, sink)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Subscribed>)
+        })
     }
 
     fn subscribe(
