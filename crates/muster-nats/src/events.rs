@@ -103,6 +103,12 @@ pub(crate) struct NatsSubscribed {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl NatsSubscribed {
+    pub(crate) fn new(stop: CancellationToken, task: tokio::task::JoinHandle<()>) -> Self {
+        Self { stop, task }
+    }
+}
+
 impl Subscribed for NatsSubscribed {
     fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
@@ -189,7 +195,7 @@ impl Subscribed for StreamStop {
 /// The event a NATS message carries; `None` (logged) for one over the size
 /// limit or with a muster header that cannot be read. A message without
 /// that header is an event of the subject's topic.
-fn event_of(prefix: &str, max: usize, msg: async_nats::Message) -> Option<Envelope> {
+pub(crate) fn event_of(prefix: &str, max: usize, msg: async_nats::Message) -> Option<Envelope> {
     if msg.payload.len() > max {
         tracing::warn!(
             size = msg.payload.len(),

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | RPC | request/reply on `<p>.rpc.<service>.<method>`, which every instance of the service subscribes in the queue group `q` (balanced); `<p>.inst.<instance>.<method>` for one instance; the payload is the muster header and the JSON-RPC body framed as on Redis (`MUSTER/1\n<header>\n<body>`), no NATS headers |
 //! | events | `<p>.ev.<topic>`; muster's patterns are NATS's (`*`, `>`) |
+//! | durable groups | one JetStream stream `<P>_EVENTS` on `<p>.ev.>` (interest retention) shared by the groups of the prefix, a durable pull consumer per group |
 //! | discovery | NATS micro: every instance answers `$SRV.PING`, `$SRV.INFO`, `$SRV.STATS` (all, by name, by name and id); `instances()` gathers `$SRV.INFO` answers, so plain micro services are listed too |
 //! | work queues | a JetStream stream per queue (work-queue retention, file storage) with one shared durable pull consumer; retries and dead letters (`<queue>.dead`) are new messages |
 //! | claims | a JetStream key-value bucket `<p>-claims`, first writer wins |
@@ -20,6 +21,7 @@
 //! ```
 
 mod claims;
+mod durable;
 mod events;
 pub mod micro;
 mod queue;
@@ -29,6 +31,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use muster_core::durable::DurableGroup;
 use muster_core::queue::{ConsumeOptions, Job, JobSink, QueueCommand, QueueReply};
 use muster_core::registry::InstanceInfo;
 use muster_core::transport::{
@@ -254,6 +257,20 @@ impl Transport for NatsTransport {
 
     fn publish(&self, event: Envelope) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(events::publish(&self.inner, event))
+    }
+
+    fn subscribe_durable(
+        &self,
+        group: &DurableGroup,
+        options: ConsumeOptions,
+        sink: Arc<dyn EventSink>,
+    ) -> BoxFuture<'_, Result<Box<dyn Subscribed>, Error>> {
+        let group = group.clone();
+        Box::pin(async move {
+            durable::subscribe(self.inner.clone(), &group, options, sink)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Subscribed>)
+        })
     }
 
     fn subscribe(
