@@ -557,6 +557,13 @@ async fn durable_subscription_keeps_events_while_down(bus: &Bus) {
         .unwrap();
     first.stop().await;
     let client = bus.client().await;
+    // A marker after the events, on a plain subscription: once it is
+    // here, the bus has passed every event before it, so the group kept
+    // them while no member ran.
+    let mut marker = client
+        .subscribe(&[format!("{prefix}.marker").as_str()])
+        .await
+        .unwrap();
     for n in 1..=EVENTS {
         client
             .publish(&format!("{prefix}.kept.x"), &n)
@@ -569,6 +576,23 @@ async fn durable_subscription_keeps_events_while_down(bus: &Bus) {
                 .unwrap();
         }
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        client
+            .publish(&format!("{prefix}.marker"), &0u32)
+            .await
+            .unwrap();
+        let seen = tokio::time::timeout(Duration::from_millis(200), marker.recv()).await;
+        if matches!(seen, Ok(Some(_))) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the marker never came"
+        );
+    }
+    marker.cancel().await;
+    assert!(got.lock().unwrap().is_empty(), "no member ran meanwhile");
     let again = member(got.clone())
         .start(bus.connect().await)
         .await

@@ -234,3 +234,68 @@ async fn a_drained_job_log_gives_its_disk_back() {
     println!("job log: {full} bytes with 20,000 jobs, {small} drained");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A durable group's definition and its kept events are in the job log:
+/// a bus killed with SIGKILL comes back keeping the group's events before
+/// any member is back, and the member gets those of both lives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_group_outlives_a_killed_bus() {
+    let dir = temp_dir("group");
+    let log = dir.join("queues.redb");
+    let url = muster_test::free_bus_url();
+    let mut b = bus(&url, &log);
+    let retention = muster::Retention::default();
+    let member = Client::connect(&url).await.unwrap();
+    // Joining declares the group; leaving keeps it.
+    member
+        .subscribe_durable("audit", &["orders.>"], retention)
+        .await
+        .unwrap()
+        .cancel()
+        .await;
+    let before = Client::connect(&url).await.unwrap();
+    for n in 0..100u32 {
+        before.publish("orders.paid", &n).await.unwrap();
+    }
+    // Published events reach the log asynchronously: kill once all 100
+    // are kept.
+    eventually(WAIT, "100 events kept", || async {
+        stats(&before, "durable.audit")
+            .await
+            .filter(|s| s.ready == 100)
+    })
+    .await;
+    b.kill9();
+    let _b = bus(&url, &log);
+    let after = Client::connect(&url).await.unwrap();
+    eventually(WAIT, "the bus back", || stats(&after, "durable.audit")).await;
+    for n in 100..200u32 {
+        after.publish("orders.paid", &n).await.unwrap();
+    }
+    // Kept by the bus on its own, before any member says the group again.
+    eventually(WAIT, "200 events kept", || async {
+        stats(&after, "durable.audit")
+            .await
+            .filter(|s| s.ready == 200)
+    })
+    .await;
+    let mut sub = after
+        .subscribe_durable("audit", &["orders.>"], retention)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        let e = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .expect("kept events arrive")
+            .expect("the subscription lives");
+        got.push(e.payload.as_u64().unwrap());
+    }
+    assert_eq!(
+        got,
+        (0..200).collect::<Vec<_>>(),
+        "both lives' events, in order"
+    );
+    sub.cancel().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
