@@ -177,7 +177,15 @@ pub(crate) async fn subscribe(
                         let header = read_header(&d.properties)
                             .filter(|h| h.kind == Kind::Event)
                             .unwrap_or_else(|| Header::new(Kind::Event).with_topic(topic));
-                        sink.deliver(Envelope::new(header, d.data.clone())).await;
+                        // A member leaving while its handler runs: the event
+                        // goes back with the channel, unacknowledged.
+                        tokio::select! {
+                            () = stop.cancelled() => {
+                                let _ = ch.close(0, "muster: left the durable group".into()).await;
+                                return;
+                            }
+                            () = sink.deliver(Envelope::new(header, d.data.clone())) => {}
+                        }
                     }
                     if let Err(e) = d.acker.ack(BasicAckOptions::default()).await {
                         tracing::warn!(error = %e, "cannot acknowledge a kept event; it will be delivered again");

@@ -179,8 +179,7 @@ pub(crate) async fn consume(
     });
     // The first set-up fails the start when the broker is unreachable.
     source.open().await?;
-    let prefetch = options.prefetch;
-    Ok(consumer::spawn(source, sink, prefetch))
+    Ok(consumer::spawn(source, sink, &options))
 }
 
 struct Live {

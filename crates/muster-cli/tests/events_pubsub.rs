@@ -80,6 +80,75 @@ fn pub_and_sub_commands() {
     assert_eq!(lines[1]["payload"]["n"], 2);
 }
 
+/// `muster sub --durable NAME`: a member that ran once, then left, gets
+/// the events published meanwhile when it comes back, in order.
+#[test]
+fn sub_durable_gets_what_was_published_while_away() {
+    let url = free_bus_url();
+    let _bus = spawn_bus(&url);
+    let sub = |count: &str| {
+        let mut cmd = Command::new(MUSTER);
+        cmd.args(["sub", "--durable", "ledger", "books.>", "-n", count])
+            .args(["--bus", &url])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let publish = |n: u32| {
+        let o = Command::new(MUSTER)
+            .args([
+                "pub",
+                "books.entry",
+                &format!(r#"{{"n":{n}}}"#),
+                "--bus",
+                &url,
+            ])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // The first run joins the group and takes one event.
+    let mut first = sub("1");
+    let mut line = String::new();
+    BufReader::new(first.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.contains("as a member of the durable group ledger"),
+        "{line}"
+    );
+    publish(0);
+    assert!(first.wait_with_output().unwrap().status.success());
+    // Nobody of the group runs while these are published.
+    for n in 1..=3 {
+        publish(n);
+    }
+    let read = |count: &str| {
+        let out = sub(count).wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["payload"]["n"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(read("2"), [1, 2], "the events of the time away, in order");
+    // What a member did not read stays with the group.
+    assert_eq!(
+        read("1"),
+        [3],
+        "the event left unread comes to the next member"
+    );
+}
+
 #[test]
 fn pub_without_a_bus_fails_clearly() {
     let url = free_bus_url();

@@ -156,6 +156,9 @@ pub struct ConsumeOptions {
     pub holder: String,
     /// Redis: a job pending this long on a consumer is claimed by another.
     pub claim_after: Duration,
+    /// How long a stopping consumer waits for the jobs it is running
+    /// before it gives them back unfinished ([`consumer::STOP_GRACE`]).
+    pub stop_grace: Duration,
 }
 
 impl ConsumeOptions {
@@ -165,6 +168,7 @@ impl ConsumeOptions {
             prefetch: 16,
             holder: holder.into(),
             claim_after: Duration::from_secs(30),
+            stop_grace: consumer::STOP_GRACE,
         }
     }
 
@@ -179,6 +183,13 @@ impl ConsumeOptions {
     #[must_use]
     pub fn claim_after(mut self, d: Duration) -> Self {
         self.claim_after = d;
+        self
+    }
+
+    /// Sets how long a stopping consumer waits for its running jobs.
+    #[must_use]
+    pub fn stop_grace(mut self, d: Duration) -> Self {
+        self.stop_grace = d;
         self
     }
 }

@@ -181,9 +181,17 @@ pub(crate) async fn subscribe(
                         continue;
                     }
                     let topic = msg.subject.strip_prefix(prefix.as_str()).unwrap_or("");
-                    if patterns.iter().any(|p| p.matches(topic)) {
-                        if let Some(event) = event_of(&prefix, max, msg.message.clone()) {
-                            sink.deliver(event).await;
+                    if patterns.iter().any(|p| p.matches(topic))
+                        && let Some(event) = event_of(&prefix, max, msg.message.clone())
+                    {
+                        // A member leaving while its handler runs: the
+                        // event is handed back, unacknowledged.
+                        tokio::select! {
+                            () = stop.cancelled() => {
+                                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                                continue;
+                            }
+                            () = sink.deliver(event) => {}
                         }
                     }
                     if let Err(e) = msg.ack().await {

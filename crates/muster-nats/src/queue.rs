@@ -455,7 +455,7 @@ pub(crate) async fn consume(
         acker: Mutex::new(Some(tokio::spawn(acks.clone().run()))),
         acks,
     });
-    Ok(consumer::spawn(source, sink, options.prefetch))
+    Ok(consumer::spawn(source, sink, &options))
 }
 
 pub(crate) async fn command(

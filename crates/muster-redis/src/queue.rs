@@ -187,7 +187,7 @@ pub(crate) async fn consume(
         tags: Mutex::default(),
         last_claim: Mutex::new(None),
     });
-    Ok(consumer::spawn(source, sink, options.prefetch))
+    Ok(consumer::spawn(source, sink, &options))
 }
 
 struct RedisSource {

@@ -176,6 +176,7 @@ impl Bus {
         let (evictions, evictions_rx) = tokio::sync::mpsc::unbounded_channel();
         let (to_registry, kept) = tokio::sync::mpsc::channel(forwarder::TAP_BACKLOG);
         let tap = Arc::new(forwarder::Tap::new(to_registry));
+        tap.set(queues.tap_patterns());
         let tasks = vec![
             tokio::spawn(registry::run(
                 router,

@@ -287,7 +287,7 @@ impl Transport for ZmqTransport {
                 holder: format!("{}-{}", options.holder, muster_core::id::short_id()),
                 timeout: self.inner.options.control_timeout,
             });
-            Ok(Box::new(consumer::spawn(source, sink, options.prefetch)) as Box<dyn Subscribed>)
+            Ok(Box::new(consumer::spawn(source, sink, &options)) as Box<dyn Subscribed>)
         })
     }
 

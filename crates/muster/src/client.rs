@@ -312,8 +312,8 @@ impl Client {
     /// [`crate::Service::durable`]): events published while no member of
     /// the group runs are kept within `retention` and arrive here when it
     /// subscribes again, in publish order per publisher. An event is
-    /// acknowledged once this subscription's buffer (16 events) takes it:
-    /// a process that dies gets at most those again, never fewer.
+    /// acknowledged when [`Subscription::recv`] returns it: one not read
+    /// when the subscription ends stays with the bus for the next member.
     ///
     /// # Errors
     /// An invalid group or pattern, no bus, or a bus that keeps no
@@ -330,22 +330,25 @@ impl Client {
             retention,
         )?;
         let missed = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let sink = Arc::new(BufferSink {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let sink = Arc::new(HandOver {
             tx,
             missed: missed.clone(),
         });
         let holder = format!("client-{}", muster_core::id::short_id());
-        let options = muster_core::queue::ConsumeOptions::new(holder);
+        // At its end the subscription gives back at once the event that
+        // waits for its reader.
+        let options =
+            muster_core::queue::ConsumeOptions::new(holder).stop_grace(std::time::Duration::ZERO);
         let handle = self
             .transport
             .subscribe_durable(&group, options, sink)
             .await?;
-        let events =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|e| (e, rx)) },
-            );
+        let events = futures_util::stream::unfold(rx, |mut rx| async move {
+            let (event, taken) = rx.recv().await?;
+            let _ = taken.send(());
+            Some((event, rx))
+        });
         Ok(Subscription {
             events: Box::pin(events),
             handle: Some(handle),
@@ -428,18 +431,26 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
-/// Hands a durable subscription's events to its reader: a delivery ends
-/// (and the event is acknowledged) once the buffer has it.
-struct BufferSink {
-    tx: tokio::sync::mpsc::Sender<Envelope>,
+/// Hands a durable subscription's events to its reader one at a time: a
+/// delivery ends (and the bus is told the event is done) once the reader
+/// took it.
+struct HandOver {
+    tx: tokio::sync::mpsc::Sender<(Envelope, tokio::sync::oneshot::Sender<()>)>,
     missed: Arc<AtomicU64>,
 }
 
-impl muster_core::transport::EventSink for BufferSink {
+impl muster_core::transport::EventSink for HandOver {
     fn deliver(&self, event: Envelope) -> muster_core::transport::BoxFuture<'static, ()> {
         let tx = self.tx.clone();
         Box::pin(async move {
-            let _ = tx.send(event).await;
+            let (taken, read) = tokio::sync::oneshot::channel();
+            let handed = tx.send((event, taken)).await.is_ok();
+            if !handed || read.await.is_err() {
+                // The reader is gone: this delivery never ends, so the
+                // event is not acknowledged; the subscription's end gives
+                // it back to the bus.
+                std::future::pending::<()>().await;
+            }
         })
     }
 

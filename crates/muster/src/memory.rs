@@ -312,9 +312,8 @@ impl Transport for MemoryTransport {
             queue: queue.to_owned(),
             holder: format!("{}-{}", options.holder, muster_core::id::short_id()),
         });
-        let prefetch = options.prefetch;
         Box::pin(async move {
-            Ok(Box::new(consumer::spawn(source, sink, prefetch)) as Box<dyn Subscribed>)
+            Ok(Box::new(consumer::spawn(source, sink, &options)) as Box<dyn Subscribed>)
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::{Job, JobSink, Outcome};
+use super::{ConsumeOptions, Job, JobSink, Outcome};
 use crate::Error;
 use crate::transport::{BoxFuture, Subscribed};
 
@@ -48,10 +48,21 @@ impl Subscribed for Consuming {
     }
 }
 
-/// Starts the consumer loop of `source` on the current runtime.
-pub fn spawn<S: JobSource>(source: Arc<S>, sink: Arc<dyn JobSink>, prefetch: usize) -> Consuming {
+/// Starts the consumer loop of `source` on the current runtime, with the
+/// prefetch and stop grace of `options`.
+pub fn spawn<S: JobSource>(
+    source: Arc<S>,
+    sink: Arc<dyn JobSink>,
+    options: &ConsumeOptions,
+) -> Consuming {
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(run(source, sink, prefetch.max(1), stopped));
+    let task = tokio::spawn(run(
+        source,
+        sink,
+        options.prefetch.max(1),
+        options.stop_grace,
+        stopped,
+    ));
     Consuming { stop, task }
 }
 
@@ -59,6 +70,7 @@ async fn run<S: JobSource>(
     source: Arc<S>,
     sink: Arc<dyn JobSink>,
     prefetch: usize,
+    grace: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(prefetch));
@@ -124,7 +136,7 @@ async fn run<S: JobSource>(
             }
         }
     }
-    let drained = tokio::time::timeout(STOP_GRACE, async {
+    let drained = tokio::time::timeout(grace, async {
         while running.join_next().await.is_some() {}
     })
     .await;

@@ -90,6 +90,37 @@ struct Registry {
     tap: Arc<Tap>,
 }
 
+/// The patterns of every group, for the forwarder's tap.
+fn tap_patterns(groups: &Keeper) -> Vec<muster_core::topic::Pattern> {
+    groups
+        .groups()
+        .flat_map(|g| g.check().unwrap_or_default())
+        .collect()
+}
+
+/// Reads back the groups kept in [`GROUPS_QUEUE`].
+fn read_groups(book: &mut QueueBook) -> Keeper {
+    let mut groups = Keeper::default();
+    let QueueReply::Jobs(jobs) =
+        book.command(GROUPS_QUEUE, &QueueCommand::Peek { count: usize::MAX })
+    else {
+        return groups;
+    };
+    for job in jobs {
+        let declared = serde_json::from_slice::<DurableGroup>(&job.body)
+            .map_err(|e| e.to_string())
+            .and_then(|g| groups.declare(g).map_err(|e| e.to_string()));
+        if let Err(e) = declared {
+            tracing::error!(error = %e, "a kept durable group cannot be read; skipped");
+        }
+    }
+    let n = groups.groups().count();
+    if n > 0 {
+        tracing::info!(groups = n, "durable groups read back");
+    }
+    groups
+}
+
 /// The queue in which the bus keeps the definitions of its durable groups
 /// (one job each), so that a bus started again keeps their events before
 /// any member is back. Not a valid queue name: no client reaches it.
@@ -217,32 +248,6 @@ impl Registry {
         }
     }
 
-    /// Reads back the groups kept in [`GROUPS_QUEUE`].
-    fn restore_groups(&mut self) {
-        let QueueReply::Jobs(jobs) = self
-            .queues
-            .command(GROUPS_QUEUE, &QueueCommand::Peek { count: usize::MAX })
-        else {
-            return;
-        };
-        for job in jobs {
-            match serde_json::from_slice::<DurableGroup>(&job.body)
-                .map_err(|e| e.to_string())
-                .and_then(|g| self.durable.declare(g).map_err(|e| e.to_string()))
-            {
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(error = %e, "a kept durable group cannot be read; skipped")
-                }
-            }
-        }
-        self.retap();
-        let n = self.durable.groups().count();
-        if n > 0 {
-            tracing::info!(groups = n, "durable groups read back");
-        }
-    }
-
     /// Declares a durable group (or changes it), keeping its definition
     /// with the jobs.
     fn declare(&mut self, group: DurableGroup) -> Result<(), muster_core::Error> {
@@ -266,12 +271,7 @@ impl Registry {
     }
 
     fn retap(&self) {
-        self.tap.set(
-            self.durable
-                .groups()
-                .flat_map(|g| g.check().unwrap_or_default())
-                .collect(),
-        );
+        self.tap.set(tap_patterns(&self.durable));
     }
 
     /// Adds the events of a message the forwarder copied to the queues of
@@ -356,24 +356,35 @@ pub(super) struct Queues {
     book: QueueBook,
     log: Option<JobLog>,
     committed: Option<tokio::sync::mpsc::UnboundedReceiver<Committed>>,
+    /// The durable groups read back with the jobs.
+    groups: Keeper,
 }
 
 impl Queues {
+    /// The topics the groups read back keep: set on the forwarder's tap
+    /// before it forwards anything.
+    pub(super) fn tap_patterns(&self) -> Vec<muster_core::topic::Pattern> {
+        tap_patterns(&self.groups)
+    }
+
     pub(super) async fn open(options: &BusOptions) -> Result<Self, muster_core::Error> {
         match &options.queue_store {
             QueueStore::Memory => Ok(Self {
                 book: QueueBook::new(options.queue_limits),
                 log: None,
                 committed: None,
+                groups: Keeper::default(),
             }),
             QueueStore::Disk { path, fsync } => {
                 let mut book = QueueBook::journaling(options.queue_limits);
                 let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
                 let log = JobLog::open(path, *fsync, &mut book, tx).await?;
+                let groups = read_groups(&mut book);
                 Ok(Self {
                     book,
                     log: Some(log),
                     committed: Some(rx),
+                    groups,
                 })
             }
         }
@@ -405,6 +416,7 @@ pub(super) async fn run(
         book,
         log,
         mut committed,
+        groups,
     } = queues;
     let mut reg = Registry {
         secret: options.secret.clone(),
@@ -419,11 +431,10 @@ pub(super) async fn run(
         waiters: Vec::new(),
         holders: HashMap::new(),
         outbox: Vec::new(),
-        durable: Keeper::default(),
+        durable: groups,
         tap: durable.tap,
     };
     let mut kept = durable.kept;
-    reg.restore_groups();
     let mut sweep = tokio::time::interval(options.sweep_every);
     loop {
         tokio::select! {
