@@ -42,8 +42,13 @@ pub(crate) async fn declare_exchange(ch: &Channel, exchange: &str) -> Result<(),
 
 pub(crate) async fn publish(inner: &Inner, event: Envelope) -> Result<(), Error> {
     let topic = muster_core::transport::check_event(&event, inner.options.max_message_size)?;
+    // Persistent: an event a durable group's queue holds survives a
+    // broker restart. (Persistence costs only where a message lands in a
+    // durable queue; plain subscribers' queues are not.)
     let props = with_header(
-        BasicProperties::default().with_content_type("application/json".into()),
+        BasicProperties::default()
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2),
         &event.header,
     );
     inner
