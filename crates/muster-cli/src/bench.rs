@@ -51,7 +51,7 @@ pub(crate) enum Scenario {
     /// RPC calls/s over RabbitMQ or NATS (`--bus amqp://...`,
     /// `nats://...`) against plain lapin or async-nats.
     BrokerRpc,
-    /// Events/s over NATS (`--bus nats://...`) against plain async-nats.
+    /// Events/s over NATS or Redis (`--bus nats://...`, `redis://...`) against the plain client.
     BrokerEvents,
     /// Registry verbs, calls and new callers on a bus with a secret
     /// against an open bus; `require_auth` against without.

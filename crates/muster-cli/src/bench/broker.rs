@@ -282,22 +282,62 @@ pub(super) async fn broker_rpc(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Events/s from a publisher to a subscriber over a broker (NATS), muster
-/// against plain async-nats, with how many arrived.
+/// Events/s from a publisher to a subscriber over a broker (NATS or
+/// Redis), muster against the broker's plain client, with how many
+/// arrived.
 pub(super) async fn broker_events(cmd: &BenchCmd, url: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        url.starts_with("nats"),
-        "broker-events needs --bus nats://..."
-    );
     let events = cmd.events.min(1_000_000);
+    let (kind, name) = match url.split("://").next().unwrap_or("") {
+        "nats" => ("nats", "async-nats"),
+        "redis" | "rediss" => ("redis", "redis"),
+        other => {
+            anyhow::bail!("broker-events needs --bus nats://... or redis://..., not {other}://")
+        }
+    };
     let m = muster_events(url, events, cmd.size).await?;
-    let p = super::nats::plain_events(url, events, cmd.size).await?;
-    report("nats events", "events", m.0, "async-nats", p.0);
+    let p = match kind {
+        "nats" => super::nats::plain_events(url, events, cmd.size).await?,
+        _ => redis_events(url, events, cmd.size).await?,
+    };
+    report(&format!("{kind} events"), "events", m.0, name, p.0);
     println!(
-        "               received: muster {} of {events}, async-nats {} of {events}",
+        "               received: muster {} of {events}, {name} {} of {events}",
         m.1, p.1
     );
     Ok(())
+}
+
+/// Events/s of plain Redis pub/sub: `PUBLISH` one at a time (each
+/// answered, as muster's publish is), a `SUBSCRIBE`d connection counting.
+async fn redis_events(url: &str, events: u64, size: usize) -> anyhow::Result<(f64, u64)> {
+    let client = redis::Client::open(plain_url(url).as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let channel = unique("bench.plain.ev");
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(&channel).await?;
+    let value = job_body(size);
+    let window = Arc::new(super::nats::Window::default());
+    let counted = window.clone();
+    let reader = tokio::spawn(async move {
+        let decoded = pubsub.into_on_message().map(|m| {
+            let _: serde_json::Value =
+                serde_json::from_slice(m.get_payload_bytes()).unwrap_or_default();
+        });
+        counted.count(events, decoded).await
+    });
+    let started = Instant::now();
+    for sent in 0..events {
+        window.room_for(sent).await;
+        let body = serde_json::to_vec(&value)?;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(&channel)
+            .arg(body)
+            .query_async(&mut conn)
+            .await?;
+    }
+    let last = reader.await?;
+    let n = window.got.load(Ordering::Relaxed);
+    Ok((n as f64 / last.duration_since(started).as_secs_f64(), n))
 }
 
 async fn muster_events(url: &str, events: u64, size: usize) -> anyhow::Result<(f64, u64)> {
