@@ -304,3 +304,56 @@ async fn a_durable_group_outlives_a_killed_bus() {
     sub.cancel().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A durable group keeps what its retention allows: past `max_events`
+/// the oldest are dropped, so a member coming back gets the newest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_group_keeps_the_newest_within_its_retention() {
+    let (bus, client, _url) = muster_test::bus_and_client().await;
+    let retention = muster::Retention::default().max_events(10);
+    client
+        .subscribe_durable("recent", &["ticks.>"], retention)
+        .await
+        .unwrap()
+        .cancel()
+        .await;
+    for n in 0..100u32 {
+        client.publish("ticks.n", &n).await.unwrap();
+    }
+    eventually(WAIT, "the last event kept", || async {
+        let QueueReply::Jobs(jobs) = client
+            .transport()
+            .queue_command("durable.recent", QueueCommand::Peek { count: 100 })
+            .await
+            .ok()?
+        else {
+            return None;
+        };
+        let last = jobs.last()?;
+        String::from_utf8_lossy(&last.body)
+            .ends_with("\n99")
+            .then_some(jobs.len())
+    })
+    .await;
+    let s = stats(&client, "durable.recent").await.unwrap();
+    assert_eq!(s.ready, 10, "no more than max_events kept");
+    assert_eq!(bus.stats().durable_dropped, 90, "the dropped ones counted");
+    let mut sub = client
+        .subscribe_durable("recent", &["ticks.>"], retention)
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 10 {
+        let e = tokio::time::timeout(WAIT, sub.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(e.payload.as_u64().unwrap());
+    }
+    assert_eq!(
+        got,
+        (90..100).collect::<Vec<_>>(),
+        "the newest ten, in order"
+    );
+    sub.cancel().await;
+}
