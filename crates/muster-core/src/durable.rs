@@ -185,13 +185,17 @@ struct Kept {
     queue: String,
 }
 
+/// Most durable groups a [`Keeper`] holds: declarations come from the
+/// network, and each costs every event a look at its patterns.
+pub const MAX_GROUPS: usize = 1_000;
+
 impl Keeper {
     /// Adds `group`, or replaces the group of that name (the latest
     /// declaration's patterns and retention win). Returns true when
     /// something changed.
     ///
     /// # Errors
-    /// `Config` for an invalid group.
+    /// `Config` for an invalid group; `Unavailable` past [`MAX_GROUPS`].
     pub fn declare(&mut self, group: DurableGroup) -> Result<bool, Error> {
         let patterns = group.check()?;
         if let Some(k) = self.groups.iter_mut().find(|k| k.group.name == group.name) {
@@ -201,6 +205,15 @@ impl Keeper {
             k.group = group;
             k.patterns = patterns;
             return Ok(true);
+        }
+        if self.groups.len() >= MAX_GROUPS {
+            return Err(Error::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "durable group {:?} refused: the bus keeps {MAX_GROUPS} groups already",
+                    group.name
+                ),
+            ));
         }
         let queue = group.queue();
         self.groups.push(Kept {
@@ -388,6 +401,23 @@ mod tests {
                 let _ = tx.send(String::from_utf8_lossy(&event.body).into_owned());
             })
         }
+    }
+
+    #[test]
+    fn a_keeper_holds_a_bounded_number_of_groups() {
+        let mut k = Keeper::default();
+        let g = |n: usize| {
+            DurableGroup::new(&format!("g{n}"), vec!["a".into()], Retention::default()).unwrap()
+        };
+        for n in 0..MAX_GROUPS {
+            assert!(k.declare(g(n)).unwrap());
+        }
+        assert!(
+            !k.declare(g(0)).unwrap(),
+            "the same declaration again changes nothing"
+        );
+        let refused = k.declare(g(MAX_GROUPS)).unwrap_err();
+        assert_eq!(refused.kind(), ErrorKind::Unavailable);
     }
 
     #[tokio::test]
