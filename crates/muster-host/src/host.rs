@@ -149,32 +149,26 @@ pub async fn run(
     )))?;
     let log_dir = state_dir.join("logs");
 
-    let addr: BusAddr = manifest.host.bus.parse()?;
-    let mut bus_options = BusOptions::default();
-    bus_options.secret = Some(secret.clone());
-    bus_options.queue_limits.bytes =
-        usize::try_from(manifest.host.queue_max_bytes).unwrap_or(usize::MAX);
-    if !manifest.host.queue_in_memory {
-        bus_options.queue_store = QueueStore::Disk {
-            path: state_dir.join("queues.redb"),
-            fsync: manifest.host.queue_fsync,
-        };
-    }
-    let bus = Bus::start(addr.clone(), bus_options).await.map_err(|e| {
-        Error::new(
-            ErrorKind::Io,
-            format!("{e} (is another host or bus running on {addr}?)"),
-        )
-    })?;
-    let mut registry = bus.watch();
-    let mut zmq_options = ZmqOptions::default();
-    // The host is the bus's owner: only it may serve reserved names.
-    zmq_options.credential = Some(secret.credential(KeyId::Bus));
-    zmq_options
-        .bind_host
-        .clone_from(&manifest.host.control_bind);
-    let transport: SharedTransport =
-        Arc::new(ZmqTransport::connect(addr.clone(), zmq_options).await?);
+    // A `zmq://` bus is the host's own, embedded; any other is a broker
+    // the host joins like its instances, watching its registry by listing
+    // it (`watch.rs`).
+    let (bus, watch, transport) = match manifest.host.bus.parse::<BusAddr>() {
+        Ok(addr) => {
+            let (bus, transport) = embedded_bus(&manifest, &secret, addr).await?;
+            (Some(bus), None, transport)
+        }
+        Err(_) => {
+            let transport = muster::bus::connect(&manifest.host.bus, None).await?;
+            let watch = crate::watch::Watch::start(transport.clone()).await?;
+            (None, Some(watch), transport)
+        }
+    };
+    let mut registry = match (&bus, &watch) {
+        (Some(b), _) => b.watch(),
+        (None, Some(w)) => w.subscribe(),
+        (None, None) => unreachable!("a host has a bus or a watch"),
+    };
+    let bus_url = manifest.host.bus.clone();
     let client = Client::new(transport.clone());
 
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
@@ -183,7 +177,13 @@ pub async fn run(
     let http_stop = tokio_util::sync::CancellationToken::new();
     let http_addr = match &manifest.host.http {
         Some(addr) => {
-            let stats = bus.stats_handle();
+            let stats: Arc<dyn Fn() -> muster_zmq::bus::BusStats + Send + Sync> = match &bus {
+                Some(b) => {
+                    let h = b.stats_handle();
+                    Arc::new(move || h.snapshot())
+                }
+                None => Arc::new(muster_zmq::bus::BusStats::default),
+            };
             let state = crate::http::AppState {
                 monitor: monitor.clone(),
                 commands: commands_tx.clone(),
@@ -191,7 +191,7 @@ pub async fn run(
                 token: token.clone().into(),
                 gateway_open: manifest.host.gateway_open,
                 recent: recent.clone(),
-                bus: Arc::new(move || stats.snapshot()),
+                bus: stats,
                 max_body: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
                 http_hosts: manifest.host.http_hosts.clone().into(),
                 public_read: manifest.host.http_public_read,
@@ -233,7 +233,7 @@ pub async fn run(
         supervisor: Supervisor::new(&manifest.contexts),
         manifest,
         options,
-        bus_url: addr.to_string(),
+        bus_url: bus_url.clone(),
         secret,
         log_dir: log_dir.clone(),
         client: client.clone(),
@@ -243,10 +243,10 @@ pub async fn run(
     let restored = persist::load(&state_dir);
     let (booted, effects) = driver.supervisor.boot(Instant::now(), &restored);
     driver.apply(effects).await;
-    tracing::info!(bus = %addr, control = %control_endpoint, token = %token_file.display(), "host running");
+    tracing::info!(bus = %bus_url, control = %control_endpoint, token = %token_file.display(), "host running");
     if let Some(ready) = ready {
         let _ = ready.send(HostInfo {
-            bus: addr.to_string(),
+            bus: bus_url.clone(),
             control: control_endpoint,
             token_file,
             log_dir,
@@ -264,9 +264,47 @@ pub async fn run(
         g.close();
     }
     control.stop().await;
+    if let Some(w) = watch {
+        w.stop().await;
+    }
     transport.close().await;
-    driver.bus.stop().await;
+    if let Some(b) = driver.bus.take() {
+        b.stop().await;
+    }
     Ok(())
+}
+
+/// Starts the host's own bus on `addr` (with its job log in the state
+/// directory) and connects to it as the bus's owner.
+async fn embedded_bus(
+    manifest: &Manifest,
+    secret: &MasterSecret,
+    addr: BusAddr,
+) -> Result<(Bus, SharedTransport), HostError> {
+    let mut bus_options = BusOptions::default();
+    bus_options.secret = Some(secret.clone());
+    bus_options.queue_limits.bytes =
+        usize::try_from(manifest.host.queue_max_bytes).unwrap_or(usize::MAX);
+    if !manifest.host.queue_in_memory {
+        bus_options.queue_store = QueueStore::Disk {
+            path: manifest.host.state_dir.join("queues.redb"),
+            fsync: manifest.host.queue_fsync,
+        };
+    }
+    let bus = Bus::start(addr.clone(), bus_options).await.map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            format!("{e} (is another host or bus running on {addr}?)"),
+        )
+    })?;
+    let mut zmq_options = ZmqOptions::default();
+    // The host is the bus's owner: only it may serve reserved names.
+    zmq_options.credential = Some(secret.credential(KeyId::Bus));
+    zmq_options
+        .bind_host
+        .clone_from(&manifest.host.control_bind);
+    let transport: SharedTransport = Arc::new(ZmqTransport::connect(addr, zmq_options).await?);
+    Ok((bus, transport))
 }
 
 struct Driver {
@@ -274,7 +312,8 @@ struct Driver {
     recent: crate::http::Recent,
     /// A sample is being taken.
     sampling: bool,
-    bus: Bus,
+    /// The embedded bus; `None` on a broker.
+    bus: Option<Bus>,
     guard: Option<process::Guard>,
     supervisor: Supervisor,
     manifest: Manifest,
@@ -398,7 +437,9 @@ impl Driver {
                 // Callers stop picking it now, not after the heartbeat ttl;
                 // the jobs it held count the crash as an attempt.
                 let cause = process::exit_status(status).describe();
-                self.bus.evict(&instance, &cause);
+                if let Some(bus) = &self.bus {
+                    bus.evict(&instance, &cause);
+                }
                 // Whatever the instance started and left behind goes too.
                 process::signal(pid, crate::supervisor::StopSignal::Kill);
                 if let Some(g) = &mut self.guard {

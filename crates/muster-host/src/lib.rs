@@ -30,6 +30,7 @@ pub mod procstat;
 pub mod status;
 pub mod supervisor;
 pub mod token;
+mod watch;
 
 pub use control::{
     Challenge, ChallengeRequest, ControlAuth, ControlRequest, Controller, Done, REFUSED,

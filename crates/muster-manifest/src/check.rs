@@ -95,8 +95,7 @@ impl Checker<'_> {
                 };
                 let bus = match h.bus {
                     Some(b) => {
-                        b.get_ref()
-                            .parse::<muster_zmq::BusAddr>()
+                        check_bus(b.get_ref())
                             .map_err(|e| self.err(b.span().start, "host.bus", e))?;
                         b.into_inner()
                     }
@@ -537,4 +536,19 @@ fn parse_size(s: &str) -> Result<u64, SizeError> {
     };
     // Saturates: a size past u64 is "no limit" in practice.
     Ok((n * mult) as u64)
+}
+
+/// A host's bus: its own embedded bus (`zmq://HOST:PORT`), or a broker it
+/// joins (`amqp://`, `redis://`, `rediss://`, `nats://`, `tls://`).
+fn check_bus(url: &str) -> Result<(), String> {
+    match url.split("://").next().unwrap_or("") {
+        "zmq" | "tcp" => url
+            .parse::<muster_zmq::BusAddr>()
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        "amqp" | "redis" | "rediss" | "nats" | "tls" if url.contains("://") => Ok(()),
+        _ => Err(format!(
+            "unknown bus URL {url:?}: expected zmq://HOST:PORT (the host's own bus) or a broker: amqp://, redis://, nats://"
+        )),
+    }
 }

@@ -231,3 +231,30 @@ fn the_job_store_settings_are_read_and_checked() {
         }
     }
 }
+
+#[test]
+fn the_host_bus_is_the_embedded_one_or_a_broker() {
+    let host = |bus: &str| {
+        parse(
+            Path::new("/tmp/m/muster.toml"),
+            &format!("[host]\nbus = \"{bus}\"\n{GOOD}"),
+            true,
+            &Substitutions::default(),
+        )
+        .map(|(h, _)| h.expect("a [host] table").bus)
+    };
+    for ok in [
+        "zmq://127.0.0.1:7700",
+        "amqp://guest:guest@127.0.0.1:5672/%2f?exchange=x",
+        "redis://127.0.0.1:6379/2",
+        "nats://127.0.0.1:4222?prefix=p",
+    ] {
+        assert_eq!(host(ok).unwrap(), ok);
+    }
+    for bad in ["http://127.0.0.1:80", "zmq://nowhere", "127.0.0.1:7700"] {
+        match host(bad).unwrap_err() {
+            ManifestError::Invalid { key, .. } => assert_eq!(key, "host.bus"),
+            ManifestError::Io { .. } => unreachable!(),
+        }
+    }
+}

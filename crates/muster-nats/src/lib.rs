@@ -78,16 +78,23 @@ pub(crate) struct Subjects {
 // the formatting machinery was 5% of the events benchmark's time.
 impl Subjects {
     pub(crate) fn rpc(&self, service: &str, method: &str) -> String {
-        [&self.prefix, ".rpc.", service, ".", method].concat()
+        [&self.prefix, ".rpc.", &service_token(service), ".", method].concat()
     }
     pub(crate) fn rpc_all(&self, service: &str) -> String {
-        format!("{}.rpc.{service}.*", self.prefix)
+        format!("{}.rpc.{}.*", self.prefix, service_token(service))
     }
     pub(crate) fn instance(&self, instance: &str, method: &str) -> String {
-        [&self.prefix, ".inst.", instance, ".", method].concat()
+        [
+            &self.prefix,
+            ".inst.",
+            &service_token(instance),
+            ".",
+            method,
+        ]
+        .concat()
     }
     pub(crate) fn instance_all(&self, instance: &str) -> String {
-        format!("{}.inst.{instance}.*", self.prefix)
+        format!("{}.inst.{}.*", self.prefix, service_token(instance))
     }
     pub(crate) fn event(&self, topic: &str) -> String {
         [&self.prefix, ".ev.", topic].concat()
@@ -97,6 +104,17 @@ impl Subjects {
     }
     pub(crate) fn claims_bucket(&self) -> String {
         format!("{}-claims", self.prefix)
+    }
+}
+
+/// A service name or instance id as one subject token (and a NATS micro
+/// name): the host's own `muster.host` (the one name with a dot) and its
+/// instance ids become `muster_2Ehost...`.
+pub(crate) fn service_token(service: &str) -> std::borrow::Cow<'_, str> {
+    if service.contains('.') {
+        std::borrow::Cow::Owned(service.replace('.', "_2E"))
+    } else {
+        std::borrow::Cow::Borrowed(service)
     }
 }
 

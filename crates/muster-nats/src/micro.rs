@@ -176,8 +176,8 @@ impl Described {
     fn ping(&self) -> Ping {
         Ping {
             kind: "io.nats.micro.v1.ping_response".into(),
-            name: self.info.service.clone(),
-            id: self.info.instance.clone(),
+            name: crate::service_token(&self.info.service).into_owned(),
+            id: crate::service_token(&self.info.instance).into_owned(),
             version: self.version(),
             metadata: BTreeMap::from([(META_PREFIX.to_owned(), self.prefix.clone())]),
         }
@@ -201,8 +201,8 @@ impl Described {
     fn info(&self) -> Info {
         Info {
             kind: "io.nats.micro.v1.info_response".into(),
-            name: self.info.service.clone(),
-            id: self.info.instance.clone(),
+            name: crate::service_token(&self.info.service).into_owned(),
+            id: crate::service_token(&self.info.instance).into_owned(),
             version: self.version(),
             description: String::new(),
             metadata: self.metadata(),
@@ -239,8 +239,8 @@ impl Described {
             .collect();
         Stats {
             kind: "io.nats.micro.v1.stats_response".into(),
-            name: self.info.service.clone(),
-            id: self.info.instance.clone(),
+            name: crate::service_token(&self.info.service).into_owned(),
+            id: crate::service_token(&self.info.instance).into_owned(),
             version: self.version(),
             metadata: BTreeMap::from([(META_PREFIX.to_owned(), self.prefix.clone())]),
             started: started.to_rfc3339(),
@@ -262,8 +262,8 @@ pub(crate) async fn serve(
         subjects: inner.subjects.clone(),
         info,
     });
-    let name = described.info.service.clone();
-    let id = described.info.instance.clone();
+    let name = crate::service_token(&described.info.service).into_owned();
+    let id = crate::service_token(&described.info.instance).into_owned();
     let mut tasks = Vec::new();
     for subject in [
         "$SRV.*".to_owned(),

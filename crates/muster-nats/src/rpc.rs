@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Inner, is_token, micro, unavailable};
+use crate::{Inner, is_token, micro, service_token, unavailable};
 
 /// The micro specification's error headers.
 pub(crate) const SERVICE_ERROR: &str = "Nats-Service-Error";
@@ -53,7 +53,7 @@ pub(crate) async fn request(
 ) -> Result<Envelope, RpcError> {
     let service = request.header.service.clone().unwrap_or_default();
     let method = request.header.method.clone().unwrap_or_default();
-    if !is_token(&service) || !is_token(&method) {
+    if !is_token(&service_token(&service)) || !is_token(&method) {
         return Err(RpcError::method_not_found(format!("{service}.{method}")));
     }
     if request.header.id.is_empty() {
@@ -61,7 +61,7 @@ pub(crate) async fn request(
     }
     request.header.deadline_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
     let subject = match &request.header.instance {
-        Some(id) if is_token(id) => inner.subjects.instance(id, &method),
+        Some(id) if is_token(&service_token(id)) => inner.subjects.instance(id, &method),
         Some(id) => {
             return Err(RpcError::unavailable(format!(
                 "no instance {id:?} of {service}"
@@ -172,7 +172,11 @@ pub(crate) async fn serve(
     dispatch: Arc<dyn Dispatch>,
 ) -> Result<NatsServed, Error> {
     let mut info = registration.info;
-    for (what, name) in [("service", &info.service), ("instance", &info.instance)] {
+    let tokens = [
+        ("service", service_token(&info.service).into_owned()),
+        ("instance", service_token(&info.instance).into_owned()),
+    ];
+    for (what, name) in &tokens {
         if !is_token(name) {
             return Err(Error::new(
                 ErrorKind::Config,

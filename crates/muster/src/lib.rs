@@ -69,6 +69,7 @@ pub use extract::{Args, Config};
 pub use group::Group;
 pub use handler::Handler;
 pub use muster_core::durable::{self, Retention};
+pub use muster_core::duration;
 pub use muster_core::id;
 pub use muster_core::queue;
 pub use muster_core::registry;

@@ -61,6 +61,16 @@ async fn work(Args(w): Args<Work>) -> Result<(), RpcError> {
     }
 }
 
+/// How long a job may stay on a consumer that stopped answering before
+/// another takes it (Redis and NATS; the others notice a dead consumer by
+/// its connection): `WORKER_CLAIM_AFTER` (`2s`, `500ms`), else 30 s.
+fn claim_after() -> Duration {
+    std::env::var("WORKER_CLAIM_AFTER")
+        .ok()
+        .and_then(|v| muster::duration::parse(&v).ok())
+        .unwrap_or(Duration::from_secs(30))
+}
+
 /// The service, for `main` and for `muster __service worker`.
 pub fn service() -> Service {
     Service::new("worker")
@@ -68,4 +78,5 @@ pub fn service() -> Service {
         .consume(QUEUE, work)
         .prefetch(1)
         .max_attempts(MAX_ATTEMPTS)
+        .claim_after(claim_after())
 }
