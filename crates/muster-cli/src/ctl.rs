@@ -1,12 +1,14 @@
 //! `muster ctl`: control a running host (token-authenticated calls to
-//! `muster.host`).
+//! `muster.host`). Several hosts on one bus (a fleet) are told apart by
+//! name: `status` asks each, `SERVICE@HOST` (or `--host`) picks one, and a
+//! service named alone goes to every host that runs it.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use muster_host::{ControlRequest, Controller, Done, Status};
+use muster_host::{ControlRequest, Controller, Done, HostRef, Status};
 use serde::de::DeserializeOwned;
 
 use crate::BusArg;
@@ -20,6 +22,9 @@ pub(crate) struct CtlCmd {
     /// The host's token file [default: $MUSTER_TOKEN_FILE, else .muster/token].
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The host to control, by name, when several share the bus.
+    #[arg(long, global = true, value_name = "NAME")]
+    host: Option<String>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -63,7 +68,7 @@ enum Action {
     },
     /// Print (and with -f follow) the output of a service's instances.
     Logs {
-        /// The service.
+        /// The service (`SERVICE@HOST`: that host's instances).
         service: String,
         /// Transaction [default: the only running one].
         #[arg(short, long)]
@@ -79,7 +84,7 @@ enum Action {
 
 #[derive(Debug, clap::Args)]
 struct Target {
-    /// Only this service.
+    /// Only this service (`SERVICE@HOST`: on that host only).
     service: Option<String>,
     /// Transaction [default: the only running one].
     #[arg(short, long)]
@@ -90,10 +95,15 @@ impl CtlCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         crate::init_client_logging();
         let token = self.token()?;
-        let host = Controller::new(self.bus.client().await?, &token);
-        let call = |method: &'static str, req: ControlRequest| {
-            let host = host.clone();
-            async move { call::<serde_json::Value>(method, req, &host).await }
+        let fleet = Fleet::find(
+            Controller::new(self.bus.client().await?, &token),
+            self.host.clone(),
+        )
+        .await?;
+        // A command for one host: the one named, or the only one.
+        let call_one = |method: &'static str, req: ControlRequest| {
+            let host = fleet.one();
+            async move { call::<serde_json::Value>(method, req, &host?).await }
         };
         let req = |transaction: Option<String>, service: Option<String>| ControlRequest {
             transaction,
@@ -102,11 +112,18 @@ impl CtlCmd {
         };
         match self.action {
             Action::Status { transaction, json } => {
-                let v = call("status", req(transaction, None)).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&v)?);
-                } else {
-                    print_status(&serde_json::from_value(v)?);
+                let mut all = Vec::new();
+                for h in fleet.all() {
+                    all.push(call::<Status>("status", req(transaction.clone(), None), &h).await?);
+                }
+                match (json, all.as_slice()) {
+                    (true, [one]) => println!("{}", serde_json::to_string_pretty(one)?),
+                    (true, _) => println!("{}", serde_json::to_string_pretty(&all)?),
+                    (false, _) => {
+                        for s in &all {
+                            print_status(s, all.len() > 1);
+                        }
+                    }
                 }
             }
             Action::Start {
@@ -115,41 +132,24 @@ impl CtlCmd {
             } => {
                 let mut r = req(transaction, None);
                 r.context = context;
-                let d: Done = serde_json::from_value(call("start", r).await?)?;
+                let d: Done = serde_json::from_value(call_one("start", r).await?)?;
                 println!("started transaction {}", d.transaction);
             }
-            Action::Stop(t) => {
-                let what = t.service.clone();
-                let d: Done =
-                    serde_json::from_value(call("stop", req(t.transaction, t.service)).await?)?;
-                println!(
-                    "stopping {}{}",
-                    d.transaction,
-                    what.map(|s| format!("/{s}")).unwrap_or_default()
-                );
-            }
-            Action::Restart(t) => {
-                let what = t.service.clone();
-                let d: Done =
-                    serde_json::from_value(call("restart", req(t.transaction, t.service)).await?)?;
-                println!(
-                    "restarting {}{}",
-                    d.transaction,
-                    what.map(|s| format!("/{s}")).unwrap_or_default()
-                );
-            }
+            Action::Stop(t) => fleet.on_service("stop", "stopping", t).await?,
+            Action::Restart(t) => fleet.on_service("restart", "restarting", t).await?,
             Action::Exit { transaction } => {
-                let d: Done = serde_json::from_value(call("exit", req(transaction, None)).await?)?;
+                let d: Done =
+                    serde_json::from_value(call_one("exit", req(transaction, None)).await?)?;
                 println!("ending {}", d.transaction);
             }
             Action::Reload => {
-                let v = call("reload", req(None, None)).await?;
+                let v = call_one("reload", req(None, None)).await?;
                 println!("{}", serde_json::to_string_pretty(&v)?);
             }
             Action::Top { json, maps } => {
                 let mut r = req(None, maps.clone());
                 r.maps = maps.is_some();
-                let v = call("top", r).await?;
+                let v = call_one("top", r).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
@@ -165,8 +165,18 @@ impl CtlCmd {
                 follow,
                 lines,
             } => {
-                let files: Vec<PathBuf> =
-                    serde_json::from_value(call("logs", req(transaction, Some(service))).await?)?;
+                let (service, hosts) = fleet.running(&service, transaction.as_deref()).await?;
+                let mut files: Vec<PathBuf> = Vec::new();
+                for h in hosts {
+                    files.extend(
+                        call::<Vec<PathBuf>>(
+                            "logs",
+                            req(transaction.clone(), Some(service.clone())),
+                            &h,
+                        )
+                        .await?,
+                    );
+                }
                 logs(&files, lines, follow).await?;
             }
         }
@@ -212,7 +222,146 @@ pub(crate) async fn call<T: DeserializeOwned>(
     }
 }
 
-fn print_status(status: &Status) {
+/// The hosts on the bus, and the one named with `--host`.
+struct Fleet {
+    controller: Controller,
+    hosts: Vec<HostRef>,
+    named: Option<HostRef>,
+}
+
+impl Fleet {
+    async fn find(controller: Controller, named: Option<String>) -> anyhow::Result<Self> {
+        let hosts = controller.hosts().await.unwrap_or_default();
+        let named = match named {
+            None => None,
+            Some(n) => Some(pick(&hosts, &n)?),
+        };
+        Ok(Self {
+            controller,
+            hosts,
+            named,
+        })
+    }
+
+    /// The host a command without a service goes to: the one named, the
+    /// only one, else an error that lists them.
+    fn one(&self) -> anyhow::Result<Controller> {
+        match (&self.named, self.hosts.as_slice()) {
+            (Some(h), _) => Ok(self.controller.on(h)),
+            (None, [one]) => Ok(self.controller.on(one)),
+            // None listed (an older host, or a listing that failed): the
+            // bus picks, as before fleets.
+            (None, []) => Ok(self.controller.clone()),
+            (None, many) => bail!(
+                "{} hosts on this bus ({}): name one with --host",
+                many.len(),
+                names(many)
+            ),
+        }
+    }
+
+    /// Every host `status` asks: the one named, else all.
+    fn all(&self) -> Vec<Controller> {
+        match (&self.named, self.hosts.as_slice()) {
+            (Some(h), _) => vec![self.controller.on(h)],
+            (None, []) => vec![self.controller.clone()],
+            (None, many) => many.iter().map(|h| self.controller.on(h)).collect(),
+        }
+    }
+
+    /// `SERVICE@HOST` or `SERVICE`: the service and the hosts that run it
+    /// (the one named; else every host whose status lists it).
+    async fn running(
+        &self,
+        service: &str,
+        transaction: Option<&str>,
+    ) -> anyhow::Result<(String, Vec<Controller>)> {
+        if let Some((s, h)) = service.split_once('@') {
+            return Ok((
+                s.to_owned(),
+                vec![self.controller.on(&pick(&self.hosts, h)?)],
+            ));
+        }
+        if self.named.is_some() || self.hosts.len() <= 1 {
+            return Ok((service.to_owned(), vec![self.one()?]));
+        }
+        let mut with = Vec::new();
+        for h in &self.hosts {
+            let c = self.controller.on(h);
+            let req = ControlRequest {
+                transaction: transaction.map(str::to_owned),
+                ..ControlRequest::default()
+            };
+            let st: Status = call("status", req, &c).await?;
+            if st
+                .transactions
+                .iter()
+                .any(|t| t.services.iter().any(|s| s.name == service))
+            {
+                with.push(c);
+            }
+        }
+        if with.is_empty() {
+            bail!(
+                "no host on this bus runs {service} ({})",
+                names(&self.hosts)
+            );
+        }
+        Ok((service.to_owned(), with))
+    }
+
+    /// `stop` or `restart` of a transaction or of one service, on the
+    /// hosts that run it.
+    async fn on_service(&self, method: &'static str, doing: &str, t: Target) -> anyhow::Result<()> {
+        let targets = match &t.service {
+            Some(s) => self.running(s, t.transaction.as_deref()).await?,
+            None => (String::new(), vec![self.one()?]),
+        };
+        let (service, hosts) = targets;
+        for h in hosts {
+            let req = ControlRequest {
+                transaction: t.transaction.clone(),
+                service: (!service.is_empty()).then(|| service.clone()),
+                ..ControlRequest::default()
+            };
+            let d: Done = call(method, req, &h).await?;
+            println!(
+                "{doing} {}{}",
+                d.transaction,
+                if service.is_empty() {
+                    String::new()
+                } else {
+                    format!("/{service}")
+                }
+            );
+        }
+        Ok(())
+    }
+}
+
+fn pick(hosts: &[HostRef], name: &str) -> anyhow::Result<HostRef> {
+    hosts
+        .iter()
+        .find(|h| h.name == name)
+        .cloned()
+        .with_context(|| format!("no host {name:?} on this bus ({})", names(hosts)))
+}
+
+fn names(hosts: &[HostRef]) -> String {
+    if hosts.is_empty() {
+        return "none listed".to_owned();
+    }
+    hosts
+        .iter()
+        .map(|h| h.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn print_status(status: &Status, with_host: bool) {
+    if with_host {
+        println!("host {}", status.host);
+    }
     if status.transactions.is_empty() {
         println!("no transactions");
     }

@@ -20,6 +20,10 @@ pub(crate) struct UpCmd {
     /// [default: the manifest's `[host] http`, else 127.0.0.1:7780].
     #[arg(long, value_name = "ADDR")]
     http: Option<String>,
+    /// The host's name among the hosts of one bus [default: the
+    /// manifest's `[host] name`, else the machine's hostname].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// Log level or filter directives for the host [default: $MUSTER_LOG_LEVEL, else info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
@@ -38,7 +42,8 @@ impl UpCmd {
         } else {
             self.files
         };
-        let options = host_options(files, self.bus, self.state_dir, self.http)?;
+        let mut options = host_options(files, self.bus, self.state_dir, self.http)?;
+        options.name = self.name;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let printer = tokio::spawn(async move {
             if let Ok(info) = rx.await {
@@ -68,6 +73,7 @@ pub(crate) fn host_options(
         bus,
         state_dir,
         http,
+        name: None,
     })
 }
 

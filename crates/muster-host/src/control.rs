@@ -111,6 +111,18 @@ fn refs(parts: &[Vec<u8>]) -> Vec<&[u8]> {
 pub struct Controller {
     client: muster::Client,
     token: std::sync::Arc<str>,
+    /// The `muster.host` instance every call goes to; `None`: whichever
+    /// the bus picks (one host on the bus).
+    instance: Option<String>,
+}
+
+/// A host on the bus: its name and its control instance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRef {
+    /// The host's name (`[host] name`).
+    pub name: String,
+    /// Its `muster.host` instance id, `muster.host-<name>`.
+    pub instance: String,
 }
 
 impl Controller {
@@ -119,7 +131,57 @@ impl Controller {
         Self {
             client,
             token: token.into(),
+            instance: None,
         }
+    }
+
+    /// The same controller, talking to `host` only.
+    #[must_use]
+    pub fn on(&self, host: &HostRef) -> Self {
+        Self {
+            instance: Some(host.instance.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// The hosts serving on the bus, by name.
+    ///
+    /// # Errors
+    /// The bus does not answer.
+    pub async fn hosts(&self) -> Result<Vec<HostRef>, muster::Error> {
+        let prefix = format!("{HOST_SERVICE}-");
+        let mut hosts: Vec<HostRef> = self
+            .client
+            .instances()
+            .await?
+            .into_iter()
+            .filter(|i| i.service == HOST_SERVICE)
+            .map(|i| HostRef {
+                name: i
+                    .instance
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&i.instance)
+                    .to_owned(),
+                instance: i.instance,
+            })
+            .collect();
+        hosts.sort_by(|a, b| a.name.cmp(&b.name));
+        hosts.dedup();
+        Ok(hosts)
+    }
+
+    /// A call of `muster.host.<method>`, to this controller's host.
+    async fn host_call<A, R>(&self, method: &str, args: &A) -> Result<R, RpcError>
+    where
+        A: serde::Serialize,
+        R: serde::de::DeserializeOwned,
+    {
+        let target = format!("{HOST_SERVICE}.{method}");
+        let mut options = muster::CallOptions::default();
+        if let Some(i) = &self.instance {
+            options = options.instance(i.clone());
+        }
+        self.client.call_with(&target, args, options).await
     }
 
     /// Calls `muster.host.<method>` with `request`.
@@ -134,10 +196,11 @@ impl Controller {
         mut request: ControlRequest,
     ) -> Result<T, RpcError> {
         let client_nonce = muster_core::auth::random_hex(16).map_err(RpcError::internal)?;
+        // The challenge and the call go to the same host: the proof is
+        // that host's.
         let challenge: Challenge = self
-            .client
-            .call(
-                &format!("{HOST_SERVICE}.challenge"),
+            .host_call(
+                "challenge",
                 &ChallengeRequest {
                     client_nonce: client_nonce.clone(),
                 },
@@ -163,9 +226,7 @@ impl Controller {
             client_nonce,
             mac,
         });
-        self.client
-            .call(&format!("{HOST_SERVICE}.{method}"), &request)
-            .await
+        self.host_call(method, &request).await
     }
 }
 

@@ -43,6 +43,8 @@ pub struct HostOptions {
     pub state_dir: Option<PathBuf>,
     /// Overrides `[host] http` (`"off"` turns it off).
     pub http: Option<String>,
+    /// Overrides `[host] name`.
+    pub name: Option<String>,
 }
 
 /// Where a running host can be reached.
@@ -101,6 +103,9 @@ impl HostOptions {
         }
         if let Some(h) = &self.http {
             manifest.host.http = (h != "off").then(|| h.clone());
+        }
+        if let Some(n) = &self.name {
+            manifest.host.name = Some(n.clone());
         }
     }
 }
@@ -205,15 +210,20 @@ pub async fn run(
         }
         None => None,
     };
+    let name = host_name(&manifest);
+    // One `muster.host` instance per host, named after it: `muster ctl`
+    // addresses a host of a fleet by it.
+    let mut control_options = muster::StartOptions::default();
+    control_options.instance = Some(format!("{HOST_SERVICE}-{name}"));
     let control = control::service(token, commands_tx, monitor.clone())
-        .start_with(transport.clone(), muster::StartOptions::default())
+        .start_with(transport.clone(), control_options)
         .await?;
     let control_endpoint = client
         .instances()
         .await
         .unwrap_or_default()
         .into_iter()
-        .find(|i| i.service == HOST_SERVICE)
+        .find(|i| i.service == HOST_SERVICE && i.instance == format!("{HOST_SERVICE}-{name}"))
         .map(|i| i.endpoint)
         .unwrap_or_default();
 
@@ -234,6 +244,7 @@ pub async fn run(
         manifest,
         options,
         bus_url: bus_url.clone(),
+        name,
         secret,
         log_dir: log_dir.clone(),
         client: client.clone(),
@@ -272,6 +283,35 @@ pub async fn run(
         b.stop().await;
     }
     Ok(())
+}
+
+/// The host's name: `[host] name`, else the machine's hostname up to its
+/// first dot, with what a name cannot hold written `-`.
+fn host_name(manifest: &Manifest) -> String {
+    if let Some(n) = &manifest.host.name {
+        return n.clone();
+    }
+    let machine = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    let first = machine.trim().split('.').next().unwrap_or("");
+    let mut name: String = first
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        name.insert_str(0, "host-");
+        name.truncate(64);
+    }
+    name
 }
 
 /// Starts the host's own bus on `addr` (with its job log in the state
@@ -314,6 +354,8 @@ struct Driver {
     sampling: bool,
     /// The embedded bus; `None` on a broker.
     bus: Option<Bus>,
+    /// The host's name.
+    name: String,
     guard: Option<process::Guard>,
     supervisor: Supervisor,
     manifest: Manifest,
@@ -567,7 +609,9 @@ impl Driver {
         let now = Instant::now();
         match cmd {
             Command::Status { transaction, reply } => {
-                let _ = reply.send(Ok(self.supervisor.status(now, transaction.as_deref())));
+                let mut status = self.supervisor.status(now, transaction.as_deref());
+                status.host.clone_from(&self.name);
+                let _ = reply.send(Ok(status));
             }
             Command::Start {
                 context,

@@ -33,7 +33,7 @@ pub mod token;
 mod watch;
 
 pub use control::{
-    Challenge, ChallengeRequest, ControlAuth, ControlRequest, Controller, Done, REFUSED,
+    Challenge, ChallengeRequest, ControlAuth, ControlRequest, Controller, Done, HostRef, REFUSED,
 };
 pub use host::{HostError, HostInfo, HostOptions, run};
 /// The manifest's model and parser (the `muster-manifest` crate).

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 /// Every transaction the host knows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Status {
+    /// The host's name (`[host] name`, else the machine's hostname).
+    #[serde(default)]
+    pub host: String,
     /// Transactions, by id.
     pub transactions: Vec<TransactionStatus>,
 }

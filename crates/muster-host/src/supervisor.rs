@@ -497,6 +497,7 @@ impl Supervisor {
     /// What `ctl status` shows.
     pub fn status(&self, now: Instant, transaction: Option<&str>) -> Status {
         Status {
+            host: String::new(),
             transactions: self
                 .txns
                 .values()

@@ -101,7 +101,21 @@ impl Checker<'_> {
                     }
                     None => muster_zmq::DEFAULT_BUS.to_owned(),
                 };
+                let name = match h.name {
+                    Some(n) if !is_valid_name(n.get_ref()) => {
+                        return Err(self.err(
+                            n.span().start,
+                            "host.name",
+                            format!(
+                                "{:?} is not a host name: letters, digits, _ and -, starting with a letter",
+                                n.get_ref()
+                            ),
+                        ));
+                    }
+                    n => n.map(Spanned::into_inner),
+                };
                 Some(HostSpec {
+                    name,
                     bus,
                     control_bind: h.control_bind.unwrap_or_else(|| "127.0.0.1".to_owned()),
                     state_dir: self

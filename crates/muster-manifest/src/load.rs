@@ -58,6 +58,7 @@ impl Manifest {
         Ok(Self {
             files: files.to_vec(),
             host: host.unwrap_or_else(|| HostSpec {
+                name: None,
                 bus: muster_zmq::DEFAULT_BUS.to_owned(),
                 control_bind: "127.0.0.1".to_owned(),
                 state_dir: first_dir.join(".muster"),

@@ -14,6 +14,9 @@ pub const DEFAULT_HTTP: &str = "127.0.0.1:7780";
 /// The host's own settings: the `[host]` table (first manifest only).
 #[derive(Debug, Clone, PartialEq)]
 pub struct HostSpec {
+    /// The host's name among the hosts of one bus (`[host] name`); `None`:
+    /// the machine's hostname.
+    pub name: Option<String>,
     /// Bus URL the embedded bus binds (`zmq://127.0.0.1:7700`).
     pub bus: String,
     /// Interface the control endpoint binds (`127.0.0.1`).

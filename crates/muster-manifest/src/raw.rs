@@ -22,6 +22,7 @@ pub(crate) struct RawFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawHost {
+    pub(crate) name: Option<Spanned<String>>,
     pub(crate) bus: Option<Spanned<String>>,
     pub(crate) control_bind: Option<String>,
     pub(crate) state_dir: Option<String>,

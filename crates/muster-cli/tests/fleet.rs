@@ -1,0 +1,104 @@
+//! Hosts that share a broker are one fleet for `muster ctl`: `status`
+//! lists every host by name, `SERVICE@HOST` reaches that host alone, and
+//! a command that needs one host refuses to guess. Two `muster up` on
+//! one machine (each its own directory and state), Redis from
+//! `MUSTER_TEST_REDIS` (SKIPPED without it).
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use muster_test::host::{Host, tempdir};
+use muster_test::{broker_url, eventually};
+use serde_json::Value;
+
+const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
+
+fn ctl(dir: &Path, bus: &str, args: &[&str]) -> Output {
+    Command::new(MUSTER)
+        .arg("ctl")
+        .args(args)
+        .args(["--bus", bus])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `(host, pid)` of every running echo instance, from `ctl status --json`.
+fn echo_pids(dir: &Path, bus: &str) -> Option<Vec<(String, u64)>> {
+    let o = ctl(dir, bus, &["status", "--json"]);
+    let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+    let mut out = Vec::new();
+    for st in v.as_array()? {
+        for t in st["transactions"].as_array()? {
+            for s in t["services"].as_array()? {
+                for i in s["instances"].as_array()? {
+                    if s["name"] == "echo" && i["state"] == "running" {
+                        out.push((st["host"].as_str()?.to_owned(), i["pid"].as_u64()?));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_on_one_broker_are_one_fleet_for_ctl() {
+    let test = "hosts_on_one_broker_are_one_fleet_for_ctl";
+    let Some(base) = broker_url("MUSTER_TEST_REDIS", test) else {
+        return;
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let bus = format!(
+        "{base}{sep}prefix=f{:x}",
+        muster::id::random_u64() & 0xff_ffff
+    );
+    let manifest = |name: &str| {
+        format!(
+            "[host]\nname = \"{name}\"\nbus = \"{bus}\"\nhttp = \"off\"\n\n[context]\nname = \"ctx\"\n\n[[service]]\nname = \"echo\"\nrun = [\"{MUSTER}\", \"__service\", \"echo\", \"--log-level\", \"warn\"]\n"
+        )
+    };
+    let (dir_a, dir_b) = (tempdir("fleet-a"), tempdir("fleet-b"));
+    std::fs::write(dir_a.join("muster.toml"), manifest("alpha")).unwrap();
+    std::fs::write(dir_b.join("muster.toml"), manifest("beta")).unwrap();
+    let _a = Host::start(MUSTER, dir_a.clone(), bus.clone()).await;
+    // One token for the fleet: the second host is given the first's.
+    std::fs::create_dir_all(dir_b.join(".muster")).unwrap();
+    std::fs::copy(dir_a.join(".muster/token"), dir_b.join(".muster/token")).unwrap();
+    let _b = Host::start(MUSTER, dir_b.clone(), bus.clone()).await;
+
+    let running = eventually(
+        Duration::from_secs(30),
+        "echo running on both hosts",
+        || async { echo_pids(&dir_a, &bus).filter(|p| p.len() == 2) },
+    )
+    .await;
+    let hosts: Vec<&str> = running.iter().map(|(h, _)| h.as_str()).collect();
+    assert_eq!(hosts, ["alpha", "beta"], "status lists every host by name");
+    let text = String::from_utf8_lossy(&ctl(&dir_b, &bus, &["status"]).stdout).into_owned();
+    assert!(
+        text.contains("host alpha") && text.contains("host beta"),
+        "{text}"
+    );
+
+    // `echo@beta`: beta's instance restarts, alpha's does not.
+    let o = ctl(&dir_a, &bus, &["restart", "echo@beta"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let after = eventually(Duration::from_secs(30), "beta's echo replaced", || async {
+        echo_pids(&dir_a, &bus).filter(|p| p.len() == 2 && p[1].1 != running[1].1)
+    })
+    .await;
+    assert_eq!(after[0], running[0], "alpha's echo was not touched");
+
+    // A command for one host, with two and none named: refused, naming them.
+    let o = ctl(&dir_a, &bus, &["reload"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("2 hosts on this bus (alpha, beta)"), "{err}");
+    let o = ctl(&dir_a, &bus, &["--host", "alpha", "status", "--json"]);
+    let one: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(one["host"], "alpha", "--host picks one: {one}");
+}
