@@ -339,6 +339,15 @@ impl Fleet {
     }
 }
 
+/// The controller of the one host a command is for: the one named, or
+/// the only one on the bus (`muster top`).
+pub(crate) async fn one_host(
+    controller: Controller,
+    named: Option<String>,
+) -> anyhow::Result<Controller> {
+    Fleet::find(controller, named).await?.one()
+}
+
 fn pick(hosts: &[HostRef], name: &str) -> anyhow::Result<HostRef> {
     hosts
         .iter()

@@ -26,6 +26,9 @@ pub(crate) struct TopCmd {
     /// The host's token file [default: $MUSTER_TOKEN_FILE, else .muster/token].
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// The host to watch, by name, when several share the bus.
+    #[arg(long, value_name = "NAME")]
+    host: Option<String>,
     /// Time between refreshes (`1s`, `500ms`, or seconds), at least 100ms.
     #[arg(long, default_value = "1s", value_parser = muster_core::duration::parse)]
     every: Duration,
@@ -259,7 +262,11 @@ impl TopCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         crate::init_client_logging();
         let token = crate::ctl::token_from(self.token_file.as_deref())?;
-        let host = muster_host::Controller::new(self.bus.client().await?, &token);
+        let host = crate::ctl::one_host(
+            muster_host::Controller::new(self.bus.client().await?, &token),
+            self.host.clone(),
+        )
+        .await?;
         let mut screen = Screen::enter()?;
         let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel::<KeyEvent>();
         // crossterm's reader blocks: it gets a thread of its own, which
