@@ -112,9 +112,21 @@ impl CtlCmd {
         };
         match self.action {
             Action::Status { transaction, json } => {
+                // A host that does not answer (it is going away) is said,
+                // and the others still shown.
                 let mut all = Vec::new();
+                let mut last_error = None;
                 for h in fleet.all() {
-                    all.push(call::<Status>("status", req(transaction.clone(), None), &h).await?);
+                    match call::<Status>("status", req(transaction.clone(), None), &h).await {
+                        Ok(s) => all.push(s),
+                        Err(e) => {
+                            eprintln!("muster ctl: a host did not answer: {e}");
+                            last_error = Some(e);
+                        }
+                    }
+                }
+                if let (true, Some(e)) = (all.is_empty(), last_error) {
+                    return Err(e);
                 }
                 match (json, all.as_slice()) {
                     (true, [one]) => println!("{}", serde_json::to_string_pretty(one)?),
@@ -370,6 +382,15 @@ fn names(hosts: &[HostRef]) -> String {
 fn print_status(status: &Status, with_host: bool) {
     if with_host {
         println!("host {}", status.host);
+    }
+    let lost: Vec<String> = status
+        .fleet
+        .iter()
+        .filter(|p| p.state == "lost")
+        .map(|p| format!("{} (lost {:.0}s ago)", p.name, p.since_secs))
+        .collect();
+    if !lost.is_empty() {
+        println!("hosts lost: {}", lost.join(", "));
     }
     if status.transactions.is_empty() {
         println!("no transactions");

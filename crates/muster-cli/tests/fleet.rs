@@ -1,6 +1,7 @@
 //! Hosts that share a broker are one fleet for `muster ctl`: `status`
 //! lists every host by name, `SERVICE@HOST` reaches that host alone, and
-//! a command that needs one host refuses to guess. Two `muster up` on
+//! a command that needs one host refuses to guess, and a host that dies
+//! is shown as lost by the others. Two `muster up` on
 //! one machine (each its own directory and state), Redis from
 //! `MUSTER_TEST_REDIS` (SKIPPED without it).
 
@@ -68,7 +69,7 @@ async fn hosts_on_one_broker_are_one_fleet_for_ctl() {
     // One token for the fleet: the second host is given the first's.
     std::fs::create_dir_all(dir_b.join(".muster")).unwrap();
     std::fs::copy(dir_a.join(".muster/token"), dir_b.join(".muster/token")).unwrap();
-    let _b = Host::start(MUSTER, dir_b.clone(), bus.clone()).await;
+    let mut b = Host::start(MUSTER, dir_b.clone(), bus.clone()).await;
 
     let running = eventually(
         Duration::from_secs(30),
@@ -101,4 +102,19 @@ async fn hosts_on_one_broker_are_one_fleet_for_ctl() {
     let o = ctl(&dir_a, &bus, &["--host", "alpha", "status", "--json"]);
     let one: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(one["host"], "alpha", "--host picks one: {one}");
+    assert_eq!(one["fleet"][0]["name"], "beta", "alpha knows beta: {one}");
+    assert_eq!(one["fleet"][0]["state"], "up");
+
+    // beta dies: alpha shows it lost (Redis forgets a registration after
+    // 3 s, the host after four lists without it).
+    b.proc.kill9();
+    let lost = eventually(Duration::from_secs(30), "beta shown lost", || async {
+        let o = ctl(&dir_a, &bus, &["status", "--json"]);
+        let v: Value = serde_json::from_slice(&o.stdout).ok()?;
+        (v["host"] == "alpha" && v["fleet"][0]["state"] == "lost").then_some(v)
+    })
+    .await;
+    assert_eq!(lost["fleet"][0]["name"], "beta", "{lost}");
+    let text = String::from_utf8_lossy(&ctl(&dir_a, &bus, &["status"]).stdout).into_owned();
+    assert!(text.contains("hosts lost: beta"), "{text}");
 }

@@ -779,6 +779,15 @@ async fn http_serves_metrics_the_gateway_and_openapi() {
         .then_some(body)
     })
     .await;
+    // Every series names its host, so that a fleet's hosts scrape into one
+    // view.
+    assert!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("muster_"))
+            .all(|l| l.contains("host=\"")),
+        "a series without its host:\n{metrics}"
+    );
     for family in [
         "muster_instance_cpu_percent",
         "muster_instance_restarts_total",

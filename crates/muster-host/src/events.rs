@@ -1,12 +1,28 @@
 //! What the host publishes: one [`InstanceEvent`] per lifecycle change of
 //! an instance on `muster.control.<transaction>`, one [`ContextEvent`] per
-//! change of a transaction on `muster.context`.
+//! change of a transaction on `muster.context`, and one [`FleetEvent`] on
+//! `muster.fleet` when another host of its bus joins or is lost.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Topic of context changes.
 pub const CONTEXT_TOPIC: &str = "muster.context";
+
+/// Topic of the changes of the other hosts of a fleet.
+pub const FLEET_TOPIC: &str = "muster.fleet";
+
+/// Another host of the bus joined (`up`) or was lost (`lost`: its control
+/// service left the registry: the host died, or was cut off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FleetEvent {
+    /// The host that saw it.
+    pub by: String,
+    /// The host that joined or was lost.
+    pub host: String,
+    /// `up` or `lost`.
+    pub state: String,
+}
 
 /// Topic of the instance events of `transaction`.
 pub fn control_topic(transaction: &str) -> String {

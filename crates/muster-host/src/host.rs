@@ -174,6 +174,7 @@ pub async fn run(
         (None, None) => unreachable!("a host has a bus or a watch"),
     };
     let bus_url = manifest.host.bus.clone();
+    let name = host_name(&manifest);
     let client = Client::new(transport.clone());
 
     let (commands_tx, mut commands) = mpsc::channel::<Command>(64);
@@ -190,6 +191,7 @@ pub async fn run(
                 None => Arc::new(muster_zmq::bus::BusStats::default),
             };
             let state = crate::http::AppState {
+                host: name.as_str().into(),
                 monitor: monitor.clone(),
                 commands: commands_tx.clone(),
                 client: client.clone(),
@@ -210,7 +212,6 @@ pub async fn run(
         }
         None => None,
     };
-    let name = host_name(&manifest);
     // One `muster.host` instance per host, named after it: `muster ctl`
     // addresses a host of a fleet by it.
     let mut control_options = muster::StartOptions::default();
@@ -245,6 +246,7 @@ pub async fn run(
         options,
         bus_url: bus_url.clone(),
         name,
+        peers: std::collections::BTreeMap::new(),
         secret,
         log_dir: log_dir.clone(),
         client: client.clone(),
@@ -356,6 +358,8 @@ struct Driver {
     bus: Option<Bus>,
     /// The host's name.
     name: String,
+    /// The other hosts of the bus: name -> (up, since).
+    peers: std::collections::BTreeMap<String, (bool, Instant)>,
     guard: Option<process::Guard>,
     supervisor: Supervisor,
     manifest: Manifest,
@@ -406,10 +410,16 @@ impl Driver {
                 Some(cmd) = commands.recv() => self.command(cmd).await,
                 ev = registry.recv() => match ev {
                     Ok(RegistryEvent::Registered(info)) => {
+                        if info.service == HOST_SERVICE {
+                            self.peer(&info.instance, true).await;
+                        }
                         let e = self.supervisor.registered(Instant::now(), &info.instance);
                         self.apply(e).await;
                     }
-                    Ok(RegistryEvent::Expired { instance, .. }) => {
+                    Ok(RegistryEvent::Expired { service, instance }) => {
+                        if service == HOST_SERVICE {
+                            self.peer(&instance, false).await;
+                        }
                         let e = self.supervisor.expired(Instant::now(), &instance);
                         self.apply(e).await;
                     }
@@ -426,6 +436,42 @@ impl Driver {
             }
         }
         Ok(())
+    }
+
+    /// Another host's control service joined (`up`) or left the registry:
+    /// remembered for `status`, logged and published on `muster.fleet`.
+    async fn peer(&mut self, instance: &str, up: bool) {
+        let Some(name) = instance
+            .strip_prefix(HOST_SERVICE)
+            .and_then(|r| r.strip_prefix('-'))
+        else {
+            return;
+        };
+        if name == self.name || self.peers.get(name).is_some_and(|(u, _)| *u == up) {
+            return;
+        }
+        self.peers.insert(name.to_owned(), (up, Instant::now()));
+        let state = if up { "up" } else { "lost" };
+        if up {
+            tracing::info!(host = name, "a host of the fleet is up");
+        } else {
+            tracing::warn!(
+                host = name,
+                "a host of the fleet is lost (its control service left the bus)"
+            );
+        }
+        let event = crate::events::FleetEvent {
+            by: self.name.clone(),
+            host: name.to_owned(),
+            state: state.to_owned(),
+        };
+        if let Err(e) = self
+            .client
+            .publish(crate::events::FLEET_TOPIC, &event)
+            .await
+        {
+            tracing::debug!(error = %e, "fleet event not published");
+        }
     }
 
     /// Starts taking a sample in the background; it comes back as
@@ -611,6 +657,15 @@ impl Driver {
             Command::Status { transaction, reply } => {
                 let mut status = self.supervisor.status(now, transaction.as_deref());
                 status.host.clone_from(&self.name);
+                status.fleet = self
+                    .peers
+                    .iter()
+                    .map(|(name, (up, since))| crate::status::PeerStatus {
+                        name: name.clone(),
+                        state: if *up { "up" } else { "lost" }.to_owned(),
+                        since_secs: now.duration_since(*since).as_secs_f64(),
+                    })
+                    .collect();
                 let _ = reply.send(Ok(status));
             }
             Command::Start {

@@ -38,6 +38,8 @@ pub(crate) type Recent = Arc<Mutex<VecDeque<Value>>>;
 
 #[derive(Clone)]
 pub(crate) struct AppState {
+    /// The host's name: a `host` label on every metric.
+    pub(crate) host: Arc<str>,
     pub(crate) monitor: SharedMonitor,
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) client: Client,

@@ -10,6 +10,20 @@ pub struct Status {
     pub host: String,
     /// Transactions, by id.
     pub transactions: Vec<TransactionStatus>,
+    /// The other hosts of the bus this host has seen, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fleet: Vec<PeerStatus>,
+}
+
+/// Another host of the bus, as this host last saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct PeerStatus {
+    /// Its name.
+    pub name: String,
+    /// `up`, or `lost` (its control service left the registry).
+    pub state: String,
+    /// Seconds since it was last seen to change.
+    pub since_secs: f64,
 }
 
 /// One transaction.

@@ -498,6 +498,7 @@ impl Supervisor {
     pub fn status(&self, now: Instant, transaction: Option<&str>) -> Status {
         Status {
             host: String::new(),
+            fleet: Vec::new(),
             transactions: self
                 .txns
                 .values()

@@ -16,7 +16,7 @@ pub(super) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Re
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .latest();
-    let body = metrics::render(&families(&latest, &(s.bus)()), format);
+    let body = metrics::render(&families(&latest, &(s.bus)(), &s.host), format);
     let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -25,15 +25,19 @@ pub(super) async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Re
     resp
 }
 
-/// The host's metric families from the latest samples and the bus counters.
+/// The host's metric families from the latest samples and the bus
+/// counters, each labelled with the host's name (`host`), so that the
+/// hosts of a fleet can be scraped into one view.
 fn families(
     latest: &[crate::monitor::MonitorSample],
     bus: &muster_zmq::bus::BusStats,
+    host: &str,
 ) -> Vec<super::metrics::Family> {
     use metrics::{Family, Kind, Sample, label};
+    let host = label(host);
     let inst = |t: &crate::monitor::MonitorSample, i: &crate::monitor::InstanceSample| {
         format!(
-            r#"transaction="{}",context="{}",service="{}",instance="{}""#,
+            r#"host="{host}",transaction="{}",context="{}",service="{}",instance="{}""#,
             label(&t.transaction),
             label(&t.context),
             label(&i.service),
@@ -63,7 +67,7 @@ fn families(
             .map(|(l, r)| Sample::new(l.clone(), f(r)))
             .collect()
     };
-    let bus_value = |v: u64| vec![Sample::new(String::new(), v as f64)];
+    let bus_value = |v: u64| vec![Sample::new(format!(r#"host="{host}""#), v as f64)];
     vec![
         Family {
             name: "muster_instance_cpu_percent",
@@ -187,6 +191,12 @@ fn families(
             kind: Kind::Counter,
             help: "Messages on the event outlet that were not subscriptions",
             samples: bus_value(bus.bad_subscriptions),
+        },
+        Family {
+            name: "muster_bus_durable_dropped",
+            kind: Kind::Counter,
+            help: "Events of durable groups dropped to keep within their retention",
+            samples: bus_value(bus.durable_dropped),
         },
     ]
 }
