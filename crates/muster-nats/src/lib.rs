@@ -173,7 +173,7 @@ impl NatsTransport {
     /// # Errors
     /// As [`NatsTransport::connect`].
     pub async fn connect_with(url: &str, mut options: NatsOptions) -> Result<Self, Error> {
-        let (url, prefix) = split_prefix(url);
+        let (url, prefix, connect) = client_options(url)?;
         if let Some(p) = prefix {
             options.prefix = p;
         }
@@ -185,7 +185,7 @@ impl NatsTransport {
         }
         let slow_consumers = Arc::new(AtomicU64::new(0));
         let counted = slow_consumers.clone();
-        let client = async_nats::ConnectOptions::new()
+        let client = connect
             .name(format!("muster {}", std::process::id()))
             .subscription_capacity(options.subscription_capacity)
             .connection_timeout(Duration::from_secs(5))
@@ -246,6 +246,77 @@ pub fn split_prefix(url: &str) -> (String, Option<String>) {
         .find_map(|kv| kv.strip_prefix("prefix="))
         .map(str::to_owned);
     (base.to_owned(), prefix)
+}
+
+/// How to reach a NATS server, from a muster NATS URL:
+/// `nats://[USER:PASS@]HOST:PORT` (or `tls://...`, TLS required) with
+/// `?prefix=NAME`, and for TLS and credentials `tls_ca=FILE` (the CA that
+/// signed the server's certificate, PEM), `tls_cert=FILE&tls_key=FILE`
+/// (a client certificate) and `creds=FILE` (a NATS credentials file).
+///
+/// ```
+/// let (server, prefix, _options) = muster_nats::client_options(
+///     "tls://127.0.0.1:4443?prefix=prod&tls_ca=/etc/muster/ca.pem",
+/// )
+/// .expect("a valid URL");
+/// assert_eq!(server, "tls://127.0.0.1:4443");
+/// assert_eq!(prefix.as_deref(), Some("prod"));
+/// ```
+///
+/// # Errors
+/// `Config` for an unknown key, a client certificate without its key, or
+/// a credentials file that cannot be read.
+pub fn client_options(
+    url: &str,
+) -> Result<(String, Option<String>, async_nats::ConnectOptions), Error> {
+    let (server, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut prefix, mut ca, mut cert, mut key, mut creds) = (None, None, None, None, None);
+    for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let slot = match k {
+            "prefix" => &mut prefix,
+            "tls_ca" => &mut ca,
+            "tls_cert" => &mut cert,
+            "tls_key" => &mut key,
+            "creds" => &mut creds,
+            other => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "unknown NATS URL parameter {other:?}: expected prefix, tls_ca, tls_cert, tls_key or creds"
+                    ),
+                ));
+            }
+        };
+        *slot = Some(v.to_owned());
+    }
+    let config = |what: String| Error::new(ErrorKind::Config, what);
+    let mut options = match creds {
+        None => async_nats::ConnectOptions::new(),
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                config(format!("cannot read the NATS credentials file {path}: {e}"))
+            })?;
+            async_nats::ConnectOptions::with_credentials(&text).map_err(|e| {
+                config(format!(
+                    "the NATS credentials file {path} cannot be used: {e}"
+                ))
+            })?
+        }
+    };
+    if let Some(ca) = ca {
+        options = options.add_root_certificates(ca.into()).require_tls(true);
+    }
+    match (cert, key) {
+        (Some(c), Some(k)) => options = options.add_client_certificate(c.into(), k.into()),
+        (None, None) => {}
+        _ => {
+            return Err(config(
+                "a NATS client certificate needs both tls_cert and tls_key".to_owned(),
+            ));
+        }
+    }
+    Ok((server.to_owned(), prefix, options))
 }
 
 impl Transport for NatsTransport {

@@ -46,9 +46,15 @@ fn token(s: &str) -> String {
 
 impl NatsStore {
     pub(super) async fn open(target: &str, service: &str, name: &str) -> Result<Self> {
-        let (url, prefix) = muster_nats::split_prefix(target);
+        let (url, prefix, options) =
+            muster_nats::client_options(target).map_err(|e| StoreError::Unreachable {
+                store: "NATS",
+                target: target.to_owned(),
+                source: Box::new(e),
+            })?;
         let prefix = prefix.as_deref().unwrap_or("muster");
-        let client = async_nats::connect(url)
+        let client = options
+            .connect(url)
             .await
             .map_err(|e| StoreError::Unreachable {
                 store: "NATS",
