@@ -165,12 +165,11 @@ impl RedisTransport {
     /// # Errors
     /// As [`RedisTransport::connect`].
     pub async fn connect_with(url: &str, mut options: RedisOptions) -> Result<Self, Error> {
-        let (url, prefix) = split_prefix(url);
-        if let Some(p) = prefix {
+        let (url, params) = split_params(url);
+        if let Some(p) = params.prefix.clone() {
             options.prefix = p;
         }
-        let client = redis::Client::open(url.as_str())
-            .map_err(|e| Error::new(ErrorKind::Config, format!("bad Redis URL {url:?}: {e}")))?;
+        let client = params.client(&url)?;
         let conn = manager(&client, Duration::from_secs(5)).await?;
         let keys = Keys {
             prefix: options.prefix.clone(),
@@ -190,19 +189,78 @@ impl RedisTransport {
     }
 }
 
-fn split_prefix(url: &str) -> (String, Option<String>) {
+/// muster's own parameters of a Redis URL: `prefix=NAME`, and for TLS
+/// (`rediss://`) `tls_ca=FILE` (the CA that signed the server's
+/// certificate, PEM) and `tls_cert=FILE&tls_key=FILE` (a client
+/// certificate). The others are Redis's.
+#[derive(Debug, Default, PartialEq)]
+struct Params {
+    prefix: Option<String>,
+    tls_ca: Option<String>,
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+}
+
+impl Params {
+    /// The Redis client for `url` (muster's parameters taken out).
+    fn client(&self, url: &str) -> Result<redis::Client, Error> {
+        let bad = |e: &dyn std::fmt::Display| {
+            Error::new(ErrorKind::Config, format!("bad Redis URL {url:?}: {e}"))
+        };
+        if self.tls_ca.is_none() && self.tls_cert.is_none() && self.tls_key.is_none() {
+            return redis::Client::open(url).map_err(|e| bad(&e));
+        }
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("cannot read {path} for Redis TLS: {e}"),
+                )
+            })
+        };
+        let client_tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => Some(redis::ClientTlsConfig {
+                client_cert: read(c)?,
+                client_key: read(k)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::new(
+                    ErrorKind::Config,
+                    "a Redis client certificate needs both tls_cert and tls_key",
+                ));
+            }
+        };
+        let root_cert = self.tls_ca.as_deref().map(read).transpose()?;
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            },
+        )
+        .map_err(|e| bad(&e))
+    }
+}
+
+fn split_params(url: &str) -> (String, Params) {
+    let mut params = Params::default();
     let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
+        return (url.to_owned(), params);
     };
-    let mut prefix = None;
     let rest: Vec<&str> = query
         .split('&')
-        .filter(|kv| match kv.strip_prefix("prefix=") {
-            Some(p) => {
-                prefix = Some(p.to_owned());
-                false
-            }
-            None => true,
+        .filter(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let slot = match k {
+                "prefix" => &mut params.prefix,
+                "tls_ca" => &mut params.tls_ca,
+                "tls_cert" => &mut params.tls_cert,
+                "tls_key" => &mut params.tls_key,
+                _ => return true,
+            };
+            *slot = Some(v.to_owned());
+            false
         })
         .collect();
     let url = if rest.is_empty() {
@@ -210,7 +268,7 @@ fn split_prefix(url: &str) -> (String, Option<String>) {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    (url, prefix)
+    (url, params)
 }
 
 impl Transport for RedisTransport {
@@ -347,15 +405,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prefix_comes_out_of_the_url() {
+    fn musters_parameters_come_out_of_the_url() {
+        let prefix = |url: &str| {
+            let (u, p) = split_params(url);
+            (u, p.prefix)
+        };
         assert_eq!(
-            split_prefix("redis://h:1/0?prefix=t1"),
+            prefix("redis://h:1/0?prefix=t1"),
             ("redis://h:1/0".to_owned(), Some("t1".to_owned()))
         );
         assert_eq!(
-            split_prefix("redis://h:1?a=b&prefix=x"),
+            prefix("redis://h:1?a=b&prefix=x"),
             ("redis://h:1?a=b".to_owned(), Some("x".to_owned()))
         );
-        assert_eq!(split_prefix("redis://h"), ("redis://h".to_owned(), None));
+        assert_eq!(prefix("redis://h"), ("redis://h".to_owned(), None));
+        let (url, p) = split_params("rediss://h:6380/2?tls_ca=/ca.pem&prefix=p");
+        assert_eq!(url, "rediss://h:6380/2");
+        assert_eq!(p.tls_ca.as_deref(), Some("/ca.pem"));
+        let half = Params {
+            tls_cert: Some("/c.pem".into()),
+            ..Params::default()
+        };
+        assert!(
+            half.client("rediss://h:1").is_err(),
+            "a certificate needs its key"
+        );
     }
 }
