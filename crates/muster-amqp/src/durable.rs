@@ -35,16 +35,17 @@ fn queue_name(exchange: &str, group: &DurableGroup) -> String {
     format!("{exchange}.durable.{}", group.name)
 }
 
-/// The queue arguments that make the broker enforce a retention.
+/// The queue arguments that make the broker enforce a retention. A
+/// message TTL past RabbitMQ's largest (2^32 - 1 ms, about 49 days) is
+/// left out: no age bound.
 fn retention_args(r: &Retention) -> FieldTable {
     let long = |n: u64| AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX));
     let mut args = FieldTable::default();
     args.insert("x-max-length".into(), long(r.max_events));
     args.insert("x-max-length-bytes".into(), long(r.max_bytes));
-    args.insert(
-        "x-message-ttl".into(),
-        long(u64::try_from(r.max_age.as_millis()).unwrap_or(u64::MAX)),
-    );
+    if let Ok(ttl) = u32::try_from(r.max_age.as_millis()) {
+        args.insert("x-message-ttl".into(), long(u64::from(ttl)));
+    }
     args.insert(
         "x-overflow".into(),
         AMQPValue::LongString("drop-head".into()),
@@ -74,10 +75,26 @@ async fn setup(
         )
         .await;
     // A queue made with another retention is refused (and its channel
-    // closed) by the broker: it is kept as it is, on a new channel.
+    // closed) by the broker: it is kept as it is, on a new channel, once
+    // it is known to exist (arguments the broker cannot take are refused
+    // the same way, and then there is no queue).
     let ch = match declared {
         Ok(_) => ch,
         Err(e) if soft_error(&e) == Some(AMQPSoftError::PRECONDITIONFAILED) => {
+            let ch = inner.link.channel().await?.1;
+            let exists = ch
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await;
+            if exists.is_err() {
+                return Err(amqp_error(&format!("declare the queue {queue:?}"), &e));
+            }
             tracing::warn!(
                 queue,
                 "the durable group's queue exists with another retention; it is used as it is (delete the queue to change it)"
@@ -215,5 +232,11 @@ mod tests {
             Some(AMQPValue::LongLongInt(2048))
         );
         assert_eq!(get("x-message-ttl"), Some(AMQPValue::LongLongInt(60_000)));
+        let forever = retention_args(&r.max_age(std::time::Duration::from_secs(u64::MAX / 4)));
+        assert_eq!(
+            forever.inner().get("x-message-ttl"),
+            None,
+            "no age bound past 2^32 ms"
+        );
     }
 }

@@ -37,7 +37,14 @@ fn stream_name(prefix: &str) -> String {
 
 /// A bound as JetStream writes it (`-1` none).
 fn limit(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
+    i64::try_from(n).map_or(-1, |n| if n == i64::MAX { -1 } else { n })
+}
+
+/// An age bound as JetStream takes it: nanoseconds in an `i64`, so an age
+/// past a century is no bound (zero).
+fn age_limit(age: Duration) -> Duration {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    if age > CENTURY { Duration::ZERO } else { age }
 }
 
 /// True when `have` (a stream limit, `-1` or `0` none) holds `want`.
@@ -55,7 +62,7 @@ async fn events_stream(inner: &Inner, r: &Retention) -> Result<stream::Stream, E
         storage: stream::StorageType::File,
         max_messages: limit(r.max_events),
         max_bytes: limit(r.max_bytes),
-        max_age: r.max_age,
+        max_age: age_limit(r.max_age),
         discard: stream::DiscardPolicy::Old,
         ..stream::Config::default()
     };
@@ -210,6 +217,14 @@ mod tests {
     fn one_stream_per_prefix() {
         assert_eq!(super::stream_name("muster"), "muster_EVENTS");
         assert_eq!(super::stream_name("a.b"), "a_2Eb_EVENTS");
+    }
+
+    #[test]
+    fn bounds_past_what_jetstream_takes_are_none() {
+        assert_eq!(super::limit(u64::MAX), -1);
+        assert_eq!(super::limit(10), 10);
+        let long = std::time::Duration::from_secs(u64::MAX / 4);
+        assert!(super::age_limit(long).is_zero());
     }
 
     #[test]

@@ -25,7 +25,10 @@ use crate::{Inner, unavailable};
 
 /// `KEYS[1]` the event channel, `KEYS[2]` the groups hash; `ARGV[1]` the
 /// topic, `ARGV[2]` the event blob. Returns `PUBLISH`'s count. Topic
-/// matching is muster's (`*` one token, `>` one or more).
+/// matching is muster's (`*` one token, `>` one or more). Bounds are
+/// written as whole numbers (`%d`: Lua prints large ones in exponent
+/// form), an age bound older than the epoch trims nothing, and a group's
+/// own commands run under `pcall`: one odd group never fails a publish.
 const PUBLISH_SCRIPT: &str = r"
 local topic, blob = ARGV[1], ARGV[2]
 local n = redis.call('PUBLISH', KEYS[1], blob)
@@ -49,12 +52,15 @@ for _, raw in ipairs(groups) do
   if ok then
     for _, p in ipairs(g.patterns) do
       if matches(p) then
-        redis.call('XADD', g.stream, 'MAXLEN', '~', g.max_events, '*', 'body', blob)
+        redis.pcall('XADD', g.stream, 'MAXLEN', '~', string.format('%d', g.max_events), '*', 'body', blob)
         if not now then
           local t = redis.call('TIME')
           now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         end
-        redis.call('XTRIM', g.stream, 'MINID', '~', string.format('%d', now - g.max_age_ms))
+        local oldest = now - g.max_age_ms
+        if oldest > 0 then
+          redis.pcall('XTRIM', g.stream, 'MINID', '~', string.format('%d', oldest))
+        end
         break
       end
     end

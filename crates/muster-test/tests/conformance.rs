@@ -623,6 +623,45 @@ async fn durable_subscription_keeps_events_while_down(bus: &Bus) {
     again.stop().await;
 }
 
+/// A group with the largest bounds a user may ask for ("keep everything,
+/// for ever") is taken by every bus and does not break publishing. (On
+/// Redis the publish script once trimmed such a group with a negative id,
+/// failing every publish of the prefix.)
+async fn durable_with_the_largest_bounds(bus: &Bus) {
+    let prefix = bus.name("big");
+    let group = bus.name("all");
+    let topics = format!("{prefix}.>");
+    let forever = muster::Retention::default()
+        .max_events(u64::MAX)
+        .max_bytes(u64::MAX)
+        .max_age(Duration::from_secs(u64::MAX / 4));
+    let client = bus.client().await;
+    client
+        .subscribe_durable(&group, &[topics.as_str()], forever)
+        .await
+        .unwrap()
+        .cancel()
+        .await;
+    for n in 0..3u32 {
+        client
+            .publish(&format!("{prefix}.line"), &n)
+            .await
+            .expect("publishing works");
+    }
+    let mut sub = client
+        .subscribe_durable(&group, &[topics.as_str()], forever)
+        .await
+        .unwrap();
+    for n in 0..3u64 {
+        let e = tokio::time::timeout(Duration::from_secs(20), sub.recv())
+            .await
+            .expect("kept events arrive")
+            .unwrap();
+        assert_eq!(e.payload.as_u64(), Some(n));
+    }
+    sub.cancel().await;
+}
+
 macro_rules! suite {
     ($kind:ident: $($test:ident),* $(,)?) => {
         $(
@@ -666,4 +705,5 @@ conformance!(
     claim_has_one_winner,
     discovery_lists_methods_and_queues,
     durable_subscription_keeps_events_while_down,
+    durable_with_the_largest_bounds,
 );
