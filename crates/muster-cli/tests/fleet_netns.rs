@@ -6,8 +6,10 @@
 //! hangs); a host whose link is cut is shown lost by the others, and when
 //! the link is back it rejoins with no registration twice.
 //!
-//! Needs root (`ip netns`) and NATS (`MUSTER_TEST_NATS`, for the
-//! `nats-server` binary): SKIPPED otherwise.
+//! Run on NATS (a `nats-server` of the test's own on the bridge) and on
+//! RabbitMQ (the machine's, reached from the bridge through a TCP relay in
+//! the test, since it listens on loopback). Needs root (`ip netns`) and the
+//! broker (`MUSTER_TEST_NATS`, `MUSTER_TEST_AMQP`): SKIPPED otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -19,7 +21,6 @@ use muster_test::{Proc, broker_url, eventually, skipped};
 use serde_json::{Value, json};
 
 const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
-const TEST: &str = "three_hosts_in_namespaces_fail_over_and_rejoin";
 
 fn ip(args: &[&str]) -> Output {
     Command::new("ip").args(args).output().expect("ip runs")
@@ -43,10 +44,11 @@ struct Net {
 }
 
 impl Net {
-    fn up(hosts: usize) -> Self {
+    /// The network of test number `idx` of this process.
+    fn up(hosts: usize, idx: u32) -> Self {
         let id = std::process::id();
-        let tag = format!("mu{:x}", id & 0xffff);
-        let net = format!("10.213.{}", id % 250);
+        let tag = format!("mu{:x}{idx}", id & 0xfff);
+        let net = format!("10.213.{}", (id * 2 + idx) % 250);
         let n = Self { tag, net, hosts };
         n.down();
         let br = n.bridge();
@@ -102,9 +104,10 @@ impl Drop for Net {
     }
 }
 
-/// True when this process may make a network namespace (root, `ip`).
-fn can_make_namespaces() -> bool {
-    let probe = format!("mu{:x}probe", std::process::id() & 0xffff);
+/// True when this process may make a network namespace (root, `ip`);
+/// `idx` keeps the probes of tests running side by side apart.
+fn can_make_namespaces(idx: u32) -> bool {
+    let probe = format!("mu{:x}probe{idx}", std::process::id() & 0xffff);
     let made = Command::new("ip")
         .args(["netns", "add", &probe])
         .stderr(Stdio::null())
@@ -146,17 +149,36 @@ fn peer_state(status: &Value, peer: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// Copies TCP between `listen` and `target` for every connection, until
+/// the test ends: the machine's broker, reached from the bridge.
+async fn relay(listen: String, target: String) {
+    let listener = tokio::net::TcpListener::bind(&listen)
+        .await
+        .expect("the relay binds");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_hosts_in_namespaces_fail_over_and_rejoin() {
-    if broker_url("MUSTER_TEST_NATS", TEST).is_none() {
+async fn nats_three_hosts_in_namespaces_fail_over_and_rejoin() {
+    let test = "nats_three_hosts_in_namespaces_fail_over_and_rejoin";
+    if broker_url("MUSTER_TEST_NATS", test).is_none() {
         return;
     }
-    if !can_make_namespaces() {
-        skipped(TEST, "network namespaces need root and `ip netns`");
+    if !can_make_namespaces(0) {
+        skipped(test, "network namespaces need root and `ip netns`");
         return;
     }
-    let net = Net::up(3);
-    let dir = tempdir("netns-fleet");
+    let net = Net::up(3, 0);
+    let dir = tempdir("netns-fleet-nats");
     // The broker on the bridge, reachable from every namespace; it notices
     // a silent client within seconds, not minutes.
     let port = muster_test::free_port_base();
@@ -176,6 +198,40 @@ async fn three_hosts_in_namespaces_fail_over_and_rejoin() {
         .stderr(Stdio::null());
     let _nats = Proc::spawn("nats-server on the bridge", c);
     let bus = format!("nats://{}.1:{port}?prefix=fleet", net.net);
+    scenario(&net, &dir, &bus).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_three_hosts_in_namespaces_fail_over_and_rejoin() {
+    let test = "amqp_three_hosts_in_namespaces_fail_over_and_rejoin";
+    let Some(base) = broker_url("MUSTER_TEST_AMQP", test) else {
+        return;
+    };
+    if !can_make_namespaces(1) {
+        skipped(test, "network namespaces need root and `ip netns`");
+        return;
+    }
+    let net = Net::up(3, 1);
+    let dir = tempdir("netns-fleet-amqp");
+    // amqp://USER:PASS@HOST:PORT/VHOST: HOST:PORT is relayed from the bridge.
+    let (scheme_auth, rest) = base
+        .split_once('@')
+        .expect("amqp://USER:PASS@HOST:PORT/...");
+    let (target, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let port = muster_test::free_port_base();
+    let listen = format!("{}.1:{port}", net.net);
+    relay(listen.clone(), target.to_owned()).await;
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let bus = format!(
+        "{scheme_auth}@{listen}/{path}{sep}exchange=fleet{:x}",
+        muster::id::random_u64() & 0xff_ffff
+    );
+    scenario(&net, &dir, &bus).await;
+}
+
+/// Three hosts on `bus`, one per namespace of `net`: listed, a kill, a cut.
+async fn scenario(net: &Net, dir: &Path, bus: &str) {
+    let bus = bus.to_owned();
     eventually(Duration::from_secs(20), "the broker listens", || async {
         Client::connect(&bus).await.ok()
     })
@@ -309,5 +365,4 @@ async fn three_hosts_in_namespaces_fail_over_and_rejoin() {
         .unwrap();
     assert_eq!(r["text"], "after");
     drop(hosts);
-    drop(net);
 }
