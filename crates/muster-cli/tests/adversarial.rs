@@ -71,6 +71,7 @@ async fn still_serving(host: &Host) {
         "events still flow"
     );
     let rss = host.proc.rss_kib();
+    eprintln!("host RSS {rss} KiB");
     assert!(
         rss < HOST_RSS_BOUND_KIB,
         "host RSS {rss} KiB over the bound"

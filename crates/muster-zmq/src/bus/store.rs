@@ -31,6 +31,9 @@ use tokio::sync::mpsc;
 /// order). Value: a [`Record`] as JSON.
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 
+/// Memory redb may use to cache the log's pages.
+const CACHE_BYTES: usize = 8 << 20;
+
 /// A drained log larger than this is compacted (given back to the disk).
 const COMPACT_ABOVE: u64 = 4 << 20;
 
@@ -232,12 +235,18 @@ fn read_all(path: &Path) -> Result<(Database, Vec<(u64, Record)>), Error> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| store_error(path, e))?;
     }
-    let db = Database::create(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => {
-            store_error(path, "in use by another bus (one bus per state directory)")
-        }
-        e => store_error(path, e),
-    })?;
+    // redb caches up to 1 GiB of pages by default: the bus's memory would
+    // grow with the disk's history. The log is read once, at start; a
+    // small cache bounds the bus's memory to the queues themselves.
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                store_error(path, "in use by another bus (one bus per state directory)")
+            }
+            e => store_error(path, e),
+        })?;
     let init = db.begin_write().map_err(|e| store_error(path, e))?;
     init.open_table(JOBS).map_err(|e| store_error(path, e))?;
     init.commit().map_err(|e| store_error(path, e))?;
