@@ -288,8 +288,10 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
     // Calls from outside while h1 is killed: answered by the others; a
     // call in flight to h1 may fail, none hangs.
     let client = Client::connect(&bus).await.unwrap();
+    let (answering, mut started) = tokio::sync::oneshot::channel::<()>();
     let caller = {
         let client = client.clone();
+        let mut answering = Some(answering);
         tokio::spawn(async move {
             let (mut ok, mut failed, mut slowest) = (0u32, 0u32, Duration::ZERO);
             for n in 0..300 {
@@ -307,12 +309,19 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
                 } else {
                     failed += 1
                 }
+                // The kill comes once calls are being answered.
+                if ok == 20
+                    && let Some(a) = answering.take()
+                {
+                    let _ = a.send(());
+                }
+                // Calls at a steady pace across the kill, not a burst.
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             (ok, failed, slowest)
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    (&mut started).await.expect("calls are being answered");
     hosts[1].1.kill9();
     let (ok, failed, slowest) = caller.await.unwrap();
     eprintln!("calls across the kill of h1: {ok} answered, {failed} failed, slowest {slowest:?}");

@@ -83,6 +83,8 @@ async fn supervised_on(var: &str, test: &str) {
         },
     )
     .await;
+    // A check that nothing happens needs a window: two seconds is eight of
+    // the host's lists, twice what a false expiry would take.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         host.slot("echo", 1).2,

@@ -120,6 +120,22 @@ async fn works_with_the_ca_only(url: &str, without_ca: &[String]) {
     sub.cancel().await;
 }
 
+/// Runs `server` (named `what`) until it listens on `port` of 127.0.0.1.
+async fn listening(server: Command, port: u16, what: &str) -> Proc {
+    let proc = Proc::spawn(what, server);
+    eventually(
+        Duration::from_secs(20),
+        &format!("{what} listens"),
+        || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        },
+    )
+    .await;
+    proc
+}
+
 fn test_dir(tag: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("muster-tls-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -160,17 +176,7 @@ async fn redis_over_tls_with_the_ca_and_refused_without() {
     .arg(dir.join("ca.pem"))
     .stdout(Stdio::null())
     .stderr(Stdio::null());
-    let _server = Proc::spawn("redis-server --tls-port", c);
-    eventually(
-        Duration::from_secs(20),
-        "the TLS Redis server listens",
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-        },
-    )
-    .await;
+    let _server = listening(c, port, "redis-server --tls-port").await;
     let ca = dir.join("ca.pem");
     works_with_the_ca_only(
         &format!(
@@ -203,17 +209,7 @@ async fn nats_over_tls_with_the_ca_and_refused_without() {
         .arg(dir.join("server.key"))
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let _server = Proc::spawn("nats-server --tls", c);
-    eventually(
-        Duration::from_secs(20),
-        "the TLS NATS server listens",
-        || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-        },
-    )
-    .await;
+    let _server = listening(c, port, "nats-server --tls").await;
 
     let ca = dir.join("ca.pem");
     // Without the CA the server's certificate is not trusted: no
