@@ -38,6 +38,14 @@ pub(crate) struct BusCmd {
     /// nobody else can reach; tests).
     #[arg(long)]
     open: bool,
+    /// The fleet's CURVE keys directory (`muster keys init`): the bus
+    /// admits only the fleet's and authorized/ keys [default: $MUSTER_CURVE].
+    #[arg(long, value_name = "DIR")]
+    curve: Option<std::path::PathBuf>,
+    /// Listen in the clear beyond loopback (on a network you trust);
+    /// without --curve the bus otherwise refuses to [also MUSTER_PLAIN_TCP=1].
+    #[arg(long)]
+    plain_tcp: bool,
     /// Log level.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -74,6 +82,12 @@ impl BusCmd {
                 })?;
             options.secret = Some(secret);
         }
+        options.curve = match &self.curve {
+            Some(dir) => Some(muster_zmq::Curve::load(dir)?),
+            None => muster_zmq::Curve::from_environment()?,
+        };
+        options.plain_tcp = self.plain_tcp || muster_zmq::curve::plain_tcp_from_environment();
+        let curve = options.curve.clone();
         let bus = Bus::start(addr.clone(), options)
             .await
             .with_context(|| format!("cannot start the bus at {addr}"))?;
@@ -91,6 +105,14 @@ impl BusCmd {
             );
         } else {
             println!("jobs: in memory (lost when the bus stops)");
+        }
+        match &curve {
+            Some(c) => println!(
+                "CURVE: fleet key {} ({}); unknown keys are refused",
+                c.fleet_key(),
+                c.dir().display()
+            ),
+            None => println!("no CURVE: plain TCP"),
         }
         if self.open {
             println!("open: registry verbs are taken from anyone, without credentials");

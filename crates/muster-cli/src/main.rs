@@ -8,6 +8,7 @@ mod credential;
 mod ctl;
 mod demo;
 mod events;
+mod keys;
 mod ls;
 mod queue;
 mod scaffold;
@@ -80,6 +81,8 @@ enum Command {
     /// Print a credential of the bus (`user:NAME <secret>`) for a program
     /// run by hand: give it as MUSTER_CREDENTIAL (docs/security.md).
     Credential(credential::CredentialCmd),
+    /// CURVE keys for a fleet on the embedded bus: init, client, show (docs/fleet.md).
+    Keys(keys::KeysCmd),
     /// Per-method statistics of every instance (or of one service).
     Stats(ls::StatsCmd),
     /// Create a service project, or a context of services from a services.toml.
@@ -154,6 +157,7 @@ async fn dispatch(command: Command) -> ExitCode {
         Command::Ls(c) => c.run().await,
         Command::Info(c) => c.run().await,
         Command::Credential(c) => c.run(),
+        Command::Keys(c) => c.run(),
         Command::Stats(c) => c.run().await,
         Command::Demo(c) => c.run().await,
         Command::Schedule(c) => c.run(),

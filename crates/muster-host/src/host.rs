@@ -157,13 +157,33 @@ pub async fn run(
     // A `zmq://` bus is the host's own, embedded; any other is a broker
     // the host joins like its instances, watching its registry by listing
     // it (`watch.rs`).
-    let (bus, watch, transport) = match manifest.host.bus.parse::<BusAddr>() {
-        Ok(addr) => {
-            let (bus, transport) = embedded_bus(&manifest, &secret, addr).await?;
+    // A `zmq://` bus the host owns is embedded; a broker, or the embedded
+    // bus of another host of the fleet (`own_bus = false`), is joined like
+    // its instances join it.
+    let curve = match &manifest.host.curve {
+        Some(dir) => Some(muster_zmq::Curve::load(dir).map_err(Error::from)?),
+        None => muster_zmq::Curve::from_environment().map_err(Error::from)?,
+    };
+    let owned = manifest
+        .host
+        .bus
+        .parse::<BusAddr>()
+        .ok()
+        .filter(|_| manifest.host.own_bus);
+    let (bus, watch, transport) = match owned {
+        Some(addr) => {
+            let (bus, transport) = embedded_bus(&manifest, &secret, addr, curve.clone()).await?;
             (Some(bus), None, transport)
         }
-        Err(_) => {
-            let transport = muster::bus::connect(&manifest.host.bus, None).await?;
+        None => {
+            let mut joining = muster::bus::BusOptions::default();
+            // The host's own credential: on an embedded bus of the fleet
+            // (which shares `bus.secret`), it may serve `muster.host-<name>`.
+            joining.credential = Some(secret.credential(KeyId::Bus));
+            joining.curve.clone_from(&curve);
+            joining.plain_tcp = manifest.host.plain_tcp;
+            joining.bind_host = Some(manifest.host.bind.clone());
+            let transport = muster::bus::connect_with(&manifest.host.bus, None, &joining).await?;
             let watch = crate::watch::Watch::start(transport.clone()).await?;
             (None, Some(watch), transport)
         }
@@ -240,6 +260,7 @@ pub async fn run(
         recent,
         sampling: false,
         bus,
+        curve: curve.map(|c| c.dir().to_owned()),
         guard,
         supervisor: Supervisor::new(&manifest.contexts),
         manifest,
@@ -322,9 +343,12 @@ async fn embedded_bus(
     manifest: &Manifest,
     secret: &MasterSecret,
     addr: BusAddr,
+    curve: Option<muster_zmq::Curve>,
 ) -> Result<(Bus, SharedTransport), HostError> {
     let mut bus_options = BusOptions::default();
     bus_options.secret = Some(secret.clone());
+    bus_options.curve.clone_from(&curve);
+    bus_options.plain_tcp = manifest.host.plain_tcp;
     bus_options.queue_limits.bytes =
         usize::try_from(manifest.host.queue_max_bytes).unwrap_or(usize::MAX);
     if !manifest.host.queue_in_memory {
@@ -342,9 +366,9 @@ async fn embedded_bus(
     let mut zmq_options = ZmqOptions::default();
     // The host is the bus's owner: only it may serve reserved names.
     zmq_options.credential = Some(secret.credential(KeyId::Bus));
-    zmq_options
-        .bind_host
-        .clone_from(&manifest.host.control_bind);
+    zmq_options.bind_host.clone_from(&manifest.host.bind);
+    zmq_options.curve = curve;
+    zmq_options.plain_tcp = manifest.host.plain_tcp;
     let transport: SharedTransport = Arc::new(ZmqTransport::connect(addr, zmq_options).await?);
     Ok((bus, transport))
 }
@@ -354,8 +378,10 @@ struct Driver {
     recent: crate::http::Recent,
     /// A sample is being taken.
     sampling: bool,
-    /// The embedded bus; `None` on a broker.
+    /// The embedded bus; `None` on a broker or on another host's bus.
     bus: Option<Bus>,
+    /// The CURVE keys directory the instances are given (`MUSTER_CURVE`).
+    curve: Option<PathBuf>,
     /// The host's name.
     name: String,
     /// The other hosts of the bus: name -> (up, since).
@@ -552,6 +578,9 @@ impl Driver {
                         url: &self.bus_url,
                         secret: &self.secret,
                         log_dir: &self.log_dir,
+                        bind_host: &self.manifest.host.bind,
+                        curve: self.curve.as_deref(),
+                        plain_tcp: self.manifest.host.plain_tcp,
                     };
                     let launched = process::spawn(&s, &launch, self.options.launcher.as_deref());
                     let now = Instant::now();

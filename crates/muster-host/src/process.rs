@@ -36,6 +36,12 @@ pub struct Launch<'a> {
     pub secret: &'a MasterSecret,
     /// Where instance logs go.
     pub log_dir: &'a Path,
+    /// The interface their RPC endpoints bind (`MUSTER_BIND_HOST`).
+    pub bind_host: &'a str,
+    /// The fleet's CURVE keys directory (`MUSTER_CURVE`).
+    pub curve: Option<&'a Path>,
+    /// Plain TCP beyond loopback allowed (`MUSTER_PLAIN_TCP=1`).
+    pub plain_tcp: bool,
 }
 
 /// Where an instance's stdout and stderr go.
@@ -95,6 +101,7 @@ pub fn spawn(
                 .credential(KeyId::Instance(spawn.instance.clone()))
                 .to_env_value(),
         )
+        .env(muster::bus::BIND_HOST_ENV, bus.bind_host)
         .env("MUSTER_SERVICE", &spec.name)
         .env("MUSTER_INSTANCE", &spawn.instance)
         .env("MUSTER_TRANSACTION", &spawn.transaction)
@@ -103,7 +110,18 @@ pub fn spawn(
         .stderr(log)
         .process_group(0)
         .kill_on_drop(false);
+    if let Some(dir) = bus.curve {
+        cmd.env(muster_zmq::curve::CURVE_ENV, absolute(dir));
+    }
+    if bus.plain_tcp {
+        cmd.env(muster_zmq::curve::PLAIN_TCP_ENV, "1");
+    }
     cmd.spawn()
+}
+
+/// `dir` from the root: an instance runs in a working directory of its own.
+fn absolute(dir: &Path) -> PathBuf {
+    std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
 }
 
 /// How a child ended, from its wait status.

@@ -117,7 +117,10 @@ impl Checker<'_> {
                 Some(HostSpec {
                     name,
                     bus,
-                    control_bind: h.control_bind.unwrap_or_else(|| "127.0.0.1".to_owned()),
+                    own_bus: h.own_bus.unwrap_or(true),
+                    bind: h.bind.unwrap_or_else(|| "127.0.0.1".to_owned()),
+                    curve: h.curve.as_deref().map(|c| self.dir.join(self.expand(c))),
+                    plain_tcp: h.plain_tcp.unwrap_or(false),
                     state_dir: self
                         .dir
                         .join(self.expand(h.state_dir.as_deref().unwrap_or(".muster"))),

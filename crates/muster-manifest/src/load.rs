@@ -60,7 +60,10 @@ impl Manifest {
             host: host.unwrap_or_else(|| HostSpec {
                 name: None,
                 bus: muster_zmq::DEFAULT_BUS.to_owned(),
-                control_bind: "127.0.0.1".to_owned(),
+                own_bus: true,
+                bind: "127.0.0.1".to_owned(),
+                curve: None,
+                plain_tcp: false,
                 state_dir: first_dir.join(".muster"),
                 http: Some(DEFAULT_HTTP.to_owned()),
                 monitor_every: Duration::from_secs(1),

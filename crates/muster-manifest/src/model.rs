@@ -17,10 +17,22 @@ pub struct HostSpec {
     /// The host's name among the hosts of one bus (`[host] name`); `None`:
     /// the machine's hostname.
     pub name: Option<String>,
-    /// Bus URL the embedded bus binds (`zmq://127.0.0.1:7700`).
+    /// Bus URL: the embedded bus the host runs (`zmq://127.0.0.1:7700`),
+    /// or the broker it joins.
     pub bus: String,
-    /// Interface the control endpoint binds (`127.0.0.1`).
-    pub control_bind: String,
+    /// On a `zmq://` bus: run it (`true`, the default), or join the one
+    /// another host of the fleet runs there (`own_bus = false`).
+    pub own_bus: bool,
+    /// Interface the control endpoint and the instances' RPC endpoints bind
+    /// on the embedded bus (`bind`, formerly `control_bind`; `127.0.0.1`):
+    /// in a fleet, the address other machines reach this one at.
+    pub bind: String,
+    /// The fleet's CURVE keys directory (`curve`, `muster keys`), for the
+    /// embedded bus across machines.
+    pub curve: Option<PathBuf>,
+    /// Plain TCP beyond loopback on the embedded bus, said explicitly
+    /// (`plain_tcp = true`); refused otherwise.
+    pub plain_tcp: bool,
     /// Where the token, the transaction record and the logs live.
     pub state_dir: PathBuf,
     /// Where the HTTP endpoint listens (`None`: off).

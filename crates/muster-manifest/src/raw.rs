@@ -24,7 +24,11 @@ pub(crate) struct RawFile {
 pub(crate) struct RawHost {
     pub(crate) name: Option<Spanned<String>>,
     pub(crate) bus: Option<Spanned<String>>,
-    pub(crate) control_bind: Option<String>,
+    #[serde(alias = "control_bind")]
+    pub(crate) bind: Option<String>,
+    pub(crate) own_bus: Option<bool>,
+    pub(crate) curve: Option<String>,
+    pub(crate) plain_tcp: Option<bool>,
     pub(crate) state_dir: Option<String>,
     pub(crate) http: Option<Spanned<String>>,
     pub(crate) monitor_every: Option<Spanned<DurationValue>>,

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use muster_core::Error;
-use omq_tokio::SocketType;
+use omq_tokio::{Socket, SocketType};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,12 @@ pub struct BusOptions {
     /// (`docs/security.md`). `None` is an open bus: every verb is taken
     /// from anyone (tests, and a bus nobody else can reach).
     pub secret: Option<muster_core::auth::MasterSecret>,
+    /// The fleet's CURVE keys (`curve.rs`): the bus's three endpoints are
+    /// CURVE servers, and admit only the fleet's and `authorized/` keys.
+    pub curve: Option<crate::Curve>,
+    /// Listen in the clear beyond loopback (`MUSTER_PLAIN_TCP=1`,
+    /// `--plain-tcp`); without CURVE the bus otherwise refuses to.
+    pub plain_tcp: bool,
 }
 
 impl Default for BusOptions {
@@ -67,6 +73,8 @@ impl Default for BusOptions {
             max_registration_size: DEFAULT_MAX_REGISTRATION_SIZE,
             max_instances: 10_000,
             secret: None,
+            curve: None,
+            plain_tcp: false,
         }
     }
 }
@@ -138,15 +146,23 @@ impl Bus {
     /// directory is not writable).
     pub async fn start(addr: BusAddr, options: BusOptions) -> Result<Self, Error> {
         let shutdown = CancellationToken::new();
+        crate::curve::check_listen(
+            "the bus",
+            &addr.host,
+            options.curve.as_ref(),
+            options.plain_tcp,
+        )?;
+        let curve = options.curve.as_ref();
+        let max = options.max_message_size;
         let queues = registry::Queues::open(&options).await?;
 
-        let router = socket::socket(SocketType::Router, options.max_message_size);
+        let router = Socket::new(SocketType::Router, socket::listening(max, curve)?);
         router
             .bind(addr.registry().as_str())
             .await
             .map_err(|e| zmq_error(&format!("bind registry {}", addr.registry()), e))?;
 
-        let xsub = socket::socket(SocketType::XSub, options.max_message_size);
+        let xsub = Socket::new(SocketType::XSub, socket::listening(max, curve)?);
         xsub.bind(addr.events_in().as_str())
             .await
             .map_err(|e| zmq_error(&format!("bind event inlet {}", addr.events_in()), e))?;
@@ -159,11 +175,11 @@ impl Bus {
         // Each subscriber has its own queue of `subscriber_hwm` messages;
         // a full one loses its oldest (RabbitMQ's drop-head), so one
         // stopped subscriber never holds up the others or the publishers.
-        let mut out_opts = socket::options(options.max_message_size);
+        let mut out_opts = socket::listening(max, curve)?;
         out_opts.xpub_nodrop = false;
         out_opts.on_mute = omq_tokio::OnMute::DropOldest;
         out_opts.send_hwm = options.subscriber_hwm;
-        let xpub = omq_tokio::Socket::new(SocketType::XPub, out_opts);
+        let xpub = Socket::new(SocketType::XPub, out_opts);
         xpub.bind(addr.events_out().as_str())
             .await
             .map_err(|e| zmq_error(&format!("bind event outlet {}", addr.events_out()), e))?;

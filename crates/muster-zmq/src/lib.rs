@@ -19,9 +19,11 @@
 mod addr;
 pub mod bus;
 mod control;
+pub mod curve;
 mod socket;
 mod transport;
 
 pub use addr::{Addresses, BusAddr, DEFAULT_BUS, DirectEvents};
 pub use bus::{BadFsyncPolicy, Bus, BusOptions, FsyncPolicy, QueueStore, RegistryEvent};
+pub use curve::{Curve, CurveError};
 pub use transport::{ZmqOptions, ZmqTransport};

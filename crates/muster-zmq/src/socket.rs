@@ -3,7 +3,9 @@
 use bytes::Bytes;
 use muster_core::wire::{self, Envelope, Header, WireError};
 use muster_core::{Error, ErrorKind};
-use omq_tokio::{Message, Options, Socket, SocketType};
+use omq_tokio::{Message, Options};
+
+use crate::curve::Curve;
 
 /// Socket options shared by muster's sockets: a bounded linger and a hard
 /// size cap (the protocol-level limit is checked, with a clear error,
@@ -22,8 +24,24 @@ pub(crate) fn hard_cap(limit: usize) -> usize {
     limit.saturating_mul(2).saturating_add(64 * 1024)
 }
 
-pub(crate) fn socket(kind: SocketType, max_message_size: usize) -> Socket {
-    Socket::new(kind, options(max_message_size))
+/// Options of a socket that connects: a CURVE client when the process
+/// has the fleet's keys (`curve.rs`).
+pub(crate) fn connecting(max_message_size: usize, curve: Option<&Curve>) -> Options {
+    let o = options(max_message_size);
+    match curve {
+        Some(c) => c.client_options(o),
+        None => o,
+    }
+}
+
+/// Options of a socket that binds: a CURVE server when the process has
+/// the fleet's keys.
+pub(crate) fn listening(max_message_size: usize, curve: Option<&Curve>) -> Result<Options, Error> {
+    let o = options(max_message_size);
+    match curve {
+        Some(c) => c.server_options(o),
+        None => Ok(o),
+    }
 }
 
 pub(crate) fn zmq_error(context: &str, e: omq_tokio::Error) -> Error {

@@ -47,6 +47,12 @@ pub struct ZmqOptions {
     /// What this process proves itself with on the registry
     /// (`docs/security.md`); `None` works on an open bus only.
     pub credential: Option<muster_core::auth::Credential>,
+    /// The fleet's CURVE keys (`curve.rs`): every socket of this process
+    /// handshakes with them. `None`: plain TCP.
+    pub curve: Option<crate::Curve>,
+    /// Let an instance's RPC endpoint listen in the clear beyond loopback
+    /// (`MUSTER_PLAIN_TCP=1`); refused otherwise.
+    pub plain_tcp: bool,
 }
 
 impl Default for ZmqOptions {
@@ -59,6 +65,8 @@ impl Default for ZmqOptions {
             control_timeout: Duration::from_secs(1),
             reply_backlog: 64 << 20,
             credential: None,
+            curve: None,
+            plain_tcp: false,
         }
     }
 }

@@ -20,13 +20,29 @@ pub struct BusOptions {
     /// registry (`docs/security.md`): needed to register, heartbeat, claim
     /// and work queues on a bus with a secret (a host's, `muster bus`'s).
     pub credential: Option<muster_core::auth::Credential>,
+    /// The fleet's CURVE keys on the embedded bus (`MUSTER_CURVE=DIR`,
+    /// `docs/fleet.md`).
+    pub curve: Option<muster_zmq::Curve>,
+    /// Let this process's RPC endpoints listen in the clear beyond
+    /// loopback on the embedded bus (`MUSTER_PLAIN_TCP=1`).
+    pub plain_tcp: bool,
+    /// The interface this process's RPC endpoints bind on the embedded bus
+    /// (`MUSTER_BIND_HOST`, default `127.0.0.1`): an address the other
+    /// machines of a fleet reach it at.
+    pub bind_host: Option<String>,
 }
+
+/// Environment variable naming the interface RPC endpoints bind.
+pub const BIND_HOST_ENV: &str = "MUSTER_BIND_HOST";
 
 impl Default for BusOptions {
     fn default() -> Self {
         Self {
             max_message_size: crate::wire::DEFAULT_MAX_MESSAGE_SIZE,
             credential: None,
+            curve: None,
+            plain_tcp: false,
+            bind_host: None,
         }
     }
 }
@@ -34,15 +50,23 @@ impl Default for BusOptions {
 impl BusOptions {
     /// The defaults, with the credential this process was given
     /// (`MUSTER_CREDENTIAL`, `MUSTER_CREDENTIAL_FILE`, or
-    /// `.muster/bus.secret` in the working directory).
+    /// `.muster/bus.secret` in the working directory), its CURVE keys
+    /// (`MUSTER_CURVE`), `MUSTER_PLAIN_TCP` and `MUSTER_BIND_HOST`.
     ///
     /// # Errors
-    /// A credential that is given but cannot be read or is not valid.
+    /// A credential or keys directory that is given but cannot be read or
+    /// is not valid.
     pub fn from_environment() -> Result<Self, Error> {
         let credential = muster_core::auth::Credential::from_environment()
             .map_err(|e| Error::with_source(ErrorKind::Config, format!("credential: {e}"), e))?;
+        let curve = muster_zmq::Curve::from_environment()?;
         Ok(Self {
             credential,
+            curve,
+            plain_tcp: muster_zmq::curve::plain_tcp_from_environment(),
+            bind_host: std::env::var(BIND_HOST_ENV)
+                .ok()
+                .filter(|h| !h.trim().is_empty()),
             ..Self::default()
         })
     }
@@ -79,6 +103,11 @@ pub async fn connect_with(
     let mut zmq = ZmqOptions::default();
     zmq.max_message_size = options.max_message_size;
     zmq.credential.clone_from(&options.credential);
+    zmq.curve.clone_from(&options.curve);
+    zmq.plain_tcp = options.plain_tcp;
+    if let Some(h) = &options.bind_host {
+        zmq.bind_host.clone_from(h);
+    }
     if let Some(path) = addresses {
         let a = Addresses::load(path)?;
         return Ok(Arc::new(ZmqTransport::direct(a, zmq).await?));

@@ -58,7 +58,10 @@ impl Drop for ControlClient {
 
 impl ControlClient {
     pub(crate) async fn connect(addr: &BusAddr, options: &ZmqOptions) -> Result<Arc<Self>, Error> {
-        let socket = socket::socket(SocketType::Dealer, options.max_message_size);
+        let socket = Socket::new(
+            SocketType::Dealer,
+            socket::connecting(options.max_message_size, options.curve.as_ref()),
+        );
         socket
             .connect(addr.registry().as_str())
             .await
@@ -169,7 +172,10 @@ impl ControlClient {
             Ok(Err(e)) => Err(zmq_error("send to bus", e)),
             _ => Err(Error::new(
                 ErrorKind::Unavailable,
-                format!("no bus answered at {} within {timeout:?}", self.registry),
+                format!(
+                    "no bus answered at {} within {timeout:?} (is it running? a bus with CURVE answers only the keys it admits: MUSTER_CURVE)",
+                    self.registry
+                ),
             )),
         }
     }

@@ -90,7 +90,12 @@ async fn publisher(inner: &Inner) -> Result<&Publisher, Error> {
         .events
         .publisher
         .get_or_try_init(|| async {
-            let mut opts = socket::options(inner.options.max_message_size);
+            let max = inner.options.max_message_size;
+            let curve = inner.options.curve.as_ref();
+            let mut opts = match &inner.mode {
+                Mode::Bus(_) => socket::connecting(max, curve),
+                Mode::Direct(_) => socket::listening(max, curve)?,
+            };
             // Wait instead of dropping when the bus is slow: back-pressure.
             opts.xpub_nodrop = true;
             let s = Socket::new(SocketType::Pub, opts);
@@ -201,7 +206,10 @@ pub(crate) async fn subscribe(
         .iter()
         .map(|p| Pattern::parse(p).map_err(|e| Error::new(ErrorKind::Config, e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    let sub = socket::socket(SocketType::Sub, inner.options.max_message_size);
+    let sub = Socket::new(
+        SocketType::Sub,
+        socket::connecting(inner.options.max_message_size, inner.options.curve.as_ref()),
+    );
     match &inner.mode {
         Mode::Bus(addr) => sub
             .connect(addr.events_out().as_str())

@@ -83,7 +83,10 @@ fn lock(p: &PendingMap) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sende
 impl Conn {
     /// Connects (in the background; ZeroMQ queues until the link is up).
     pub(crate) async fn open(endpoint: &str, options: &ZmqOptions) -> Arc<Self> {
-        let socket = socket::socket(SocketType::Dealer, options.max_message_size);
+        let socket = Socket::new(
+            SocketType::Dealer,
+            socket::connecting(options.max_message_size, options.curve.as_ref()),
+        );
         let shared = Arc::new(Shared {
             pending: Mutex::default(),
             outstanding: AtomicUsize::new(0),

@@ -52,15 +52,21 @@ pub(crate) async fn serve(
     let max = inner.options.max_message_size;
     // A short queue per caller, and `Full` instead of a silent drop when a
     // caller's is full: the outbox keeps those replies, bounded in bytes.
-    let mut router_options = socket::options(max);
-    router_options.send_hwm = outbox::QUEUE_PER_CALLER;
-    router_options.router_mandatory = true;
-    let router = Socket::new(SocketType::Router, router_options);
     let bind = match &inner.mode {
         Mode::Direct(a) => a.bind.clone(),
         Mode::Bus(_) => None,
     }
     .unwrap_or_else(|| format!("tcp://{}:0", inner.options.bind_host));
+    crate::curve::check_listen(
+        "this instance's RPC endpoint",
+        bind_host_of(&bind),
+        inner.options.curve.as_ref(),
+        inner.options.plain_tcp,
+    )?;
+    let mut router_options = socket::listening(max, inner.options.curve.as_ref())?;
+    router_options.send_hwm = outbox::QUEUE_PER_CALLER;
+    router_options.router_mandatory = true;
+    let router = Socket::new(SocketType::Router, router_options);
     let bound = router
         .bind(bind.as_str())
         .await
@@ -113,6 +119,14 @@ pub(crate) async fn serve(
         grace_tx: Mutex::new(Some(grace_tx)),
         task: Mutex::new(Some(task)),
     }))
+}
+
+/// The host of `tcp://HOST:PORT` (what is not TCP is local: ipc, inproc).
+fn bind_host_of(endpoint: &str) -> &str {
+    match endpoint.strip_prefix("tcp://") {
+        Some(rest) => rest.rsplit_once(':').map_or(rest, |(h, _)| h),
+        None => "localhost",
+    }
 }
 
 #[derive(Debug)]
