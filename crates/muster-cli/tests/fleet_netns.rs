@@ -6,10 +6,15 @@
 //! hangs); a host whose link is cut is shown lost by the others, and when
 //! the link is back it rejoins with no registration twice.
 //!
-//! Run on NATS (a `nats-server` of the test's own on the bridge) and on
-//! RabbitMQ (the machine's, reached from the bridge through a TCP relay in
-//! the test, since it listens on loopback). Needs root (`ip netns`) and the
-//! broker (`MUSTER_TEST_NATS`, `MUSTER_TEST_AMQP`): SKIPPED otherwise.
+//! Each host also runs a queue consumer (`worker`); the jobs the killed
+//! host held are done by the others, and none is lost.
+//!
+//! Run on the embedded bus with CURVE (h0 runs it, h1 and h2 join it; the
+//! test's own client is admitted by its key), on NATS (a `nats-server` of
+//! the test's own on the bridge) and on RabbitMQ (the machine's, reached
+//! from the bridge through a TCP relay in the test, since it listens on
+//! loopback). Needs root (`ip netns`) and the broker (`MUSTER_TEST_NATS`,
+//! `MUSTER_TEST_AMQP`): SKIPPED otherwise.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -119,20 +124,52 @@ fn can_make_namespaces(idx: u32) -> bool {
     made
 }
 
-fn ctl(dir: &Path, bus: &str, args: &[&str]) -> Output {
-    Command::new(MUSTER)
-        .arg("ctl")
-        .args(args)
-        .args(["--bus", bus])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+/// How the test reaches the fleet: its bus, and the CURVE keys of the
+/// test's own client on the embedded bus.
+struct Fleet {
+    bus: String,
+    keys: Option<PathBuf>,
+    /// On the embedded bus, the state directory whose `bus.secret` the
+    /// client's credential is derived from (it enqueues).
+    secret_dir: Option<PathBuf>,
+}
+
+impl Fleet {
+    fn ctl(&self, dir: &Path, args: &[&str]) -> Output {
+        let mut c = Command::new(MUSTER);
+        c.arg("ctl")
+            .args(args)
+            .args(["--bus", &self.bus])
+            .current_dir(dir)
+            .stdin(Stdio::null());
+        if let Some(k) = &self.keys {
+            c.env(muster_zmq::curve::CURVE_ENV, k);
+        }
+        c.output().unwrap()
+    }
+
+    async fn client(&self) -> Option<Client> {
+        let mut options = muster::bus::BusOptions::default();
+        if let Some(k) = &self.keys {
+            options.curve = Some(muster_zmq::Curve::load(k).expect("the client's keys"));
+        }
+        if let Some(d) = &self.secret_dir {
+            let master = muster_core::auth::MasterSecret::load_or_create(d).ok()?;
+            options.credential =
+                Some(master.credential(muster_core::auth::KeyId::User("fleet-test".into())));
+        }
+        let transport = muster::bus::connect_with(&self.bus, None, &options)
+            .await
+            .ok()?;
+        // The embedded bus connects lazily: a listing proves it is there.
+        transport.instances().await.ok()?;
+        Some(Client::new(transport))
+    }
 }
 
 /// Each host's status (`ctl status --json`, an array for several).
-fn statuses(dir: &Path, bus: &str) -> Vec<Value> {
-    let o = ctl(dir, bus, &["status", "--json"]);
+fn statuses(dir: &Path, fleet: &Fleet) -> Vec<Value> {
+    let o = fleet.ctl(dir, &["status", "--json"]);
     match serde_json::from_slice::<Value>(&o.stdout) {
         Ok(Value::Array(a)) => a,
         Ok(one @ Value::Object(_)) => vec![one],
@@ -186,8 +223,9 @@ async fn nats_three_hosts_in_namespaces_fail_over_and_rejoin() {
     std::fs::write(
         &conf,
         format!(
-            "listen: \"{}.1:{port}\"\nping_interval: \"1s\"\nping_max: 2\n",
-            net.net
+            "listen: \"{}.1:{port}\"\nping_interval: \"1s\"\nping_max: 2\njetstream {{ store_dir: \"{}\" }}\n",
+            net.net,
+            dir.join("nats-store").display()
         ),
     )
     .unwrap();
@@ -198,7 +236,17 @@ async fn nats_three_hosts_in_namespaces_fail_over_and_rejoin() {
         .stderr(Stdio::null());
     let _nats = Proc::spawn("nats-server on the bridge", c);
     let bus = format!("nats://{}.1:{port}?prefix=fleet", net.net);
-    scenario(&net, &dir, &bus).await;
+    scenario(
+        &net,
+        &dir,
+        &Fleet {
+            bus,
+            keys: None,
+            secret_dir: None,
+        },
+        |_| String::new(),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,29 +274,94 @@ async fn amqp_three_hosts_in_namespaces_fail_over_and_rejoin() {
         "{scheme_auth}@{listen}/{path}{sep}exchange=fleet{:x}",
         muster::id::random_u64() & 0xff_ffff
     );
-    scenario(&net, &dir, &bus).await;
+    scenario(
+        &net,
+        &dir,
+        &Fleet {
+            bus,
+            keys: None,
+            secret_dir: None,
+        },
+        |_| String::new(),
+    )
+    .await;
 }
 
-/// Three hosts on `bus`, one per namespace of `net`: listed, a kill, a cut.
-async fn scenario(net: &Net, dir: &Path, bus: &str) {
-    let bus = bus.to_owned();
-    eventually(Duration::from_secs(20), "the broker listens", || async {
-        Client::connect(&bus).await.ok()
-    })
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zmq_curve_three_hosts_in_namespaces_fail_over_and_rejoin() {
+    let test = "zmq_curve_three_hosts_in_namespaces_fail_over_and_rejoin";
+    if !can_make_namespaces(2) {
+        skipped(test, "network namespaces need root and `ip netns`");
+        return;
+    }
+    let net = Net::up(3, 2);
+    let dir = tempdir("netns-fleet-zmq");
+    // The fleet's keys, a copy on each host; the test's client has its own.
+    let fleet = dir.join("fleet-keys");
+    muster_zmq::curve::write_fleet(&fleet).unwrap();
+    let keys = dir.join("test-keys");
+    muster_zmq::curve::write_client(&keys, &fleet, "test").unwrap();
+    // h0 runs the bus on its own address; h1 and h2 join it. Every host
+    // binds its instances on its own address.
+    let bus = format!("zmq://{}.10:7700", net.net);
+    let host_lines = |i: usize| {
+        let own = if i == 0 { "" } else { "own_bus = false\n" };
+        format!(
+            "{own}curve = \"{}\"\nbind = \"{}.{}\"\n",
+            fleet.display(),
+            net.net,
+            10 + i
+        )
+    };
+    scenario(
+        &net,
+        &dir,
+        &Fleet {
+            bus,
+            keys: Some(keys),
+            secret_dir: Some(dir.join("h0/.muster")),
+        },
+        host_lines,
+    )
     .await;
+}
 
-    // Three hosts, one per namespace, with one token.
+/// Jobs in the queue `work` when h1 is killed: each takes 300 ms, one at
+/// a time per host, so h1 holds one when it dies.
+const JOBS: usize = 30;
+
+/// Three hosts on the fleet's bus, one per namespace of `net` (with
+/// `host_lines(i)` added to host i's `[host]`): listed, a kill, a cut.
+async fn scenario(net: &Net, dir: &Path, fleet: &Fleet, host_lines: impl Fn(usize) -> String) {
+    let bus = fleet.bus.clone();
+    if fleet.keys.is_none() {
+        eventually(Duration::from_secs(20), "the broker listens", || async {
+            fleet.client().await
+        })
+        .await;
+    }
+
+    // Three hosts, one per namespace, with one token (and, on the
+    // embedded bus, one bus secret: the hosts' instances prove
+    // credentials derived from it to the bus h0 runs).
     let mut hosts: Vec<(PathBuf, Proc)> = Vec::new();
     for i in 0..3 {
         let hdir = dir.join(format!("h{i}"));
         std::fs::create_dir_all(hdir.join(".muster")).unwrap();
         if i > 0 {
-            std::fs::copy(dir.join("h0/.muster/token"), hdir.join(".muster/token")).unwrap();
+            for file in ["token", "bus.secret"] {
+                std::fs::copy(
+                    dir.join("h0/.muster").join(file),
+                    hdir.join(".muster").join(file),
+                )
+                .unwrap();
+            }
         }
         std::fs::write(
             hdir.join("muster.toml"),
             format!(
-                "[host]\nname = \"h{i}\"\nbus = \"{bus}\"\nhttp = \"off\"\n\n[context]\nname = \"shop\"\n\n[[service]]\nname = \"echo\"\nrun = [\"{MUSTER}\", \"__service\", \"echo\", \"--log-level\", \"warn\"]\n"
+                "[host]\nname = \"h{i}\"\nbus = \"{bus}\"\nhttp = \"off\"\n{}\n[context]\nname = \"shop\"\n\n[[service]]\nname = \"echo\"\nrun = [\"{MUSTER}\", \"__service\", \"echo\", \"--log-level\", \"warn\"]\n\n[[service]]\nname = \"worker\"\nrun = [\"{MUSTER}\", \"__service\", \"worker\", \"--log-level\", \"info\"]\nenv = {{ WORKER_CLAIM_AFTER = \"2s\" }}\n",
+                host_lines(i)
             ),
         )
         .unwrap();
@@ -261,21 +374,27 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
         hosts.push((hdir.clone(), Proc::spawn(&format!("host h{i}"), c)));
         if i == 0 {
             eventually(Duration::from_secs(30), "h0 made its token", || async {
-                dir.join("h0/.muster/token").exists().then_some(())
+                let made = dir.join("h0/.muster");
+                (made.join("token").exists() && made.join("bus.secret").exists()).then_some(())
             })
             .await;
         }
     }
+    let client = eventually(Duration::from_secs(30), "the bus answers", || async {
+        fleet.client().await
+    })
+    .await;
     let here = hosts[0].0.clone();
     let all = eventually(
         Duration::from_secs(60),
         "three hosts, echo running on each",
         || async {
-            let st = statuses(&here, &bus);
+            let st = statuses(&here, fleet);
             let running = st
                 .iter()
                 .filter(|s| {
-                    s["transactions"][0]["services"][0]["instances"][0]["state"] == "running"
+                    let services = &s["transactions"][0]["services"];
+                    (0..2).all(|k| services[k]["instances"][0]["state"] == "running")
                 })
                 .count();
             (st.len() == 3 && running == 3).then_some(st)
@@ -285,9 +404,16 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
     let names: Vec<&str> = all.iter().filter_map(|s| s["host"].as_str()).collect();
     assert_eq!(names, ["h0", "h1", "h2"]);
 
+    // Jobs for the workers, in progress when h1 dies.
+    for n in 0..JOBS {
+        client
+            .enqueue("work", &json!({ "action": "ok", "sleep_ms": 300, "n": n }))
+            .await
+            .unwrap();
+    }
+
     // Calls from outside while h1 is killed: answered by the others; a
     // call in flight to h1 may fail, none hangs.
-    let client = Client::connect(&bus).await.unwrap();
     let (answering, mut started) = tokio::sync::oneshot::channel::<()>();
     let caller = {
         let client = client.clone();
@@ -322,6 +448,11 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
         })
     };
     (&mut started).await.expect("calls are being answered");
+    let before = work_stats(&client).await;
+    assert!(
+        before.ready > 0,
+        "jobs are still waiting when h1 dies: {before:?}"
+    );
     hosts[1].1.kill9();
     let (ok, failed, slowest) = caller.await.unwrap();
     eprintln!("calls across the kill of h1: {ok} answered, {failed} failed, slowest {slowest:?}");
@@ -333,8 +464,21 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
         slowest <= Duration::from_secs(3),
         "a call hung: {slowest:?}"
     );
+
+    // Every job done, the one h1 held too: none waits, none is held by the
+    // dead, none was dead-lettered, and the workers logged one "job done"
+    // per job at least (a job h1 had finished but not acknowledged may be
+    // done twice).
+    let settled = eventually(Duration::from_secs(60), "every job settled", || async {
+        let st = work_stats(&client).await;
+        (st.ready == 0 && st.in_flight.unwrap_or(0) == 0).then_some(st)
+    })
+    .await;
+    assert_eq!(settled.dead, 0, "{settled:?}");
+    let done = jobs_done(dir);
+    assert!(done >= JOBS, "{done} jobs done of {JOBS}");
     let lost = eventually(Duration::from_secs(30), "h0 shows h1 lost", || async {
-        let st = statuses(&here, &bus);
+        let st = statuses(&here, fleet);
         let h0 = st.into_iter().find(|s| s["host"] == "h0")?;
         (peer_state(&h0, "h1").as_deref() == Some("lost")).then_some(h0)
     })
@@ -345,7 +489,7 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
     // instance registered once.
     ip_ok(&["link", "set", &net.outer(2), "down"]);
     eventually(Duration::from_secs(30), "h0 shows h2 lost", || async {
-        let st = statuses(&here, &bus);
+        let st = statuses(&here, fleet);
         let h0 = st.into_iter().find(|s| s["host"] == "h0")?;
         (peer_state(&h0, "h2").as_deref() == Some("lost")).then_some(())
     })
@@ -355,7 +499,7 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
         Duration::from_secs(60),
         "h2 back: up, echo registered once",
         || async {
-            let st = statuses(&here, &bus);
+            let st = statuses(&here, fleet);
             let h0 = st.iter().find(|s| s["host"] == "h0")?;
             let echoes = client
                 .instances()
@@ -374,4 +518,32 @@ async fn scenario(net: &Net, dir: &Path, bus: &str) {
         .unwrap();
     assert_eq!(r["text"], "after");
     drop(hosts);
+}
+
+async fn work_stats(client: &Client) -> muster_core::queue::QueueStats {
+    match client
+        .transport()
+        .queue_command("work", muster_core::queue::QueueCommand::Stats)
+        .await
+    {
+        Ok(muster_core::queue::QueueReply::Stats(s)) => s,
+        other => panic!("queue stats: {other:?}"),
+    }
+}
+
+/// "job done" lines in the workers' logs of every host.
+fn jobs_done(dir: &Path) -> usize {
+    let mut done = 0;
+    for i in 0..3 {
+        let logs = dir.join(format!("h{i}/.muster/logs"));
+        for t in std::fs::read_dir(logs).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(t.path()).into_iter().flatten().flatten() {
+                if f.file_name().to_string_lossy().starts_with("worker") {
+                    let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                    done += text.matches("job done").count();
+                }
+            }
+        }
+    }
+    done
 }
