@@ -5,6 +5,7 @@
 
 mod auth;
 mod broker;
+mod fleet;
 mod host;
 mod nats;
 mod peer;
@@ -56,7 +57,10 @@ pub(crate) enum Scenario {
     /// Registry verbs, calls and new callers on a bus with a secret
     /// against an open bus; `require_auth` against without.
     Auth,
-    /// All of the above but auth and the broker scenarios (they need a broker).
+    /// Three hosts joined to one bus, idle, at each of `--fleet-sizes`
+    /// instances: bus bytes/s and the CPU of the bus, hosts and instances.
+    Fleet,
+    /// All of the above but auth, fleet and the broker scenarios (they need a broker).
     All,
 }
 
@@ -89,6 +93,9 @@ pub(crate) struct BenchCmd {
     /// Jobs per measurement of the queue scenario (a quarter at prefetch 1).
     #[arg(long, default_value_t = 20_000)]
     jobs: u64,
+    /// Instances in all at each measurement of the fleet scenario.
+    #[arg(long, value_delimiter = ',', default_value = "99,300,999")]
+    fleet_sizes: Vec<u32>,
     /// Broker for queue and broker-rpc [default: $MUSTER_BUS].
     #[arg(long, value_name = "URL")]
     bus: Option<String>,
@@ -130,6 +137,9 @@ impl BenchCmd {
         }
         if all || self.scenario == Scenario::State {
             state::run(100_000).await?;
+        }
+        if self.scenario == Scenario::Fleet {
+            fleet::run(&self.fleet_sizes, self.idle_for).await?;
         }
         if all || self.scenario == Scenario::HostStart {
             host::start_many(self.instances, self.idle_for).await?;

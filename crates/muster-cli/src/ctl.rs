@@ -161,7 +161,7 @@ impl CtlCmd {
             Action::Top { json, maps } => {
                 let mut r = req(None, maps.clone());
                 r.maps = maps.is_some();
-                let v = call_one("top", r).await?;
+                let v = top_of(&fleet.all_named(), &r).await?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&v)?);
                 } else {
@@ -281,6 +281,18 @@ impl Fleet {
         }
     }
 
+    /// [`Self::all`] with each host's name (empty when none is listed).
+    fn all_named(&self) -> Vec<(String, Controller)> {
+        match (&self.named, self.hosts.as_slice()) {
+            (Some(h), _) => vec![(h.name.clone(), self.controller.on(h))],
+            (None, []) => vec![(String::new(), self.controller.clone())],
+            (None, many) => many
+                .iter()
+                .map(|h| (h.name.clone(), self.controller.on(h)))
+                .collect(),
+        }
+    }
+
     /// `SERVICE@HOST` or `SERVICE`: the service and the hosts that run it
     /// (the one named; else every host whose status lists it).
     async fn running(
@@ -351,13 +363,34 @@ impl Fleet {
     }
 }
 
-/// The controller of the one host a command is for: the one named, or
-/// the only one on the bus (`muster top`).
-pub(crate) async fn one_host(
+/// The hosts `muster top` watches, by name: the one named, else every
+/// host on the bus.
+pub(crate) async fn watched_hosts(
     controller: Controller,
     named: Option<String>,
-) -> anyhow::Result<Controller> {
-    Fleet::find(controller, named).await?.one()
+) -> anyhow::Result<Vec<(String, Controller)>> {
+    Ok(Fleet::find(controller, named).await?.all_named())
+}
+
+/// The `top` of every host of `hosts`, as one list of transactions, each
+/// with its host's name in `host` (when several share the bus).
+pub(crate) async fn top_of(
+    hosts: &[(String, Controller)],
+    req: &ControlRequest,
+) -> anyhow::Result<serde_json::Value> {
+    let mut all = Vec::new();
+    for (name, host) in hosts {
+        let top: serde_json::Value = call("top", req.clone(), host).await?;
+        for mut t in top.as_array().cloned().unwrap_or_default() {
+            if hosts.len() > 1
+                && let Some(o) = t.as_object_mut()
+            {
+                o.insert("host".into(), name.clone().into());
+            }
+            all.push(t);
+        }
+    }
+    Ok(serde_json::Value::Array(all))
 }
 
 fn pick(hosts: &[HostRef], name: &str) -> anyhow::Result<HostRef> {

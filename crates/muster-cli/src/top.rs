@@ -1,4 +1,5 @@
-//! `muster top`: a live view of the host's monitor, refreshed in place,
+//! `muster top`: a live view of the hosts' monitors (every host of a
+//! fleet, or one with `--host`), refreshed in place,
 //! sortable, fitting 80 columns; `q` quits. Drawn with ratatui on
 //! crossterm (raw mode, the alternate screen, keys, the terminal's size);
 //! `muster ctl top` prints the same table once, rendered into a buffer.
@@ -26,7 +27,8 @@ pub(crate) struct TopCmd {
     /// The host's token file [default: $MUSTER_TOKEN_FILE, else .muster/token].
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
-    /// The host to watch, by name, when several share the bus.
+    /// Watch this host only, by name [default: every host on the bus,
+    /// each transaction titled with its host's name].
     #[arg(long, value_name = "NAME")]
     host: Option<String>,
     /// Time between refreshes (`1s`, `500ms`, or seconds), at least 100ms.
@@ -123,9 +125,12 @@ fn groups(top: &Value, sort: Sort, rates: &Rates) -> Vec<Group> {
                     lines.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)))
                 }
             }
+            let host = t["host"]
+                .as_str()
+                .map_or_else(String::new, |h| format!("{h}: "));
             Group {
                 title: format!(
-                    "{} {} ({})",
+                    "{host}{} {} ({})",
                     t["context"].as_str().unwrap_or("?"),
                     t["transaction"].as_str().unwrap_or("?"),
                     t["state"].as_str().unwrap_or("?")
@@ -262,7 +267,7 @@ impl TopCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {
         crate::init_client_logging();
         let token = crate::ctl::token_from(self.token_file.as_deref())?;
-        let host = crate::ctl::one_host(
+        let hosts = crate::ctl::watched_hosts(
             muster_host::Controller::new(self.bus.client().await?, &token),
             self.host.clone(),
         )
@@ -285,7 +290,7 @@ impl TopCmd {
         let mut rates = Rates::new();
         let every = self.every.max(Duration::from_millis(100));
         loop {
-            let top: Value = crate::ctl::call("top", ControlRequest::default(), &host).await?;
+            let top = crate::ctl::top_of(&hosts, &ControlRequest::default()).await?;
             let status = format!(
                 "muster top  {}  sort: {:?}   c cpu  m memory  r restarts  n name  q quit",
                 clock_now(),
@@ -393,5 +398,25 @@ mod tests {
         );
         let narrow = render(&top, Sort::Name, 40, &Rates::new());
         assert!(narrow.lines().all(|l| l.chars().count() <= 40), "{narrow}");
+    }
+
+    #[test]
+    fn a_fleet_titles_each_transaction_with_its_host() {
+        let top = serde_json::json!([
+            {"host": "alpha", "context": "shop", "transaction": "t1", "state": "running",
+             "instances": [instance("echo", "echo-aaaa", 1.0, 5, 0)]},
+            {"host": "beta", "context": "shop", "transaction": "t2", "state": "running",
+             "instances": [instance("echo", "echo-bbbb", 2.0, 5, 0)]},
+        ]);
+        let text = render(&top, Sort::Cpu, 80, &Rates::new());
+        let titles: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("alpha") || l.starts_with("beta"))
+            .collect();
+        assert_eq!(
+            titles,
+            ["alpha: shop t1 (running)", "beta: shop t2 (running)"],
+            "{text}"
+        );
     }
 }

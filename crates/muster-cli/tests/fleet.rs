@@ -118,3 +118,114 @@ async fn hosts_on_one_broker_are_one_fleet_for_ctl() {
     let text = String::from_utf8_lossy(&ctl(&dir_a, &bus, &["status"]).stdout).into_owned();
     assert!(text.contains("hosts lost: beta"), "{text}");
 }
+
+/// Each host's recent runs of `tick`: (fire time, outcome).
+fn tick_runs(dir: &Path, bus: &str) -> Vec<(String, String, String)> {
+    let o = ctl(dir, bus, &["status", "--json"]);
+    let Ok(v) = serde_json::from_slice::<Value>(&o.stdout) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for st in v.as_array().into_iter().flatten() {
+        for t in st["transactions"].as_array().into_iter().flatten() {
+            for s in t["services"].as_array().into_iter().flatten() {
+                for r in s["schedule"]["recent"].as_array().into_iter().flatten() {
+                    if let (Some(h), Some(f), Some(o)) = (
+                        st["host"].as_str(),
+                        r["fire"].as_str(),
+                        r["outcome"].as_str(),
+                    ) {
+                        out.push((f.to_owned(), h.to_owned(), o.to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Two hosts with the same scheduled service: each fire time runs on one
+/// of them; the other records it as run elsewhere.
+async fn one_run_per_fire_time(bus: &str, second_joins_embedded: bool, tag: &str) {
+    let manifest = |name: &str, join: bool| {
+        let join = if join { "own_bus = false\n" } else { "" };
+        format!(
+            "[host]\nname = \"{name}\"\nbus = \"{bus}\"\n{join}http = \"off\"\n\n[context]\nname = \"cron\"\n\n[[service]]\nname = \"tick\"\nrun = [\"/bin/true\"]\nschedule = \"every 1s\"\n"
+        )
+    };
+    let (dir_a, dir_b) = (tempdir(&format!("{tag}-a")), tempdir(&format!("{tag}-b")));
+    std::fs::write(dir_a.join("muster.toml"), manifest("alpha", false)).unwrap();
+    std::fs::write(
+        dir_b.join("muster.toml"),
+        manifest("beta", second_joins_embedded),
+    )
+    .unwrap();
+    let _a = Host::start(MUSTER, dir_a.clone(), bus.to_owned()).await;
+    std::fs::create_dir_all(dir_b.join(".muster")).unwrap();
+    for file in ["token", "bus.secret"] {
+        std::fs::copy(
+            dir_a.join(".muster").join(file),
+            dir_b.join(".muster").join(file),
+        )
+        .unwrap();
+    }
+    let _b = Host::start(MUSTER, dir_b.clone(), bus.to_owned()).await;
+
+    // Fire times both hosts have seen since both run: at least five.
+    let runs = eventually(
+        Duration::from_secs(60),
+        "five fire times seen by both hosts",
+        || async {
+            let runs = tick_runs(&dir_a, bus);
+            let both = runs
+                .iter()
+                .filter(|(f, h, _)| {
+                    h == "alpha" && runs.iter().any(|(g, k, _)| g == f && k == "beta")
+                })
+                .count();
+            // Runs still going have no outcome yet; wait until settled.
+            (both >= 5).then_some(runs)
+        },
+    )
+    .await;
+    let mut fires: Vec<&str> = runs.iter().map(|(f, _, _)| f.as_str()).collect();
+    fires.dedup();
+    for fire in fires {
+        let here: Vec<&(String, String, String)> = runs.iter().filter(|r| r.0 == fire).collect();
+        if here.len() < 2 {
+            continue;
+        }
+        let ran: Vec<&str> = here
+            .iter()
+            .filter(|r| r.2 == "exit code 0")
+            .map(|r| r.1.as_str())
+            .collect();
+        assert_eq!(ran.len(), 1, "fire time {fire} ran on {ran:?}: {runs:?}");
+        assert!(
+            here.iter()
+                .any(|r| r.2.starts_with("not run here: another host")),
+            "{fire}: {runs:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_run_once_per_fire_time_across_hosts_on_the_embedded_bus() {
+    let bus = muster_test::free_bus_url();
+    one_run_per_fire_time(&bus, true, "sched-zmq").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_run_once_per_fire_time_across_hosts_on_redis() {
+    let test = "schedules_run_once_per_fire_time_across_hosts_on_redis";
+    let Some(base) = broker_url("MUSTER_TEST_REDIS", test) else {
+        return;
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let bus = format!(
+        "{base}{sep}prefix=s{:x}",
+        muster::id::random_u64() & 0xff_ffff
+    );
+    one_run_per_fire_time(&bus, false, "sched-redis").await;
+}

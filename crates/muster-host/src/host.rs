@@ -308,6 +308,11 @@ pub async fn run(
     Ok(())
 }
 
+/// How long the claim of a scheduled run's fire time is kept: a day, past
+/// any catch-up of a host that was down (which then finds the fire times
+/// the others ran taken).
+const SCHEDULE_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// The host's name: `[host] name`, else the machine's hostname up to its
 /// first dot, with what a name cannot hold written `-`.
 fn host_name(manifest: &Manifest) -> String {
@@ -567,6 +572,26 @@ impl Driver {
         self.apply(e).await;
     }
 
+    /// Claims a scheduled run's fire time on the bus for this host, so one
+    /// host of a fleet runs it; `None` when it is this host's, else why it
+    /// is not (another host has it, or the bus could not be asked: then
+    /// the run is let go, never run twice, as services' own schedules do).
+    async fn claimed_elsewhere(&self, key: &str) -> Option<String> {
+        match self
+            .client
+            .transport()
+            .claim(key, &self.name, SCHEDULE_CLAIM_TTL)
+            .await
+        {
+            Ok(true) => None,
+            Ok(false) => Some("another host of the fleet ran this fire time".to_owned()),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot claim a scheduled run; it does not run");
+                Some(format!("the fire time could not be claimed: {e}"))
+            }
+        }
+    }
+
     /// Carries out effects, and those that follow from them (a spawn
     /// answers with `spawned`), until none are left.
     async fn apply(&mut self, effects: Vec<Effect>) {
@@ -574,6 +599,18 @@ impl Driver {
         while let Some(effect) = queue.pop_front() {
             match effect {
                 Effect::Spawn(s) => {
+                    if let Some(claim) = &s.claim
+                        && let Some(holder) = self.claimed_elsewhere(&claim.key).await
+                    {
+                        let now = Instant::now();
+                        queue.extend(self.supervisor.ran_elsewhere(
+                            now,
+                            &s.transaction,
+                            s.generation,
+                            &holder,
+                        ));
+                        continue;
+                    }
                     let launch = process::Launch {
                         url: &self.bus_url,
                         secret: &self.secret,

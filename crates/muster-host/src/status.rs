@@ -102,6 +102,10 @@ pub struct ScheduleStatus {
     /// Fire times that did not run (a run was going, or the host was
     /// down, and the misfire policy let them go).
     pub skipped: u64,
+    /// Fire times that another host of the fleet ran (it claimed them
+    /// first).
+    #[serde(default)]
+    pub elsewhere: u64,
     /// The most recent runs, oldest first.
     pub recent: Vec<RunStatus>,
 }

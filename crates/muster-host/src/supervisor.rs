@@ -325,6 +325,24 @@ impl Supervisor {
         self.finish()
     }
 
+    /// The scheduled run of `generation` was not started: its fire time
+    /// was claimed by another host of the fleet, or could not be claimed
+    /// (`holder` says which); the next fire time runs as usual.
+    pub fn ran_elsewhere(
+        &mut self,
+        now: Instant,
+        transaction: &str,
+        generation: u64,
+        holder: &str,
+    ) -> Vec<Effect> {
+        self.begin(now);
+        let _ = self.with_txn(transaction, |txn, out| {
+            txn.ran_elsewhere(out, generation, holder);
+            Ok(())
+        });
+        self.finish()
+    }
+
     /// The process of `generation` ended.
     pub fn exited(
         &mut self,
@@ -570,7 +588,9 @@ mod schedule_runs;
 mod scheduled;
 mod state;
 
-pub use effects::{Effect, ExitStatus, Persisted, ReloadReport, Spawn, StopSignal, Timer};
+pub use effects::{
+    Effect, ExitStatus, Persisted, ReloadReport, ScheduleClaim, Spawn, StopSignal, Timer,
+};
 pub use refusal::{Refusal, RefusalKind};
 use state::{End, Out, Phase, Svc, Txn, TxnState};
 

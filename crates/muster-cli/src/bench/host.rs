@@ -19,7 +19,7 @@ use super::{exe, free_ports};
 
 /// The echo program both sides run: the example's own binary when it was
 /// built (`cargo build --release --workspace`), else `muster __service echo`.
-fn echo_program() -> anyhow::Result<(PathBuf, Vec<String>)> {
+pub(super) fn echo_program() -> anyhow::Result<(PathBuf, Vec<String>)> {
     let exe = exe()?;
     let example = exe.with_file_name("muster-example-echo");
     Ok(if example.exists() {

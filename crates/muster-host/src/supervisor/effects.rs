@@ -86,6 +86,17 @@ pub struct Spawn {
     pub slot: u32,
     /// What to run.
     pub spec: Arc<ServiceSpec>,
+    /// A scheduled run: the claim to win on the bus first, so that one
+    /// host of a fleet runs each fire time (`docs/scheduling.md`).
+    pub claim: Option<ScheduleClaim>,
+}
+
+/// The fleet-wide claim of one fire time of a host's scheduled service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleClaim {
+    /// `host-schedule/<context>/<service>/<fire time in Unix ms>`: the
+    /// same on every host that runs the context.
+    pub key: String,
 }
 
 /// A timer the supervisor set.

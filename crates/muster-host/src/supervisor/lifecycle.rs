@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::scheduled::SchedState;
 use super::state::{End, Group, Out, Phase, Slot, Svc, Txn, TxnState};
-use super::{Effect, ExitStatus, Refusal, Spawn, StopSignal, Timer};
+use super::{Effect, ExitStatus, Refusal, ScheduleClaim, Spawn, StopSignal, Timer};
 use crate::events::{
     CONTEXT_TOPIC, ContextChange, ContextEvent, InstanceEvent, Lifecycle, control_topic,
 };
@@ -165,6 +165,7 @@ impl Txn {
             sc.paused = false;
             if idle {
                 sc.started(fire.unwrap_or(out.wall), out.wall);
+                sc.claim = fire;
             }
         }
         self.services[i].wanted = true;
@@ -215,13 +216,45 @@ impl Txn {
         slot.ready_at = None;
         slot.kill_reason = None;
         slot.stop_requested = false;
+        let claim = svc
+            .sched
+            .as_mut()
+            .and_then(|sc| sc.claim.take())
+            .map(|fire| ScheduleClaim {
+                key: format!(
+                    "host-schedule/{}/{}/{}",
+                    self.context.name,
+                    svc.spec.name,
+                    fire.timestamp_millis()
+                ),
+            });
         out.effects.push(Effect::Spawn(Spawn {
             transaction: self.id.clone(),
             generation,
             instance: slot.instance.clone(),
             slot: slot.index,
             spec: svc.spec.clone(),
+            claim,
         }));
+    }
+
+    /// The run of `generation` was not started: another host of the fleet
+    /// claimed its fire time (`holder` says which, or why the claim could
+    /// not be made).
+    pub(super) fn ran_elsewhere(&mut self, out: &mut Out, generation: u64, holder: &str) {
+        let Some((i, j)) = self.find(generation) else {
+            return;
+        };
+        let slot = &mut self.services[i].slots[j];
+        if slot.phase != Phase::Starting || slot.pid.is_some() {
+            return;
+        }
+        slot.phase = Phase::Exited;
+        slot.last_exit = Some(format!("not run here: {holder}"));
+        if let Some(sc) = &mut self.services[i].sched {
+            sc.ran_elsewhere(holder);
+        }
+        self.next_scheduled_run(out, i);
     }
 
     pub(super) fn ready(&mut self, out: &mut Out, i: usize, j: usize) {

@@ -34,7 +34,12 @@ pub(super) struct SchedState {
     succeeded: u64,
     failed: u64,
     skipped: u64,
+    /// Fire times another host of the fleet claimed first.
+    elsewhere: u64,
     recent: VecDeque<RunStatus>,
+    /// The fire time of the run starting now, when a schedule (not an
+    /// operator) started it: it is claimed before the process starts.
+    pub(super) claim: Option<DateTime<Utc>>,
 }
 
 impl SchedState {
@@ -53,7 +58,9 @@ impl SchedState {
             succeeded: 0,
             failed: 0,
             skipped: 0,
+            elsewhere: 0,
             recent: VecDeque::new(),
+            claim: None,
         }
     }
 
@@ -134,6 +141,15 @@ impl SchedState {
         }
     }
 
+    /// Another host of the fleet claimed the fire time of the run that
+    /// was starting: it does not run here.
+    pub(super) fn ran_elsewhere(&mut self, holder: &str) {
+        self.elsewhere += 1;
+        if let Some(r) = self.recent.back_mut() {
+            r.outcome = Some(format!("not run here: {holder}"));
+        }
+    }
+
     pub(super) fn status(&self) -> ScheduleStatus {
         ScheduleStatus {
             schedule: self.schedule.to_string(),
@@ -144,6 +160,7 @@ impl SchedState {
             succeeded: self.succeeded,
             failed: self.failed,
             skipped: self.skipped,
+            elsewhere: self.elsewhere,
             recent: self.recent.iter().cloned().collect(),
         }
     }

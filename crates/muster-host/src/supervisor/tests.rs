@@ -45,6 +45,10 @@ struct Sim {
     signals: Vec<(u32, StopSignal)>,
     published: Vec<(String, Value)>,
     spawns: Vec<String>,
+    /// The claim of each spawn, in order.
+    claims: Vec<Option<String>>,
+    /// Claims another host of the fleet holds.
+    taken: std::collections::HashSet<String>,
 }
 
 impl Sim {
@@ -63,6 +67,8 @@ impl Sim {
             signals: Vec::new(),
             published: Vec::new(),
             spawns: Vec::new(),
+            claims: Vec::new(),
+            taken: std::collections::HashSet::new(),
         }
     }
 
@@ -70,6 +76,18 @@ impl Sim {
         for e in effects {
             match e {
                 Effect::Spawn(s) => {
+                    let key = s.claim.as_ref().map(|c| c.key.clone());
+                    self.claims.push(key.clone());
+                    if key.is_some_and(|k| self.taken.contains(&k)) {
+                        let more = self.sup.ran_elsewhere(
+                            self.now,
+                            &s.transaction,
+                            s.generation,
+                            "another host",
+                        );
+                        self.feed(more);
+                        continue;
+                    }
                     self.next_pid += 1;
                     let pid = self.next_pid;
                     self.procs
@@ -637,6 +655,35 @@ fn a_scheduled_service_runs_on_its_fire_times_and_records_runs() {
     assert_eq!(s["recent"][0]["outcome"], "exit code 0");
     assert_eq!(s["recent"][1]["outcome"], "exit code 3");
     assert_eq!(s["next"], "2026-01-01T00:00:30+00:00");
+}
+
+#[test]
+fn a_fire_time_another_host_claimed_does_not_run_here() {
+    let mut sim = Sim::new(&SCHEDULED.replace("MISFIRE", "run_once"));
+    sim.start();
+    sim.fire(is_fire); // :10, claimed here
+    sim.register("report", 0);
+    sim.end("report", 0, ExitStatus::Code(0));
+    let at = |secs: i64| {
+        format!(
+            "host-schedule/cron/report/{}",
+            (chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z").unwrap()
+                + chrono::Duration::seconds(secs))
+            .timestamp_millis()
+        )
+    };
+    assert_eq!(sim.claims, [Some(at(10))]);
+    sim.taken.insert(at(20));
+    sim.fire(is_fire); // :20, another host's
+    assert_eq!(sim.spawns.len(), 1, "not run here");
+    assert_eq!(sim.state("report"), "exited");
+    let s = sim.schedule("report");
+    assert_eq!(s["elsewhere"], 1);
+    assert_eq!(s["runs"], 1, "a run elsewhere is not a run here");
+    assert_eq!(s["recent"][1]["outcome"], "not run here: another host");
+    sim.fire(is_fire); // :30, here again
+    assert_eq!(sim.spawns.len(), 2);
+    assert_eq!(sim.claims.last(), Some(&Some(at(30))));
 }
 
 fn busy_run(misfire: &str) -> Sim {
