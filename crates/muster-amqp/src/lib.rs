@@ -110,9 +110,19 @@ impl AmqpTransport {
     /// # Errors
     /// As [`AmqpTransport::connect`].
     pub async fn connect_with(url: &str, mut options: AmqpOptions) -> Result<Self, Error> {
-        let (url, exchange) = split_exchange(url);
-        if let Some(x) = exchange {
+        let (url, params) = split_params(url);
+        if let Some(x) = params.exchange {
             options.exchange = x;
+        }
+        let mut tls = lapin::tcp::OwnedTLSConfig::default();
+        if let Some(ca) = params.tls_ca {
+            tls.cert_chain = Some(std::fs::read_to_string(&ca).map_err(|e| {
+                Error::with_source(
+                    ErrorKind::Config,
+                    format!("tls_ca {ca}: cannot read the CA certificate: {e}"),
+                    e,
+                )
+            })?);
         }
         if options.exchange.is_empty() || options.exchange.len() > 200 {
             return Err(Error::new(
@@ -120,7 +130,7 @@ impl AmqpTransport {
                 "the exchange name must be 1-200 characters",
             ));
         }
-        let link = Link::open(&url).await?;
+        let link = Link::open(&url, tls).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 confirmed: Publisher::new(link.clone(), true),
@@ -134,19 +144,33 @@ impl AmqpTransport {
     }
 }
 
-fn split_exchange(url: &str) -> (String, Option<String>) {
+/// What muster reads from a URL's query, which lapin does not take.
+#[derive(Debug, Default, PartialEq)]
+struct Params {
+    /// `exchange=NAME`.
+    exchange: Option<String>,
+    /// `tls_ca=FILE`: the CA (PEM) an `amqps://` server's certificate
+    /// must chain to, instead of the machine's trusted roots.
+    tls_ca: Option<String>,
+}
+
+/// The URL without muster's own query parameters, and those parameters.
+fn split_params(url: &str) -> (String, Params) {
     let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
+        return (url.to_owned(), Params::default());
     };
-    let mut exchange = None;
+    let mut params = Params::default();
     let rest: Vec<&str> = query
         .split('&')
-        .filter(|kv| match kv.strip_prefix("exchange=") {
-            Some(x) => {
-                exchange = Some(x.to_owned());
-                false
+        .filter(|kv| {
+            if let Some(x) = kv.strip_prefix("exchange=") {
+                params.exchange = Some(x.to_owned());
+            } else if let Some(f) = kv.strip_prefix("tls_ca=") {
+                params.tls_ca = Some(f.to_owned());
+            } else {
+                return true;
             }
-            None => true,
+            false
         })
         .collect();
     let url = if rest.is_empty() {
@@ -154,7 +178,7 @@ fn split_exchange(url: &str) -> (String, Option<String>) {
     } else {
         format!("{base}?{}", rest.join("&"))
     };
-    (url, exchange)
+    (url, params)
 }
 
 impl Transport for AmqpTransport {
@@ -259,17 +283,14 @@ impl Transport for AmqpTransport {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn exchange_comes_out_of_the_url() {
+    fn muster_params_come_out_of_the_url() {
+        let (url, p) = super::split_params("amqps://h/%2f?exchange=t1&heartbeat=10&tls_ca=/c.pem");
+        assert_eq!(url, "amqps://h/%2f?heartbeat=10");
+        assert_eq!(p.exchange.as_deref(), Some("t1"));
+        assert_eq!(p.tls_ca.as_deref(), Some("/c.pem"));
         assert_eq!(
-            super::split_exchange("amqp://h/%2f?exchange=t1&heartbeat=10"),
-            (
-                "amqp://h/%2f?heartbeat=10".to_owned(),
-                Some("t1".to_owned())
-            )
-        );
-        assert_eq!(
-            super::split_exchange("amqp://h"),
-            ("amqp://h".to_owned(), None)
+            super::split_params("amqp://h"),
+            ("amqp://h".to_owned(), super::Params::default())
         );
     }
 }

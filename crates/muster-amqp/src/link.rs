@@ -20,6 +20,8 @@ pub(crate) fn amqp_error(what: &str, e: &lapin::Error) -> Error {
 /// One connection at a time; a broken one is replaced on the next use.
 pub(crate) struct Link {
     url: String,
+    /// The CA of an `amqps://` URL's `tls_ca`, when given.
+    tls: lapin::tcp::OwnedTLSConfig,
     current: tokio::sync::Mutex<Option<(u64, Arc<Connection>)>>,
     generation: AtomicU64,
     pub(crate) shutdown: CancellationToken,
@@ -32,9 +34,13 @@ impl std::fmt::Debug for Link {
 }
 
 impl Link {
-    pub(crate) async fn open(url: &str) -> Result<Arc<Self>, Error> {
+    pub(crate) async fn open(
+        url: &str,
+        tls: lapin::tcp::OwnedTLSConfig,
+    ) -> Result<Arc<Self>, Error> {
         let link = Arc::new(Self {
             url: url.to_owned(),
+            tls,
             current: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             shutdown: CancellationToken::new(),
@@ -54,7 +60,13 @@ impl Link {
         let props = ConnectionProperties::default().with_connection_name("muster".into());
         let conn = tokio::time::timeout(
             Duration::from_secs(3),
-            Connection::connect(&self.url, props),
+            Connection::connect_with_config(
+                &self.url,
+                props,
+                self.tls.clone(),
+                lapin::runtime::default_runtime()
+                    .map_err(|e| amqp_error("the AMQP client's runtime", &e))?,
+            ),
         )
         .await
         .map_err(|_| {

@@ -556,11 +556,11 @@ fn parse_size(s: &str) -> Result<u64, SizeError> {
 }
 
 /// A host's bus: its own embedded bus (`zmq://HOST:PORT`), or a broker it
-/// joins (`amqp://`, `redis://`, `rediss://`, `nats://`, `tls://`).
+/// joins (`amqp://`, `amqps://`, `redis://`, `rediss://`, `nats://`, `tls://`).
 fn check_bus(url: &str) -> Result<(), muster_core::Error> {
     match url.split("://").next().unwrap_or("") {
         "zmq" | "tcp" => url.parse::<muster_zmq::BusAddr>().map(|_| ()),
-        "amqp" | "redis" | "rediss" | "nats" | "tls" if url.contains("://") => Ok(()),
+        "amqp" | "amqps" | "redis" | "rediss" | "nats" | "tls" if url.contains("://") => Ok(()),
         _ => Err(muster_core::Error::new(
             muster_core::ErrorKind::Config,
             format!(

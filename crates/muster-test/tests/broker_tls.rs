@@ -1,9 +1,11 @@
 //! TLS to a broker: a NATS server and a Redis server of the test's own
-//! that require TLS, with a certificate signed by a CA the test makes
+//! that require TLS, and the machine's RabbitMQ behind a TLS front of the
+//! test's own, each with a certificate signed by a CA the test makes
 //! (openssl). A muster service and client given the CA (`?tls_ca=FILE`)
 //! call and publish through it; without the CA the connection is refused
 //! with an error, never made in the clear. Each runs where that broker
-//! runs (`MUSTER_TEST_NATS`, `MUSTER_TEST_REDIS`, so in CI), else SKIPPED.
+//! runs (`MUSTER_TEST_NATS`, `MUSTER_TEST_REDIS`, `MUSTER_TEST_AMQP`, so
+//! in CI), else SKIPPED.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -220,6 +222,78 @@ async fn nats_over_tls_with_the_ca_and_refused_without() {
             format!("tls://127.0.0.1:{port}"),
             format!("nats://127.0.0.1:{port}"),
         ],
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Terminates TLS on `port` of 127.0.0.1 with the test's server
+/// certificate and relays each connection to `target` (the machine's
+/// RabbitMQ, which listens in the clear): what a TLS load balancer in
+/// front of a broker does. Runs until the test ends.
+async fn tls_front(dir: &Path, port: u16, target: String) {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.pem"))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let (acceptor, target) = (acceptor.clone(), target.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate ends here.
+                let Ok(mut tls) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                if let Ok(mut plain) = tokio::net::TcpStream::connect(&target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+                }
+            });
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_over_tls_with_the_ca_and_refused_without() {
+    let Some(base) = broker_url(
+        "MUSTER_TEST_AMQP",
+        "amqp_over_tls_with_the_ca_and_refused_without",
+    ) else {
+        return;
+    };
+    let dir = test_dir("amqp");
+    // amqp://USER:PASS@HOST:PORT/VHOST: TLS in front of HOST:PORT.
+    let (auth, rest) = base
+        .strip_prefix("amqp://")
+        .and_then(|b| b.split_once('@'))
+        .expect("amqp://USER:PASS@HOST:PORT/VHOST");
+    let (target, vhost) = rest.split_once('/').unwrap_or((rest, ""));
+    let vhost = vhost.split('?').next().unwrap_or("");
+    let port = muster_test::free_port_base();
+    tls_front(&dir, port, target.to_owned()).await;
+    let ca = dir.join("ca.pem");
+    let exchange = format!("tls{:x}", muster::id::random_u64() & 0xff_ffff);
+    works_with_the_ca_only(
+        &format!(
+            "amqps://{auth}@127.0.0.1:{port}/{vhost}?exchange={exchange}&tls_ca={}",
+            ca.display()
+        ),
+        &[format!("amqps://{auth}@127.0.0.1:{port}/{vhost}")],
     )
     .await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -118,7 +118,7 @@ pub async fn connect_with(
             let addr: BusAddr = url.parse()?;
             Ok(Arc::new(ZmqTransport::connect(addr, zmq).await?))
         }
-        "amqp" => amqp::connect(url, options).await,
+        "amqp" | "amqps" => amqp::connect(url, options).await,
         "redis" | "rediss" => redis::connect(url, options).await,
         "nats" | "tls" => nats::connect(url, options).await,
         _ => Err(Error::new(
