@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use muster_test::host::{Host, tempdir};
+use muster_test::host::{Host, http, tempdir};
 use muster_test::{broker_url, eventually};
 use serde_json::Value;
 
@@ -57,14 +57,15 @@ async fn hosts_on_one_broker_are_one_fleet_for_ctl() {
         "{base}{sep}prefix=f{:x}",
         muster::id::random_u64() & 0xff_ffff
     );
-    let manifest = |name: &str| {
+    let manifest = |name: &str, http: &str| {
         format!(
-            "[host]\nname = \"{name}\"\nbus = \"{bus}\"\nhttp = \"off\"\n\n[context]\nname = \"ctx\"\n\n[[service]]\nname = \"echo\"\nrun = [\"{MUSTER}\", \"__service\", \"echo\", \"--log-level\", \"warn\"]\n"
+            "[host]\nname = \"{name}\"\nbus = \"{bus}\"\nhttp = \"{http}\"\n\n[context]\nname = \"ctx\"\n\n[[service]]\nname = \"echo\"\nrun = [\"{MUSTER}\", \"__service\", \"echo\", \"--log-level\", \"warn\"]\n"
         )
     };
     let (dir_a, dir_b) = (tempdir("fleet-a"), tempdir("fleet-b"));
-    std::fs::write(dir_a.join("muster.toml"), manifest("alpha")).unwrap();
-    std::fs::write(dir_b.join("muster.toml"), manifest("beta")).unwrap();
+    let dashboard = muster_test::host::free_http();
+    std::fs::write(dir_a.join("muster.toml"), manifest("alpha", &dashboard)).unwrap();
+    std::fs::write(dir_b.join("muster.toml"), manifest("beta", "off")).unwrap();
     let _a = Host::start(MUSTER, dir_a.clone(), bus.clone()).await;
     // One token for the fleet: the second host is given the first's.
     std::fs::create_dir_all(dir_b.join(".muster")).unwrap();
@@ -93,6 +94,44 @@ async fn hosts_on_one_broker_are_one_fleet_for_ctl() {
     })
     .await;
     assert_eq!(after[0], running[0], "alpha's echo was not touched");
+
+    // alpha's dashboard shows both hosts, filters by one, and restarts
+    // beta's echo through beta's control service.
+    let token = std::fs::read_to_string(dir_a.join(".muster/token")).unwrap();
+    let token = token.trim();
+    let (code, body) = http("GET", &dashboard, "/api/top", Some(token), "");
+    assert_eq!(code, 200, "{body}");
+    let top: Value = serde_json::from_str(&body).unwrap();
+    let mut shown: Vec<&str> = top
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["host"].as_str())
+        .collect();
+    shown.sort_unstable();
+    assert_eq!(shown, ["alpha", "beta"], "{top}");
+    let (_, body) = http("GET", &dashboard, "/api/top?host=beta", Some(token), "");
+    let only: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        only.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|t| t["host"] == "beta")),
+        "{only}"
+    );
+    let (code, body) = http(
+        "POST",
+        &dashboard,
+        "/api/ctl/restart",
+        Some(token),
+        r#"{"host":"beta","service":"echo"}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let again = eventually(
+        Duration::from_secs(30),
+        "beta's echo replaced from alpha's dashboard",
+        || async { echo_pids(&dir_a, &bus).filter(|p| p.len() == 2 && p[1].1 != after[1].1) },
+    )
+    .await;
+    assert_eq!(again[0], running[0], "alpha's echo was not touched");
 
     // A command for one host, with two and none named: refused, naming them.
     let o = ctl(&dir_a, &bus, &["reload"]);

@@ -4,6 +4,7 @@
 //! `/openapi.json` describes every registered method from its schemas.
 //! Everything the dashboard loads comes from here.
 
+mod fleet;
 mod gateway;
 mod metrics;
 mod scrape;
@@ -202,7 +203,19 @@ fn refuse() -> Response {
     )
 }
 
-async fn api_top(State(s): State<AppState>, headers: HeaderMap) -> Response {
+/// `?host=NAME`: one host of the fleet only.
+#[derive(serde::Deserialize)]
+struct TopQuery {
+    host: Option<String>,
+}
+
+/// This host's monitor, and every other host's of the bus (their `top`),
+/// each transaction with its `host`.
+async fn api_top(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<TopQuery>,
+) -> Response {
     if let Some(r) = may_read(&s, &headers) {
         return r;
     }
@@ -211,7 +224,14 @@ async fn api_top(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .latest();
-    Json(serde_json::to_value(latest).unwrap_or_default()).into_response()
+    let mut all = fleet::tagged(&s.host, serde_json::to_value(latest).unwrap_or_default());
+    if q.host.as_deref().is_none_or(|h| h != &*s.host) {
+        all.extend(fleet::other_tops(&s).await);
+    }
+    if let Some(h) = &q.host {
+        all.retain(|t| t["host"] == h.as_str());
+    }
+    Json(Value::Array(all)).into_response()
 }
 
 async fn ask<T>(
@@ -267,6 +287,9 @@ struct CtlBody {
     transaction: Option<String>,
     #[serde(default)]
     service: Option<String>,
+    /// Another host of the fleet, by name: the action is forwarded to it.
+    #[serde(default)]
+    host: Option<String>,
 }
 
 /// Restart or stop from the dashboard (token required). The token is
@@ -289,6 +312,7 @@ async fn api_ctl(
         CtlBody {
             transaction: None,
             service: None,
+            host: None,
         }
     } else {
         match serde_json::from_slice(&body) {
@@ -296,6 +320,29 @@ async fn api_ctl(
             Err(e) => return rpc_error(&RpcError::invalid_params("", e)),
         }
     };
+    if let Some(host) = b.host.as_deref().filter(|h| *h != &*s.host) {
+        if action != "restart" && action != "stop" {
+            return error(
+                StatusCode::NOT_FOUND,
+                code::METHOD_NOT_FOUND,
+                "actions: restart, stop",
+            );
+        }
+        let request = crate::control::ControlRequest {
+            transaction: b.transaction,
+            service: b.service,
+            ..crate::control::ControlRequest::default()
+        };
+        return match fleet::forward(&s, host, &action, request).await {
+            Some(Ok(done)) => Json(done).into_response(),
+            Some(Err(e)) => rpc_error(&e),
+            None => error(
+                StatusCode::NOT_FOUND,
+                code::METHOD_NOT_FOUND,
+                format!("no host {host:?} on this bus"),
+            ),
+        };
+    }
     let r = match action.as_str() {
         "restart" => {
             ask(&s, |reply| Command::Restart {
