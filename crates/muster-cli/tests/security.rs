@@ -15,7 +15,7 @@ use muster::Client;
 use muster_core::auth::Credential;
 use muster_test::host::{Host, free_http, http};
 use muster_test::registry::RawRegistry;
-use muster_test::wait_registered;
+use muster_test::{eventually, wait_registered};
 use serde_json::{Value, json};
 
 const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
@@ -309,6 +309,15 @@ async fn http_refuses_foreign_host_headers_and_shows_nothing_without_the_token()
         let out = get(path, &addr, true);
         assert!(out.starts_with("HTTP/1.1 200"), "{path}: {out}");
     }
+    // A refusal is logged with the caller's address.
+    let refused = eventually(Duration::from_secs(10), "the refusal logged", || async {
+        let log = host.log();
+        log.lines()
+            .find(|l| l.contains("wrong or missing token") && l.contains("/api/top"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(refused.contains("peer=\"127.0.0.1:"), "{refused}");
     let page = get("/", &addr, false);
     for h in [
         "content-security-policy",

@@ -69,8 +69,11 @@ pub(crate) async fn spawn(
     let bound = listener.local_addr()?.to_string();
     let app = router(state);
     tokio::spawn(async move {
-        let serve = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await });
+        let serve = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await });
         if let Err(e) = serve.await {
             tracing::error!(error = %e, "HTTP endpoint stopped");
         }
@@ -117,9 +120,16 @@ async fn guard_and_headers(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(host_name);
+    // Who asked, for the log of a refusal (absent when served without
+    // connection info, as in the router's own tests).
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map_or_else(|| "unknown".to_owned(), |c| c.0.to_string());
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
     let mut response = match host {
         Some(h) if !allowed_host(&h, &s.http_hosts) => {
-            tracing::warn!(host = %h, "HTTP request refused: Host is not a name of this host");
+            tracing::warn!(host = %h, peer, "HTTP request refused: Host is not a name of this host");
             error(
                 StatusCode::FORBIDDEN,
                 code::UNAUTHORIZED,
@@ -128,6 +138,9 @@ async fn guard_and_headers(
         }
         _ => next.run(request).await,
     };
+    if response.status() == StatusCode::UNAUTHORIZED {
+        tracing::warn!(peer, %method, path, "HTTP request refused: wrong or missing token");
+    }
     let headers = response.headers_mut();
     for (name, value) in SECURITY_HEADERS {
         headers.insert(*name, HeaderValue::from_static(value));
@@ -194,8 +207,8 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     token::matches(&state.token, given)
 }
 
+/// 401; logged with the caller's address by `guard_and_headers`.
 fn refuse() -> Response {
-    tracing::warn!("HTTP request refused: wrong or missing token");
     error(
         StatusCode::UNAUTHORIZED,
         code::UNAUTHORIZED,
