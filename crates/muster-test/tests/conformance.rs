@@ -196,6 +196,108 @@ async fn rpc_timeout(bus: &Bus) {
     drop(h);
 }
 
+/// Records when it is dropped: the moment a handler holding it stopped.
+struct DroppedAt(Arc<Mutex<Option<std::time::Instant>>>);
+
+impl Drop for DroppedAt {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Some(std::time::Instant::now());
+    }
+}
+
+/// A handler's slow nested call: both stop at the first caller's deadline
+/// (each instance drops its handler then), and both count a cancellation.
+async fn rpc_deadline_cancels_the_handler_and_its_nested_call(bus: &Bus) {
+    let (b, c) = (bus.name("relay"), bus.name("sleeper"));
+    let c_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+    let b_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+    let finished = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (cs, fin) = (c_stopped.clone(), finished.clone());
+    let hc = Service::new(&c)
+        .rpc("slow", move || {
+            let (guard, fin) = (DroppedAt(cs.clone()), fin.clone());
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                fin.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, RpcError>(())
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let (bs, fin, target) = (b_stopped.clone(), finished.clone(), format!("{c}.slow"));
+    let hb = Service::new(&b)
+        .rpc("relay", move |ctx: Ctx| {
+            let (guard, fin, target) = (DroppedAt(bs.clone()), fin.clone(), target.clone());
+            async move {
+                let _guard = guard;
+                // The nested call gets what is left of the caller's 200 ms.
+                let _: () = ctx.request(&target, &serde_json::json!({})).await?;
+                fin.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, RpcError>(())
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &b, 1).await;
+    muster_test::wait_registered(&client, &c, 1).await;
+    let sent = std::time::Instant::now();
+    let e = client
+        .call_with::<_, ()>(
+            &format!("{b}.relay"),
+            &serde_json::json!({}),
+            muster::CallOptions::default().timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, -32000, "{e}");
+    let deadline = sent + Duration::from_millis(200);
+    // Both handlers stop soon after the deadline, not after their 10 s.
+    let (b_at, c_at) = eventually(Duration::from_secs(8), "both handlers stopped", || {
+        let (b, c) = (*b_stopped.lock().unwrap(), *c_stopped.lock().unwrap());
+        async move { b.zip(c) }
+    })
+    .await;
+    eprintln!(
+        "stopped after the deadline: relay {:?}, sleeper {:?}",
+        b_at.saturating_duration_since(deadline),
+        c_at.saturating_duration_since(deadline)
+    );
+    assert_eq!(finished.load(std::sync::atomic::Ordering::SeqCst), 0);
+    let cancelled = |svc: String, method: &'static str| {
+        let client = client.clone();
+        async move {
+            client
+                .stats(Some(&svc))
+                .await
+                .ok()?
+                .into_iter()
+                .flatten()
+                .map(|r| r.methods.get(method).map_or(0, |m| m.num_cancelled))
+                .sum::<u64>()
+                .eq(&1)
+                .then_some(())
+        }
+    };
+    eventually(
+        Duration::from_secs(10),
+        "relay counts a cancellation",
+        || cancelled(b.clone(), "relay"),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "sleeper counts a cancellation",
+        || cancelled(c.clone(), "slow"),
+    )
+    .await;
+    hb.stop().await;
+    hc.stop().await;
+}
+
 async fn events_in_order_and_filtered(bus: &Bus) {
     let got: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
     let seen = got.clone();
@@ -713,6 +815,7 @@ conformance!(
     rpc_call_and_errors,
     rpc_balanced_over_instances,
     rpc_timeout,
+    rpc_deadline_cancels_the_handler_and_its_nested_call,
     events_in_order_and_filtered,
     client_subscription_in_order_and_cancelled,
     queue_retry_and_dead_letter,

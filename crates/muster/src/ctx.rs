@@ -142,10 +142,32 @@ impl Ctx {
         topic: &str,
         value: &T,
     ) -> Result<(), Error> {
-        self.shared
-            .client
-            .publish_in(topic, value, self.transaction().map(str::to_owned))
-            .await
+        self.within_budget(
+            "publish",
+            self.shared
+                .client
+                .publish_in(topic, value, self.transaction().map(str::to_owned)),
+        )
+        .await
+    }
+
+    /// `op` bounded by the current request's remaining time: a publish or
+    /// an enqueue inside a handler waits for the bus no longer than its
+    /// caller waits for the handler.
+    async fn within_budget<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        match self.remaining() {
+            Some(left) => tokio::time::timeout(left, op).await.unwrap_or_else(|_| {
+                Err(Error::new(
+                    crate::ErrorKind::Timeout,
+                    format!("{what}: the request's deadline passed"),
+                ))
+            }),
+            None => op.await,
+        }
     }
 
     /// Adds a job to the work queue `queue`, tagged with the current
@@ -159,10 +181,13 @@ impl Ctx {
         queue: &str,
         job: &T,
     ) -> Result<String, Error> {
-        self.shared
-            .client
-            .enqueue_in(queue, job, self.transaction().map(str::to_owned), None)
-            .await
+        self.within_budget(
+            "enqueue",
+            self.shared
+                .client
+                .enqueue_in(queue, job, self.transaction().map(str::to_owned), None),
+        )
+        .await
     }
 
     /// Reports progress to the host (an `updated` lifecycle event that can
@@ -263,6 +288,15 @@ impl Ctx {
     /// When the caller stops waiting.
     pub fn deadline(&self) -> Option<Instant> {
         self.scope.deadline
+    }
+
+    /// Time left before the current request's deadline (zero once it has
+    /// passed); `None` outside a request or when the caller set none.
+    /// Calls made through this `Ctx` are given at most this much.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.scope
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
     /// This service's name.

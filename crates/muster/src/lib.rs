@@ -43,6 +43,7 @@
 //! can call muster services and serve them.
 
 pub mod bus;
+mod cancel;
 pub mod cli;
 mod client;
 pub mod config;
@@ -63,6 +64,7 @@ pub mod state;
 pub mod stats;
 pub mod testing;
 
+pub use cancel::uninterruptible;
 pub use client::{CallOptions, Client, DEFAULT_TIMEOUT, Event, Subscription};
 pub use ctx::{Ctx, UPDATE_TOPIC};
 pub use extract::{Args, Config};

@@ -17,6 +17,7 @@ const BUCKETS: usize = 40 * SUB as usize;
 #[derive(Debug)]
 pub(crate) struct MethodStats {
     skipped: AtomicU64,
+    cancelled: AtomicU64,
     missed: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -30,6 +31,7 @@ impl Default for MethodStats {
     fn default() -> Self {
         Self {
             skipped: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
             missed: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -70,6 +72,12 @@ impl MethodStats {
     /// Events the bus dropped for this subscription (it fell behind).
     pub(crate) fn missed(&self, n: u64) {
         self.missed.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A call stopped at its deadline, or not started because it had
+    /// passed: the handler was dropped (it also ends as an error).
+    pub(crate) fn cancelled(&self) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn begin(&self) {
@@ -132,6 +140,7 @@ impl MethodStats {
             p99_us: self.quantile_us(&counts, total, 0.99),
             num_skipped: self.skipped.load(Ordering::Relaxed),
             num_missed: self.missed.load(Ordering::Relaxed),
+            num_cancelled: self.cancelled.load(Ordering::Relaxed),
         }
     }
 }
@@ -164,6 +173,11 @@ pub struct MethodReport {
     /// "slow subscriber").
     #[serde(default, skip_serializing_if = "is_zero")]
     pub num_missed: u64,
+    /// Calls whose handler was dropped at the caller's deadline, ended with
+    /// an error at it, or was not started because it had passed (counted
+    /// in `num_errors` too).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub num_cancelled: u64,
 }
 
 fn is_zero(n: &u64) -> bool {

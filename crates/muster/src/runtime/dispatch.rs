@@ -212,6 +212,44 @@ async fn guarded(
         })
 }
 
+/// Runs a handler until the caller's deadline: one whose deadline has
+/// passed is not started, and one still running at it is dropped (its
+/// nested calls, made with the remaining budget, end with it); both answer
+/// the timeout error and count as cancelled, as does a handler that ends
+/// with an error at the deadline (its nested call timed out first). The caller has given up by
+/// then, so the answer is for the record. A handler section that must not
+/// be cut short runs under [`crate::uninterruptible`].
+async fn within_deadline(
+    fut: BoxFuture<'static, Result<Box<RawValue>, RpcError>>,
+    deadline: Option<Instant>,
+    stats: &crate::stats::MethodStats,
+) -> Result<Box<RawValue>, RpcError> {
+    let Some(deadline) = deadline else {
+        return guarded(fut).await;
+    };
+    if deadline <= Instant::now() {
+        stats.cancelled();
+        return Err(RpcError::timeout(
+            "the caller's deadline passed before the request started",
+        ));
+    }
+    match tokio::time::timeout_at(deadline.into(), guarded(fut)).await {
+        // A nested call given the remaining budget may time out a moment
+        // before this timer fires: that handler also ended at the
+        // deadline, for a caller that had given up, and counts the same.
+        Ok(Err(e)) if Instant::now() >= deadline => {
+            stats.cancelled();
+            Err(e)
+        }
+        Ok(outcome) => outcome,
+        Err(_) => {
+            stats.cancelled();
+            tracing::debug!("handler cancelled at the caller's deadline");
+            Err(RpcError::timeout("cancelled at the caller's deadline"))
+        }
+    }
+}
+
 impl Dispatch for ServiceDispatch {
     fn dispatch(&self, request: Envelope) -> BoxFuture<'static, Option<Envelope>> {
         let Envelope { header, body } = request;
@@ -291,19 +329,21 @@ impl Dispatch for ServiceDispatch {
             request_id = %header.id,
             transaction = header.transaction.as_deref().unwrap_or(""),
         );
+        // A deadline past what the clock can hold is no deadline.
+        let scope_deadline = header
+            .deadline_ms
+            .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
         let scope = CallScope {
             request_id: Some(header.id.clone()),
             transaction: header.transaction.clone(),
-            // A deadline past what the clock can hold is no deadline.
-            deadline: header
-                .deadline_ms
-                .and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms))),
+            deadline: scope_deadline,
         };
         let inv = Invocation {
             header: *header,
             payload: decoded.params,
             ctx: self.ctx.scoped(scope),
         };
+        let deadline = scope_deadline;
         let stats = entry.stats.clone();
         stats.begin();
         let started = Instant::now();
@@ -311,7 +351,7 @@ impl Dispatch for ServiceDispatch {
         let id = decoded.id;
         Box::pin(
             async move {
-                let outcome = guarded(fut).await;
+                let outcome = within_deadline(fut, deadline, &stats).await;
                 if let Err(e) = &outcome {
                     tracing::debug!(code = e.code, error = %e.message, "request failed");
                 }
