@@ -19,12 +19,23 @@ use crate::ctx::Ctx;
 use crate::wire::Header;
 
 /// What a handler runs on: a request or an event, with its context.
-#[derive(Debug)]
 pub struct Invocation {
     pub(crate) header: Header,
     /// Request params or event payload, as JSON.
     pub(crate) payload: Option<Box<RawValue>>,
     pub(crate) ctx: Ctx,
+    /// The method's handler, for the innermost service of a layer stack
+    /// (`layer.rs`); `None` outside one.
+    pub(crate) route: Option<std::sync::Arc<dyn crate::handler::ErasedHandler>>,
+}
+
+impl std::fmt::Debug for Invocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Invocation")
+            .field("header", &self.header)
+            .field("payload", &self.payload)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Invocation {

@@ -52,6 +52,7 @@ pub mod dotenv;
 pub mod extract;
 mod group;
 pub mod handler;
+pub mod layer;
 pub mod logging;
 pub mod memory;
 pub mod prelude;

@@ -117,6 +117,8 @@ pub struct Service {
     pub(crate) jobs: Vec<Arc<Job>>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) states: Vec<StateDecl>,
+    /// Middleware around the RPC methods, outermost first (`layer.rs`).
+    pub(crate) layers: Vec<crate::layer::LayerFn>,
 }
 
 /// Starts one declared state when the instance starts.
@@ -202,6 +204,7 @@ impl Service {
             jobs: Vec::new(),
             clock: Arc::new(SystemClock),
             states: Vec::new(),
+            layers: Vec::new(),
         }
     }
 
@@ -734,6 +737,45 @@ impl Service {
     /// Requests handled at once per instance (default 1024); more wait.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Wraps every RPC method of the service in a `tower` layer: the
+    /// ecosystem's concurrency limit, rate limit, load shedding and
+    /// timeout, or a layer of your own that reads the request's header
+    /// and params ([`Invocation`](crate::extract::Invocation)). The first
+    /// layer given is the outermost. Each instance builds its own stack,
+    /// shared by all the methods of that instance. A request a layer
+    /// sheds is answered -32002 (overloaded), a layer's timeout -32000,
+    /// an [`RpcError`] a layer returns as it is (`crate::layer`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), muster::BoxError> {
+    /// use muster::prelude::*;
+    /// use tower::ServiceBuilder;
+    ///
+    /// let bus = muster::testing::TestBus::new();
+    /// let _svc = Service::new("limited")
+    ///     .rpc("ping", || async { Ok::<_, RpcError>("pong") })
+    ///     // At most 8 calls at once; more are shed rather than queued.
+    ///     .layer(ServiceBuilder::new().load_shed().concurrency_limit(8).into_inner())
+    ///     .start(bus.transport())
+    ///     .await?;
+    /// let pong: String = bus.client().call("limited.ping", &()).await?;
+    /// assert_eq!(pong, "pong");
+    /// # Ok(()) }
+    /// ```
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<crate::layer::Methods> + Send + Sync + 'static,
+        L::Service: tower::Service<crate::extract::Invocation, Response = Box<serde_json::value::RawValue>>
+            + Send
+            + 'static,
+        <L::Service as tower::Service<crate::extract::Invocation>>::Error: Into<BoxError>,
+        <L::Service as tower::Service<crate::extract::Invocation>>::Future: Send + 'static,
+    {
+        self.layers.push(crate::layer::erase(layer));
         self
     }
 

@@ -47,6 +47,8 @@ pub(super) struct ServiceDispatch {
     info: InstanceInfo,
     config_shown: Value,
     started: Instant,
+    /// The service's layers around its methods, if it has any.
+    stack: Option<Arc<crate::layer::Stack>>,
 }
 
 impl ServiceDispatch {
@@ -97,6 +99,7 @@ impl ServiceDispatch {
             info,
             config_shown,
             started,
+            stack: crate::layer::Stack::new(&service.layers).map(Arc::new),
         }
     }
 
@@ -338,16 +341,25 @@ impl Dispatch for ServiceDispatch {
             transaction: header.transaction.clone(),
             deadline: scope_deadline,
         };
-        let inv = Invocation {
+        let mut inv = Invocation {
             header: *header,
             payload: decoded.params,
             ctx: self.ctx.scoped(scope),
+            route: None,
         };
         let deadline = scope_deadline;
         let stats = entry.stats.clone();
         stats.begin();
         let started = Instant::now();
-        let fut = span.in_scope(|| entry.handler.call(inv));
+        let fut = match &self.stack {
+            // Through the service's layers (`layer.rs`) to the handler.
+            Some(stack) => {
+                inv.route = Some(entry.handler.clone());
+                let stack = stack.clone();
+                Box::pin(async move { stack.call(inv).await })
+            }
+            None => span.in_scope(|| entry.handler.call(inv)),
+        };
         let id = decoded.id;
         Box::pin(
             async move {
@@ -431,6 +443,7 @@ impl ServiceDispatch {
                 header: (*event.header).clone(),
                 payload: Some(payload.clone()),
                 ctx: self.ctx.scoped(scope),
+                route: None,
             };
             entry.stats.begin();
             calls.push((entry.handler.call(inv), entry.stats.clone()));
@@ -512,6 +525,7 @@ impl JobSink for QueueDispatch {
         let inv = Invocation {
             header,
             payload: Some(payload),
+            route: None,
             ctx: self.ctx.scoped(CallScope {
                 request_id: Some(job.id.clone()),
                 transaction: job.transaction.clone(),

@@ -1,0 +1,157 @@
+//! `Service::layer`: tower's concurrency limit, load shedding and rate
+//! limit on a service's methods, and a layer of the user's own that reads
+//! the request's header. A shed or limited call gets -32002, which a
+//! client tells apart from a failure; the calls within the limits succeed.
+
+use std::time::Duration;
+
+use muster::prelude::*;
+use muster::testing::TestBus;
+use tower::ServiceBuilder;
+
+/// A method that holds its call until told to go on.
+fn gated(name: &str, gate: std::sync::Arc<tokio::sync::Semaphore>) -> Service {
+    Service::new(name).rpc("hold", move || {
+        let gate = gate.clone();
+        async move {
+            let _permit = gate.acquire().await.map_err(RpcError::internal)?;
+            Ok::<_, RpcError>("done")
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_concurrency_limit_of_two_sheds_the_third_call() {
+    let bus = TestBus::new();
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let _svc = gated("limited", gate.clone())
+        .layer(
+            ServiceBuilder::new()
+                .load_shed()
+                .concurrency_limit(2)
+                .into_inner(),
+        )
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let client = bus.client().clone();
+    let call = |c: Client| async move { c.call::<_, String>("limited.hold", &()).await };
+    let first = tokio::spawn(call(client.clone()));
+    let second = tokio::spawn(call(client.clone()));
+    // Both are in their handlers before the third comes.
+    until_in_flight(&client, "limited", "hold", 2).await;
+    let third = call(client.clone()).await.unwrap_err();
+    assert_eq!(third.code, muster::code::OVERLOADED, "{third}");
+    assert!(
+        third.is_retryable(),
+        "shed calls may be tried again: {third}"
+    );
+    gate.add_permits(2);
+    assert_eq!(first.await.unwrap().unwrap(), "done");
+    assert_eq!(second.await.unwrap().unwrap(), "done");
+    // With room again, a call goes through.
+    gate.add_permits(1);
+    assert_eq!(call(client).await.unwrap(), "done");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_sheds_what_is_over_the_rate() {
+    let bus = TestBus::new();
+    let _svc = Service::new("rated")
+        .rpc("ping", || async { Ok::<_, RpcError>("pong") })
+        .layer(
+            ServiceBuilder::new()
+                .load_shed()
+                .rate_limit(2, Duration::from_secs(10))
+                .into_inner(),
+        )
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let client = bus.client().clone();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(client.call::<_, String>("rated.ping", &()).await);
+    }
+    assert_eq!(answers[0].as_deref().unwrap(), "pong");
+    assert_eq!(answers[1].as_deref().unwrap(), "pong");
+    let shed = answers[2].as_ref().unwrap_err();
+    assert_eq!(shed.code, muster::code::OVERLOADED, "{shed}");
+}
+
+/// A layer of one's own: callers must say who they are in the request's
+/// transaction (a stand-in for a header a gateway sets).
+#[derive(Clone)]
+struct NeedsTransaction<S>(S);
+
+impl<S> tower::Service<muster::extract::Invocation> for NeedsTransaction<S>
+where
+    S: tower::Service<muster::extract::Invocation, Error = muster::BoxError>,
+    S::Response: Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = muster::BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<S::Response, muster::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, inv: muster::extract::Invocation) -> Self::Future {
+        if inv.header().transaction.is_none() {
+            return Box::pin(std::future::ready(Err(muster::BoxError::from(
+                RpcError::unauthorized("say which transaction you call for"),
+            ))));
+        }
+        Box::pin(self.0.call(inv))
+    }
+}
+
+#[tokio::test]
+async fn a_layer_of_ones_own_reads_the_header_and_refuses_with_its_error() {
+    let bus = TestBus::new();
+    let _svc = Service::new("guarded")
+        .rpc("ping", || async { Ok::<_, RpcError>("pong") })
+        .layer(tower::layer::layer_fn(NeedsTransaction))
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let client = bus.client().clone();
+    let refused = client
+        .call::<_, String>("guarded.ping", &())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, muster::code::UNAUTHORIZED, "{refused}");
+    let ok: String = client
+        .call_with(
+            "guarded.ping",
+            &(),
+            CallOptions::default().transaction(Some("T1".into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, "pong");
+}
+
+/// Waits until `service.method` has `n` calls in its handler.
+async fn until_in_flight(client: &Client, service: &str, method: &str, n: u64) {
+    for _ in 0..2_000 {
+        let now: u64 = client
+            .stats(Some(service))
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .flatten()
+            .map(|r| r.methods.get(method).map_or(0, |m| m.in_flight))
+            .sum();
+        if now >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("{service}.{method} never had {n} calls in flight");
+}
