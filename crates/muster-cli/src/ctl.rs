@@ -491,14 +491,17 @@ fn print_status(status: &Status, with_host: bool) {
 /// Prints the last `lines` of each file, then (with `follow`) new output
 /// as it comes, each line prefixed with the instance's file name.
 async fn logs(files: &[PathBuf], lines: usize, follow: bool) -> anyhow::Result<()> {
-    let mut offsets = Vec::new();
+    use std::os::unix::fs::MetadataExt;
+    // Per file: how far it was printed, and which file (inode) that was.
+    let mut read_to = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         for l in &all[all.len().saturating_sub(lines)..] {
             println!("{}| {l}", label(f));
         }
-        offsets.push(text.len() as u64);
+        let inode = std::fs::metadata(f).map_or(0, |m| m.ino());
+        read_to.push((text.len() as u64, inode));
     }
     if !follow {
         return Ok(());
@@ -508,28 +511,67 @@ async fn logs(files: &[PathBuf], lines: usize, follow: bool) -> anyhow::Result<(
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
             () = crate::bus::wait_for_signal() => break,
         }
-        for (f, off) in files.iter().zip(offsets.iter_mut()) {
-            let Ok(mut file) = std::fs::File::open(f) else {
+        for (f, (off, inode)) in files.iter().zip(read_to.iter_mut()) {
+            let Ok(meta) = std::fs::metadata(f) else {
                 continue;
             };
-            let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-            if len < *off {
-                *off = 0; // truncated or replaced
+            if meta.ino() != *inode {
+                print_rotated(f, *off, *inode)?;
+                (*off, *inode) = (0, meta.ino());
+            } else if meta.len() < *off {
+                *off = 0; // truncated
             }
-            if len == *off {
-                continue;
+            if meta.len() > *off {
+                *off += print_from(f, f, *off)?;
             }
-            file.seek(SeekFrom::Start(*off))?;
-            let mut buf = String::new();
-            file.read_to_string(&mut buf)?;
-            let complete = buf.rfind('\n').map_or(0, |i| i + 1);
-            for l in buf[..complete].lines() {
-                println!("{}| {l}", label(f));
-            }
-            *off += complete as u64;
         }
     }
     Ok(())
+}
+
+/// After a rotation of `file`: the rest of the file printed so far (now
+/// `<file>.N`, found by its inode), then the newer rotated files whole,
+/// oldest first. When it was rotated past what is kept, what is kept is
+/// printed after a note that lines were skipped.
+fn print_rotated(file: &Path, printed_to: u64, inode: u64) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let rotated: Vec<(PathBuf, u64)> = (1..=1000)
+        .map(|i| PathBuf::from(format!("{}.{i}", file.display())))
+        .map_while(|p| std::fs::metadata(&p).ok().map(|m| (p, m.ino())))
+        .collect();
+    let newer = match rotated.iter().position(|(_, ino)| *ino == inode) {
+        Some(i) => {
+            print_from(&rotated[i].0, file, printed_to)?;
+            &rotated[..i]
+        }
+        None => {
+            println!(
+                "{}| ... (rotated past the files kept: lines skipped)",
+                label(file)
+            );
+            &rotated[..]
+        }
+    };
+    for (p, _) in newer.iter().rev() {
+        print_from(p, file, 0)?;
+    }
+    Ok(())
+}
+
+/// Prints the complete lines of `file` from byte `from`, labelled as
+/// `label_of`; returns how many bytes they took.
+fn print_from(file: &Path, label_of: &Path, from: u64) -> anyhow::Result<u64> {
+    let Ok(mut f) = std::fs::File::open(file) else {
+        return Ok(0);
+    };
+    f.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    let complete = buf.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    for l in String::from_utf8_lossy(&buf[..complete]).lines() {
+        println!("{}| {l}", label(label_of));
+    }
+    Ok(complete as u64)
 }
 
 fn label(f: &Path) -> String {

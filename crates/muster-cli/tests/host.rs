@@ -451,6 +451,72 @@ async fn logs_are_captured_per_instance() {
     assert!(text.contains("talker.1| hello from talker-1-"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_logs_rotate_and_ctl_logs_follows_across_rotations() {
+    // 50 MB to stdout once told to, under a 1 MB limit with 3 files kept.
+    let host = Host::up(
+        MUSTER,
+        "log-rotation",
+        &format!(
+            "[host]\nhttp = \"off\"\nlog_max_size = \"1MB\"\nlog_keep = 3\n\n[context]\nname = \"r\"\n{}",
+            sh(
+                "flood",
+                "while [ ! -e go ]; do sleep 0.1; done; yes 'a line of output, again and again' | head -c 50000000; echo; echo THE-END; sleep 1000",
+                ""
+            )
+        ),
+    )
+    .await;
+    host.wait_state("flood", 0, "running").await;
+    let mut follow = Command::new(MUSTER)
+        .args([
+            "ctl", "logs", "-f", "--lines", "1", "flood", "--bus", &host.bus,
+        ])
+        .current_dir(&host.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = follow.stdout.take().unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("--- muster: starting") || line.contains("THE-END") {
+                let _ = seen_tx.send(line);
+            }
+        }
+    });
+    let first = seen.recv_timeout(WAIT).expect("ctl logs -f prints the log");
+    assert!(first.contains("--- muster: starting"), "{first}");
+    // The instance runs in the manifest's directory.
+    std::fs::write(host.dir.join("go"), "").unwrap();
+    let logs = host.dir.join(".muster/logs");
+    let end = seen
+        .recv_timeout(Duration::from_secs(120))
+        .expect("ctl logs -f followed to the end, across every rotation");
+    assert!(end.contains("flood.0| THE-END"), "{end}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+
+    let transaction = host.transaction();
+    let dir = logs.join(transaction);
+    let mut files: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("flood.0.log"))
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name, e.metadata().unwrap().len())
+        })
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "the current file and 3 kept: {files:?}");
+    for (name, len) in &files {
+        assert!(*len <= (1 << 20) + (64 << 10), "{name}: {len} bytes");
+    }
+}
+
 #[test]
 fn an_invalid_manifest_is_refused_with_file_line_and_key() {
     let dir = tempdir("invalid");

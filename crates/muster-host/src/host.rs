@@ -615,6 +615,10 @@ impl Driver {
                         url: &self.bus_url,
                         secret: &self.secret,
                         log_dir: &self.log_dir,
+                        log_rotation: crate::instance_log::LogRotation {
+                            max_bytes: self.manifest.host.log_max_bytes,
+                            keep: self.manifest.host.log_keep,
+                        },
                         bind_host: &self.manifest.host.bind,
                         curve: self.curve.as_deref(),
                         plain_tcp: self.manifest.host.plain_tcp,

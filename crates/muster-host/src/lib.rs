@@ -23,6 +23,7 @@ mod control;
 pub mod events;
 mod host;
 mod http;
+pub mod instance_log;
 pub mod monitor;
 mod persist;
 pub mod process;

@@ -36,6 +36,8 @@ pub struct Launch<'a> {
     pub secret: &'a MasterSecret,
     /// Where instance logs go.
     pub log_dir: &'a Path,
+    /// When they are rotated.
+    pub log_rotation: crate::instance_log::LogRotation,
     /// The interface their RPC endpoints bind (`MUSTER_BIND_HOST`).
     pub bind_host: &'a str,
     /// The fleet's CURVE keys directory (`MUSTER_CURVE`).
@@ -69,11 +71,13 @@ pub fn spawn(
         muster_core::fs::private_dir(bus.log_dir)?;
         muster_core::fs::private_dir(dir)?;
     }
-    let mut log = muster_core::fs::private_append(&path)?;
-    let _ = writeln!(
-        log,
-        "--- muster: starting {} as instance {} of transaction {}",
-        spec.command, spawn.instance, spawn.transaction
+    let log = crate::instance_log::InstanceLog::open(&path, bus.log_rotation);
+    log.write(
+        format!(
+            "--- muster: starting {} as instance {} of transaction {}\n",
+            spec.command, spawn.instance, spawn.transaction
+        )
+        .as_bytes(),
     );
     let mut cmd = match launcher {
         Some(exe) => {
@@ -106,8 +110,9 @@ pub fn spawn(
         .env("MUSTER_INSTANCE", &spawn.instance)
         .env("MUSTER_TRANSACTION", &spawn.transaction)
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+        // Through pipes to the host, which writes and rotates the file.
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
     if let Some(dir) = bus.curve {
@@ -116,7 +121,14 @@ pub fn spawn(
     if bus.plain_tcp {
         cmd.env(muster_zmq::curve::PLAIN_TCP_ENV, "1");
     }
-    cmd.spawn()
+    let mut child = cmd.spawn()?;
+    if let Some(out) = child.stdout.take() {
+        log.drain(out);
+    }
+    if let Some(err) = child.stderr.take() {
+        log.drain(err);
+    }
+    Ok(child)
 }
 
 /// `dir` from the root: an instance runs in a working directory of its own.

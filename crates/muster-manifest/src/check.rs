@@ -16,8 +16,9 @@ use crate::raw::{RawActions, RawFile, RawService};
 use toml::Spanned;
 
 use crate::{
-    Actions, Backoff, ContextSpec, DEFAULT_HTTP, DEFAULT_QUEUE_MAX_BYTES, HostSpec, ManifestError,
-    RestartPolicy, Scheduled, ServiceSpec, Substitutions, Triggers,
+    Actions, Backoff, ContextSpec, DEFAULT_HTTP, DEFAULT_LOG_KEEP, DEFAULT_LOG_MAX_BYTES,
+    DEFAULT_QUEUE_MAX_BYTES, HostSpec, ManifestError, RestartPolicy, Scheduled, ServiceSpec,
+    Substitutions, Triggers,
 };
 
 pub(crate) struct Checker<'a> {
@@ -155,6 +156,16 @@ impl Checker<'_> {
                     },
                     http_hosts: h.http_hosts,
                     http_public_read: h.http_public_read.unwrap_or(false),
+                    log_max_bytes: match &h.log_max_size {
+                        Some(v) => match parse_size(v.get_ref())
+                            .map_err(|e| self.err(v.span().start, "host.log_max_size", e))?
+                        {
+                            0 => None,
+                            n => Some(n),
+                        },
+                        None => Some(DEFAULT_LOG_MAX_BYTES),
+                    },
+                    log_keep: h.log_keep.unwrap_or(DEFAULT_LOG_KEEP),
                 })
             }
         };

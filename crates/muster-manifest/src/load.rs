@@ -73,6 +73,8 @@ impl Manifest {
                 queue_fsync: muster_zmq::FsyncPolicy::default(),
                 http_hosts: Vec::new(),
                 http_public_read: false,
+                log_max_bytes: Some(crate::model::DEFAULT_LOG_MAX_BYTES),
+                log_keep: crate::model::DEFAULT_LOG_KEEP,
             }),
             contexts,
         })

@@ -57,7 +57,20 @@ pub struct HostSpec {
     /// Status, top, events and metrics over HTTP without the token
     /// (`http_public_read`).
     pub http_public_read: bool,
+    /// Each instance's log file is rotated past this many bytes
+    /// (`log_max_size`, default 10 MB; `"0"`: never).
+    pub log_max_bytes: Option<u64>,
+    /// Rotated log files kept per instance besides the current one
+    /// (`log_keep`, default 5).
+    pub log_keep: usize,
 }
+
+/// Bytes past which an instance's log file is rotated unless `[host]
+/// log_max_size` says otherwise.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
+/// Rotated log files kept per instance unless `[host] log_keep` says
+/// otherwise.
+pub const DEFAULT_LOG_KEEP: usize = 5;
 
 /// Bytes of jobs the embedded bus holds unless `[host] queue_max_bytes`
 /// says otherwise.

@@ -39,6 +39,8 @@ pub(crate) struct RawHost {
     #[serde(default)]
     pub(crate) http_hosts: Vec<String>,
     pub(crate) http_public_read: Option<bool>,
+    pub(crate) log_max_size: Option<Spanned<String>>,
+    pub(crate) log_keep: Option<usize>,
 }
 
 #[derive(Deserialize)]
