@@ -52,8 +52,8 @@ pub(crate) fn run_example(name: &str, args: Vec<String>) -> ExitCode {
     }
 }
 
-/// The demo manifest (also runnable as `muster up examples/demo/muster.toml`).
-const DEMO_MANIFEST: &str = include_str!("../../../examples/demo/muster.toml");
+/// The demo manifest (also runnable as `muster up crates/muster-cli/demo/muster.toml`).
+const DEMO_MANIFEST: &str = include_str!("../demo/muster.toml");
 
 impl DemoCmd {
     pub(crate) async fn run(self) -> anyhow::Result<()> {

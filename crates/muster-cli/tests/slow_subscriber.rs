@@ -26,7 +26,7 @@ fn is_chain_start(v: &serde_json::Value) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_subscriber_stalls_nobody_and_every_event_is_accounted_for() {
-    let manifest = include_str!("../../../examples/demo/muster.toml");
+    let manifest = include_str!("../demo/muster.toml");
     let host = Host::up(MUSTER, "slow-sub", manifest).await;
     host.wait_state("stand", 0, "running").await;
 

@@ -2,7 +2,7 @@
 //! `walk`, `drink_coffee` and `run`. Each reports its state with
 //! `ctx.update` (an `updated` event the host can trigger on), does its
 //! step for `step_ms` (config, default 1000) and exits 0 (an `exited`
-//! event). The demo manifest (`examples/demo/muster.toml`) chains them
+//! event). The demo manifest (`crates/muster-cli/demo/muster.toml`) chains them
 //! with triggers into a loop: stand → walk → drink_coffee → run → stand.
 
 use std::time::Duration;
