@@ -168,15 +168,7 @@ async fn measure(per_host: u32, idle_for: Duration) -> anyhow::Result<Cost> {
                 serde_json::to_string(&run)?
             ),
         )?;
-        let child = Command::new(exe()?)
-            .args(["up", "muster.toml", "--log-level", "warn"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start muster up")?;
-        hosts.push((child, dir));
+        hosts.push((super::host::spawn_up(&dir)?, dir));
     }
     let client = Client::connect(&url).await?;
     let want = per_host * HOSTS;

@@ -29,6 +29,18 @@ pub(super) fn echo_program() -> anyhow::Result<(PathBuf, Vec<String>)> {
     })
 }
 
+/// `muster up muster.toml` in `dir`, quiet, killed when dropped.
+pub(super) fn spawn_up(dir: &std::path::Path) -> anyhow::Result<Child> {
+    Command::new(exe()?)
+        .args(["up", "muster.toml", "--log-level", "warn"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start muster up")
+}
+
 /// A `muster up` in a temporary directory.
 struct HostProc {
     child: Child,
@@ -48,14 +60,7 @@ impl HostProc {
             dir.join("muster.toml"),
             format!("[host]\nbus = \"{bus}\"\nhttp = \"off\"\n\n{manifest}"),
         )?;
-        let child = Command::new(exe()?)
-            .args(["up", "muster.toml", "--log-level", "warn"])
-            .current_dir(&dir)
-            .stdout(Stdio::null())
-            .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start muster up")?;
+        let child = spawn_up(&dir)?;
         let token_file = dir.join(".muster/token");
         let deadline = Instant::now() + Duration::from_secs(20);
         let token = loop {
