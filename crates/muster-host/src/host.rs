@@ -154,12 +154,10 @@ pub async fn run(
     )))?;
     let log_dir = state_dir.join("logs");
 
-    // A `zmq://` bus is the host's own, embedded; any other is a broker
-    // the host joins like its instances, watching its registry by listing
-    // it (`watch.rs`).
     // A `zmq://` bus the host owns is embedded; a broker, or the embedded
     // bus of another host of the fleet (`own_bus = false`), is joined like
-    // its instances join it.
+    // its instances join it, and watched by listing its registry
+    // (`watch.rs`).
     let curve = match &manifest.host.curve {
         Some(dir) => Some(muster_zmq::Curve::load(dir).map_err(Error::from)?),
         None => muster_zmq::Curve::from_environment().map_err(Error::from)?,
