@@ -747,7 +747,7 @@ impl Service {
     /// layer given is the outermost. Each instance builds its own stack,
     /// shared by all the methods of that instance. A request a layer
     /// sheds is answered -32002 (overloaded), a layer's timeout -32000,
-    /// an [`RpcError`] a layer returns as it is (`crate::layer`).
+    /// an [`RpcError`](crate::RpcError) a layer returns as it is (`crate::layer`).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
