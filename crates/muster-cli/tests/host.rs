@@ -517,6 +517,57 @@ async fn instance_logs_rotate_and_ctl_logs_follows_across_rotations() {
     }
 }
 
+/// systemd's side of `Type=notify` (deploy/muster.service): a datagram
+/// socket named by NOTIFY_SOCKET, on which the host says READY=1 once it
+/// answers, and STOPPING=1 when it begins to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_tells_systemd_when_it_is_ready_and_when_it_stops() {
+    let dir = tempdir("sd-notify");
+    let socket_path = dir.join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let bus = free_bus_url();
+    std::fs::write(
+        dir.join("muster.toml"),
+        format!(
+            "[host]\nbus = \"{bus}\"\nhttp = \"off\"\n\n[context]\nname = \"n\"\n{}",
+            echo("echo", "")
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(MUSTER);
+    c.args(["up", "muster.toml"])
+        .current_dir(&dir)
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut up = Proc::spawn("muster up under a NOTIFY_SOCKET", c);
+    let receive = |what: &str| {
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = socket
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {what} from the host: {e}"));
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if text.lines().any(|l| l == what) {
+                return text;
+            }
+        }
+    };
+    let ready = receive("READY=1");
+    assert!(ready.contains("STATUS=running on zmq://"), "{ready}");
+    // Ready means it answers: ctl status works at once.
+    let o = Command::new(MUSTER)
+        .args(["ctl", "status", "--json", "--bus", &bus])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    up.signal(Signal::SIGTERM);
+    receive("STOPPING=1");
+    assert!(up.wait_exit(WAIT).success());
+}
+
 #[test]
 fn an_invalid_manifest_is_refused_with_file_line_and_key() {
     let dir = tempdir("invalid");

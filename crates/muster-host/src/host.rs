@@ -276,6 +276,12 @@ pub async fn run(
     let (booted, effects) = driver.supervisor.boot(Instant::now(), &restored);
     driver.apply(effects).await;
     tracing::info!(bus = %bus_url, control = %control_endpoint, token = %token_file.display(), "host running");
+    // Under systemd (`Type=notify`): the host is ready now, its contexts
+    // booted. Without NOTIFY_SOCKET this does nothing.
+    notify_systemd(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("running on {bus_url}")),
+    ]);
     if let Some(ready) = ready {
         let _ = ready.send(HostInfo {
             bus: bus_url.clone(),
@@ -304,6 +310,14 @@ pub async fn run(
         b.stop().await;
     }
     Ok(())
+}
+
+/// Tells systemd (the `NOTIFY_SOCKET` of a `Type=notify` unit) how the
+/// host is; a failure is logged, never fatal.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// How long the claim of a scheduled run's fire time is kept: a day, past
@@ -520,6 +534,7 @@ impl Driver {
 
     async fn shutdown(&mut self) {
         tracing::info!("stopping every service");
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         let e = self.supervisor.shutdown(Instant::now());
         self.apply(e).await;
     }
