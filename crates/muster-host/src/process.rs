@@ -106,6 +106,8 @@ pub fn spawn(
                 .to_env_value(),
         )
         .env(muster::bus::BIND_HOST_ENV, bus.bind_host)
+        // systemd's socket is the host's to tell (`NotifyAccess=main`).
+        .env_remove("NOTIFY_SOCKET")
         .env("MUSTER_SERVICE", &spec.name)
         .env("MUSTER_INSTANCE", &spawn.instance)
         .env("MUSTER_TRANSACTION", &spawn.transaction)
