@@ -439,7 +439,13 @@ async fn scenario(net: &Net, dir: &Path, fleet: &Fleet, host_lines: impl Fn(usiz
                 {
                     let _ = a.send(());
                 }
-                // Calls at a steady pace across the kill, not a burst.
+                // Calls at a steady pace across the kill, not a burst: a
+                // rate, not a wait for something (real processes and a real
+                // SIGKILL; time cannot be paused across them). Calling
+                // back to back until the fleet shows h1 lost was tried:
+                // on the embedded bus up to 3 calls then fail, each at its
+                // 2 s deadline, because a caller keeps choosing the dead
+                // instance until the registry drops it (left for later).
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             (ok, failed, slowest)

@@ -3,17 +3,21 @@
 //! the request's header. A shed or limited call gets -32002, which a
 //! client tells apart from a failure; the calls within the limits succeed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use muster::prelude::*;
 use muster::testing::TestBus;
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 
-/// A method that holds its call until told to go on.
-fn gated(name: &str, gate: std::sync::Arc<tokio::sync::Semaphore>) -> Service {
+/// A method that says when a call is in it (`entered`), and holds the
+/// call until told to go on (`gate`).
+fn gated(name: &str, entered: Arc<Semaphore>, gate: Arc<Semaphore>) -> Service {
     Service::new(name).rpc("hold", move || {
-        let gate = gate.clone();
+        let (entered, gate) = (entered.clone(), gate.clone());
         async move {
+            entered.add_permits(1);
             let _permit = gate.acquire().await.map_err(RpcError::internal)?;
             Ok::<_, RpcError>("done")
         }
@@ -23,8 +27,8 @@ fn gated(name: &str, gate: std::sync::Arc<tokio::sync::Semaphore>) -> Service {
 #[tokio::test]
 async fn a_concurrency_limit_of_two_sheds_the_third_call() {
     let bus = TestBus::new();
-    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
-    let _svc = gated("limited", gate.clone())
+    let (entered, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let _svc = gated("limited", entered.clone(), gate.clone())
         .layer(
             ServiceBuilder::new()
                 .load_shed()
@@ -39,7 +43,7 @@ async fn a_concurrency_limit_of_two_sheds_the_third_call() {
     let first = tokio::spawn(call(client.clone()));
     let second = tokio::spawn(call(client.clone()));
     // Both are in their handlers before the third comes.
-    until_in_flight(&client, "limited", "hold", 2).await;
+    entered.acquire_many(2).await.unwrap().forget();
     let third = call(client.clone()).await.unwrap_err();
     assert_eq!(third.code, muster::code::OVERLOADED, "{third}");
     assert!(
@@ -135,23 +139,4 @@ async fn a_layer_of_ones_own_reads_the_header_and_refuses_with_its_error() {
         .await
         .unwrap();
     assert_eq!(ok, "pong");
-}
-
-/// Waits until `service.method` has `n` calls in its handler.
-async fn until_in_flight(client: &Client, service: &str, method: &str, n: u64) {
-    for _ in 0..2_000 {
-        let now: u64 = client
-            .stats(Some(service))
-            .await
-            .unwrap_or_default()
-            .into_iter()
-            .flatten()
-            .map(|r| r.methods.get(method).map_or(0, |m| m.in_flight))
-            .sum();
-        if now >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{service}.{method} never had {n} calls in flight");
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use muster::Client;
 use muster_host::procstat;
 use tokio::process::{Child, Command};
@@ -172,17 +172,7 @@ async fn measure(per_host: u32, idle_for: Duration) -> anyhow::Result<Cost> {
     }
     let client = Client::connect(&url).await?;
     let want = per_host * HOSTS;
-    let t0 = Instant::now();
-    loop {
-        let have = client.instances().await.unwrap_or_default();
-        if have.iter().filter(|i| i.service == "echo").count() >= want as usize {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(600) {
-            bail!("{want} instances did not register in 10 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    super::host::until_registered(&client, "echo", want as usize, Duration::from_secs(600)).await?;
     drop(client);
     // Let the start settle: the last processes' first samples, the hosts'
     // first listings of everyone.
@@ -217,13 +207,7 @@ async fn measure(per_host: u32, idle_for: Duration) -> anyhow::Result<Cost> {
     };
 
     for (mut child, _) in hosts {
-        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(60), child.wait()).await;
+        super::host::terminate(&mut child, Duration::from_secs(60)).await;
     }
     let _ = bus.kill().await;
     let _ = std::fs::remove_dir_all(&root);

@@ -103,14 +103,41 @@ impl HostProc {
     }
 
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await;
+        terminate(&mut self.child, Duration::from_secs(30)).await;
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// SIGTERM to `child` (a host: it stops its services in order), and its
+/// end awaited for at most `within`.
+pub(super) async fn terminate(child: &mut Child, within: Duration) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let _ = tokio::time::timeout(within, child.wait()).await;
+}
+
+/// Waits until the bus lists `n` instances of `service`, or fails after
+/// `within`.
+pub(super) async fn until_registered(
+    client: &Client,
+    service: &str,
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    loop {
+        let have = client.instances().await.unwrap_or_default();
+        if have.iter().filter(|i| i.service == service).count() >= n {
+            return Ok(());
+        }
+        if t0.elapsed() > within {
+            bail!("{n} instances of {service} did not register within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -278,16 +305,7 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
                 .spawn()?,
         );
     }
-    loop {
-        let have = client.instances().await.unwrap_or_default();
-        if have.iter().filter(|i| i.service == "echo").count() >= n as usize {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            bail!("the instances did not register");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_registered(&client, "echo", n as usize, Duration::from_secs(120)).await?;
     let raw_time = t0.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (bus_cpu, bus_rss) = idle_usage(bus.id().unwrap_or(0), idle_for).await;
