@@ -23,6 +23,8 @@ pub(crate) struct DemoCmd {
     /// HTTP endpoint (dashboard, metrics, gateway): IP:PORT or "off".
     #[arg(long, default_value = muster_host::manifest::DEFAULT_HTTP)]
     http: String,
+    #[command(flatten)]
+    network: crate::up::NetworkArgs,
 }
 
 /// Runs one example service in this process (the `__service` command).
@@ -69,6 +71,7 @@ impl DemoCmd {
             Some(self.bus.clone()),
             Some(state_dir.clone()),
             Some(self.http.clone()),
+            self.network.clone(),
         )?;
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

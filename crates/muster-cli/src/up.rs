@@ -27,6 +27,32 @@ pub(crate) struct UpCmd {
     /// Log level or filter directives for the host [default: $MUSTER_LOG_LEVEL, else info].
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    #[command(flatten)]
+    network: NetworkArgs,
+}
+
+/// Where the host's and its instances' RPC endpoints listen on the
+/// embedded bus, and where callers are told to reach them: what a
+/// container or a machine behind NAT needs (`docs/deploy.md`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub(crate) struct NetworkArgs {
+    /// Interface the control endpoint and the instances' RPC endpoints
+    /// bind [default: the manifest's `[host] bind`, else 127.0.0.1].
+    #[arg(long, value_name = "IP")]
+    bind: Option<String>,
+    /// Host callers are told to reach those endpoints at, when it is not
+    /// the bound one (a container's published ports, NAT) [default: the
+    /// manifest's `[host] advertise`, else the bound address].
+    #[arg(long, value_name = "HOST")]
+    advertise: Option<String>,
+    /// Ports those endpoints bind, the first free one taken (publish them
+    /// all) [default: the manifest's `[host] rpc_ports`, else any].
+    #[arg(long, value_name = "FIRST-LAST")]
+    rpc_ports: Option<muster_zmq::PortRange>,
+    /// Listen in the clear beyond loopback without CURVE (inside a
+    /// container whose ports are published on the machine's loopback).
+    #[arg(long)]
+    plain_tcp: bool,
 }
 
 impl UpCmd {
@@ -42,7 +68,7 @@ impl UpCmd {
         } else {
             self.files
         };
-        let mut options = host_options(files, self.bus, self.state_dir, self.http)?;
+        let mut options = host_options(files, self.bus, self.state_dir, self.http, self.network)?;
         options.name = self.name;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let printer = tokio::spawn(async move {
@@ -62,6 +88,7 @@ pub(crate) fn host_options(
     bus: Option<String>,
     state_dir: Option<PathBuf>,
     http: Option<String>,
+    network: NetworkArgs,
 ) -> anyhow::Result<HostOptions> {
     let exe = std::env::current_exe().context("cannot find the muster executable")?;
     Ok(HostOptions {
@@ -74,6 +101,10 @@ pub(crate) fn host_options(
         state_dir,
         http,
         name: None,
+        bind: network.bind,
+        advertise: network.advertise,
+        rpc_ports: network.rpc_ports,
+        plain_tcp: network.plain_tcp,
     })
 }
 

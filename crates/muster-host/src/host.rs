@@ -45,6 +45,14 @@ pub struct HostOptions {
     pub http: Option<String>,
     /// Overrides `[host] name`.
     pub name: Option<String>,
+    /// Overrides `[host] bind`.
+    pub bind: Option<String>,
+    /// Overrides `[host] advertise`.
+    pub advertise: Option<String>,
+    /// Overrides `[host] rpc_ports`.
+    pub rpc_ports: Option<muster_zmq::PortRange>,
+    /// Sets `[host] plain_tcp` (never unsets it).
+    pub plain_tcp: bool,
 }
 
 /// Where a running host can be reached.
@@ -107,6 +115,16 @@ impl HostOptions {
         if let Some(n) = &self.name {
             manifest.host.name = Some(n.clone());
         }
+        if let Some(b) = &self.bind {
+            manifest.host.bind.clone_from(b);
+        }
+        if let Some(a) = &self.advertise {
+            manifest.host.advertise = Some(a.clone());
+        }
+        if let Some(r) = self.rpc_ports {
+            manifest.host.rpc_ports = Some(r);
+        }
+        manifest.host.plain_tcp |= self.plain_tcp;
     }
 }
 
@@ -181,6 +199,8 @@ pub async fn run(
             joining.curve.clone_from(&curve);
             joining.plain_tcp = manifest.host.plain_tcp;
             joining.bind_host = Some(manifest.host.bind.clone());
+            joining.advertise_host.clone_from(&manifest.host.advertise);
+            joining.rpc_ports = manifest.host.rpc_ports;
             let transport = muster::bus::connect_with(&manifest.host.bus, None, &joining).await?;
             let watch = crate::watch::Watch::start(transport.clone()).await?;
             (None, Some(watch), transport)
@@ -384,6 +404,10 @@ async fn embedded_bus(
     // The host is the bus's owner: only it may serve reserved names.
     zmq_options.credential = Some(secret.credential(KeyId::Bus));
     zmq_options.bind_host.clone_from(&manifest.host.bind);
+    zmq_options
+        .advertise_host
+        .clone_from(&manifest.host.advertise);
+    zmq_options.rpc_ports = manifest.host.rpc_ports;
     zmq_options.curve = curve;
     zmq_options.plain_tcp = manifest.host.plain_tcp;
     let transport: SharedTransport = Arc::new(ZmqTransport::connect(addr, zmq_options).await?);
@@ -633,6 +657,8 @@ impl Driver {
                             keep: self.manifest.host.log_keep,
                         },
                         bind_host: &self.manifest.host.bind,
+                        advertise_host: self.manifest.host.advertise.as_deref(),
+                        rpc_ports: self.manifest.host.rpc_ports,
                         curve: self.curve.as_deref(),
                         plain_tcp: self.manifest.host.plain_tcp,
                     };

@@ -40,6 +40,10 @@ pub struct Launch<'a> {
     pub log_rotation: crate::instance_log::LogRotation,
     /// The interface their RPC endpoints bind (`MUSTER_BIND_HOST`).
     pub bind_host: &'a str,
+    /// The host callers reach them at (`MUSTER_ADVERTISE_HOST`).
+    pub advertise_host: Option<&'a str>,
+    /// The ports they bind (`MUSTER_RPC_PORTS`).
+    pub rpc_ports: Option<muster_zmq::PortRange>,
     /// The fleet's CURVE keys directory (`MUSTER_CURVE`).
     pub curve: Option<&'a Path>,
     /// Plain TCP beyond loopback allowed (`MUSTER_PLAIN_TCP=1`).
@@ -122,6 +126,12 @@ pub fn spawn(
     }
     if bus.plain_tcp {
         cmd.env(muster_zmq::curve::PLAIN_TCP_ENV, "1");
+    }
+    if let Some(a) = bus.advertise_host {
+        cmd.env(muster_zmq::listen::ADVERTISE_HOST_ENV, a);
+    }
+    if let Some(r) = bus.rpc_ports {
+        cmd.env(muster_zmq::listen::RPC_PORTS_ENV, r.to_string());
     }
     let mut child = cmd.spawn()?;
     if let Some(out) = child.stdout.take() {

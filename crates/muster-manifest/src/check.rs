@@ -115,11 +115,19 @@ impl Checker<'_> {
                     }
                     n => n.map(Spanned::into_inner),
                 };
+                let rpc_ports = match &h.rpc_ports {
+                    Some(r) => Some(r.get_ref().parse().map_err(|e: muster_core::Error| {
+                        self.err(r.span().start, "host.rpc_ports", e)
+                    })?),
+                    None => None,
+                };
                 Some(HostSpec {
                     name,
                     bus,
                     own_bus: h.own_bus.unwrap_or(true),
                     bind: h.bind.unwrap_or_else(|| "127.0.0.1".to_owned()),
+                    advertise: h.advertise.filter(|a| !a.trim().is_empty()),
+                    rpc_ports,
                     curve: h.curve.as_deref().map(|c| self.dir.join(self.expand(c))),
                     plain_tcp: h.plain_tcp.unwrap_or(false),
                     state_dir: self

@@ -62,6 +62,8 @@ impl Manifest {
                 bus: muster_zmq::DEFAULT_BUS.to_owned(),
                 own_bus: true,
                 bind: "127.0.0.1".to_owned(),
+                advertise: None,
+                rpc_ports: None,
                 curve: None,
                 plain_tcp: false,
                 state_dir: first_dir.join(".muster"),

@@ -27,6 +27,12 @@ pub struct HostSpec {
     /// on the embedded bus (`bind`, formerly `control_bind`; `127.0.0.1`):
     /// in a fleet, the address other machines reach this one at.
     pub bind: String,
+    /// The host other machines reach those endpoints at, when it is not
+    /// `bind` (`advertise`: NAT, a container's published ports).
+    pub advertise: Option<String>,
+    /// The ports those endpoints bind, the first free one taken
+    /// (`rpc_ports = "7710-7739"`; default any free port).
+    pub rpc_ports: Option<muster_zmq::PortRange>,
     /// The fleet's CURVE keys directory (`curve`, `muster keys`), for the
     /// embedded bus across machines.
     pub curve: Option<PathBuf>,

@@ -26,6 +26,8 @@ pub(crate) struct RawHost {
     pub(crate) bus: Option<Spanned<String>>,
     #[serde(alias = "control_bind")]
     pub(crate) bind: Option<String>,
+    pub(crate) advertise: Option<String>,
+    pub(crate) rpc_ports: Option<Spanned<String>>,
     pub(crate) own_bus: Option<bool>,
     pub(crate) curve: Option<String>,
     pub(crate) plain_tcp: Option<bool>,

@@ -20,10 +20,12 @@ mod addr;
 pub mod bus;
 mod control;
 pub mod curve;
+pub mod listen;
 mod socket;
 mod transport;
 
 pub use addr::{Addresses, BusAddr, DEFAULT_BUS, DirectEvents};
 pub use bus::{BadFsyncPolicy, Bus, BusOptions, FsyncPolicy, QueueStore, RegistryEvent};
 pub use curve::{Curve, CurveError};
+pub use listen::PortRange;
 pub use transport::{ZmqOptions, ZmqTransport};

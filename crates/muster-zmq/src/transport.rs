@@ -34,6 +34,13 @@ pub struct ZmqOptions {
     pub max_message_size: usize,
     /// Interface instances bind their RPC endpoint on.
     pub bind_host: String,
+    /// The host callers are told to reach RPC endpoints at, when it is
+    /// not `bind_host` (NAT, a container's published ports;
+    /// `MUSTER_ADVERTISE_HOST`). The port stays the bound one.
+    pub advertise_host: Option<String>,
+    /// Ports RPC endpoints bind, the first free one taken
+    /// (`MUSTER_RPC_PORTS`); `None`: any free port.
+    pub rpc_ports: Option<crate::PortRange>,
     /// How often an instance tells the bus it is alive.
     pub heartbeat_every: Duration,
     /// How often a caller refreshes its copy of the registry.
@@ -60,6 +67,8 @@ impl Default for ZmqOptions {
         Self {
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
             bind_host: "127.0.0.1".to_owned(),
+            advertise_host: None,
+            rpc_ports: None,
             heartbeat_every: Duration::from_millis(1000),
             refresh_every: Duration::from_millis(500),
             control_timeout: Duration::from_secs(1),

@@ -30,6 +30,13 @@ pub struct BusOptions {
     /// (`MUSTER_BIND_HOST`, default `127.0.0.1`): an address the other
     /// machines of a fleet reach it at.
     pub bind_host: Option<String>,
+    /// The host callers are told to reach this process's RPC endpoints at
+    /// when it is not `bind_host`: behind NAT, or in a container whose
+    /// ports are published (`MUSTER_ADVERTISE_HOST`, `docs/deploy.md`).
+    pub advertise_host: Option<String>,
+    /// The ports this process's RPC endpoints may bind, the first free one
+    /// taken (`MUSTER_RPC_PORTS=7710-7739`); `None`: any free port.
+    pub rpc_ports: Option<muster_zmq::PortRange>,
 }
 
 /// Environment variable naming the interface RPC endpoints bind.
@@ -43,6 +50,8 @@ impl Default for BusOptions {
             curve: None,
             plain_tcp: false,
             bind_host: None,
+            advertise_host: None,
+            rpc_ports: None,
         }
     }
 }
@@ -51,11 +60,12 @@ impl BusOptions {
     /// The defaults, with the credential this process was given
     /// (`MUSTER_CREDENTIAL`, `MUSTER_CREDENTIAL_FILE`, or
     /// `.muster/bus.secret` in the working directory), its CURVE keys
-    /// (`MUSTER_CURVE`), `MUSTER_PLAIN_TCP` and `MUSTER_BIND_HOST`.
+    /// (`MUSTER_CURVE`), `MUSTER_PLAIN_TCP`, `MUSTER_BIND_HOST`,
+    /// `MUSTER_ADVERTISE_HOST` and `MUSTER_RPC_PORTS`.
     ///
     /// # Errors
     /// A credential or keys directory that is given but cannot be read or
-    /// is not valid.
+    /// is not valid; a port range that is not one.
     pub fn from_environment() -> Result<Self, Error> {
         let credential = muster_core::auth::Credential::from_environment()
             .map_err(|e| Error::with_source(ErrorKind::Config, format!("credential: {e}"), e))?;
@@ -64,12 +74,18 @@ impl BusOptions {
             credential,
             curve,
             plain_tcp: muster_zmq::curve::plain_tcp_from_environment(),
-            bind_host: std::env::var(BIND_HOST_ENV)
-                .ok()
-                .filter(|h| !h.trim().is_empty()),
+            bind_host: non_empty_env(BIND_HOST_ENV),
+            advertise_host: non_empty_env(muster_zmq::listen::ADVERTISE_HOST_ENV),
+            rpc_ports: non_empty_env(muster_zmq::listen::RPC_PORTS_ENV)
+                .map(|r| r.parse())
+                .transpose()?,
             ..Self::default()
         })
     }
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
 /// Connects to the bus at `url`, or in direct mode when an addresses file
@@ -108,6 +124,8 @@ pub async fn connect_with(
     if let Some(h) = &options.bind_host {
         zmq.bind_host.clone_from(h);
     }
+    zmq.advertise_host.clone_from(&options.advertise_host);
+    zmq.rpc_ports = options.rpc_ports;
     if let Some(path) = addresses {
         let a = Addresses::load(path)?;
         return Ok(Arc::new(ZmqTransport::direct(a, zmq).await?));

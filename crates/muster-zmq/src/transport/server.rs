@@ -12,6 +12,8 @@ use muster_core::registry::InstanceInfo;
 use muster_core::transport::{BoxFuture, Dispatch, Registration, Served};
 use muster_core::wire::{ContentType, Envelope, Header, Kind, WireError, jsonrpc};
 use muster_core::{Error, RpcError};
+
+use crate::Addresses;
 use omq_tokio::{Message, Socket, SocketType};
 use tokio_util::sync::CancellationToken;
 
@@ -52,27 +54,25 @@ pub(crate) async fn serve(
     let max = inner.options.max_message_size;
     // A short queue per caller, and `Full` instead of a silent drop when a
     // caller's is full: the outbox keeps those replies, bounded in bytes.
-    let bind = match &inner.mode {
-        Mode::Direct(a) => a.bind.clone(),
-        Mode::Bus(_) => None,
+    let candidates = match &inner.mode {
+        Mode::Direct(Addresses { bind: Some(b), .. }) => vec![b.clone()],
+        _ => crate::listen::candidates(&inner.options.bind_host, inner.options.rpc_ports),
+    };
+    for bind in &candidates {
+        crate::curve::check_listen(
+            "this instance's RPC endpoint",
+            bind_host_of(bind),
+            inner.options.curve.as_ref(),
+            inner.options.plain_tcp,
+        )?;
     }
-    .unwrap_or_else(|| format!("tcp://{}:0", inner.options.bind_host));
-    crate::curve::check_listen(
-        "this instance's RPC endpoint",
-        bind_host_of(&bind),
-        inner.options.curve.as_ref(),
-        inner.options.plain_tcp,
-    )?;
     let mut router_options = socket::listening(max, inner.options.curve.as_ref())?;
     router_options.send_hwm = outbox::QUEUE_PER_CALLER;
     router_options.router_mandatory = true;
     let router = Socket::new(SocketType::Router, router_options);
-    let bound = router
-        .bind(bind.as_str())
-        .await
-        .map_err(|e| zmq_error(&format!("bind RPC endpoint {bind}"), e))?;
+    let bound = bind_first_free(&router, &candidates).await?;
     let mut info = registration.info;
-    info.endpoint = bound.to_string();
+    info.endpoint = crate::listen::advertised(&bound, inner.options.advertise_host.as_deref());
 
     if let Some(control) = &inner.control {
         match control
@@ -119,6 +119,31 @@ pub(crate) async fn serve(
         grace_tx: Mutex::new(Some(grace_tx)),
         task: Mutex::new(Some(task)),
     }))
+}
+
+/// Binds the first of `candidates` that is free (a port range is tried
+/// in order; another process may hold any of its ports).
+async fn bind_first_free(router: &Socket, candidates: &[String]) -> Result<String, Error> {
+    let mut last = None;
+    for bind in candidates {
+        match router.bind(bind.as_str()).await {
+            Ok(bound) => return Ok(bound.to_string()),
+            Err(e) => last = Some(zmq_error(&format!("bind RPC endpoint {bind}"), e)),
+        }
+    }
+    Err(match (last, candidates) {
+        (Some(e), [_]) => e,
+        (e, _) => Error::new(
+            muster_core::ErrorKind::Io,
+            format!(
+                "no free port for the RPC endpoint among {} ({} to {}); last: {}",
+                candidates.len(),
+                candidates.first().map_or("", String::as_str),
+                candidates.last().map_or("", String::as_str),
+                e.map(|e| e.to_string()).unwrap_or_default()
+            ),
+        ),
+    })
 }
 
 /// The host of `tcp://HOST:PORT` (what is not TCP is local: ipc, inproc).
