@@ -12,13 +12,28 @@
 # The base images are arguments: BUILD_IMAGE (a Rust toolchain on Debian)
 # and BASE_IMAGE (the runtime; it gets tini and ca-certificates from
 # Debian if it has none). Where no registry can be reached, give local
-# images; the tests build `--target prebuilt` on a base made with
-# mmdebstrap (.ci/run, crates/muster-cli/tests/container.rs).
+# images. PREBUILT ships a `muster` built elsewhere instead of building
+# one: the tests give theirs, on a base made with mmdebstrap (.ci/run,
+# crates/muster-cli/tests/container.rs).
 ARG BUILD_IMAGE=rust:1-bookworm
 ARG BASE_IMAGE=debian:bookworm-slim
 
-# What every variant of the image runs on.
-FROM ${BASE_IMAGE} AS runtime-base
+FROM ${BUILD_IMAGE} AS build
+# The path, in the build context, of a `muster` built elsewhere; empty:
+# build it here. One stage for both, so that every builder (the classic
+# one builds every stage) builds only what it needs.
+ARG PREBUILT=
+WORKDIR /src
+COPY . .
+RUN set -eu; \
+    if [ -n "$PREBUILT" ]; then \
+        install -m 0755 "$PREBUILT" /muster; \
+    else \
+        cargo build --release --locked -p muster-cli; \
+        install -m 0755 target/release/muster /muster; \
+    fi
+
+FROM ${BASE_IMAGE}
 RUN set -eu; \
     if ! command -v tini >/dev/null || [ ! -e /etc/ssl/certs/ca-certificates.crt ]; then \
         apt-get update; \
@@ -27,6 +42,7 @@ RUN set -eu; \
     fi; \
     useradd --system --uid 10001 --user-group --home-dir /var/lib/muster --create-home muster; \
     chmod 0700 /var/lib/muster
+COPY --from=build /muster /usr/local/bin/muster
 # `muster ctl` inside the container (and the health check) finds the
 # host's token here.
 ENV MUSTER_TOKEN_FILE=/var/lib/muster/token
@@ -45,19 +61,3 @@ CMD ["demo", "--bus", "zmq://0.0.0.0:7700", "--bind", "0.0.0.0", "--advertise", 
      "--rpc-ports", "7710-7739", "--plain-tcp", "--http", "0.0.0.0:7780", "--state-dir", "/var/lib/muster"]
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
     CMD ["/usr/local/bin/muster", "ctl", "status"]
-
-# A `muster` built outside, beside this file in the build context (the
-# tests use their own build of it).
-FROM runtime-base AS prebuilt
-COPY muster /usr/local/bin/muster
-
-# The build. After `prebuilt`, so that building that target never needs
-# BUILD_IMAGE (the classic builder builds every stage before its target).
-FROM ${BUILD_IMAGE} AS build
-WORKDIR /src
-COPY . .
-RUN cargo build --release --locked -p muster-cli && cp target/release/muster /muster
-
-# The default target: the image built from source.
-FROM runtime-base AS runtime
-COPY --from=build /muster /usr/local/bin/muster

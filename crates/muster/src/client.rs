@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tower::ServiceExt;
 
 use crate::stats::StatsReport;
 use crate::transport::{EventStream, SharedTransport, Subscribed};
@@ -87,12 +88,27 @@ impl CallOptions {
 /// assert_eq!((event.topic.as_str(), &event.payload["id"]), ("orders.created", &serde_json::json!(7)));
 /// # Ok(()) }
 /// ```
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     transport: SharedTransport,
     timeout: Duration,
     content_type: ContentType,
     next: Arc<AtomicU64>,
+    /// The layers given to [`Client::layer`], first outermost, and the
+    /// stack built from them; calls go straight to the transport without.
+    layers: Vec<crate::layer::ClientLayerFn>,
+    stack: Option<crate::layer::Calls>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("transport", &self.transport)
+            .field("timeout", &self.timeout)
+            .field("content_type", &self.content_type)
+            .field("layers", &self.layers.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -103,7 +119,59 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             content_type: ContentType::Json,
             next: Arc::new(AtomicU64::new(1)),
+            layers: Vec::new(),
+            stack: None,
         }
+    }
+
+    /// Wraps every call this client makes in a `tower` layer (timeout,
+    /// concurrency limit, load shed, retry, or
+    /// [`RetryIdempotent`](crate::layer::RetryIdempotent)); layers added
+    /// first are outermost. A layer sees the call as an
+    /// [`OutgoingCall`](crate::layer::OutgoingCall) and its outcome as the
+    /// JSON result or an [`RpcError`] (the bus's or the method's). A shed
+    /// call fails with -32002, a layer's timeout with -32000.
+    ///
+    /// ```
+    /// use muster::prelude::*;
+    /// use muster::testing::TestBus;
+    /// use tower::ServiceBuilder;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let bus = TestBus::new();
+    /// let _echo = bus.start(Service::new("echo").rpc("shout", |Args(t): Args<String>| async move {
+    ///     t.to_uppercase()
+    /// }))
+    /// .await?;
+    /// let client = bus.client().clone().layer(
+    ///     ServiceBuilder::new()
+    ///         .load_shed()
+    ///         .concurrency_limit(64)
+    ///         .into_inner(),
+    /// );
+    /// assert_eq!(client.call::<_, String>("echo.shout", &"hi").await?, "HI");
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower::Layer<crate::layer::Calls> + Send + Sync + 'static,
+        L::Service: tower::Service<crate::layer::OutgoingCall, Response = Box<RawValue>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower::Service<crate::layer::OutgoingCall>>::Error:
+            Into<crate::service::BoxError>,
+        <L::Service as tower::Service<crate::layer::OutgoingCall>>::Future: Send + 'static,
+    {
+        self.layers.push(crate::layer::erase_client(layer));
+        self.stack = Some(crate::layer::client_stack(
+            self.transport.clone(),
+            &self.layers,
+        ));
+        self
     }
 
     /// Connects to a bus by URL (`zmq://HOST:PORT`).
@@ -159,8 +227,18 @@ impl Client {
         A: Serialize + ?Sized,
         R: DeserializeOwned,
     {
-        let (ct, reply) = self.exchange(target, args, options).await?;
-        jsonrpc::decode_reply_as(ct, &reply.body).map_err(|mut e| {
+        let decoded = match &self.stack {
+            Some(stack) => {
+                let raw = self.through_layers(stack, target, args, options).await?;
+                serde_json::from_str(raw.get())
+                    .map_err(|e| RpcError::parse_error(format!("result: {e}")))
+            }
+            None => {
+                let (ct, reply) = self.exchange(target, args, options).await?;
+                jsonrpc::decode_reply_as(ct, &reply.body)
+            }
+        };
+        decoded.map_err(|mut e| {
             if e.code == crate::code::PARSE_ERROR {
                 e.message = format!("{target}: {}", e.message);
             }
@@ -178,8 +256,50 @@ impl Client {
         args: &A,
         options: CallOptions,
     ) -> Result<Box<RawValue>, RpcError> {
+        if let Some(stack) = &self.stack {
+            return self.through_layers(stack, target, args, options).await;
+        }
         let (ct, reply) = self.exchange(target, args, options).await?;
         jsonrpc::decode_reply(ct, &reply.body)?
+    }
+
+    /// Sends a call through the client's layers.
+    async fn through_layers<A: Serialize + ?Sized>(
+        &self,
+        stack: &crate::layer::Calls,
+        target: &str,
+        args: &A,
+        options: CallOptions,
+    ) -> Result<Box<RawValue>, RpcError> {
+        let (request, timeout) = self.request(target, args, options)?;
+        let call = crate::layer::OutgoingCall {
+            target: target.to_owned(),
+            request,
+            timeout,
+        };
+        stack
+            .clone()
+            .oneshot(call)
+            .await
+            .map_err(crate::layer::refusal)
+    }
+
+    /// The request envelope of a call, and how long to wait for its reply.
+    fn request<A: Serialize + ?Sized>(
+        &self,
+        target: &str,
+        args: &A,
+        options: CallOptions,
+    ) -> Result<(Envelope, Duration), RpcError> {
+        let (service, method) = split_target(target)?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let body = jsonrpc::encode_request(self.content_type, id, method, args)?;
+        let mut header = Header::request(String::new(), service, method);
+        header.content_type = self.content_type.header_value();
+        header.transaction = options.transaction;
+        header.instance = options.instance;
+        let timeout = options.timeout.unwrap_or(self.timeout);
+        Ok((Envelope::new(header, body), timeout))
     }
 
     /// Sends a request and returns the reply envelope and its content type.
@@ -189,18 +309,8 @@ impl Client {
         args: &A,
         options: CallOptions,
     ) -> Result<(ContentType, Envelope), RpcError> {
-        let (service, method) = split_target(target)?;
-        let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let body = jsonrpc::encode_request(self.content_type, id, method, args)?;
-        let mut header = Header::request(String::new(), service, method);
-        header.content_type = self.content_type.header_value();
-        header.transaction = options.transaction;
-        header.instance = options.instance;
-        let timeout = options.timeout.unwrap_or(self.timeout);
-        let reply = self
-            .transport
-            .request(Envelope::new(header, body), timeout)
-            .await?;
+        let (request, timeout) = self.request(target, args, options)?;
+        let reply = self.transport.request(request, timeout).await?;
         let ct = ContentType::from_header(reply.header.content_type.as_deref())
             .map_err(RpcError::parse_error)?;
         Ok((ct, reply))

@@ -1,7 +1,8 @@
 //! Middleware: `tower` layers around a service's RPC methods
 //! (`Service::layer`), so the ecosystem's concurrency, rate, load-shed and
 //! timeout layers, and a user's own (auth from a header, say), apply to
-//! every method of the service at once.
+//! every method of the service at once; and around a client's calls
+//! (`Client::layer`, the `client` module).
 //!
 //! The stack sits between the instance's dispatch (which decodes the
 //! request, enforces the deadline and counts statistics) and the
@@ -10,6 +11,8 @@
 //! client can tell apart from a failure: a shed or limited request is
 //! -32002 (overloaded, try again), a layer's timeout -32000, an
 //! [`RpcError`] a layer returns is answered as it is.
+
+mod client;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -22,6 +25,9 @@ use tower::{Service as TowerService, ServiceExt};
 use crate::extract::Invocation;
 use crate::service::BoxError;
 use crate::{RpcError, code};
+
+pub use client::{Calls, OutgoingCall, RetryIdempotent, Retrying};
+pub(crate) use client::{ClientLayerFn, erase as erase_client, stack as client_stack};
 
 /// What a layer wraps: the service's methods as one `tower` service.
 pub type Methods = BoxService<Invocation, Box<RawValue>, BoxError>;
@@ -95,7 +101,7 @@ impl Stack {
 }
 
 /// A layer's error as the JSON-RPC error the caller gets.
-fn refusal(e: BoxError) -> RpcError {
+pub(crate) fn refusal(e: BoxError) -> RpcError {
     let e = match e.downcast::<RpcError>() {
         Ok(rpc) => return *rpc,
         Err(e) => e,

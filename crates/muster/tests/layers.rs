@@ -140,3 +140,149 @@ async fn a_layer_of_ones_own_reads_the_header_and_refuses_with_its_error() {
         .unwrap();
     assert_eq!(ok, "pong");
 }
+
+// Layers on the calling side (`Client::layer`).
+
+#[tokio::test]
+async fn a_client_concurrency_limit_sheds_its_third_call_before_it_leaves() {
+    let bus = TestBus::new();
+    let (entered, gate) = (Arc::new(Semaphore::new(0)), Arc::new(Semaphore::new(0)));
+    let _svc = gated("open", entered.clone(), gate.clone())
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let client = bus.client().clone().layer(
+        ServiceBuilder::new()
+            .load_shed()
+            .concurrency_limit(2)
+            .into_inner(),
+    );
+    let call = |c: Client| async move { c.call::<_, String>("open.hold", &()).await };
+    let first = tokio::spawn(call(client.clone()));
+    let second = tokio::spawn(call(client.clone()));
+    entered.acquire_many(2).await.unwrap().forget();
+    let third = call(client.clone()).await.unwrap_err();
+    assert_eq!(third.code, muster::code::OVERLOADED, "{third}");
+    gate.add_permits(2);
+    assert_eq!(first.await.unwrap().unwrap(), "done");
+    assert_eq!(second.await.unwrap().unwrap(), "done");
+    // The shed call never reached the service: only two entered.
+    assert_eq!(entered.available_permits(), 0);
+    gate.add_permits(1);
+    assert_eq!(call(client).await.unwrap(), "done");
+}
+
+/// A method that is unavailable for its first `failures` calls, and
+/// counts every call.
+fn flaky(name: &str, failures: u32, calls: Arc<std::sync::atomic::AtomicU32>) -> Service {
+    use std::sync::atomic::Ordering;
+    Service::new(name).rpc("get", move || {
+        let calls = calls.clone();
+        async move {
+            if calls.fetch_add(1, Ordering::SeqCst) < failures {
+                return Err(RpcError::new(muster::code::UNAVAILABLE, "not yet"));
+            }
+            Ok::<_, RpcError>("got")
+        }
+    })
+}
+
+#[tokio::test]
+async fn idempotent_methods_are_tried_again_and_others_are_not() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let bus = TestBus::new();
+    let (idem, other) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let _a = flaky("stock", 2, idem.clone())
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let _b = flaky("orders", 2, other.clone())
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let client = bus.client().clone().layer(
+        muster::layer::RetryIdempotent::new(["stock.*"])
+            .attempts(3)
+            .backoff(Duration::from_millis(5)),
+    );
+    // Two failures, then the third attempt answers.
+    assert_eq!(
+        client.call::<_, String>("stock.get", &()).await.unwrap(),
+        "got"
+    );
+    assert_eq!(idem.load(Ordering::SeqCst), 3);
+    // Not declared idempotent: its failure is the answer.
+    let e = client
+        .call::<_, String>("orders.get", &())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, muster::code::UNAVAILABLE, "{e}");
+    assert_eq!(other.load(Ordering::SeqCst), 1);
+    // A failure that another attempt cannot cure is not retried.
+    let unknown = client
+        .call::<_, String>("stock.put", &())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code, muster::code::METHOD_NOT_FOUND, "{unknown}");
+}
+
+#[tokio::test]
+async fn tower_retry_and_timeout_work_on_a_client_unchanged() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower::retry::Policy;
+
+    /// Retries every failure, up to `left` more times.
+    #[derive(Clone)]
+    struct Again(u32);
+    impl Policy<muster::layer::OutgoingCall, Box<serde_json::value::RawValue>, muster::BoxError>
+        for Again
+    {
+        type Future = std::future::Ready<()>;
+        fn retry(
+            &mut self,
+            _: &mut muster::layer::OutgoingCall,
+            result: &mut Result<Box<serde_json::value::RawValue>, muster::BoxError>,
+        ) -> Option<Self::Future> {
+            (result.is_err() && self.0 > 0).then(|| {
+                self.0 -= 1;
+                std::future::ready(())
+            })
+        }
+        fn clone_request(
+            &mut self,
+            call: &muster::layer::OutgoingCall,
+        ) -> Option<muster::layer::OutgoingCall> {
+            Some(call.clone())
+        }
+    }
+
+    let bus = TestBus::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    let _svc = flaky("inventory", 1, calls.clone())
+        .rpc("stall", || async {
+            std::future::pending::<()>().await;
+            Ok::<_, RpcError>(())
+        })
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let client = bus.client().clone().layer(
+        ServiceBuilder::new()
+            .timeout(Duration::from_millis(200))
+            .retry(Again(1))
+            .into_inner(),
+    );
+    assert_eq!(
+        client
+            .call::<_, String>("inventory.get", &())
+            .await
+            .unwrap(),
+        "got"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    let late = client
+        .call::<_, ()>("inventory.stall", &())
+        .await
+        .unwrap_err();
+    assert_eq!(late.code, muster::code::TIMEOUT, "{late}");
+}
