@@ -23,6 +23,9 @@ pub(crate) struct CallCmd {
     /// Encode the request as MessagePack.
     #[arg(long)]
     msgpack: bool,
+    /// Join this trace: a W3C traceparent (00-TRACEID-SPANID-FLAGS).
+    #[arg(long, value_name = "TRACEPARENT")]
+    traceparent: Option<String>,
     #[command(flatten)]
     bus: BusArg,
 }
@@ -53,6 +56,15 @@ impl CallCmd {
             client
         };
         let mut options = CallOptions::default().timeout(self.timeout);
+        if let Some(t) = self.traceparent {
+            if muster::wire::TraceContext::parse(&t).is_none() {
+                eprintln!(
+                    "muster: --traceparent {t:?} is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)"
+                );
+                return ExitCode::from(2);
+            }
+            options = options.traceparent(t);
+        }
         if let Some(i) = self.instance {
             options = options.instance(i);
         }

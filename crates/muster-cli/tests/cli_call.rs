@@ -52,6 +52,33 @@ async fn call_ls_and_stats_as_in_the_readme() {
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
     assert_eq!(stdout(&ok), r#"{"text":"hihi"}"#);
 
+    // Joining a trace; a value that is not a traceparent is refused.
+    let traced = muster(&[
+        "call",
+        "echo.shout",
+        r#"{"text":"hi"}"#,
+        "--traceparent",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "--bus",
+        &url,
+    ]);
+    assert_eq!(traced.status.code(), Some(0), "{}", stderr(&traced));
+    let untraced = muster(&[
+        "call",
+        "echo.shout",
+        "{}",
+        "--traceparent",
+        "01-x",
+        "--bus",
+        &url,
+    ]);
+    assert_eq!(untraced.status.code(), Some(2));
+    assert!(
+        stderr(&untraced).contains("not a W3C traceparent"),
+        "{}",
+        stderr(&untraced)
+    );
+
     let bad = muster(&["call", "echo.shout", r#"{"times":"x"}"#, "--bus", &url]);
     assert_eq!(bad.status.code(), Some(1));
     let e: Value = serde_json::from_str(&stderr(&bad)).expect("error printed as JSON");

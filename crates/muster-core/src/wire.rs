@@ -6,6 +6,7 @@ mod codec;
 mod envelope;
 mod header;
 pub mod jsonrpc;
+mod trace;
 
 pub use codec::ContentType;
 pub use envelope::{
@@ -13,6 +14,7 @@ pub use envelope::{
     salvage_header, same_event_header,
 };
 pub use header::{Header, Kind};
+pub use trace::TraceContext;
 
 /// The first frame of every muster message: protocol name and version.
 pub const PROTOCOL_TAG: &[u8] = b"MUSTER/1";

@@ -80,6 +80,8 @@ fn carries_only_its_topic(h: &Header) -> bool {
         instance,
         auth,
         count,
+        traceparent,
+        tracestate,
     } = h;
     id.is_empty()
         && *kind == Kind::Event
@@ -93,6 +95,8 @@ fn carries_only_its_topic(h: &Header) -> bool {
         && instance.is_none()
         && auth.is_none()
         && count.is_none()
+        && traceparent.is_none()
+        && tracestate.is_none()
 }
 
 /// A live subscription: one task delivering, in order, what its NATS

@@ -205,6 +205,92 @@ impl Drop for DroppedAt {
     }
 }
 
+/// What a handler saw of its trace: its own span, and its caller's.
+type SeenTrace = Arc<Mutex<Vec<(muster::wire::TraceContext, Option<u64>)>>>;
+
+/// A call carrying a `traceparent` joins that trace; the handler's nested
+/// call carries it on, as the handler's child; a call without one starts
+/// a trace that its nested call shares.
+async fn rpc_carries_the_trace_context_to_nested_calls(bus: &Bus) {
+    let (a, b) = (bus.name("traced"), bus.name("traced-inner"));
+    let seen: SeenTrace = Arc::default();
+    let seen_b = seen.clone();
+    let hb = Service::new(&b)
+        .rpc("inner", move |ctx: Ctx| {
+            let seen = seen_b.clone();
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push((ctx.trace().expect("a span"), ctx.trace_parent()));
+                Ok::<_, RpcError>(())
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let (seen_a, target) = (seen.clone(), format!("{b}.inner"));
+    let ha = Service::new(&a)
+        .rpc("outer", move |ctx: Ctx| {
+            let (seen, target) = (seen_a.clone(), target.clone());
+            async move {
+                seen.lock()
+                    .unwrap()
+                    .push((ctx.trace().expect("a span"), ctx.trace_parent()));
+                ctx.request::<_, ()>(&target, &serde_json::json!({})).await
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &a, 1).await;
+    muster_test::wait_registered(&client, &b, 1).await;
+
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let () = client
+        .call_with(
+            &format!("{a}.outer"),
+            &serde_json::json!({}),
+            muster::CallOptions::default().traceparent(given),
+        )
+        .await
+        .unwrap();
+    let spans = std::mem::take(&mut *seen.lock().unwrap());
+    let [(outer, outer_parent), (inner, inner_parent)] = spans[..] else {
+        panic!("two handlers ran: {spans:?}");
+    };
+    assert_eq!(outer.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(
+        outer_parent,
+        Some(0x00f0_67aa_0ba9_02b7),
+        "the caller's span"
+    );
+    assert_ne!(outer.span_id, 0x00f0_67aa_0ba9_02b7, "a span of its own");
+    assert_eq!(inner.trace_id, outer.trace_id, "one trace");
+    assert_eq!(
+        inner_parent,
+        Some(outer.span_id),
+        "the nested call's parent"
+    );
+    assert_ne!(inner.span_id, outer.span_id);
+
+    // No traceparent: the first handler starts a trace, shared below it.
+    let () = client
+        .call(&format!("{a}.outer"), &serde_json::json!({}))
+        .await
+        .unwrap();
+    let spans = std::mem::take(&mut *seen.lock().unwrap());
+    let [(outer, outer_parent), (inner, inner_parent)] = spans[..] else {
+        panic!("two handlers ran: {spans:?}");
+    };
+    assert_eq!(outer_parent, None);
+    assert_ne!(outer.trace_id, 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+    assert_eq!(inner.trace_id, outer.trace_id);
+    assert_eq!(inner_parent, Some(outer.span_id));
+    ha.stop().await;
+    hb.stop().await;
+}
+
 /// A handler's nested call that never answers: both stop at the first
 /// caller's deadline (each instance drops its handler then), and both
 /// count a cancellation.
@@ -812,6 +898,7 @@ conformance!(
     rpc_balanced_over_instances,
     rpc_timeout,
     rpc_deadline_cancels_the_handler_and_its_nested_call,
+    rpc_carries_the_trace_context_to_nested_calls,
     events_in_order_and_filtered,
     client_subscription_in_order_and_cancelled,
     queue_retry_and_dead_letter,

@@ -31,6 +31,12 @@ pub struct CallOptions {
     pub instance: Option<String>,
     /// Transaction to carry.
     pub transaction: Option<String>,
+    /// W3C `traceparent` to carry: the call joins that trace, as a child
+    /// of that span (`docs/tracing.md`). Without one, the callee starts a
+    /// trace.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` to carry with it.
+    pub tracestate: Option<String>,
 }
 
 impl CallOptions {
@@ -52,6 +58,13 @@ impl CallOptions {
     #[must_use]
     pub fn transaction(mut self, id: Option<String>) -> Self {
         self.transaction = id;
+        self
+    }
+
+    /// Joins a trace: the W3C `traceparent` of the caller's span.
+    #[must_use]
+    pub fn traceparent(mut self, value: impl Into<String>) -> Self {
+        self.traceparent = Some(value.into());
         self
     }
 }
@@ -298,6 +311,8 @@ impl Client {
         header.content_type = self.content_type.header_value();
         header.transaction = options.transaction;
         header.instance = options.instance;
+        header.traceparent = options.traceparent;
+        header.tracestate = options.tracestate;
         let timeout = options.timeout.unwrap_or(self.timeout);
         Ok((Envelope::new(header, body), timeout))
     }

@@ -67,6 +67,13 @@ pub(crate) struct CallScope {
     pub(crate) request_id: Option<String>,
     pub(crate) transaction: Option<String>,
     pub(crate) deadline: Option<Instant>,
+    /// The handler's span: its trace, and its own span id, which the
+    /// calls it makes carry as their parent.
+    pub(crate) trace: Option<crate::wire::TraceContext>,
+    /// The caller's span, when the request named one.
+    pub(crate) trace_parent: Option<u64>,
+    /// The request's `tracestate`, passed on to the calls it makes.
+    pub(crate) tracestate: Option<String>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -129,6 +136,12 @@ impl Ctx {
         options.timeout = Some(timeout.max(Duration::from_millis(1)));
         if options.transaction.is_none() {
             options.transaction = self.transaction().map(str::to_owned);
+        }
+        if options.traceparent.is_none()
+            && let Some(trace) = &self.scope.trace
+        {
+            options.traceparent = Some(trace.to_traceparent());
+            options.tracestate.clone_from(&self.scope.tracestate);
         }
         self.shared.client.call_with(target, args, options).await
     }
@@ -283,6 +296,19 @@ impl Ctx {
     /// The id of the request being handled.
     pub fn request_id(&self) -> Option<&str> {
         self.scope.request_id.as_deref()
+    }
+
+    /// The current request's span: its trace id (shared by every call of
+    /// the request's tree) and its own span id, which the calls this
+    /// handler makes carry as their parent. `None` outside a request.
+    pub fn trace(&self) -> Option<crate::wire::TraceContext> {
+        self.scope.trace
+    }
+
+    /// The span id of the caller that sent the current request, when it
+    /// sent a `traceparent`; `None` when this request started the trace.
+    pub fn trace_parent(&self) -> Option<u64> {
+        self.scope.trace_parent
     }
 
     /// When the caller stops waiting.

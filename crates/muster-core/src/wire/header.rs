@@ -65,6 +65,14 @@ pub struct Header {
     /// (batches on ZeroMQ); absent means one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// Requests: the W3C `traceparent` of the span that sent it (the
+    /// trace and the caller's span; `TraceContext`, `docs/tracing.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Requests: the W3C `tracestate` that came with `traceparent`,
+    /// passed on unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl Header {
@@ -84,6 +92,8 @@ impl Header {
             auth: None,
             instance: None,
             count: None,
+            traceparent: None,
+            tracestate: None,
         }
     }
 

@@ -83,14 +83,34 @@ pub(super) async fn call(
         Ok(t) => t,
         Err(e) => return rpc_error(&e),
     };
+    let options = with_trace_context(CallOptions::default().timeout(timeout), &headers);
     match s
         .client
-        .call_with::<_, Value>(&target, &params, CallOptions::default().timeout(timeout))
+        .call_with::<_, Value>(&target, &params, options)
         .await
     {
         Ok(v) => Json(json!({ "result": v })).into_response(),
         Err(e) => rpc_error(&e),
     }
+}
+
+/// The request's W3C `traceparent` and `tracestate`, passed on to the
+/// call. One that does not parse is dropped (the callee then starts a
+/// trace, as the recommendation says); so is a `tracestate` past the 512
+/// characters the recommendation lets a receiver drop beyond, or without
+/// a `traceparent`.
+fn with_trace_context(mut options: CallOptions, headers: &HeaderMap) -> CallOptions {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some(parent) =
+        text("traceparent").filter(|t| muster::wire::TraceContext::parse(t).is_some())
+    else {
+        return options;
+    };
+    options = options.traceparent(parent);
+    options.tracestate = text("tracestate")
+        .filter(|s| s.len() <= 512)
+        .map(str::to_owned);
+    options
 }
 
 /// One `POST /call/SERVICE.METHOD` of the OpenAPI document: the params'
@@ -165,4 +185,43 @@ pub(super) async fn openapi(State(s): State<AppState>) -> Response {
         doc["security"] = json!([{"token": []}]);
     }
     Json(doc).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_trace_context_of_the_request_is_passed_on_and_a_bad_one_dropped() {
+        let o = with_trace_context(
+            CallOptions::default(),
+            &headers(&[("traceparent", PARENT), ("tracestate", "vendor=1")]),
+        );
+        assert_eq!(o.traceparent.as_deref(), Some(PARENT));
+        assert_eq!(o.tracestate.as_deref(), Some("vendor=1"));
+
+        let bad = with_trace_context(
+            CallOptions::default(),
+            &headers(&[("traceparent", "00-nope"), ("tracestate", "vendor=1")]),
+        );
+        assert_eq!((bad.traceparent, bad.tracestate), (None, None));
+
+        let long = "v=".to_owned() + &"x".repeat(600);
+        let o = with_trace_context(
+            CallOptions::default(),
+            &headers(&[("traceparent", PARENT), ("tracestate", &long)]),
+        );
+        assert_eq!(o.traceparent.as_deref(), Some(PARENT));
+        assert_eq!(o.tracestate, None);
+    }
 }

@@ -326,11 +326,20 @@ impl Dispatch for ServiceDispatch {
                 Err(e),
             ))));
         };
+        // The handler's span: a child of the caller's, or the first of a
+        // new trace when the request names none (or a malformed one).
+        let caller = header
+            .traceparent
+            .as_deref()
+            .and_then(crate::wire::TraceContext::parse);
+        let trace = caller.map_or_else(crate::wire::TraceContext::root, |c| c.child());
         let span = tracing::info_span!(
             "rpc",
             method = %format_args!("{}.{method}", self.service),
             request_id = %header.id,
             transaction = header.transaction.as_deref().unwrap_or(""),
+            trace_id = %format_args!("{:032x}", trace.trace_id),
+            span_id = %format_args!("{:016x}", trace.span_id),
         );
         // A deadline past what the clock can hold is no deadline.
         let scope_deadline = header
@@ -340,6 +349,9 @@ impl Dispatch for ServiceDispatch {
             request_id: Some(header.id.clone()),
             transaction: header.transaction.clone(),
             deadline: scope_deadline,
+            trace: Some(trace),
+            trace_parent: caller.map(|c| c.span_id),
+            tracestate: header.tracestate.clone(),
         };
         let mut inv = Invocation {
             header: *header,
@@ -437,7 +449,7 @@ impl ServiceDispatch {
             let scope = CallScope {
                 request_id: None,
                 transaction: event.header.transaction.clone(),
-                deadline: None,
+                ..CallScope::default()
             };
             let inv = Invocation {
                 header: (*event.header).clone(),
@@ -529,7 +541,7 @@ impl JobSink for QueueDispatch {
             ctx: self.ctx.scoped(CallScope {
                 request_id: Some(job.id.clone()),
                 transaction: job.transaction.clone(),
-                deadline: None,
+                ..CallScope::default()
             }),
         };
         let fut = span.in_scope(|| self.handler.call(inv));
