@@ -32,14 +32,16 @@ async fn endpoints_take_ports_of_the_range_and_are_registered_under_the_advertis
         running.push(service);
     }
     let client = Client::connect(&url).await.unwrap();
-    let instances = loop {
-        let all = client.instances().await.unwrap();
-        let ported: Vec<_> = all.into_iter().filter(|i| i.service == "ported").collect();
-        if ported.len() == 2 {
-            break ported;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
+    let instances = muster_test::eventually(
+        std::time::Duration::from_secs(10),
+        "two instances registered",
+        || async {
+            let all = client.instances().await.unwrap_or_default();
+            let ported: Vec<_> = all.into_iter().filter(|i| i.service == "ported").collect();
+            (ported.len() == 2).then_some(ported)
+        },
+    )
+    .await;
     let mut endpoints: Vec<String> = instances.iter().map(|i| i.endpoint.clone()).collect();
     endpoints.sort();
     assert_eq!(

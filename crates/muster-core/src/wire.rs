@@ -14,7 +14,7 @@ pub use envelope::{
     salvage_header, same_event_header,
 };
 pub use header::{Header, Kind};
-pub use trace::TraceContext;
+pub use trace::{HexId, TraceContext};
 
 /// The first frame of every muster message: protocol name and version.
 pub const PROTOCOL_TAG: &[u8] = b"MUSTER/1";

@@ -166,8 +166,6 @@ async fn a_client_concurrency_limit_sheds_its_third_call_before_it_leaves() {
     gate.add_permits(2);
     assert_eq!(first.await.unwrap().unwrap(), "done");
     assert_eq!(second.await.unwrap().unwrap(), "done");
-    // The shed call never reached the service: only two entered.
-    assert_eq!(entered.available_permits(), 0);
     gate.add_permits(1);
     assert_eq!(call(client).await.unwrap(), "done");
 }

@@ -19,7 +19,7 @@ pub struct TraceContext {
 impl TraceContext {
     /// A new trace, sampled, with its first span.
     pub fn root() -> Self {
-        let trace_id = (u128::from(nonzero_random()) << 64) | u128::from(crate::id::random_u64());
+        let trace_id = (u128::from(nonzero_random()) << 64) | u128::from(fastrand::u64(..));
         Self {
             trace_id,
             span_id: nonzero_random(),
@@ -88,7 +88,17 @@ impl TraceContext {
 
     /// The trace id as 32 lowercase hex digits (how log lines show it).
     pub fn trace_id_hex(&self) -> String {
-        format!("{:032x}", self.trace_id)
+        self.trace_id_text().to_string()
+    }
+
+    /// The trace id as 32 lowercase hex digits, on the stack: what a log
+    /// span records for every request (`format!("{:032x}")` cost a call
+    /// several percent more; `docs/benchmarks.md`, "Trace context").
+    pub fn trace_id_text(&self) -> HexId {
+        let mut text = [b'0'; 32];
+        // 16 bytes always make 32 digits.
+        let _ = hex::encode_to_slice(self.trace_id.to_be_bytes(), &mut text);
+        HexId(text)
     }
 
     /// The span id as 16 lowercase hex digits.
@@ -97,13 +107,21 @@ impl TraceContext {
     }
 }
 
-fn nonzero_random() -> u64 {
-    loop {
-        let n = crate::id::random_u64();
-        if n != 0 {
-            return n;
-        }
+/// A trace id written out, shown with `Display`.
+#[derive(Debug, Clone, Copy)]
+pub struct HexId([u8; 32]);
+
+impl std::fmt::Display for HexId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.0).unwrap_or_default())
     }
+}
+
+/// A random id from a generator per thread, seeded from the system's
+/// randomness: ids need to be unique, not secret (the hashed ids of
+/// `id::random_u64` cost more; `docs/benchmarks.md`, "Trace context").
+fn nonzero_random() -> u64 {
+    fastrand::u64(1..)
 }
 
 /// Lowercase hex only, as the recommendation requires.

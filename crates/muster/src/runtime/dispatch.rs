@@ -338,8 +338,7 @@ impl Dispatch for ServiceDispatch {
             method = %format_args!("{}.{method}", self.service),
             request_id = %header.id,
             transaction = header.transaction.as_deref().unwrap_or(""),
-            trace_id = %format_args!("{:032x}", trace.trace_id),
-            span_id = %format_args!("{:016x}", trace.span_id),
+            trace_id = %trace.trace_id_text(),
         );
         // A deadline past what the clock can hold is no deadline.
         let scope_deadline = header
