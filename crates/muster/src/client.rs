@@ -289,6 +289,7 @@ impl Client {
             target: target.to_owned(),
             request,
             timeout,
+            transport: self.transport.clone(),
         };
         stack
             .clone()

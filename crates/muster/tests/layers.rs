@@ -225,6 +225,28 @@ async fn idempotent_methods_are_tried_again_and_others_are_not() {
 }
 
 #[tokio::test]
+async fn methods_their_service_declares_idempotent_are_tried_again() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let bus = TestBus::new();
+    let calls = Arc::new(AtomicU32::new(0));
+    // Declared in the registry by the service itself.
+    let _svc = flaky("ledger", 1, calls.clone())
+        .idempotent()
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let client = bus
+        .client()
+        .clone()
+        .layer(muster::layer::RetryIdempotent::declared().backoff(Duration::from_millis(5)));
+    assert_eq!(
+        client.call::<_, String>("ledger.get", &()).await.unwrap(),
+        "got"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
 async fn tower_retry_and_timeout_work_on_a_client_unchanged() {
     use std::sync::atomic::{AtomicU32, Ordering};
     use tower::retry::Policy;

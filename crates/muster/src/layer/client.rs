@@ -40,6 +40,27 @@ pub struct OutgoingCall {
     pub request: Envelope,
     /// How long the bus waits for the reply, each time it is sent.
     pub timeout: Duration,
+    /// The bus, to ask its registry about the method.
+    pub(crate) transport: SharedTransport,
+}
+
+impl OutgoingCall {
+    /// True when the called method's service declares it idempotent
+    /// (`Service::idempotent`, in the registry); false when it does not,
+    /// or the registry cannot be asked. Asks the bus: for a layer's
+    /// decisions after a failure, not on every call.
+    pub async fn declared_idempotent(&self) -> bool {
+        let (Some(service), Some(method)) =
+            (&self.request.header.service, &self.request.header.method)
+        else {
+            return false;
+        };
+        self.transport.instances().await.is_ok_and(|all| {
+            all.iter()
+                .filter(|i| &i.service == service)
+                .any(|i| i.method(method).is_some_and(|m| m.idempotent))
+        })
+    }
 }
 
 /// What a client layer wraps: every call of the client as one `tower`
@@ -96,9 +117,11 @@ impl TowerService<OutgoingCall> for Wire {
 }
 
 /// Sends a call again when it failed in a way another attempt may cure
-/// (timeout, unavailable, overloaded: [`RpcError::is_retryable`]), for the
-/// methods the caller declares idempotent only: a call that timed out may
-/// have run, and only an idempotent method may run twice.
+/// (timeout, unavailable, overloaded: [`RpcError::is_retryable`]), for
+/// idempotent methods only: a call that timed out may have run, and only
+/// an idempotent method may run twice. A method is idempotent when its
+/// service declares it so (`Service::idempotent`, read from the registry
+/// after a failure) or when the caller names it here.
 ///
 /// ```
 /// use std::time::Duration;
@@ -121,9 +144,15 @@ pub struct RetryIdempotent {
 }
 
 impl RetryIdempotent {
-    /// Retries these methods: `SERVICE.METHOD`, or `SERVICE.*` for all of
-    /// a service's. Three attempts in all, 100 ms apart, then twice that
-    /// each time, by default.
+    /// Retries the methods their services declare idempotent. Three
+    /// attempts in all, 100 ms apart, then twice that each time, by
+    /// default.
+    pub fn declared() -> Self {
+        Self::new(std::iter::empty::<String>())
+    }
+
+    /// Retries these methods as well: `SERVICE.METHOD`, or `SERVICE.*`
+    /// for all of a service's.
     pub fn new<I, S>(methods: I) -> Self
     where
         I: IntoIterator<Item = S>,
@@ -199,13 +228,21 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let policy = self.policy.clone();
         Box::pin(async move {
-            if !policy.covers(&call.target) {
+            if policy.attempts == 1 {
                 return inner.call(call).await;
             }
             let mut wait = policy.backoff;
             let mut attempt = 1;
             let mut outcome = inner.call(call.clone()).await;
-            while attempt < policy.attempts && outcome.as_ref().is_err_and(retryable) {
+            // Whether the method may run twice is asked once, after the
+            // first failure that another attempt may cure.
+            let idempotent = if outcome.as_ref().is_err_and(retryable) {
+                policy.covers(&call.target) || call.declared_idempotent().await
+            } else {
+                false
+            };
+            while idempotent && attempt < policy.attempts && outcome.as_ref().is_err_and(retryable)
+            {
                 tokio::time::sleep(wait).await;
                 wait = wait.saturating_mul(2);
                 attempt += 1;
