@@ -174,6 +174,11 @@ pub(crate) fn run(services: Vec<Service>, argv: Vec<String>) -> crate::Result<()
         env.get("MUSTER_WORKER_THREADS")
             .and_then(|n| n.parse().ok())
     });
+    // Spans over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; made
+    // before the runtime (its HTTP client runs one of its own), flushed
+    // when the guard drops at the end.
+    #[cfg(feature = "otlp")]
+    let _otlp = crate::otlp::install(&name);
     let runtime = build_runtime(workers).map_err(Error::from)?;
     let result = runtime.block_on(serve(services, args, bus, sources, env));
     // Do not wait on tasks stuck in handlers beyond the grace already given.

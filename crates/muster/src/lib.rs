@@ -55,6 +55,8 @@ pub mod handler;
 pub mod layer;
 pub mod logging;
 pub mod memory;
+#[cfg(feature = "otlp")]
+pub mod otlp;
 pub mod prelude;
 pub mod reply;
 mod runtime;

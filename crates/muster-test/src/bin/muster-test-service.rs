@@ -80,12 +80,28 @@ async fn blob(Args(a): Args<BlobArgs>) -> String {
     "x".repeat(a.bytes.min(64 << 20))
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct RelayArgs {
+    /// `SERVICE.METHOD` to call.
+    target: String,
+    #[serde(default)]
+    params: serde_json::Value,
+}
+
+/// Calls `target` from inside the handler and answers what it answered:
+/// a nested call, for the deadline and trace tests.
+async fn relay(ctx: Ctx, Args(a): Args<RelayArgs>) -> Result<serde_json::Value, RpcError> {
+    ctx.request(&a.target, &a.params).await
+}
+
 async fn crash() -> Result<(), RpcError> {
     panic!("asked to crash")
 }
 
 fn main() -> muster::Result<()> {
-    let service = Service::new("testsvc");
+    // `TESTSVC_NAME`: run under another name (two of them in one test).
+    let name = std::env::var("TESTSVC_NAME").unwrap_or_else(|_| "testsvc".to_owned());
+    let service = Service::new(name);
     // `TESTSVC_REQUIRE_AUTH=1`: only callers with a bus credential.
     let service = if std::env::var_os("TESTSVC_REQUIRE_AUTH").is_some() {
         service.require_auth()
@@ -99,6 +115,7 @@ fn main() -> muster::Result<()> {
         .rpc("config", config)
         .rpc("sleep", sleep)
         .idempotent()
+        .rpc("relay", relay)
         .rpc("crash", crash)
         .rpc("alloc", alloc)
         .rpc("blob", blob)

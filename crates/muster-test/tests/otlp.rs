@@ -1,0 +1,157 @@
+//! Spans exported over OTLP: two services in processes of their own, with
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` pointing at a receiver this test runs,
+//! which reads what arrives with the OpenTelemetry project's protobuf
+//! types. A call joining a given trace reaches `front`, whose handler
+//! calls `back`: both spans arrive, in that trace, `front` a child of the
+//! given span and `back` of `front`'s, with the RPC attributes and each
+//! service's name.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+
+const SERVICE: &str = env!("CARGO_BIN_EXE_muster-test-service");
+
+/// A span as received, with the name of the service that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    span: opentelemetry_proto::tonic::trace::v1::Span,
+}
+
+fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.clone())
+        .and_then(|v| match v {
+            AnyValue::StringValue(s) => Some(s),
+            _ => None,
+        })
+}
+
+/// An OTLP/HTTP receiver on a free port: `POST /v1/traces`.
+async fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
+    let spans: Arc<Mutex<Vec<Received>>> = Arc::default();
+    let kept = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: Bytes| {
+            let kept = kept.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                for resource in request.resource_spans {
+                    let service = resource
+                        .resource
+                        .as_ref()
+                        .and_then(|r| text(&r.attributes, "service.name"))
+                        .unwrap_or_default();
+                    for scope in resource.scope_spans {
+                        for span in scope.spans {
+                            kept.lock().unwrap().push(Received {
+                                service: service.clone(),
+                                span,
+                            });
+                        }
+                    }
+                }
+                // An empty ExportTraceServiceResponse: all taken.
+                Vec::<u8>::new()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, spans)
+}
+
+fn spawn_service(name: &str, bus: &str, otlp: &str) -> muster_test::Proc {
+    let mut c = std::process::Command::new(SERVICE);
+    c.args(["--bus", bus, "--greeting", "hi", "--log-level", "warn"])
+        .env("TESTSVC_NAME", name)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
+        // Send each batch soon, instead of every 5 s.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    muster_test::Proc::spawn(name, c)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_a_call_and_its_nested_call_reach_the_receiver_in_one_trace() {
+    let (otlp, spans) = receiver().await;
+    let bus = muster_test::free_bus_url();
+    let _bus = muster_test::start_bus(&bus).await;
+    let _front = spawn_service("front", &bus, &otlp);
+    let _back = spawn_service("back", &bus, &otlp);
+    let client = muster::Client::connect(&bus).await.unwrap();
+    muster_test::wait_registered(&client, "front", 1).await;
+    muster_test::wait_registered(&client, "back", 1).await;
+
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer: u64 = client
+        .call_with(
+            "front.relay",
+            &serde_json::json!({"target": "back.sleep", "params": {"ms": 1}}),
+            muster::CallOptions::default().traceparent(given),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, 1);
+
+    let got = muster_test::eventually(Duration::from_secs(20), "two spans exported", || {
+        let spans = spans.clone();
+        async move {
+            let all = spans.lock().unwrap().clone();
+            (all.len() >= 2).then_some(all)
+        }
+    })
+    .await;
+    let find = |service: &str| {
+        got.iter()
+            .find(|r| r.service == service)
+            .unwrap_or_else(|| panic!("no span of {service}: {got:?}"))
+            .span
+            .clone()
+    };
+    let (front, back) = (find("front"), find("back"));
+    let trace_id = hex(&front.trace_id);
+    assert_eq!(trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(hex(&back.trace_id), trace_id, "one trace");
+    assert_eq!(
+        hex(&front.parent_span_id),
+        "00f067aa0ba902b7",
+        "the given span"
+    );
+    assert_eq!(back.parent_span_id, front.span_id, "back is front's child");
+    assert_ne!(back.span_id, front.span_id);
+    assert_eq!(front.name, "front/relay");
+    assert_eq!(back.name, "back/sleep");
+    for (span, service, method) in [(&front, "front", "relay"), (&back, "back", "sleep")] {
+        assert_eq!(span.kind, SpanKind::Server as i32);
+        assert_eq!(
+            text(&span.attributes, "rpc.system").as_deref(),
+            Some("jsonrpc")
+        );
+        assert_eq!(
+            text(&span.attributes, "rpc.service").as_deref(),
+            Some(service)
+        );
+        assert_eq!(
+            text(&span.attributes, "rpc.method").as_deref(),
+            Some(method)
+        );
+        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    }
+    // The nested call ran inside the outer one.
+    assert!(back.start_time_unix_nano >= front.start_time_unix_nano);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,178 @@
+//! Spans exported over OTLP (`docs/tracing.md`). When the standard
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
+//! is set, every request a service answers becomes a server span, handed
+//! when the request ends to a batch processor that sends it from a thread
+//! of its own (OTLP over HTTP, protobuf): off the request path. The other
+//! standard variables (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`) apply. Unset, nothing is
+//! built, and a request pays one check.
+//!
+//! The span ids are muster's own (those carried in `traceparent`), so a
+//! span is made as the SDK's `SpanData` and given to the processor; the
+//! SDK's tracer would choose ids of its own.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_sdk::trace::{
+    BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor,
+};
+
+use crate::wire::TraceContext;
+
+/// The environment variables that turn export on.
+const ENDPOINT_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+];
+
+static EXPORT: OnceLock<Export> = OnceLock::new();
+
+struct Export {
+    processor: BatchSpanProcessor,
+    scope: InstrumentationScope,
+}
+
+/// Flushes the spans not sent yet when dropped (a service's end).
+#[derive(Debug)]
+#[must_use = "dropping the guard flushes and stops the export"]
+pub struct OtlpGuard(());
+
+impl Drop for OtlpGuard {
+    fn drop(&mut self) {
+        if let Some(e) = EXPORT.get()
+            && let Err(err) = e.processor.shutdown_with_timeout(Duration::from_secs(5))
+        {
+            tracing::warn!(error = %err, "OTLP: spans not sent at the end");
+        }
+    }
+}
+
+/// Starts exporting this process's spans when the environment asks for
+/// it (`OTEL_EXPORTER_OTLP_ENDPOINT`), under `service_name` unless
+/// `OTEL_SERVICE_NAME` says otherwise. `None` when it does not, or when
+/// the exporter cannot be made (logged). Services run with
+/// [`Service::run`](crate::Service::run) call it themselves; a program
+/// that starts services on a transport of its own calls it once, outside
+/// an async context, and keeps the guard until it ends.
+pub fn install(service_name: &str) -> Option<OtlpGuard> {
+    if !ENDPOINT_VARS
+        .iter()
+        .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()))
+    {
+        return None;
+    }
+    if EXPORT.get().is_some() {
+        return Some(OtlpGuard(()));
+    }
+    // The exporter's HTTP client runs a runtime of its own, which must
+    // not be made inside another: made on a thread of its own.
+    let built = std::thread::spawn(|| {
+        opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+    })
+    .join();
+    let exporter = match built {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "OTLP: no exporter; spans are not exported");
+            return None;
+        }
+        Err(_) => return None,
+    };
+    let mut processor = BatchSpanProcessor::builder(exporter).build();
+    let mut resource = opentelemetry_sdk::Resource::builder();
+    if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        resource = resource.with_service_name(service_name.to_owned());
+    }
+    processor.set_resource(&resource.build());
+    let scope = InstrumentationScope::builder("muster")
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build();
+    let _ = EXPORT.set(Export { processor, scope });
+    Some(OtlpGuard(()))
+}
+
+/// True when spans are exported: a request then notes its start time.
+pub(crate) fn enabled() -> bool {
+    EXPORT.get().is_some()
+}
+
+/// One answered request, as its server span.
+pub(crate) struct RpcSpan<'a> {
+    pub(crate) trace: TraceContext,
+    pub(crate) parent: Option<u64>,
+    pub(crate) tracestate: Option<&'a str>,
+    pub(crate) service: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) request_id: &'a str,
+    pub(crate) instance: &'a str,
+    pub(crate) transaction: Option<&'a str>,
+    pub(crate) start: SystemTime,
+    pub(crate) error: Option<(i64, &'a str)>,
+}
+
+/// Hands the span of a request that ended to the exporter (nothing when
+/// export is off or the trace is not sampled).
+pub(crate) fn record(span: RpcSpan<'_>) {
+    let Some(export) = EXPORT.get() else { return };
+    if !span.trace.sampled {
+        return;
+    }
+    let state = span
+        .tracestate
+        .and_then(|s| s.parse::<TraceState>().ok())
+        .unwrap_or_default();
+    let context = SpanContext::new(
+        TraceId::from_bytes(span.trace.trace_id.to_be_bytes()),
+        SpanId::from_bytes(span.trace.span_id.to_be_bytes()),
+        TraceFlags::SAMPLED,
+        false,
+        state,
+    );
+    // The RPC semantic conventions, for JSON-RPC.
+    let mut attributes = vec![
+        KeyValue::new("rpc.system", "jsonrpc"),
+        KeyValue::new("rpc.jsonrpc.version", "2.0"),
+        KeyValue::new("rpc.service", span.service.to_owned()),
+        KeyValue::new("rpc.method", span.method.to_owned()),
+        KeyValue::new("rpc.jsonrpc.request_id", span.request_id.to_owned()),
+        KeyValue::new("muster.instance", span.instance.to_owned()),
+    ];
+    if let Some(t) = span.transaction {
+        attributes.push(KeyValue::new("muster.transaction", t.to_owned()));
+    }
+    let status = match span.error {
+        Some((code, message)) => {
+            attributes.push(KeyValue::new("rpc.jsonrpc.error_code", code));
+            attributes.push(KeyValue::new(
+                "rpc.jsonrpc.error_message",
+                message.to_owned(),
+            ));
+            Status::error(message.to_owned())
+        }
+        None => Status::Unset,
+    };
+    export.processor.on_end(SpanData {
+        span_context: context,
+        parent_span_id: span
+            .parent
+            .map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.to_be_bytes())),
+        parent_span_is_remote: span.parent.is_some(),
+        span_kind: SpanKind::Server,
+        name: format!("{}/{}", span.service, span.method).into(),
+        start_time: span.start,
+        end_time: SystemTime::now(),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: export.scope.clone(),
+    });
+}
