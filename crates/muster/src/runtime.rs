@@ -3,6 +3,7 @@
 
 mod dispatch;
 pub(crate) mod scheduler;
+mod span_export;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
