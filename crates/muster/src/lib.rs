@@ -60,6 +60,7 @@ pub mod otlp;
 pub mod prelude;
 pub mod reply;
 mod runtime;
+mod sampling;
 pub mod schedule;
 mod secret;
 mod service;

@@ -333,7 +333,7 @@ impl Dispatch for ServiceDispatch {
             .traceparent
             .as_deref()
             .and_then(crate::wire::TraceContext::parse);
-        let trace = caller.map_or_else(crate::wire::TraceContext::root, |c| c.child());
+        let trace = crate::sampling::span_for(caller);
         let span = tracing::info_span!(
             "rpc",
             method = %format_args!("{}.{method}", self.service),
