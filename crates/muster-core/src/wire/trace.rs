@@ -162,6 +162,24 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// A header member comes from the network: nothing it holds
+        /// makes the parser panic, and what parses writes back the same.
+        #[test]
+        fn parsing_never_panics(s in "\\PC{0,70}", dashes in proptest::collection::vec(0usize..70, 0..4)) {
+            let mut v: Vec<char> = s.chars().collect();
+            for d in dashes {
+                if d < v.len() {
+                    v[d] = '-';
+                }
+            }
+            let v: String = v.into_iter().collect();
+            if let Some(t) = TraceContext::parse(&v) {
+                proptest::prop_assert_eq!(TraceContext::parse(&t.to_traceparent()), Some(t));
+            }
+        }
+    }
+
     #[test]
     fn a_child_keeps_the_trace_and_takes_a_span_of_its_own() {
         let root = TraceContext::root();
