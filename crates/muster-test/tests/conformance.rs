@@ -291,6 +291,103 @@ async fn rpc_carries_the_trace_context_to_nested_calls(bus: &Bus) {
     hb.stop().await;
 }
 
+/// An event published by a handler carries the handler's span: its
+/// subscriber runs in the same trace, as that span's child. One published
+/// outside any trace is not traced.
+async fn events_carry_the_trace_context_of_their_publisher(bus: &Bus) {
+    let topic = format!("{}.traced", bus.name("ev"));
+    let heard: SeenTrace = Arc::default();
+    let (kept, pattern) = (heard.clone(), topic.clone());
+    let hl = Service::new(bus.name("trace-listener"))
+        .subscribe(&pattern, move |ctx: Ctx| {
+            let kept = kept.clone();
+            async move {
+                if let Some(t) = ctx.trace() {
+                    kept.lock().unwrap().push((t, ctx.trace_parent()));
+                }
+                Ok::<_, RpcError>(())
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let announcer = bus.name("announcer");
+    let spoke: SeenTrace = Arc::default();
+    let (said, t) = (spoke.clone(), topic.clone());
+    let ha = Service::new(&announcer)
+        .rpc("announce", move |ctx: Ctx| {
+            let (said, topic) = (said.clone(), t.clone());
+            async move {
+                said.lock()
+                    .unwrap()
+                    .push((ctx.trace().expect("a span"), ctx.trace_parent()));
+                ctx.publish(&topic, &1u32).await.map_err(RpcError::internal)
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &announcer, 1).await;
+    let target = format!("{announcer}.announce");
+    // The ZeroMQ forwarder needs the subscription to travel: announce
+    // until one is heard.
+    eventually(Duration::from_secs(10), "an announcement heard", || async {
+        let () = client.call(&target, &serde_json::json!({})).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (!heard.lock().unwrap().is_empty()).then_some(())
+    })
+    .await;
+
+    let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let () = client
+        .call_with(
+            &target,
+            &serde_json::json!({}),
+            muster::CallOptions::default().traceparent(given),
+        )
+        .await
+        .unwrap();
+    let (publisher, _) = *spoke.lock().unwrap().last().unwrap();
+    assert_eq!(publisher.trace_id_hex(), "0af7651916cd43dd8448eb211c80319c");
+    let (subscriber, parent) = eventually(Duration::from_secs(10), "the traced event", || async {
+        heard
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .find(|(t, _)| t.trace_id == publisher.trace_id)
+    })
+    .await;
+    assert_eq!(parent, Some(publisher.span_id), "the publisher's span");
+    assert_ne!(subscriber.span_id, publisher.span_id);
+
+    // Published outside any trace: its handler runs without one.
+    let plain: Arc<Mutex<Vec<Option<muster::wire::TraceContext>>>> = Arc::default();
+    let (kept, pattern) = (plain.clone(), format!("{topic}.plain"));
+    let hp = Service::new(bus.name("plain-listener"))
+        .subscribe(&pattern, move |ctx: Ctx| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(ctx.trace());
+                Ok::<_, RpcError>(())
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let seen = eventually(Duration::from_secs(10), "a plain event heard", || async {
+        client.publish(&pattern, &1u32).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        plain.lock().unwrap().first().copied()
+    })
+    .await;
+    assert_eq!(seen, None, "an event from outside a trace has none");
+    hl.stop().await;
+    ha.stop().await;
+    hp.stop().await;
+}
+
 /// A handler's nested call that never answers: both stop at the first
 /// caller's deadline (each instance drops its handler then), and both
 /// count a cancellation.
@@ -899,6 +996,7 @@ conformance!(
     rpc_timeout,
     rpc_deadline_cancels_the_handler_and_its_nested_call,
     rpc_carries_the_trace_context_to_nested_calls,
+    events_carry_the_trace_context_of_their_publisher,
     events_in_order_and_filtered,
     client_subscription_in_order_and_cancelled,
     queue_retry_and_dead_letter,

@@ -76,6 +76,7 @@ fn spawn_service(name: &str, bus: &str, otlp: &str) -> muster_test::Proc {
     let mut c = std::process::Command::new(SERVICE);
     c.args(["--bus", bus, "--greeting", "hi", "--log-level", "warn"])
         .env("TESTSVC_NAME", name)
+        .env("TESTSVC_LISTEN", "traced.*")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         // Send each batch soon, instead of every 5 s.
         .env("OTEL_BSP_SCHEDULE_DELAY", "100");
@@ -150,6 +151,65 @@ async fn spans_of_a_call_and_its_nested_call_reach_the_receiver_in_one_trace() {
     }
     // The nested call ran inside the outer one.
     assert!(back.start_time_unix_nano >= front.start_time_unix_nano);
+
+    // An event published by front's handler: each listener's handling is
+    // a consumer span, a child of the handler that published it.
+    spans.lock().unwrap().clear();
+    let given = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let mut attempts = 0;
+    let announce = loop {
+        attempts += 1;
+        assert!(attempts <= 50, "no consumer span after 50 announcements");
+        let () = client
+            .call_with(
+                "front.announce",
+                &serde_json::json!({"topic": "traced.news"}),
+                muster::CallOptions::default().traceparent(given),
+            )
+            .await
+            .unwrap();
+        // The bus's forwarder may not have the subscriptions yet: announce
+        // until a consumer span arrives.
+        let consumed = muster_test::eventually(Duration::from_secs(20), "spans", || {
+            let spans = spans.clone();
+            async move {
+                let all = spans.lock().unwrap().clone();
+                let server = all
+                    .iter()
+                    .find(|r| r.span.name == "front/announce")
+                    .cloned();
+                let consumer = all.iter().any(|r| r.span.kind == SpanKind::Consumer as i32);
+                server.map(|s| (consumer, s))
+            }
+        })
+        .await;
+        if consumed.0 {
+            break consumed.1.span;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        spans.lock().unwrap().clear();
+    };
+    let all = spans.lock().unwrap().clone();
+    let consumers: Vec<_> = all
+        .iter()
+        .filter(|r| r.span.kind == SpanKind::Consumer as i32)
+        .collect();
+    for c in &consumers {
+        assert_eq!(hex(&c.span.trace_id), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(
+            c.span.parent_span_id, announce.span_id,
+            "a child of the publisher"
+        );
+        assert_eq!(c.span.name, "process traced.news");
+        assert_eq!(
+            text(&c.span.attributes, "messaging.destination.name").as_deref(),
+            Some("traced.news")
+        );
+        assert_eq!(
+            text(&c.span.attributes, "messaging.operation.type").as_deref(),
+            Some("process")
+        );
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

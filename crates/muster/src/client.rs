@@ -341,7 +341,7 @@ impl Client {
         topic: &str,
         value: &T,
     ) -> Result<(), Error> {
-        self.publish_in(topic, value, None).await
+        self.publish_in(topic, value, None, None).await
     }
 
     /// Adds a job to the work queue `queue`; returns once the bus holds it.
@@ -405,12 +405,14 @@ impl Client {
         topic: &str,
         value: &T,
         transaction: Option<String>,
+        traceparent: Option<String>,
     ) -> Result<(), Error> {
         let body = serde_json::to_vec(value)
             .map_err(|e| Error::new(ErrorKind::Codec, format!("cannot encode event: {e}")))?;
-        let header = Header::new(Kind::Event)
+        let mut header = Header::new(Kind::Event)
             .with_topic(topic)
             .with_transaction(transaction);
+        header.traceparent = traceparent;
         self.transport.publish(Envelope::new(header, body)).await
     }
 

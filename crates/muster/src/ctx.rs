@@ -146,7 +146,9 @@ impl Ctx {
         self.shared.client.call_with(target, args, options).await
     }
 
-    /// Publishes an event, tagged with the current transaction.
+    /// Publishes an event, tagged with the current transaction and, in a
+    /// traced request, its trace context (the event's handlers run as
+    /// children of this handler's span).
     ///
     /// # Errors
     /// A bad topic, an unencodable value, or no bus.
@@ -157,9 +159,12 @@ impl Ctx {
     ) -> Result<(), Error> {
         self.within_budget(
             "publish",
-            self.shared
-                .client
-                .publish_in(topic, value, self.transaction().map(str::to_owned)),
+            self.shared.client.publish_in(
+                topic,
+                value,
+                self.transaction().map(str::to_owned),
+                self.scope.trace.map(|t| t.to_traceparent()),
+            ),
         )
         .await
     }

@@ -1,7 +1,8 @@
 //! Spans exported over OTLP (`docs/tracing.md`). When the standard
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
-//! is set, every request a service answers becomes a server span, handed
-//! when the request ends to a batch processor that sends it from a thread
+//! is set, every request a service answers becomes a server span (and
+//! every traced event it handles a consumer span), handed when the work
+//! ends to a batch processor that sends it from a thread
 //! of its own (OTLP over HTTP, protobuf): off the request path. The other
 //! standard variables (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
 //! `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_BSP_*`) apply. Unset, nothing is
@@ -103,70 +104,103 @@ pub(crate) fn enabled() -> bool {
     EXPORT.get().is_some()
 }
 
-/// One answered request, as its server span.
-pub(crate) struct RpcSpan<'a> {
+/// What every exported span has: its place in the trace, where it ran,
+/// when, and how it ended.
+pub(crate) struct Done<'a> {
     pub(crate) trace: TraceContext,
     pub(crate) parent: Option<u64>,
     pub(crate) tracestate: Option<&'a str>,
-    pub(crate) service: &'a str,
-    pub(crate) method: &'a str,
-    pub(crate) request_id: &'a str,
     pub(crate) instance: &'a str,
-    pub(crate) transaction: Option<&'a str>,
     pub(crate) start: SystemTime,
     pub(crate) error: Option<(i64, &'a str)>,
 }
 
-/// Hands the span of a request that ended to the exporter (nothing when
-/// export is off or the trace is not sampled).
-pub(crate) fn record(span: RpcSpan<'_>) {
+/// An answered request, as its server span, with the RPC semantic
+/// conventions for JSON-RPC.
+pub(crate) fn record_rpc(
+    done: &Done<'_>,
+    service: &str,
+    method: &str,
+    request_id: &str,
+    transaction: Option<&str>,
+) {
+    let mut attributes = vec![
+        KeyValue::new("rpc.system", "jsonrpc"),
+        KeyValue::new("rpc.jsonrpc.version", "2.0"),
+        KeyValue::new("rpc.service", service.to_owned()),
+        KeyValue::new("rpc.method", method.to_owned()),
+        KeyValue::new("rpc.jsonrpc.request_id", request_id.to_owned()),
+    ];
+    if let Some(t) = transaction {
+        attributes.push(KeyValue::new("muster.transaction", t.to_owned()));
+    }
+    if let Some((code, message)) = done.error {
+        attributes.push(KeyValue::new("rpc.jsonrpc.error_code", code));
+        attributes.push(KeyValue::new(
+            "rpc.jsonrpc.error_message",
+            message.to_owned(),
+        ));
+    }
+    emit(
+        done,
+        SpanKind::Server,
+        format!("{service}/{method}"),
+        attributes,
+    );
+}
+
+/// An event's handlers, as one consumer span, with the messaging
+/// semantic conventions.
+pub(crate) fn record_event(done: &Done<'_>, topic: &str, group: Option<&str>) {
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "muster"),
+        KeyValue::new("messaging.operation.type", "process"),
+        KeyValue::new("messaging.operation.name", "process"),
+        KeyValue::new("messaging.destination.name", topic.to_owned()),
+    ];
+    if let Some(g) = group {
+        attributes.push(KeyValue::new("messaging.consumer.group.name", g.to_owned()));
+    }
+    emit(
+        done,
+        SpanKind::Consumer,
+        format!("process {topic}"),
+        attributes,
+    );
+}
+
+/// Hands a span that ended to the exporter (nothing when export is off
+/// or the trace is not sampled).
+fn emit(done: &Done<'_>, kind: SpanKind, name: String, mut attributes: Vec<KeyValue>) {
     let Some(export) = EXPORT.get() else { return };
-    if !span.trace.sampled {
+    if !done.trace.sampled {
         return;
     }
-    let state = span
+    let state = done
         .tracestate
         .and_then(|s| s.parse::<TraceState>().ok())
         .unwrap_or_default();
     let context = SpanContext::new(
-        TraceId::from_bytes(span.trace.trace_id.to_be_bytes()),
-        SpanId::from_bytes(span.trace.span_id.to_be_bytes()),
+        TraceId::from_bytes(done.trace.trace_id.to_be_bytes()),
+        SpanId::from_bytes(done.trace.span_id.to_be_bytes()),
         TraceFlags::SAMPLED,
         false,
         state,
     );
-    // The RPC semantic conventions, for JSON-RPC.
-    let mut attributes = vec![
-        KeyValue::new("rpc.system", "jsonrpc"),
-        KeyValue::new("rpc.jsonrpc.version", "2.0"),
-        KeyValue::new("rpc.service", span.service.to_owned()),
-        KeyValue::new("rpc.method", span.method.to_owned()),
-        KeyValue::new("rpc.jsonrpc.request_id", span.request_id.to_owned()),
-        KeyValue::new("muster.instance", span.instance.to_owned()),
-    ];
-    if let Some(t) = span.transaction {
-        attributes.push(KeyValue::new("muster.transaction", t.to_owned()));
-    }
-    let status = match span.error {
-        Some((code, message)) => {
-            attributes.push(KeyValue::new("rpc.jsonrpc.error_code", code));
-            attributes.push(KeyValue::new(
-                "rpc.jsonrpc.error_message",
-                message.to_owned(),
-            ));
-            Status::error(message.to_owned())
-        }
+    attributes.push(KeyValue::new("muster.instance", done.instance.to_owned()));
+    let status = match done.error {
+        Some((_, message)) => Status::error(message.to_owned()),
         None => Status::Unset,
     };
     export.processor.on_end(SpanData {
         span_context: context,
-        parent_span_id: span
+        parent_span_id: done
             .parent
             .map_or(SpanId::INVALID, |p| SpanId::from_bytes(p.to_be_bytes())),
-        parent_span_is_remote: span.parent.is_some(),
-        span_kind: SpanKind::Server,
-        name: format!("{}/{}", span.service, span.method).into(),
-        start_time: span.start,
+        parent_span_is_remote: done.parent.is_some(),
+        span_kind: kind,
+        name: name.into(),
+        start_time: done.start,
         end_time: SystemTime::now(),
         attributes,
         dropped_attributes_count: 0,

@@ -94,6 +94,18 @@ async fn relay(ctx: Ctx, Args(a): Args<RelayArgs>) -> Result<serde_json::Value, 
     ctx.request(&a.target, &a.params).await
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct AnnounceArgs {
+    topic: String,
+}
+
+/// Publishes one event from inside the handler.
+async fn announce(ctx: Ctx, Args(a): Args<AnnounceArgs>) -> Result<(), RpcError> {
+    ctx.publish(&a.topic, &serde_json::json!({"announced": true}))
+        .await
+        .map_err(RpcError::internal)
+}
+
 async fn crash() -> Result<(), RpcError> {
     panic!("asked to crash")
 }
@@ -108,6 +120,12 @@ fn main() -> muster::Result<()> {
     } else {
         service
     };
+    // `TESTSVC_LISTEN=PATTERN`: also subscribe to events (and do nothing
+    // with them), for the trace tests.
+    let service = match std::env::var("TESTSVC_LISTEN") {
+        Ok(pattern) => service.subscribe(&pattern, || async { Ok::<_, RpcError>(()) }),
+        Err(_) => service,
+    };
     service
         .version("1.2.3")
         .config::<TestConfig>()
@@ -116,6 +134,7 @@ fn main() -> muster::Result<()> {
         .rpc("sleep", sleep)
         .idempotent()
         .rpc("relay", relay)
+        .rpc("announce", announce)
         .rpc("crash", crash)
         .rpc("alloc", alloc)
         .rpc("blob", blob)

@@ -10,7 +10,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use super::span_export::exported_span;
+use super::span_export::{exported_event_span, exported_span};
 use crate::RpcError;
 use crate::ctx::{CallScope, Ctx};
 use crate::extract::Invocation;
@@ -455,11 +455,22 @@ impl ServiceDispatch {
                 return Box::pin(std::future::ready(()));
             }
         };
+        // An event joins the trace of the handler that published it; one
+        // published outside any trace is not traced (a call its handler
+        // makes starts a trace at the callee).
+        let caller = event
+            .header
+            .traceparent
+            .as_deref()
+            .and_then(crate::wire::TraceContext::parse);
+        let trace = caller.map(|c| crate::sampling::span_for(Some(c)));
         let mut calls = Vec::new();
         for entry in self.events.iter().filter(mine) {
             let scope = CallScope {
                 request_id: None,
                 transaction: event.header.transaction.clone(),
+                trace,
+                trace_parent: caller.map(|c| c.span_id),
                 ..CallScope::default()
             };
             let inv = Invocation {
@@ -475,9 +486,16 @@ impl ServiceDispatch {
             "event",
             topic = %topic,
             transaction = event.header.transaction.as_deref().unwrap_or(""),
+            trace_id = tracing::field::Empty,
         );
+        if let Some(t) = &trace {
+            span.record("trace_id", tracing::field::display(t.trace_id_text()));
+        }
+        let export =
+            trace.and_then(|t| exported_event_span(&topic, group, &self.info.instance, t, caller));
         Box::pin(
             async move {
+                let mut failed = None;
                 for (fut, stats) in calls {
                     let started = Instant::now();
                     let outcome = guarded(fut).await;
@@ -488,6 +506,12 @@ impl ServiceDispatch {
                         started.elapsed(),
                         outcome.as_ref().err().map(|e| e.message.as_str()),
                     );
+                    if let Err(e) = outcome {
+                        failed.get_or_insert(e);
+                    }
+                }
+                if let Some(export) = export {
+                    export.end(failed.as_ref());
                 }
             }
             .instrument(span),

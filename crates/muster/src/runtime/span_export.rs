@@ -1,64 +1,118 @@
-//! A request's span, as `otlp.rs` exports it: what it needs is taken
-//! when the request starts, only when spans are exported.
+//! A request's or an event's span, as `otlp.rs` exports it: what it needs
+//! is taken when the work starts, only when spans are exported.
 
 use muster_core::wire::Header;
 
 use crate::RpcError;
-/// What a request's exported span needs when it ends (`otlp.rs`); `None`
-/// when spans are not exported, so a request then pays one check.
+use crate::wire::TraceContext;
+
+/// What an exported span needs when its work ends (`otlp.rs`); `None`
+/// when spans are not exported, so the work then pays one check.
 #[cfg(feature = "otlp")]
 pub(super) struct ExportedSpan {
-    service: String,
-    method: String,
-    request_id: String,
-    instance: String,
-    transaction: Option<String>,
-    tracestate: Option<String>,
-    trace: crate::wire::TraceContext,
+    trace: TraceContext,
     parent: Option<u64>,
+    tracestate: Option<String>,
+    instance: String,
     start: std::time::SystemTime,
+    what: What,
 }
 
+#[cfg(feature = "otlp")]
+enum What {
+    Rpc {
+        service: String,
+        method: String,
+        request_id: String,
+        transaction: Option<String>,
+    },
+    Event {
+        topic: String,
+        group: Option<String>,
+    },
+}
+
+#[cfg(feature = "otlp")]
+fn exported(
+    trace: TraceContext,
+    caller: Option<TraceContext>,
+    tracestate: Option<String>,
+    instance: &str,
+    what: impl FnOnce() -> What,
+) -> Option<ExportedSpan> {
+    if !crate::otlp::enabled() || !trace.sampled {
+        return None;
+    }
+    Some(ExportedSpan {
+        trace,
+        parent: caller.map(|c| c.span_id),
+        tracestate,
+        instance: instance.to_owned(),
+        start: std::time::SystemTime::now(),
+        what: what(),
+    })
+}
+
+/// A request's span.
 #[cfg(feature = "otlp")]
 pub(super) fn exported_span(
     service: &str,
     method: &str,
     header: &Header,
     instance: &str,
-    trace: crate::wire::TraceContext,
-    caller: Option<crate::wire::TraceContext>,
+    trace: TraceContext,
+    caller: Option<TraceContext>,
 ) -> Option<ExportedSpan> {
-    if !crate::otlp::enabled() || !trace.sampled {
-        return None;
-    }
-    Some(ExportedSpan {
-        service: service.to_owned(),
-        method: method.to_owned(),
-        request_id: header.id.clone(),
-        instance: instance.to_owned(),
-        transaction: header.transaction.clone(),
-        tracestate: header.tracestate.clone(),
-        trace,
-        parent: caller.map(|c| c.span_id),
-        start: std::time::SystemTime::now(),
+    exported(trace, caller, header.tracestate.clone(), instance, || {
+        What::Rpc {
+            service: service.to_owned(),
+            method: method.to_owned(),
+            request_id: header.id.clone(),
+            transaction: header.transaction.clone(),
+        }
+    })
+}
+
+/// An event's span: its handlers, as one consumer.
+#[cfg(feature = "otlp")]
+pub(super) fn exported_event_span(
+    topic: &str,
+    group: Option<&str>,
+    instance: &str,
+    trace: TraceContext,
+    caller: Option<TraceContext>,
+) -> Option<ExportedSpan> {
+    exported(trace, caller, None, instance, || What::Event {
+        topic: topic.to_owned(),
+        group: group.map(str::to_owned),
     })
 }
 
 #[cfg(feature = "otlp")]
 impl ExportedSpan {
     pub(super) fn end(self, error: Option<&RpcError>) {
-        crate::otlp::record(crate::otlp::RpcSpan {
+        let error = error.map(|e| (e.code, e.message.as_str()));
+        let done = crate::otlp::Done {
             trace: self.trace,
             parent: self.parent,
             tracestate: self.tracestate.as_deref(),
-            service: &self.service,
-            method: &self.method,
-            request_id: &self.request_id,
             instance: &self.instance,
-            transaction: self.transaction.as_deref(),
             start: self.start,
-            error: error.map(|e| (e.code, e.message.as_str())),
-        });
+            error,
+        };
+        match &self.what {
+            What::Rpc {
+                service,
+                method,
+                request_id,
+                transaction,
+            } => {
+                crate::otlp::record_rpc(&done, service, method, request_id, transaction.as_deref())
+            }
+            What::Event { topic, group } => {
+                crate::otlp::record_event(&done, topic, group.as_deref());
+            }
+        }
     }
 }
 
@@ -72,8 +126,19 @@ pub(super) fn exported_span(
     _: &str,
     _: &Header,
     _: &str,
-    _: crate::wire::TraceContext,
-    _: Option<crate::wire::TraceContext>,
+    _: TraceContext,
+    _: Option<TraceContext>,
+) -> Option<ExportedSpan> {
+    None
+}
+
+#[cfg(not(feature = "otlp"))]
+pub(super) fn exported_event_span(
+    _: &str,
+    _: Option<&str>,
+    _: &str,
+    _: TraceContext,
+    _: Option<TraceContext>,
 ) -> Option<ExportedSpan> {
     None
 }
