@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use muster::Client;
 
@@ -177,24 +177,19 @@ async fn demo_in_a_container(tag: &str) {
 
     // `muster call` from this machine, through the published ports.
     let url = format!("zmq://127.0.0.1:{bus}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let answer = loop {
-        let out = Command::new(MUSTER)
-            .args(["call", "--bus", &url, "--timeout", "2s", "echo.shout"])
-            .arg(r#"{"text":"hi","times":2}"#)
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break stdout(&out);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the demo in the container never answered: {}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            stdout(&run(docker().args(["logs", &name])))
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let answer = muster_test::eventually(
+        Duration::from_secs(60),
+        "the demo in the container to answer",
+        || async {
+            let out = Command::new(MUSTER)
+                .args(["call", "--bus", &url, "--timeout", "2s", "echo.shout"])
+                .arg(r#"{"text":"hi","times":2}"#)
+                .output()
+                .unwrap();
+            out.status.success().then(|| stdout(&out))
+        },
+    )
+    .await;
     assert_eq!(answer, r#"{"text":"hihi"}"#);
 
     // Not root, and the host's first process under tini.

@@ -334,7 +334,6 @@ async fn events_carry_the_trace_context_of_their_publisher(bus: &Bus) {
     // until one is heard.
     eventually(Duration::from_secs(10), "an announcement heard", || async {
         let () = client.call(&target, &serde_json::json!({})).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
         (!heard.lock().unwrap().is_empty()).then_some(())
     })
     .await;
@@ -378,7 +377,6 @@ async fn events_carry_the_trace_context_of_their_publisher(bus: &Bus) {
         .unwrap();
     let seen = eventually(Duration::from_secs(10), "a plain event heard", || async {
         client.publish(&pattern, &1u32).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
         plain.lock().unwrap().first().copied()
     })
     .await;

@@ -58,14 +58,13 @@ pub(crate) async fn serve(
         Mode::Direct(Addresses { bind: Some(b), .. }) => vec![b.clone()],
         _ => crate::listen::candidates(&inner.options.bind_host, inner.options.rpc_ports),
     };
-    for bind in &candidates {
-        crate::curve::check_listen(
-            "this instance's RPC endpoint",
-            bind_host_of(bind),
-            inner.options.curve.as_ref(),
-            inner.options.plain_tcp,
-        )?;
-    }
+    // Every candidate is on the same host.
+    crate::curve::check_listen(
+        "this instance's RPC endpoint",
+        candidates.first().map_or("localhost", |b| bind_host_of(b)),
+        inner.options.curve.as_ref(),
+        inner.options.plain_tcp,
+    )?;
     let mut router_options = socket::listening(max, inner.options.curve.as_ref())?;
     router_options.send_hwm = outbox::QUEUE_PER_CALLER;
     router_options.router_mandatory = true;

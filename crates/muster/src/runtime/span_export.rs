@@ -1,14 +1,16 @@
 //! A request's or an event's span, as `otlp.rs` exports it: what it needs
-//! is taken when the work starts, only when spans are exported.
+//! is taken when the work starts, only when spans are exported (never
+//! without the `otlp` feature).
 
 use muster_core::wire::Header;
 
 use crate::RpcError;
 use crate::wire::TraceContext;
 
-/// What an exported span needs when its work ends (`otlp.rs`); `None`
-/// when spans are not exported, so the work then pays one check.
-#[cfg(feature = "otlp")]
+/// What an exported span needs when its work ends; `None` when spans are
+/// not exported, so the work then pays one check. (Without the `otlp`
+/// feature it is never made, so its fields are never read.)
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 pub(super) struct ExportedSpan {
     trace: TraceContext,
     parent: Option<u64>,
@@ -18,7 +20,7 @@ pub(super) struct ExportedSpan {
     what: What,
 }
 
-#[cfg(feature = "otlp")]
+#[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 enum What {
     Rpc {
         service: String,
@@ -32,7 +34,13 @@ enum What {
     },
 }
 
-#[cfg(feature = "otlp")]
+fn enabled() -> bool {
+    #[cfg(feature = "otlp")]
+    return crate::otlp::enabled();
+    #[cfg(not(feature = "otlp"))]
+    false
+}
+
 fn exported(
     trace: TraceContext,
     caller: Option<TraceContext>,
@@ -40,7 +48,7 @@ fn exported(
     instance: &str,
     what: impl FnOnce() -> What,
 ) -> Option<ExportedSpan> {
-    if !crate::otlp::enabled() || !trace.sampled {
+    if !enabled() || !trace.sampled {
         return None;
     }
     Some(ExportedSpan {
@@ -54,7 +62,6 @@ fn exported(
 }
 
 /// A request's span.
-#[cfg(feature = "otlp")]
 pub(super) fn exported_span(
     service: &str,
     method: &str,
@@ -74,7 +81,6 @@ pub(super) fn exported_span(
 }
 
 /// An event's span: its handlers, as one consumer.
-#[cfg(feature = "otlp")]
 pub(super) fn exported_event_span(
     topic: &str,
     group: Option<&str>,
@@ -88,62 +94,39 @@ pub(super) fn exported_event_span(
     })
 }
 
-#[cfg(feature = "otlp")]
 impl ExportedSpan {
+    /// Hands the span to the exporter. Without the `otlp` feature none is
+    /// ever made, so there is nothing to hand.
     pub(super) fn end(self, error: Option<&RpcError>) {
-        let error = error.map(|e| (e.code, e.message.as_str()));
-        let done = crate::otlp::Done {
-            trace: self.trace,
-            parent: self.parent,
-            tracestate: self.tracestate.as_deref(),
-            instance: &self.instance,
-            start: self.start,
-            error,
-        };
-        match &self.what {
-            What::Rpc {
-                service,
-                method,
-                request_id,
-                transaction,
-            } => {
-                crate::otlp::record_rpc(&done, service, method, request_id, transaction.as_deref())
-            }
-            What::Event { topic, group } => {
-                crate::otlp::record_event(&done, topic, group.as_deref());
+        #[cfg(feature = "otlp")]
+        {
+            let done = crate::otlp::Done {
+                trace: self.trace,
+                parent: self.parent,
+                tracestate: self.tracestate.as_deref(),
+                instance: &self.instance,
+                start: self.start,
+                error: error.map(|e| (e.code, e.message.as_str())),
+            };
+            match &self.what {
+                What::Rpc {
+                    service,
+                    method,
+                    request_id,
+                    transaction,
+                } => crate::otlp::record_rpc(
+                    &done,
+                    service,
+                    method,
+                    request_id,
+                    transaction.as_deref(),
+                ),
+                What::Event { topic, group } => {
+                    crate::otlp::record_event(&done, topic, group.as_deref());
+                }
             }
         }
+        #[cfg(not(feature = "otlp"))]
+        let _ = (self, error);
     }
-}
-
-/// Without the `otlp` feature no span is exported.
-#[cfg(not(feature = "otlp"))]
-pub(super) struct ExportedSpan;
-
-#[cfg(not(feature = "otlp"))]
-pub(super) fn exported_span(
-    _: &str,
-    _: &str,
-    _: &Header,
-    _: &str,
-    _: TraceContext,
-    _: Option<TraceContext>,
-) -> Option<ExportedSpan> {
-    None
-}
-
-#[cfg(not(feature = "otlp"))]
-pub(super) fn exported_event_span(
-    _: &str,
-    _: Option<&str>,
-    _: &str,
-    _: TraceContext,
-    _: Option<TraceContext>,
-) -> Option<ExportedSpan> {
-    None
-}
-
-#[cfg(not(feature = "otlp"))]
-impl ExportedSpan {
-    pub(super) fn end(self, _: Option<&RpcError>) {}
 }
