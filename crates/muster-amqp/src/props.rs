@@ -14,6 +14,7 @@ pub(crate) const JOB_ID: &str = "x-muster-id";
 pub(crate) const JOB_ATTEMPT: &str = "x-muster-attempt";
 pub(crate) const JOB_TXN: &str = "x-muster-txn";
 pub(crate) const JOB_REASON: &str = "x-muster-reason";
+pub(crate) const JOB_TRACEPARENT: &str = "traceparent";
 
 pub(crate) fn with_header(props: BasicProperties, header: &Header) -> BasicProperties {
     let mut table = FieldTable::default();

@@ -31,7 +31,9 @@ use muster_core::{Error, ErrorKind};
 
 use crate::Inner;
 use crate::link::{Outgoing, Published, amqp_error};
-use crate::props::{JOB_ATTEMPT, JOB_ID, JOB_REASON, JOB_TXN, text_field, u32_field};
+use crate::props::{
+    JOB_ATTEMPT, JOB_ID, JOB_REASON, JOB_TRACEPARENT, JOB_TXN, text_field, u32_field,
+};
 
 fn job_properties(job: &Job) -> BasicProperties {
     let mut headers = FieldTable::default();
@@ -55,6 +57,12 @@ fn job_properties(job: &Job) -> BasicProperties {
             AMQPValue::LongString(LongString::from(r.as_str())),
         );
     }
+    if let Some(t) = &job.traceparent {
+        headers.insert(
+            JOB_TRACEPARENT.into(),
+            AMQPValue::LongString(LongString::from(t.as_str())),
+        );
+    }
     BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
@@ -74,6 +82,7 @@ fn delivery_job(props: &BasicProperties, body: &[u8]) -> Job {
         transaction: text_field(props, JOB_TXN),
         reason: text_field(props, JOB_REASON),
         expires_ms: None,
+        traceparent: text_field(props, JOB_TRACEPARENT),
     }
 }
 

@@ -63,6 +63,11 @@ pub struct Job {
     /// ([`crate::durable::event_job`]), `None` for work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_ms: Option<u64>,
+    /// The W3C `traceparent` of the handler that enqueued it: the job's
+    /// handler runs in that trace, as its child (`docs/tracing.md`).
+    /// Carried as text; a malformed one is ignored where it is read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn one() -> u32 {
@@ -79,6 +84,7 @@ impl Job {
             transaction: None,
             reason: None,
             expires_ms: None,
+            traceparent: None,
         }
     }
 

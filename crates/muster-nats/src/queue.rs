@@ -136,6 +136,8 @@ struct JobFields {
     transaction: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -149,6 +151,7 @@ fn encode(job: &Job, dedup: bool) -> (HeaderMap, bytes::Bytes) {
         attempt: job.attempt,
         transaction: job.transaction.clone(),
         reason: job.reason.clone(),
+        traceparent: job.traceparent.clone(),
     };
     let mut headers = HeaderMap::new();
     headers.insert(
@@ -183,6 +186,7 @@ fn decode(
             transaction: f.transaction,
             reason: f.reason,
             expires_ms: None,
+            traceparent: f.traceparent,
         },
         None => {
             let mut job = Job::new(payload);

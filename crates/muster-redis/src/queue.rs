@@ -40,6 +40,9 @@ fn job_fields(job: &Job) -> Vec<(&'static str, Vec<u8>)> {
     if let Some(r) = &job.reason {
         f.push(("reason", r.clone().into_bytes()));
     }
+    if let Some(t) = &job.traceparent {
+        f.push(("traceparent", t.clone().into_bytes()));
+    }
     f
 }
 
@@ -76,6 +79,7 @@ fn entry_job(entry: &StreamId) -> Job {
         transaction: text("txn"),
         reason: text("reason"),
         expires_ms: None,
+        traceparent: text("traceparent"),
     }
 }
 

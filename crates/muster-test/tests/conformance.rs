@@ -386,6 +386,91 @@ async fn events_carry_the_trace_context_of_their_publisher(bus: &Bus) {
     hp.stop().await;
 }
 
+/// A job enqueued by a handler carries the handler's span: its consumer
+/// runs in the same trace, as that span's child, on every attempt. One
+/// enqueued outside any trace is not traced.
+async fn jobs_carry_the_trace_context_of_their_enqueuer(bus: &Bus) {
+    let queue = bus.name("traced-work");
+    // Per job body: the trace each attempt ran in.
+    let ran: Arc<Mutex<Vec<(u32, Option<muster::wire::TraceContext>, Option<u64>)>>> =
+        Arc::default();
+    let kept = ran.clone();
+    let hw = Service::new(bus.name("trace-worker"))
+        .consume(&queue, move |ctx: Ctx, Args(n): Args<u32>| {
+            let kept = kept.clone();
+            async move {
+                let first = {
+                    let mut ran = kept.lock().unwrap();
+                    ran.push((n, ctx.trace(), ctx.trace_parent()));
+                    ran.iter().filter(|(m, ..)| *m == n).count() == 1
+                };
+                // Job 1 fails its first attempt: the retry keeps the trace.
+                if n == 1 && first {
+                    return Err(RpcError::internal("flaky once"));
+                }
+                Ok(())
+            }
+        })
+        .max_attempts(3)
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let submitter = bus.name("submitter");
+    let spoke: SeenTrace = Arc::default();
+    let (said, q) = (spoke.clone(), queue.clone());
+    let hs = Service::new(&submitter)
+        .rpc("submit", move |ctx: Ctx, Args(n): Args<u32>| {
+            let (said, q) = (said.clone(), q.clone());
+            async move {
+                said.lock()
+                    .unwrap()
+                    .push((ctx.trace().expect("a span"), ctx.trace_parent()));
+                ctx.enqueue(&q, &n).await.map_err(RpcError::internal)?;
+                Ok::<_, RpcError>(())
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &submitter, 1).await;
+
+    let given = "00-5af7651916cd43dd8448eb211c80319c-c7ad6b7169203331-01";
+    let () = client
+        .call_with(
+            &format!("{submitter}.submit"),
+            &1u32,
+            muster::CallOptions::default().traceparent(given),
+        )
+        .await
+        .unwrap();
+    client.enqueue(&queue, &2u32).await.unwrap();
+    let (submitted, _) = *spoke.lock().unwrap().last().unwrap();
+    assert_eq!(submitted.trace_id_hex(), "5af7651916cd43dd8448eb211c80319c");
+    let runs = eventually(
+        Duration::from_secs(20),
+        "both attempts of job 1 and job 2",
+        || async {
+            let ran = ran.lock().unwrap();
+            (ran.iter().filter(|(n, ..)| *n == 1).count() == 2 && ran.iter().any(|(n, ..)| *n == 2))
+                .then(|| ran.clone())
+        },
+    )
+    .await;
+    for (n, trace, parent) in &runs {
+        if *n == 1 {
+            let trace = trace.expect("job 1 runs in its enqueuer's trace");
+            assert_eq!(trace.trace_id, submitted.trace_id, "one trace");
+            assert_eq!(*parent, Some(submitted.span_id), "the enqueuer's span");
+            assert_ne!(trace.span_id, submitted.span_id, "a span of its own");
+        } else {
+            assert_eq!(*trace, None, "a job from outside a trace has none");
+        }
+    }
+    hw.stop().await;
+    hs.stop().await;
+}
+
 /// A handler's nested call that never answers: both stop at the first
 /// caller's deadline (each instance drops its handler then), and both
 /// count a cancellation.
@@ -995,6 +1080,7 @@ conformance!(
     rpc_deadline_cancels_the_handler_and_its_nested_call,
     rpc_carries_the_trace_context_to_nested_calls,
     events_carry_the_trace_context_of_their_publisher,
+    jobs_carry_the_trace_context_of_their_enqueuer,
     events_in_order_and_filtered,
     client_subscription_in_order_and_cancelled,
     queue_retry_and_dead_letter,

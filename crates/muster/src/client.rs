@@ -353,7 +353,7 @@ impl Client {
         queue: &str,
         job: &T,
     ) -> Result<String, Error> {
-        self.enqueue_in(queue, job, None, None).await
+        self.enqueue_in(queue, job, None, None, None).await
     }
 
     /// [`Client::enqueue`] under a job id of the caller's choosing. An
@@ -370,7 +370,7 @@ impl Client {
         id: &str,
         job: &T,
     ) -> Result<(), Error> {
-        self.enqueue_in(queue, job, None, Some(id.to_owned()))
+        self.enqueue_in(queue, job, None, Some(id.to_owned()), None)
             .await
             .map(drop)
     }
@@ -381,6 +381,7 @@ impl Client {
         job: &T,
         transaction: Option<String>,
         id: Option<String>,
+        traceparent: Option<String>,
     ) -> Result<String, Error> {
         if !muster_core::queue::is_valid_queue_name(queue) {
             return Err(Error::new(
@@ -392,6 +393,7 @@ impl Client {
             .map_err(|e| Error::new(ErrorKind::Codec, format!("cannot encode job: {e}")))?;
         let mut job = muster_core::queue::Job::new(body);
         job.transaction = transaction;
+        job.traceparent = traceparent;
         if let Some(id) = id {
             job.id = id;
         }

@@ -189,7 +189,9 @@ impl Ctx {
     }
 
     /// Adds a job to the work queue `queue`, tagged with the current
-    /// transaction; returns the job's id once the bus holds it. See
+    /// transaction and, in a traced request, its trace context (the job's
+    /// handler runs as a child of this handler's span); returns the job's
+    /// id once the bus holds it. See
     /// [`Service::consume`](crate::Service::consume).
     ///
     /// # Errors
@@ -201,9 +203,13 @@ impl Ctx {
     ) -> Result<String, Error> {
         self.within_budget(
             "enqueue",
-            self.shared
-                .client
-                .enqueue_in(queue, job, self.transaction().map(str::to_owned), None),
+            self.shared.client.enqueue_in(
+                queue,
+                job,
+                self.transaction().map(str::to_owned),
+                None,
+                self.scope.trace.map(|t| t.to_traceparent()),
+            ),
         )
         .await
     }
@@ -242,7 +248,9 @@ impl Ctx {
         F: FnOnce(&mut S),
     {
         let owner = self.owner::<S>()?;
-        owner.update(f).await
+        owner
+            .update(f, self.scope.trace.map(|t| t.to_traceparent()))
+            .await
     }
 
     /// Replaces the value of the owned [`Full<T>`](crate::state::Full) state.

@@ -169,6 +169,44 @@ pub(crate) fn record_event(done: &Done<'_>, topic: &str, group: Option<&str>) {
     );
 }
 
+/// A job's handler, as a consumer span of its queue, with the messaging
+/// semantic conventions (the job's id is the message id).
+pub(crate) fn record_job(
+    done: &Done<'_>,
+    queue: &str,
+    id: &str,
+    attempt: u32,
+    transaction: Option<&str>,
+) {
+    let mut attributes = vec![
+        KeyValue::new("messaging.system", "muster"),
+        KeyValue::new("messaging.operation.type", "process"),
+        KeyValue::new("messaging.operation.name", "process"),
+        KeyValue::new("messaging.destination.name", queue.to_owned()),
+        KeyValue::new("messaging.message.id", id.to_owned()),
+        KeyValue::new("muster.job.attempt", i64::from(attempt)),
+    ];
+    if let Some(t) = transaction {
+        attributes.push(KeyValue::new("muster.transaction", t.to_owned()));
+    }
+    emit(
+        done,
+        SpanKind::Consumer,
+        format!("process {queue}"),
+        attributes,
+    );
+}
+
+/// A scheduled run, the first span of its trace; `fire_ms` is the fire
+/// time it ran for (none for a run at start-up).
+pub(crate) fn record_schedule(done: &Done<'_>, name: &str, fire_ms: Option<i64>) {
+    let mut attributes = vec![KeyValue::new("muster.schedule", name.to_owned())];
+    if let Some(f) = fire_ms {
+        attributes.push(KeyValue::new("muster.schedule.fire_time_ms", f));
+    }
+    emit(done, SpanKind::Internal, name.to_owned(), attributes);
+}
+
 /// Hands a span that ended to the exporter (nothing when export is off
 /// or the trace is not sampled).
 fn emit(done: &Done<'_>, kind: SpanKind, name: String, mut attributes: Vec<KeyValue>) {

@@ -144,6 +144,7 @@ fn job_bytes(job: &Job) -> usize {
         + job.id.len()
         + job.transaction.as_ref().map_or(0, String::len)
         + job.reason.as_ref().map_or(0, String::len)
+        + job.traceparent.as_ref().map_or(0, String::len)
         + 96
 }
 

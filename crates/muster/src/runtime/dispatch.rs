@@ -10,7 +10,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tracing::Instrument;
 
-use super::span_export::{exported_event_span, exported_span};
+use super::span_export::{exported_event_span, exported_job_span, exported_span};
 use crate::RpcError;
 use crate::ctx::{CallScope, Ctx};
 use crate::extract::Invocation;
@@ -532,13 +532,25 @@ pub(super) struct QueueDispatch {
 
 impl JobSink for QueueDispatch {
     fn handle(&self, job: Job) -> BoxFuture<'static, Outcome> {
+        // A job joins the trace of the handler that enqueued it, as its
+        // child; one enqueued outside any trace is not traced, like an
+        // event.
+        let caller = job
+            .traceparent
+            .as_deref()
+            .and_then(crate::wire::TraceContext::parse);
+        let trace = caller.map(|c| crate::sampling::span_for(Some(c)));
         let span = tracing::info_span!(
             "job",
             queue = %self.queue,
             job = %job.id,
             attempt = job.attempt,
             transaction = job.transaction.as_deref().unwrap_or(""),
+            trace_id = tracing::field::Empty,
         );
+        if let Some(t) = &trace {
+            span.record("trace_id", tracing::field::display(t.trace_id_text()));
+        }
         self.stats.begin();
         // Past its attempts already: its consumers died holding it (a
         // crash counts as an attempt, `docs/guarantees.md`). It is not run
@@ -576,9 +588,13 @@ impl JobSink for QueueDispatch {
             ctx: self.ctx.scoped(CallScope {
                 request_id: Some(job.id.clone()),
                 transaction: job.transaction.clone(),
+                trace,
+                trace_parent: caller.map(|c| c.span_id),
                 ..CallScope::default()
             }),
         };
+        let export = trace
+            .and_then(|t| exported_job_span(&self.queue, &job, self.ctx.instance(), t, caller));
         let fut = span.in_scope(|| self.handler.call(inv));
         let stats = self.stats.clone();
         let max_attempts = self.max_attempts;
@@ -590,6 +606,9 @@ impl JobSink for QueueDispatch {
                     started.elapsed(),
                     result.as_ref().err().map(|e| e.message.as_str()),
                 );
+                if let Some(export) = export {
+                    export.end(result.as_ref().err());
+                }
                 let outcome = job_outcome(result.map(|_| ()), job.attempt, max_attempts);
                 match &outcome {
                     Outcome::Ack => {}

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use muster_core::transport::SharedTransport;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::Ctx;
 use crate::schedule::{Clock, Misfire, Schedule, sleep_until};
@@ -138,9 +139,23 @@ impl Runner {
                 }
             }
         }
+        // Each run is the first span of a trace of its own: the calls,
+        // events and jobs it makes are its children.
+        let trace = crate::sampling::span_for(None);
+        let ctx = self.ctx.scoped(crate::ctx::CallScope {
+            trace: Some(trace),
+            ..crate::ctx::CallScope::default()
+        });
+        let span = tracing::info_span!(
+            "schedule",
+            job = %self.name,
+            trace_id = %trace.trace_id_text(),
+        );
+        let export =
+            super::span_export::exported_schedule_span(&self.name, fire, ctx.instance(), trace);
         self.stats.begin();
         let started = Instant::now();
-        let outcome = tokio::spawn((job.run)(self.ctx.clone())).await;
+        let outcome = tokio::spawn((job.run)(ctx).instrument(span)).await;
         let error = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -150,6 +165,9 @@ impl Runner {
             tracing::error!(job = %self.name, fire = ?fire, error = %e, "scheduled job failed");
         } else {
             tracing::debug!(job = %self.name, fire = ?fire, "scheduled job done");
+        }
+        if let Some(export) = export {
+            export.end(error.as_deref().map(crate::RpcError::internal).as_ref());
         }
         self.stats.end(started.elapsed(), error.as_deref());
     }

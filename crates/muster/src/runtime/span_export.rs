@@ -1,4 +1,4 @@
-//! A request's or an event's span, as `otlp.rs` exports it: what it needs
+//! A request's, an event's or a job's span, as `otlp.rs` exports it: what it needs
 //! is taken when the work starts, only when spans are exported (never
 //! without the `otlp` feature).
 
@@ -31,6 +31,16 @@ enum What {
     Event {
         topic: String,
         group: Option<String>,
+    },
+    Schedule {
+        name: String,
+        fire_ms: Option<i64>,
+    },
+    Job {
+        queue: String,
+        id: String,
+        attempt: u32,
+        transaction: Option<String>,
     },
 }
 
@@ -94,6 +104,35 @@ pub(super) fn exported_event_span(
     })
 }
 
+/// A job's span: its handler, as a consumer of the queue.
+pub(super) fn exported_job_span(
+    queue: &str,
+    job: &muster_core::queue::Job,
+    instance: &str,
+    trace: TraceContext,
+    caller: Option<TraceContext>,
+) -> Option<ExportedSpan> {
+    exported(trace, caller, None, instance, || What::Job {
+        queue: queue.to_owned(),
+        id: job.id.clone(),
+        attempt: job.attempt,
+        transaction: job.transaction.clone(),
+    })
+}
+
+/// A scheduled run's span, the first of its trace.
+pub(super) fn exported_schedule_span(
+    name: &str,
+    fire: Option<chrono::DateTime<chrono::Utc>>,
+    instance: &str,
+    trace: TraceContext,
+) -> Option<ExportedSpan> {
+    exported(trace, None, None, instance, || What::Schedule {
+        name: name.to_owned(),
+        fire_ms: fire.map(|f| f.timestamp_millis()),
+    })
+}
+
 impl ExportedSpan {
     /// Hands the span to the exporter. Without the `otlp` feature none is
     /// ever made, so there is nothing to hand.
@@ -124,6 +163,15 @@ impl ExportedSpan {
                 What::Event { topic, group } => {
                     crate::otlp::record_event(&done, topic, group.as_deref());
                 }
+                What::Schedule { name, fire_ms } => {
+                    crate::otlp::record_schedule(&done, name, *fire_ms);
+                }
+                What::Job {
+                    queue,
+                    id,
+                    attempt,
+                    transaction,
+                } => crate::otlp::record_job(&done, queue, id, *attempt, transaction.as_deref()),
             }
         }
         #[cfg(not(feature = "otlp"))]

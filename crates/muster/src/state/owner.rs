@@ -116,8 +116,13 @@ impl<S: StateKind> Owner<S> {
     }
 
     /// Applies `f` to the value; publishes the change it made (if any)
-    /// with the next sequence number, which it returns.
-    pub(crate) async fn update(&self, f: impl FnOnce(&mut S)) -> Result<u64, Error> {
+    /// with the next sequence number, which it returns. The change's
+    /// event carries `traceparent`: the trace of the handler that made it.
+    pub(crate) async fn update(
+        &self,
+        f: impl FnOnce(&mut S),
+        traceparent: Option<String>,
+    ) -> Result<u64, Error> {
         let mut store = self.order.lock().await;
         let (seq, change) = {
             let mut cur = self.lock();
@@ -146,7 +151,9 @@ impl<S: StateKind> Owner<S> {
             change: Some(change),
         };
         // Published under `order`: readers see changes in sequence order.
-        self.client.publish(&self.topic, &msg).await?;
+        self.client
+            .publish_in(&self.topic, &msg, None, traceparent)
+            .await?;
         Ok(seq)
     }
 

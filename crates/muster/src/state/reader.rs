@@ -262,6 +262,17 @@ struct Sink<S: StateKind>(std::sync::Weak<Reader<S>>);
 impl<S: StateKind> EventSink for Sink<S> {
     fn deliver(&self, event: Envelope) -> BoxFuture<'static, ()> {
         if let Some(r) = self.0.upgrade() {
+            // A change made in a traced handler is applied in its trace:
+            // the reader's log lines name it.
+            let _in_trace = event
+                .header
+                .traceparent
+                .as_deref()
+                .and_then(crate::wire::TraceContext::parse)
+                .map(|t| {
+                    tracing::debug_span!("state", name = %r.name, trace_id = %t.trace_id_text())
+                        .entered()
+                });
             match serde_json::from_slice::<StateMessage<S::Change>>(&event.body) {
                 Ok(msg) => match r.faults.copies() {
                     0 => {}
