@@ -75,7 +75,11 @@ impl Caller {
         }
     }
 
-    async fn channel(&self) -> Result<Channel, Error> {
+    /// The channel requests go out on, opened (and `exchange` declared)
+    /// on first use and after the connection broke. A request published
+    /// to an exchange that does not exist yet (a client on a fresh broker)
+    /// would close the channel instead of coming back as unroutable.
+    async fn channel(&self, exchange: &str) -> Result<Channel, Error> {
         let mut slot = self.channel.lock().await;
         if let Some(ch) = slot.as_ref()
             && ch.status().connected()
@@ -83,6 +87,7 @@ impl Caller {
             return Ok(ch.clone());
         }
         let (_, ch) = self.link.channel().await?;
+        crate::events::declare_exchange(&ch, exchange).await?;
         let replies = ch
             .basic_consume(
                 REPLY_TO.into(),
@@ -228,7 +233,7 @@ pub(crate) async fn request(
     lock(&inner.rpc.pending).insert(id.clone(), Waiter::One(tx));
     inner.rpc.sent.notify_one();
     let published = async {
-        let ch = inner.rpc.channel().await?;
+        let ch = inner.rpc.channel(&inner.options.exchange).await?;
         let sent = ch
             .basic_publish(
                 exchange.as_str().into(),
@@ -271,7 +276,7 @@ fn content_type(header: &Header) -> &'static str {
 /// Asks every instance for its description and collects the answers for
 /// `discovery_wait`.
 pub(crate) async fn discover(inner: &Arc<Inner>) -> Result<Vec<InstanceInfo>, Error> {
-    let ch = inner.rpc.channel().await?;
+    let ch = inner.rpc.channel(&inner.options.exchange).await?;
     let id = format!("discover-{}", inner.rpc.next_id());
     let (tx, mut rx) = mpsc::unbounded_channel();
     lock(&inner.rpc.pending).insert(id.clone(), Waiter::Many(tx));

@@ -113,14 +113,14 @@ pub(crate) async fn request(
 ) -> Result<Envelope, RpcError> {
     let service = request.header.service.clone().unwrap_or_default();
     let method = request.header.method.clone().unwrap_or_default();
+    let instance = request.header.instance.as_deref();
     let routes = registry::routes(inner).await?;
-    muster_core::registry::candidates(
-        &routes,
-        |i| i,
-        &service,
-        &method,
-        request.header.instance.as_deref(),
-    )?;
+    if muster_core::registry::candidates(&routes, |i| i, &service, &method, instance).is_err() {
+        // The copy may predate the instance's registration: "no such
+        // service" is only answered from the registry as it is now.
+        let routes = registry::list(inner).await?;
+        muster_core::registry::candidates(&routes, |i| i, &service, &method, instance)?;
+    }
     ensure_reader(inner).await?;
     if request.header.id.is_empty() {
         let n = inner

@@ -391,9 +391,9 @@ async fn events_carry_the_trace_context_of_their_publisher(bus: &Bus) {
 /// enqueued outside any trace is not traced.
 async fn jobs_carry_the_trace_context_of_their_enqueuer(bus: &Bus) {
     let queue = bus.name("traced-work");
-    // Per job body: the trace each attempt ran in.
-    let ran: Arc<Mutex<Vec<(u32, Option<muster::wire::TraceContext>, Option<u64>)>>> =
-        Arc::default();
+    // Per job body: the trace each attempt ran in, and its parent.
+    type Ran = Vec<(u32, Option<muster::wire::TraceContext>, Option<u64>)>;
+    let ran: Arc<Mutex<Ran>> = Arc::default();
     let kept = ran.clone();
     let hw = Service::new(bus.name("trace-worker"))
         .consume(&queue, move |ctx: Ctx, Args(n): Args<u32>| {
@@ -469,6 +469,32 @@ async fn jobs_carry_the_trace_context_of_their_enqueuer(bus: &Bus) {
     }
     hw.stop().await;
     hs.stop().await;
+}
+
+/// A caller that was just told a service does not exist can call it as
+/// soon as its instance has started: the answer "no such service" is not
+/// served from a copy of the registry older than the registration.
+async fn a_service_is_callable_once_started(bus: &Bus) {
+    let name = bus.name("late");
+    let client = bus.client().await;
+    let target = format!("{name}.ping");
+    let early = client
+        .call::<_, u32>(&target, &serde_json::json!({}))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        early.code,
+        muster_core::error::code::METHOD_NOT_FOUND,
+        "{early:?}"
+    );
+    let h = Service::new(&name)
+        .rpc("ping", || async { Ok::<_, RpcError>(1u32) })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let answer: u32 = client.call(&target, &serde_json::json!({})).await.unwrap();
+    assert_eq!(answer, 1);
+    h.stop().await;
 }
 
 /// A handler's nested call that never answers: both stop at the first
@@ -1076,6 +1102,7 @@ macro_rules! conformance {
 conformance!(
     rpc_call_and_errors,
     rpc_balanced_over_instances,
+    a_service_is_callable_once_started,
     rpc_timeout,
     rpc_deadline_cancels_the_handler_and_its_nested_call,
     rpc_carries_the_trace_context_to_nested_calls,
