@@ -5,6 +5,12 @@
 //! calls `back`: both spans arrive, in that trace, `front` a child of the
 //! given span and `back` of `front`'s, with the RPC attributes and each
 //! service's name.
+//!
+//! The tree of one request through the HTTP gateway of `muster up`, on the
+//! embedded bus and on Redis: the gateway's request bears a
+//! `traceparent`; `front` calls `middle`, which enqueues a job that `back`
+//! consumes, publishing an event that `front` hears. Its four spans
+//! arrive in the request's trace, each the child of the one before.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -215,4 +221,182 @@ async fn spans_of_a_call_and_its_nested_call_reach_the_receiver_in_one_trace() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `muster` binary beside the test service (`cargo test --workspace`
+/// builds both).
+fn muster_bin() -> String {
+    let p = std::path::Path::new(SERVICE).with_file_name("muster");
+    assert!(
+        p.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+/// Three services under one host, each exporting to `otlp`.
+fn tree_services(otlp: &str) -> String {
+    let service = |name: &str, env: &str| {
+        format!(
+            "[[service]]\nname = \"{name}\"\nrun = [\"{SERVICE}\", \"--greeting\", \"hi\", \"--log-level\", \"warn\"]\nenv = {{ TESTSVC_NAME = \"{name}\", OTEL_EXPORTER_OTLP_ENDPOINT = \"{otlp}\", OTEL_BSP_SCHEDULE_DELAY = \"100\"{env} }}\n"
+        )
+    };
+    [
+        service("front", ", TESTSVC_LISTEN = \"traced.*\""),
+        service("middle", ""),
+        service(
+            "back",
+            ", TESTSVC_CONSUME = \"traced-jobs\", TESTSVC_CONSUME_PUBLISH = \"traced.done\"",
+        ),
+    ]
+    .concat()
+}
+
+const TREE_TRACE: &str = "7bf92f3577b34da6a3ce929d0e0e4736";
+const TREE_PARENT: &str = "10f067aa0ba902b7";
+
+/// The spans of one request's tree, found by their parent links: the
+/// event's handling in `front`, the job's in `back` before it, the
+/// enqueuing call to `middle` before that, and `front`'s call under the
+/// gateway's request.
+fn tree(all: &[Received]) -> Option<[opentelemetry_proto::tonic::trace::v1::Span; 4]> {
+    let parent_of = |child: &Received, name: &str, service: &str| {
+        all.iter().find(|r| {
+            r.span.span_id == child.span.parent_span_id
+                && r.span.name == name
+                && r.service == service
+        })
+    };
+    all.iter()
+        .filter(|r| r.span.name == "process traced.done" && r.service == "front")
+        .find_map(|event| {
+            let job = parent_of(event, "process traced-jobs", "back")?;
+            let enqueue = parent_of(job, "middle/enqueue", "middle")?;
+            let relay = parent_of(enqueue, "front/relay", "front")?;
+            (hex(&relay.span.parent_span_id) == TREE_PARENT).then(|| {
+                [
+                    relay.span.clone(),
+                    enqueue.span.clone(),
+                    job.span.clone(),
+                    event.span.clone(),
+                ]
+            })
+        })
+}
+
+async fn a_request_its_job_and_its_event_are_one_trace(
+    host: &muster_test::host::Host,
+    http: &str,
+    spans: &Arc<Mutex<Vec<Received>>>,
+) {
+    let client = host.client().await;
+    for name in ["front", "middle", "back"] {
+        muster_test::wait_registered(&client, name, 1).await;
+    }
+    let token = std::fs::read_to_string(host.dir.join(".muster/token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let traceparent = format!("00-{TREE_TRACE}-{TREE_PARENT}-01");
+    let body =
+        r#"{"target": "middle.enqueue", "params": {"queue": "traced-jobs", "job": {"n": 1}}}"#;
+    // The event's subscription may still be on its way through the bus:
+    // send the request again every 2 s until a whole tree has arrived.
+    let mut job_ids = Vec::new();
+    let mut last_sent: Option<std::time::Instant> = None;
+    let [relay, enqueue, job, event] =
+        muster_test::eventually(Duration::from_secs(40), "the spans of a whole tree", || {
+            let found = tree(&spans.lock().unwrap());
+            if found.is_none() && last_sent.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+                let (code, answer) = muster_test::host::http_with(
+                    "POST",
+                    http,
+                    "/call/front.relay",
+                    &[("Authorization", &auth), ("traceparent", &traceparent)],
+                    body,
+                );
+                assert_eq!(code, 200, "{answer}");
+                let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+                job_ids.push(answer["result"].as_str().expect("the job's id").to_owned());
+                last_sent = Some(std::time::Instant::now());
+            }
+            std::future::ready(found)
+        })
+        .await;
+    for span in [&relay, &enqueue, &job, &event] {
+        assert_eq!(hex(&span.trace_id), TREE_TRACE, "one trace: {span:?}");
+        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+    }
+    for (span, service, method) in [(&relay, "front", "relay"), (&enqueue, "middle", "enqueue")] {
+        assert_eq!(span.kind, SpanKind::Server as i32);
+        assert_eq!(
+            text(&span.attributes, "rpc.system").as_deref(),
+            Some("jsonrpc")
+        );
+        assert_eq!(
+            text(&span.attributes, "rpc.service").as_deref(),
+            Some(service)
+        );
+        assert_eq!(
+            text(&span.attributes, "rpc.method").as_deref(),
+            Some(method)
+        );
+    }
+    for (span, destination) in [(&job, "traced-jobs"), (&event, "traced.done")] {
+        assert_eq!(span.kind, SpanKind::Consumer as i32);
+        assert_eq!(
+            text(&span.attributes, "messaging.system").as_deref(),
+            Some("muster")
+        );
+        assert_eq!(
+            text(&span.attributes, "messaging.operation.type").as_deref(),
+            Some("process")
+        );
+        assert_eq!(
+            text(&span.attributes, "messaging.destination.name").as_deref(),
+            Some(destination)
+        );
+    }
+    let message_id = text(&job.attributes, "messaging.message.id").expect("the job's id");
+    assert!(
+        job_ids.contains(&message_id),
+        "the job span names a job the gateway's call enqueued: {message_id} not in {job_ids:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_the_gateway_its_job_and_its_event_are_one_trace_on_the_embedded_bus() {
+    let (otlp, spans) = receiver().await;
+    let http = muster_test::host::free_http();
+    let manifest = format!(
+        "[host]\nhttp = \"{http}\"\n[context]\nname = \"tree\"\n{}",
+        tree_services(&otlp)
+    );
+    let host = muster_test::host::Host::up(&muster_bin(), "trace-tree", &manifest).await;
+    a_request_its_job_and_its_event_are_one_trace(&host, &http, &spans).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_through_the_gateway_its_job_and_its_event_are_one_trace_on_redis() {
+    let test = "a_request_through_the_gateway_its_job_and_its_event_are_one_trace_on_redis";
+    let Some(base) = muster_test::broker_url("MUSTER_TEST_REDIS", test) else {
+        return;
+    };
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let bus = format!(
+        "{base}{sep}prefix=tr{:x}",
+        muster::id::random_u64() & 0xff_ffff
+    );
+    let (otlp, spans) = receiver().await;
+    let http = muster_test::host::free_http();
+    let dir = muster_test::host::tempdir("trace-tree-redis");
+    std::fs::write(
+        dir.join("muster.toml"),
+        format!(
+            "[host]\nbus = \"{bus}\"\nhttp = \"{http}\"\n[context]\nname = \"tree\"\n{}",
+            tree_services(&otlp)
+        ),
+    )
+    .unwrap();
+    let host = muster_test::host::Host::start(&muster_bin(), dir, bus).await;
+    a_request_its_job_and_its_event_are_one_trace(&host, &http, &spans).await;
 }

@@ -301,3 +301,33 @@ async fn two_instances_run_each_fire_time_once_between_them() {
     let expected: Vec<String> = (1..=10).map(|s| format!("00:00:{s:02}.000")).collect();
     assert_eq!(starts, expected);
 }
+
+/// Each run is the first span of a trace of its own: the handler sees a
+/// trace with no parent, and no two runs share one.
+#[tokio::test(start_paused = true)]
+async fn each_run_starts_a_trace_of_its_own() {
+    let clock = Arc::new(VirtualClock::starting_at(t("2026-01-01T00:00:00Z")));
+    type Seen = Vec<(Option<muster::wire::TraceContext>, Option<u64>)>;
+    let traces: Arc<Mutex<Seen>> = Arc::default();
+    let kept = traces.clone();
+    let bus = TestBus::new();
+    let _h =
+        bus.start(Service::new("s").clock(clock).every(
+            Duration::from_secs(10),
+            move |ctx: Ctx| {
+                let kept = kept.clone();
+                async move {
+                    kept.lock().unwrap().push((ctx.trace(), ctx.trace_parent()));
+                    Ok::<_, muster::Error>(())
+                }
+            },
+        ))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let traces = traces.lock().unwrap().clone();
+    let [(Some(first), None), (Some(second), None)] = traces[..] else {
+        panic!("two runs, each with a trace and no parent: {traces:?}");
+    };
+    assert_ne!(first.trace_id, second.trace_id);
+}

@@ -1,5 +1,6 @@
 //! A service for muster's tests: required, typed and secret config keys,
-//! a slow method, a panicking method, and a method that logs.
+//! a slow method, a panicking method, a method that logs, and methods
+//! and handlers that call, publish and enqueue for the trace tests.
 
 use muster::prelude::*;
 
@@ -106,6 +107,20 @@ async fn announce(ctx: Ctx, Args(a): Args<AnnounceArgs>) -> Result<(), RpcError>
         .map_err(RpcError::internal)
 }
 
+#[derive(Deserialize, JsonSchema)]
+struct EnqueueArgs {
+    queue: String,
+    #[serde(default)]
+    job: serde_json::Value,
+}
+
+/// Enqueues one job from inside the handler; answers its id.
+async fn enqueue(ctx: Ctx, Args(a): Args<EnqueueArgs>) -> Result<String, RpcError> {
+    ctx.enqueue(&a.queue, &a.job)
+        .await
+        .map_err(RpcError::internal)
+}
+
 async fn crash() -> Result<(), RpcError> {
     panic!("asked to crash")
 }
@@ -126,6 +141,28 @@ fn main() -> muster::Result<()> {
         Ok(pattern) => service.subscribe(&pattern, || async { Ok::<_, RpcError>(()) }),
         Err(_) => service,
     };
+    // `TESTSVC_CONSUME=QUEUE` (and `TESTSVC_CONSUME_PUBLISH=TOPIC`):
+    // consume a work queue, publishing one event per job done.
+    let service = match std::env::var("TESTSVC_CONSUME") {
+        Ok(queue) => {
+            let topic = std::env::var("TESTSVC_CONSUME_PUBLISH").ok();
+            service.consume(
+                &queue,
+                move |ctx: Ctx, Args(job): Args<serde_json::Value>| {
+                    let topic = topic.clone();
+                    async move {
+                        if let Some(topic) = topic {
+                            ctx.publish(&topic, &job)
+                                .await
+                                .map_err(RpcError::internal)?;
+                        }
+                        Ok::<_, RpcError>(())
+                    }
+                },
+            )
+        }
+        Err(_) => service,
+    };
     service
         .version("1.2.3")
         .config::<TestConfig>()
@@ -135,6 +172,7 @@ fn main() -> muster::Result<()> {
         .idempotent()
         .rpc("relay", relay)
         .rpc("announce", announce)
+        .rpc("enqueue", enqueue)
         .rpc("crash", crash)
         .rpc("alloc", alloc)
         .rpc("blob", blob)
