@@ -68,6 +68,16 @@ impl CallCmd {
         if let Some(i) = self.instance {
             options = options.instance(i);
         }
+        // Ctrl-C gives the call up: the instance running it is told and
+        // stops its handler, instead of running on to the deadline.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let options = options.cancel_on(stop.clone());
+        let interrupt = stop.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                interrupt.cancel();
+            }
+        });
         let result = client.call_raw(&self.target, &params, options).await;
         client.transport().close().await;
         match result {
@@ -78,7 +88,12 @@ impl CallCmd {
             Err(e) => {
                 let shown = serde_json::to_string(&e).unwrap_or_else(|_| e.to_string());
                 eprintln!("{shown}");
-                ExitCode::FAILURE
+                if stop.is_cancelled() {
+                    // Interrupted, as a shell counts it (128 + SIGINT).
+                    ExitCode::from(130)
+                } else {
+                    ExitCode::FAILURE
+                }
             }
         }
     }

@@ -57,6 +57,17 @@ pub struct InstanceInfo {
 /// [`StatusUpdate`]s (the embedded bus takes them as a registry verb).
 pub const UPDATE_TOPIC: &str = "muster.update";
 
+/// Topic on which a host says that an instance's process ended, as
+/// `{"caller": INSTANCE}`: the requests it made and was still waiting for
+/// are cancelled where they run (`docs/tracing.md`, "Cancellation").
+pub const GONE_TOPIC: &str = "muster.gone";
+
+/// The topic of the cancel notices for `service`'s requests, each
+/// `{"key": "<caller>/<n>"}` (the request's `caller` header).
+pub fn cancel_topic(service: &str) -> String {
+    format!("muster.cancel.{service}")
+}
+
 /// An instance's progress report to the host that supervises it
 /// (`ctx.update`): an `updated` lifecycle event, which can fire triggers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -596,6 +596,15 @@ impl Driver {
                 if let Some(bus) = &self.bus {
                     bus.evict(&instance, &cause);
                 }
+                // The calls it was still waiting for stop where they run.
+                let gone = serde_json::json!({ "caller": &instance });
+                if let Err(e) = self
+                    .client
+                    .publish(muster::registry::GONE_TOPIC, &gone)
+                    .await
+                {
+                    tracing::debug!(error = %e, "gone notice not published");
+                }
                 // Whatever the instance started and left behind goes too.
                 process::signal(pid, crate::supervisor::StopSignal::Kill);
                 if let Some(g) = &mut self.guard {

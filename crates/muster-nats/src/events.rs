@@ -82,6 +82,7 @@ fn carries_only_its_topic(h: &Header) -> bool {
         count,
         traceparent,
         tracestate,
+        caller,
     } = h;
     id.is_empty()
         && *kind == Kind::Event
@@ -97,6 +98,7 @@ fn carries_only_its_topic(h: &Header) -> bool {
         && count.is_none()
         && traceparent.is_none()
         && tracestate.is_none()
+        && caller.is_none()
 }
 
 /// A live subscription: one task delivering, in order, what its NATS

@@ -586,6 +586,111 @@ async fn rpc_deadline_cancels_the_handler_and_its_nested_call(bus: &Bus) {
     hc.stop().await;
 }
 
+/// The number of cancellations `service.method` counts, over its instances.
+async fn num_cancelled(client: &Client, service: &str, method: &str) -> Option<u64> {
+    Some(
+        client
+            .stats(Some(service))
+            .await
+            .ok()?
+            .into_iter()
+            .flatten()
+            .map(|r| r.methods.get(method).map_or(0, |m| m.num_cancelled))
+            .sum(),
+    )
+}
+
+/// A caller that gives its call up long before the deadline (its cancel
+/// token fires, or its call's future is dropped) stops the handler and
+/// the handler's nested call, which count the cancellations; nothing else
+/// would end them for 30 s.
+async fn rpc_cancelled_when_its_caller_gives_up(bus: &Bus) {
+    let (b, c) = (bus.name("giver"), bus.name("waiter"));
+    let c_started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+    let b_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+    let (cs, started) = (c_stopped.clone(), c_started.clone());
+    let hc = Service::new(&c)
+        .rpc("wait", move || {
+            let guard = DroppedAt(cs.clone());
+            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                let _guard = guard;
+                std::future::pending::<Result<(), RpcError>>().await
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let (bs, target) = (b_stopped.clone(), format!("{c}.wait"));
+    let hb = Service::new(&b)
+        .rpc("relay", move |ctx: Ctx| {
+            let (guard, target) = (DroppedAt(bs.clone()), target.clone());
+            async move {
+                let _guard = guard;
+                let options = muster::CallOptions::default().timeout(Duration::from_secs(30));
+                ctx.request_with::<_, ()>(&target, &serde_json::json!({}), options)
+                    .await
+            }
+        })
+        .start(bus.connect().await)
+        .await
+        .unwrap();
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &b, 1).await;
+    muster_test::wait_registered(&client, &c, 1).await;
+    let relay = format!("{b}.relay");
+    for (round, how) in [(1u64, "token"), (2, "drop")] {
+        *b_stopped.lock().unwrap() = None;
+        *c_stopped.lock().unwrap() = None;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let options = muster::CallOptions::default()
+            .timeout(Duration::from_secs(30))
+            .cancel_on(stop.clone());
+        let (caller, target) = (client.clone(), relay.clone());
+        let call = tokio::spawn(async move {
+            caller
+                .call_with::<_, ()>(&target, &serde_json::json!({}), options)
+                .await
+        });
+        eventually(Duration::from_secs(10), "the nested call running", || {
+            let n = c_started.load(std::sync::atomic::Ordering::SeqCst);
+            std::future::ready((n as u64 == round).then_some(()))
+        })
+        .await;
+        let gave_up = std::time::Instant::now();
+        if how == "token" {
+            stop.cancel();
+            let e = call.await.unwrap().unwrap_err();
+            assert_eq!(e.code, muster_core::error::code::TIMEOUT, "{e}");
+        } else {
+            call.abort();
+        }
+        let (b_at, c_at) = eventually(Duration::from_secs(10), "both handlers stopped", || {
+            let (b, c) = (*b_stopped.lock().unwrap(), *c_stopped.lock().unwrap());
+            async move { b.zip(c) }
+        })
+        .await;
+        eprintln!(
+            "{how}: stopped after the caller gave up: relay {:?}, waiter {:?}",
+            b_at.saturating_duration_since(gave_up),
+            c_at.saturating_duration_since(gave_up)
+        );
+        for (service, method) in [(&b, "relay"), (&c, "wait")] {
+            eventually(Duration::from_secs(10), "the cancellation counted", || {
+                let client = client.clone();
+                async move {
+                    let n = num_cancelled(&client, service, method).await?;
+                    (n == round).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+    hb.stop().await;
+    hc.stop().await;
+}
+
 async fn events_in_order_and_filtered(bus: &Bus) {
     let got: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
     let seen = got.clone();
@@ -1105,6 +1210,7 @@ conformance!(
     a_service_is_callable_once_started,
     rpc_timeout,
     rpc_deadline_cancels_the_handler_and_its_nested_call,
+    rpc_cancelled_when_its_caller_gives_up,
     rpc_carries_the_trace_context_to_nested_calls,
     events_carry_the_trace_context_of_their_publisher,
     jobs_carry_the_trace_context_of_their_enqueuer,

@@ -37,9 +37,33 @@ pub struct CallOptions {
     pub traceparent: Option<String>,
     /// W3C `tracestate` to carry with it.
     pub tracestate: Option<String>,
+    /// Gives up the call when this token is cancelled: the instance
+    /// running it is told, stops its handler, and the call returns the
+    /// timeout error. (Dropping the call's future does the same, without
+    /// waiting for the notice to be sent.)
+    pub cancel: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl CallOptions {
+    /// Gives the call up when `token` is cancelled ([`CallOptions::cancel`]).
+    ///
+    /// ```
+    /// # async fn demo(client: muster::Client) {
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let stop = CancellationToken::new();
+    /// let options = muster::CallOptions::default().cancel_on(stop.clone());
+    /// let call = client.call_with::<_, u64>("report.build", &(), options);
+    /// // Elsewhere, when the answer is no longer wanted: `stop.cancel()`.
+    /// # let _ = call;
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn cancel_on(mut self, token: tokio_util::sync::CancellationToken) -> Self {
+        self.cancel = Some(token);
+        self
+    }
+
     /// Sets the timeout.
     #[must_use]
     pub fn timeout(mut self, d: Duration) -> Self {
@@ -107,6 +131,10 @@ pub struct Client {
     timeout: Duration,
     content_type: ContentType,
     next: Arc<AtomicU64>,
+    /// Who calls, in each request's `caller` key: random for a program's
+    /// client, the instance's id inside a service (so the host can say it
+    /// is gone).
+    caller: Arc<str>,
     /// The layers given to [`Client::layer`], first outermost, and the
     /// stack built from them; calls go straight to the transport without.
     layers: Vec<crate::layer::ClientLayerFn>,
@@ -132,6 +160,7 @@ impl Client {
             timeout: DEFAULT_TIMEOUT,
             content_type: ContentType::Json,
             next: Arc::new(AtomicU64::new(1)),
+            caller: muster_core::id::short_id().into(),
             layers: Vec::new(),
             stack: None,
         }
@@ -284,27 +313,37 @@ impl Client {
         args: &A,
         options: CallOptions,
     ) -> Result<Box<RawValue>, RpcError> {
-        let (request, timeout) = self.request(target, args, options)?;
+        let cancel = options.cancel.clone();
+        let (request, timeout, n) = self.request(target, args, options)?;
+        let guard = CancelOnDrop::new(self, target, n);
         let call = crate::layer::OutgoingCall {
             target: target.to_owned(),
             request,
             timeout,
             transport: self.transport.clone(),
         };
-        stack
-            .clone()
-            .oneshot(call)
+        let answer = stack.clone().oneshot(call);
+        guard
+            .until_cancelled(cancel, async {
+                answer.await.map_err(crate::layer::refusal)
+            })
             .await
-            .map_err(crate::layer::refusal)
     }
 
-    /// The request envelope of a call, and how long to wait for its reply.
+    /// This client, calling as `caller` (an instance's id).
+    pub(crate) fn calling_as(mut self, caller: &str) -> Self {
+        self.caller = caller.into();
+        self
+    }
+
+    /// The request envelope of a call, how long to wait for its reply,
+    /// and the call's number.
     fn request<A: Serialize + ?Sized>(
         &self,
         target: &str,
         args: &A,
         options: CallOptions,
-    ) -> Result<(Envelope, Duration), RpcError> {
+    ) -> Result<(Envelope, Duration, u64), RpcError> {
         let (service, method) = split_target(target)?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let body = jsonrpc::encode_request(self.content_type, id, method, args)?;
@@ -314,8 +353,9 @@ impl Client {
         header.instance = options.instance;
         header.traceparent = options.traceparent;
         header.tracestate = options.tracestate;
+        header.caller = Some(format!("{}/{id}", self.caller));
         let timeout = options.timeout.unwrap_or(self.timeout);
-        Ok((Envelope::new(header, body), timeout))
+        Ok((Envelope::new(header, body), timeout, id))
     }
 
     /// Sends a request and returns the reply envelope and its content type.
@@ -325,8 +365,12 @@ impl Client {
         args: &A,
         options: CallOptions,
     ) -> Result<(ContentType, Envelope), RpcError> {
-        let (request, timeout) = self.request(target, args, options)?;
-        let reply = self.transport.request(request, timeout).await?;
+        let cancel = options.cancel.clone();
+        let (request, timeout, n) = self.request(target, args, options)?;
+        let guard = CancelOnDrop::new(self, target, n);
+        let reply = guard
+            .until_cancelled(cancel, self.transport.request(request, timeout))
+            .await?;
         let ct = ContentType::from_header(reply.header.content_type.as_deref())
             .map_err(RpcError::parse_error)?;
         Ok((ct, reply))
@@ -614,6 +658,83 @@ impl Subscription {
     pub async fn cancel(mut self) {
         if let Some(h) = self.handle.take() {
             h.cancel().await;
+        }
+    }
+}
+
+/// Tells the instance running a call that its caller gave up, when the
+/// call's future is dropped before its answer. The notice is sent from a
+/// task of its own (a drop cannot wait); one that comes after the
+/// instance's own deadline finds nothing to stop. Holding borrowed names
+/// keeps the common case, a call that ends, free of allocations.
+struct CancelOnDrop<'a> {
+    client: &'a Client,
+    target: &'a str,
+    /// The call's number; `None` once disarmed.
+    n: Option<u64>,
+}
+
+impl<'a> CancelOnDrop<'a> {
+    fn new(client: &'a Client, target: &'a str, n: u64) -> Self {
+        Self {
+            client,
+            target,
+            n: Some(n),
+        }
+    }
+
+    /// Runs the call to its end, or until `cancel` fires: then sends the
+    /// notice (waiting for the bus to take it) and answers the timeout
+    /// error.
+    async fn until_cancelled<T>(
+        mut self,
+        cancel: Option<tokio_util::sync::CancellationToken>,
+        call: impl std::future::Future<Output = Result<T, RpcError>>,
+    ) -> Result<T, RpcError> {
+        let outcome = match cancel {
+            None => call.await,
+            Some(token) => tokio::select! {
+                outcome = call => outcome,
+                () = token.cancelled() => {
+                    if let Some((notice, transport)) = self.notice()
+                        && let Err(e) = transport.publish(notice).await
+                    {
+                        tracing::debug!(error = %e, "cancel notice not sent");
+                    }
+                    Err(RpcError::timeout(format!("{}: cancelled by the caller", self.target)))
+                }
+            },
+        };
+        // Ended, one way or the other: nothing more to cancel.
+        self.n = None;
+        outcome
+    }
+
+    /// The cancel notice of the call, once (`None` once sent or ended).
+    fn notice(&mut self) -> Option<(Envelope, SharedTransport)> {
+        let n = self.n.take()?;
+        let (service, _) = split_target(self.target).ok()?;
+        let topic = muster_core::registry::cancel_topic(service);
+        let body = serde_json::json!({ "key": format!("{}/{n}", self.client.caller) }).to_string();
+        let notice = Envelope::new(Header::new(Kind::Event).with_topic(topic), body);
+        Some((notice, self.client.transport.clone()))
+    }
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.n.is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some((notice, transport)) = self.notice() {
+            runtime.spawn(async move {
+                if let Err(e) = transport.publish(notice).await {
+                    tracing::debug!(error = %e, "cancel notice not sent");
+                }
+            });
         }
     }
 }

@@ -2,6 +2,7 @@
 //! handler, and the [`ServiceHandle`] that stops it.
 
 mod dispatch;
+pub(crate) mod in_flight;
 pub(crate) mod scheduler;
 mod span_export;
 
@@ -141,7 +142,9 @@ impl Service {
             .transaction
             .or_else(|| std::env::var("MUSTER_TRANSACTION").ok());
         let shutdown = CancellationToken::new();
-        let client = Client::new(transport.clone());
+        // Its calls name this instance as their caller: when its process
+        // ends, the host's notice stops what they still run.
+        let client = Client::new(transport.clone()).calling_as(&instance);
         // States first: an owner answers snapshots from its first request,
         // a reader's subscription is active before it asks for one.
         let (states, state_subs) = self.start_states(&client).await?;
@@ -323,10 +326,7 @@ impl Service {
         let groups = match self.durable_groups() {
             Ok(g) => g,
             Err(e) => {
-                if let Some(s) = subscribed {
-                    s.cancel().await;
-                }
-                served.stop(Duration::ZERO).await;
+                undo(served, subscribed, consumers).await;
                 return Err(e);
             }
         };
@@ -339,13 +339,7 @@ impl Service {
             match transport.subscribe_durable(&group, options, sink).await {
                 Ok(s) => consumers.push(s),
                 Err(e) => {
-                    for s in consumers {
-                        s.cancel().await;
-                    }
-                    if let Some(s) = subscribed {
-                        s.cancel().await;
-                    }
-                    served.stop(Duration::ZERO).await;
+                    undo(served, subscribed, consumers).await;
                     return Err(e);
                 }
             }
@@ -357,15 +351,22 @@ impl Service {
             match transport.consume(&c.queue, options, sink).await {
                 Ok(s) => consumers.push(s),
                 Err(e) => {
-                    for s in consumers {
-                        s.cancel().await;
-                    }
-                    if let Some(s) = subscribed {
-                        s.cancel().await;
-                    }
-                    served.stop(Duration::ZERO).await;
+                    undo(served, subscribed, consumers).await;
                     return Err(e);
                 }
+            }
+        }
+        // Cancel notices: the callers' (`runtime/in_flight.rs`).
+        let notices = [
+            in_flight::cancel_topic(&self.name),
+            in_flight::GONE_TOPIC.to_owned(),
+        ];
+        let sink = Arc::new(in_flight::CancelSink(dispatch.in_flight.clone()));
+        match transport.subscribe(&notices, sink).await {
+            Ok(s) => consumers.push(s),
+            Err(e) => {
+                undo(served, subscribed, consumers).await;
+                return Err(e);
             }
         }
         Ok((served, subscribed, consumers))
@@ -392,6 +393,21 @@ impl Service {
             .map(|(name, patterns, retention)| DurableGroup::new(name, patterns, retention))
             .collect()
     }
+}
+
+/// Takes off the bus what [`Service::attach`] put there before it failed.
+async fn undo(
+    served: Box<dyn Served>,
+    subscribed: Option<Box<dyn Subscribed>>,
+    consumers: Vec<Box<dyn Subscribed>>,
+) {
+    for s in consumers {
+        s.cancel().await;
+    }
+    if let Some(s) = subscribed {
+        s.cancel().await;
+    }
+    served.stop(Duration::ZERO).await;
 }
 
 /// What [`Service::attach`] put on the bus: the served methods, the event

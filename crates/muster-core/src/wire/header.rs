@@ -73,6 +73,11 @@ pub struct Header {
     /// passed on unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracestate: Option<String>,
+    /// Requests: `<caller>/<n>`, the caller's id and its call's number,
+    /// unique on the bus: the key a cancel notice names when the caller
+    /// gives up (`docs/tracing.md`, "Cancellation").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
 }
 
 impl Header {
@@ -94,6 +99,7 @@ impl Header {
             count: None,
             traceparent: None,
             tracestate: None,
+            caller: None,
         }
     }
 

@@ -87,12 +87,19 @@ struct RelayArgs {
     target: String,
     #[serde(default)]
     params: serde_json::Value,
+    /// The nested call's timeout (the client's default when absent).
+    #[serde(default)]
+    timeout_ms: Option<u64>,
 }
 
 /// Calls `target` from inside the handler and answers what it answered:
-/// a nested call, for the deadline and trace tests.
+/// a nested call, for the deadline, cancellation and trace tests.
 async fn relay(ctx: Ctx, Args(a): Args<RelayArgs>) -> Result<serde_json::Value, RpcError> {
-    ctx.request(&a.target, &a.params).await
+    let mut options = CallOptions::default();
+    if let Some(ms) = a.timeout_ms {
+        options = options.timeout(Duration::from_millis(ms));
+    }
+    ctx.request_with(&a.target, &a.params, options).await
 }
 
 #[derive(Deserialize, JsonSchema)]

@@ -50,6 +50,8 @@ pub(super) struct ServiceDispatch {
     started: Instant,
     /// The service's layers around its methods, if it has any.
     stack: Option<Arc<crate::layer::Stack>>,
+    /// The requests running, for the cancel notices of their callers.
+    pub(super) in_flight: Arc<super::in_flight::InFlight>,
 }
 
 impl ServiceDispatch {
@@ -101,6 +103,7 @@ impl ServiceDispatch {
             config_shown,
             started,
             stack: crate::layer::Stack::new(&service.layers).map(Arc::new),
+            in_flight: Arc::default(),
         }
     }
 
@@ -226,27 +229,53 @@ async fn guarded(
 async fn within_deadline(
     fut: BoxFuture<'static, Result<Box<RawValue>, RpcError>>,
     deadline: Option<Instant>,
+    tracked: Option<super::in_flight::Tracked>,
     stats: &crate::stats::MethodStats,
 ) -> Result<Box<RawValue>, RpcError> {
-    let Some(deadline) = deadline else {
+    if deadline.is_none() && tracked.is_none() {
         return guarded(fut).await;
-    };
-    if deadline <= Instant::now() {
+    }
+    if deadline.is_some_and(|d| d <= Instant::now()) {
         stats.cancelled();
         return Err(RpcError::timeout(
             "the caller's deadline passed before the request started",
         ));
     }
-    match tokio::time::timeout_at(deadline.into(), guarded(fut)).await {
-        // A nested call given the remaining budget may time out a moment
-        // before this timer fires: that handler also ended at the
-        // deadline, for a caller that had given up, and counts the same.
-        Ok(Err(e)) if Instant::now() >= deadline => {
-            stats.cancelled();
-            Err(e)
+    // Its caller's cancel notice drops the handler as its deadline does.
+    // (A notice whose sender went away, under a reused key, is none.)
+    let cancelled = async move {
+        if let Some(mut t) = tracked
+            && (&mut t.cancelled).await.is_ok()
+        {
+            return;
         }
-        Ok(outcome) => outcome,
-        Err(_) => {
+        std::future::pending().await
+    };
+    let at_deadline = async move {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d.into()).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        biased;
+        outcome = guarded(fut) => match outcome {
+            // A nested call given the remaining budget may time out a
+            // moment before the deadline's timer fires: that handler also
+            // ended at the deadline, for a caller that had given up, and
+            // counts the same.
+            Err(e) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                stats.cancelled();
+                Err(e)
+            }
+            outcome => outcome,
+        },
+        () = cancelled => {
+            stats.cancelled();
+            tracing::debug!("handler cancelled by its caller");
+            Err(RpcError::timeout("cancelled: the caller gave up"))
+        }
+        () = at_deadline => {
             stats.cancelled();
             tracing::debug!("handler cancelled at the caller's deadline");
             Err(RpcError::timeout("cancelled at the caller's deadline"))
@@ -361,6 +390,11 @@ impl Dispatch for ServiceDispatch {
             trace,
             caller,
         );
+        // A notification has no caller waiting, so nothing to cancel.
+        let tracked = match (&header.caller, notification) {
+            (Some(key), false) => self.in_flight.track(key),
+            _ => None,
+        };
         let mut inv = Invocation {
             header: *header,
             payload: decoded.params,
@@ -383,7 +417,7 @@ impl Dispatch for ServiceDispatch {
         let id = decoded.id;
         Box::pin(
             async move {
-                let outcome = within_deadline(fut, deadline, &stats).await;
+                let outcome = within_deadline(fut, deadline, tracked, &stats).await;
                 if let Err(e) = &outcome {
                     tracing::debug!(code = e.code, error = %e.message, "request failed");
                 }
