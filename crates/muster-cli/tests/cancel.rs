@@ -1,8 +1,9 @@
 //! A caller that goes away stops the work it asked for, on the embedded
 //! bus under `muster up`: Ctrl-C on `muster call` cancels the handler it
-//! was waiting for, and when a service's process is killed, the calls it
-//! was making stop where they run. Each handler would otherwise run for
-//! 30 s; the tests give them 10.
+//! was waiting for, so does an HTTP client that hangs up on the gateway,
+//! and when a service's process is killed, the calls it was making stop
+//! where they run. Each handler would otherwise run for 30 s; the tests
+//! give them 10.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -127,4 +128,37 @@ async fn the_calls_of_a_killed_service_stop_where_they_run() {
     )
     .await;
     call.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_client_that_hangs_up_stops_the_handler() {
+    let http = muster_test::host::free_http();
+    let manifest = format!(
+        "[host]\nhttp = \"{http}\"\n[context]\nname = \"g\"\n{}",
+        service("back")
+    );
+    let host = Host::up(MUSTER, "cancel-gateway", &manifest).await;
+    let client = host.client().await;
+    muster_test::wait_registered(&client, "back", 1).await;
+    let token = std::fs::read_to_string(host.dir.join(".muster/token")).unwrap();
+    let body = r#"{"ms": 30000}"#;
+    let request = format!(
+        "POST /call/back.sleep HTTP/1.1\r\nHost: {http}\r\nAuthorization: Bearer {}\r\nX-Muster-Timeout-Ms: 60000\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    );
+    let mut conn = std::net::TcpStream::connect(&http).unwrap();
+    std::io::Write::write_all(&mut conn, request.as_bytes()).unwrap();
+    eventually(Duration::from_secs(10), "the call running", || async {
+        let (running, _) = running_and_cancelled(&client, "back", "sleep").await?;
+        (running == 1).then_some(())
+    })
+    .await;
+    // The HTTP client hangs up without waiting for its answer.
+    drop(conn);
+    eventually(Duration::from_secs(10), "the handler cancelled", || async {
+        let (running, cancelled) = running_and_cancelled(&client, "back", "sleep").await?;
+        (running == 0 && cancelled == 1).then_some(())
+    })
+    .await;
 }
