@@ -353,7 +353,15 @@ impl Client {
         header.instance = options.instance;
         header.traceparent = options.traceparent;
         header.tracestate = options.tracestate;
-        header.caller = Some(format!("{}/{id}", self.caller));
+        // Built by hand: `format!` costs a call about 850 instructions
+        // more (callgrind, `examples/percall.rs`).
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(id);
+        let mut key = String::with_capacity(self.caller.len() + 1 + n.len());
+        key.push_str(&self.caller);
+        key.push('/');
+        key.push_str(n);
+        header.caller = Some(key);
         let timeout = options.timeout.unwrap_or(self.timeout);
         Ok((Envelope::new(header, body), timeout, id))
     }
