@@ -141,6 +141,41 @@ async fn a_layer_of_ones_own_reads_the_header_and_refuses_with_its_error() {
     assert_eq!(ok, "pong");
 }
 
+/// `tower`'s own filter, as `docs/tracing.md` shows it for per-caller
+/// rules: its predicate's `RpcError` reaches the caller as it is.
+#[tokio::test]
+async fn towers_filter_refuses_with_its_predicates_error() {
+    let bus = TestBus::new();
+    let _svc = Service::new("ledger")
+        .rpc("close_day", || async { Ok::<_, RpcError>("closed") })
+        .layer(tower::filter::FilterLayer::new(
+            |inv: muster::extract::Invocation| match inv.header().transaction {
+                Some(_) => Ok(inv),
+                None => Err(RpcError::unauthorized(
+                    "close_day runs inside a transaction",
+                )),
+            },
+        ))
+        .start(bus.transport())
+        .await
+        .unwrap();
+    let client = bus.client().clone();
+    let refused = client
+        .call::<_, String>("ledger.close_day", &())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code, muster::code::UNAUTHORIZED, "{refused}");
+    let ok: String = client
+        .call_with(
+            "ledger.close_day",
+            &(),
+            CallOptions::default().transaction(Some("T1".into())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, "closed");
+}
+
 // Layers on the calling side (`Client::layer`).
 
 #[tokio::test]
