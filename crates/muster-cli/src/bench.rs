@@ -7,6 +7,7 @@ mod auth;
 mod broker;
 mod fleet;
 mod host;
+mod latency;
 mod nats;
 mod peer;
 mod pubsub;
@@ -30,6 +31,10 @@ pub(crate) enum Scenario {
     Rpc,
     /// Many calls in flight from one process.
     RpcPipelined,
+    /// Latency at 25/50/75% of muster's maximum call rate, open loop
+    /// (sent on a fixed schedule), beside raw DEALER-ROUTER at the same
+    /// rates: p50, p99, p99.9 and max.
+    Latency,
     /// 100-byte events, publisher → bus → subscriber, three processes.
     Pubsub,
     /// Resident memory of an idle echo instance.
@@ -119,6 +124,9 @@ impl BenchCmd {
         }
         if all || self.scenario == Scenario::Pubsub {
             pubsub::run(&self).await?;
+        }
+        if self.scenario == Scenario::Latency {
+            latency::run(&self).await?;
         }
         if self.scenario == Scenario::Auth {
             auth::run(&self).await?;

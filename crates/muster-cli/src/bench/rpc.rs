@@ -12,7 +12,7 @@ use omq_tokio::{Message, Options, Socket, SocketType};
 
 use super::{BenchCmd, free_ports, report, spawn_peer};
 
-async fn muster_server() -> anyhow::Result<(Bus, tokio::process::Child, Client)> {
+pub(super) async fn muster_server() -> anyhow::Result<(Bus, tokio::process::Child, Client)> {
     let port = free_ports()?;
     let url = format!("zmq://127.0.0.1:{port}");
     let addr: BusAddr = url.parse()?;
@@ -23,7 +23,7 @@ async fn muster_server() -> anyhow::Result<(Bus, tokio::process::Child, Client)>
     Ok((bus, child, client))
 }
 
-async fn raw_dealer() -> anyhow::Result<(tokio::process::Child, Socket)> {
+pub(super) async fn raw_dealer() -> anyhow::Result<(tokio::process::Child, Socket)> {
     let port = free_ports()?;
     let ep = format!("tcp://127.0.0.1:{port}");
     let child = spawn_peer(&["raw-router", "--at", &ep])?;
@@ -158,6 +158,28 @@ pub(super) async fn pipelined(cmd: &BenchCmd) -> anyhow::Result<()> {
     // muster: `in_flight` tasks, each calling in a loop.
     let (bus, mut child, client) = muster_server().await?;
     let payload = Arc::new("x".repeat(cmd.size.saturating_sub(2)));
+    let muster = muster_pipelined(&client, in_flight, &payload, cmd.duration).await?;
+    child.kill().await.ok();
+    bus.stop().await;
+    report(
+        &format!("rpc x{in_flight}"),
+        "calls",
+        muster,
+        "raw DEALER-ROUTER",
+        raw,
+    );
+    Ok(())
+}
+
+/// `client`'s calls per second to `bench.echo` with `in_flight` calls
+/// always outstanding, each from a task of its own, for `duration` after
+/// a short warm-up.
+pub(super) async fn muster_pipelined(
+    client: &Client,
+    in_flight: usize,
+    payload: &Arc<String>,
+    duration: Duration,
+) -> anyhow::Result<f64> {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -188,22 +210,13 @@ pub(super) async fn pipelined(cmd: &BenchCmd) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
-    tokio::time::sleep(cmd.duration).await;
-    let muster = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    tokio::time::sleep(duration).await;
+    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await??;
     }
-    child.kill().await.ok();
-    bus.stop().await;
-    report(
-        &format!("rpc x{in_flight}"),
-        "calls",
-        muster,
-        "raw DEALER-ROUTER",
-        raw,
-    );
-    Ok(())
+    Ok(rate)
 }
 
 /// RSS of an idle echo instance after it settled.
