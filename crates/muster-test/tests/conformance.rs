@@ -497,93 +497,97 @@ async fn a_service_is_callable_once_started(bus: &Bus) {
     h.stop().await;
 }
 
-/// A handler's nested call that never answers: both stop at the first
-/// caller's deadline (each instance drops its handler then), and both
-/// count a cancellation.
-async fn rpc_deadline_cancels_the_handler_and_its_nested_call(bus: &Bus) {
-    let (b, c) = (bus.name("relay"), bus.name("sleeper"));
-    let c_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
-    let b_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
-    let cs = c_stopped.clone();
-    let hc = Service::new(&c)
-        .rpc("slow", move || {
-            let guard = DroppedAt(cs.clone());
-            async move {
-                let _guard = guard;
-                // Never answers: only its caller's deadline ends it.
-                std::future::pending::<Result<(), RpcError>>().await
-            }
-        })
-        .start(bus.connect().await)
-        .await
-        .unwrap();
-    let (bs, target) = (b_stopped.clone(), format!("{c}.slow"));
-    let hb = Service::new(&b)
-        .rpc("relay", move |ctx: Ctx| {
-            let (guard, target) = (DroppedAt(bs.clone()), target.clone());
-            async move {
-                let _guard = guard;
-                // The nested call gets what is left of the caller's 200 ms.
-                ctx.request::<_, ()>(&target, &serde_json::json!({})).await
-            }
-        })
-        .start(bus.connect().await)
-        .await
-        .unwrap();
-    let client = bus.client().await;
-    muster_test::wait_registered(&client, &b, 1).await;
-    muster_test::wait_registered(&client, &c, 1).await;
-    let sent = std::time::Instant::now();
-    let e = client
-        .call_with::<_, ()>(
-            &format!("{b}.relay"),
-            &serde_json::json!({}),
-            muster::CallOptions::default().timeout(Duration::from_millis(200)),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(e.code, -32000, "{e}");
-    let deadline = sent + Duration::from_millis(200);
-    // Both handlers stop soon after the deadline; nothing else ends them.
-    let (b_at, c_at) = eventually(Duration::from_secs(8), "both handlers stopped", || {
-        let (b, c) = (*b_stopped.lock().unwrap(), *c_stopped.lock().unwrap());
-        async move { b.zip(c) }
-    })
-    .await;
-    eprintln!(
-        "stopped after the deadline: relay {:?}, sleeper {:?}",
-        b_at.saturating_duration_since(deadline),
-        c_at.saturating_duration_since(deadline)
-    );
-    let cancelled = |svc: String, method: &'static str| {
-        let client = client.clone();
-        async move {
-            client
-                .stats(Some(&svc))
-                .await
-                .ok()?
-                .into_iter()
-                .flatten()
-                .map(|r| r.methods.get(method).map_or(0, |m| m.num_cancelled))
-                .sum::<u64>()
-                .eq(&1)
-                .then_some(())
+/// B, whose handler calls C, whose handler never answers: what the
+/// cancellation tests watch. Each handler notes when it was dropped.
+struct Nested {
+    b: String,
+    c: String,
+    b_stopped: Arc<Mutex<Option<std::time::Instant>>>,
+    c_stopped: Arc<Mutex<Option<std::time::Instant>>>,
+    /// Calls C's handler took.
+    c_started: Arc<std::sync::atomic::AtomicUsize>,
+    handles: Vec<muster::ServiceHandle>,
+}
+
+impl Nested {
+    /// B's nested call has `nested_timeout`, else what is left of B's
+    /// own deadline.
+    async fn start(bus: &Bus, nested_timeout: Option<Duration>) -> Self {
+        let (b, c) = (bus.name("relay"), bus.name("sleeper"));
+        let c_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let b_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
+        let c_started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (cs, started) = (c_stopped.clone(), c_started.clone());
+        let hc = Service::new(&c)
+            .rpc("slow", move || {
+                let guard = DroppedAt(cs.clone());
+                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    let _guard = guard;
+                    // Never answers: only a cancellation ends it.
+                    std::future::pending::<Result<(), RpcError>>().await
+                }
+            })
+            .start(bus.connect().await)
+            .await
+            .unwrap();
+        let (bs, target) = (b_stopped.clone(), format!("{c}.slow"));
+        let hb = Service::new(&b)
+            .rpc("relay", move |ctx: Ctx| {
+                let (guard, target) = (DroppedAt(bs.clone()), target.clone());
+                async move {
+                    let _guard = guard;
+                    let mut options = muster::CallOptions::default();
+                    options.timeout = nested_timeout;
+                    ctx.request_with::<_, ()>(&target, &serde_json::json!({}), options)
+                        .await
+                }
+            })
+            .start(bus.connect().await)
+            .await
+            .unwrap();
+        Self {
+            b,
+            c,
+            b_stopped,
+            c_stopped,
+            c_started,
+            handles: vec![hb, hc],
         }
-    };
-    eventually(
-        Duration::from_secs(10),
-        "relay counts a cancellation",
-        || cancelled(b.clone(), "relay"),
-    )
-    .await;
-    eventually(
-        Duration::from_secs(10),
-        "sleeper counts a cancellation",
-        || cancelled(c.clone(), "slow"),
-    )
-    .await;
-    hb.stop().await;
-    hc.stop().await;
+    }
+
+    /// When both handlers were dropped, once both were.
+    async fn both_stopped(&self) -> (std::time::Instant, std::time::Instant) {
+        eventually(Duration::from_secs(10), "both handlers stopped", || {
+            let (b, c) = (
+                *self.b_stopped.lock().unwrap(),
+                *self.c_stopped.lock().unwrap(),
+            );
+            async move { b.zip(c) }
+        })
+        .await
+    }
+
+    /// Waits until B and C each count `n` cancellations.
+    async fn cancelled(&self, client: &Client, n: u64) {
+        for (service, method) in [(&self.b, "relay"), (&self.c, "slow")] {
+            eventually(
+                Duration::from_secs(10),
+                &format!("{service}.{method} counts {n} cancellations"),
+                || async {
+                    let got = num_cancelled(client, service, method).await?;
+                    (got == n).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+
+    async fn stop(self) {
+        for h in self.handles {
+            h.stop().await;
+        }
+    }
 }
 
 /// The number of cancellations `service.method` counts, over its instances.
@@ -600,49 +604,49 @@ async fn num_cancelled(client: &Client, service: &str, method: &str) -> Option<u
     )
 }
 
+/// A handler's nested call that never answers: both stop at the first
+/// caller's deadline (each instance drops its handler then), and both
+/// count a cancellation.
+async fn rpc_deadline_cancels_the_handler_and_its_nested_call(bus: &Bus) {
+    let nested = Nested::start(bus, None).await;
+    let client = bus.client().await;
+    muster_test::wait_registered(&client, &nested.b, 1).await;
+    muster_test::wait_registered(&client, &nested.c, 1).await;
+    let sent = std::time::Instant::now();
+    let e = client
+        .call_with::<_, ()>(
+            &format!("{}.relay", nested.b),
+            &serde_json::json!({}),
+            muster::CallOptions::default().timeout(Duration::from_millis(200)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, -32000, "{e}");
+    let deadline = sent + Duration::from_millis(200);
+    // Both handlers stop soon after the deadline; nothing else ends them.
+    let (b_at, c_at) = nested.both_stopped().await;
+    eprintln!(
+        "stopped after the deadline: relay {:?}, sleeper {:?}",
+        b_at.saturating_duration_since(deadline),
+        c_at.saturating_duration_since(deadline)
+    );
+    nested.cancelled(&client, 1).await;
+    nested.stop().await;
+}
+
 /// A caller that gives its call up long before the deadline (its cancel
 /// token fires, or its call's future is dropped) stops the handler and
 /// the handler's nested call, which count the cancellations; nothing else
 /// would end them for 30 s.
 async fn rpc_cancelled_when_its_caller_gives_up(bus: &Bus) {
-    let (b, c) = (bus.name("giver"), bus.name("waiter"));
-    let c_started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
-    let b_stopped: Arc<Mutex<Option<std::time::Instant>>> = Arc::default();
-    let (cs, started) = (c_stopped.clone(), c_started.clone());
-    let hc = Service::new(&c)
-        .rpc("wait", move || {
-            let guard = DroppedAt(cs.clone());
-            started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            async move {
-                let _guard = guard;
-                std::future::pending::<Result<(), RpcError>>().await
-            }
-        })
-        .start(bus.connect().await)
-        .await
-        .unwrap();
-    let (bs, target) = (b_stopped.clone(), format!("{c}.wait"));
-    let hb = Service::new(&b)
-        .rpc("relay", move |ctx: Ctx| {
-            let (guard, target) = (DroppedAt(bs.clone()), target.clone());
-            async move {
-                let _guard = guard;
-                let options = muster::CallOptions::default().timeout(Duration::from_secs(30));
-                ctx.request_with::<_, ()>(&target, &serde_json::json!({}), options)
-                    .await
-            }
-        })
-        .start(bus.connect().await)
-        .await
-        .unwrap();
+    let nested = Nested::start(bus, Some(Duration::from_secs(30))).await;
     let client = bus.client().await;
-    muster_test::wait_registered(&client, &b, 1).await;
-    muster_test::wait_registered(&client, &c, 1).await;
-    let relay = format!("{b}.relay");
+    muster_test::wait_registered(&client, &nested.b, 1).await;
+    muster_test::wait_registered(&client, &nested.c, 1).await;
+    let relay = format!("{}.relay", nested.b);
     for (round, how) in [(1u64, "token"), (2, "drop")] {
-        *b_stopped.lock().unwrap() = None;
-        *c_stopped.lock().unwrap() = None;
+        *nested.b_stopped.lock().unwrap() = None;
+        *nested.c_stopped.lock().unwrap() = None;
         let stop = tokio_util::sync::CancellationToken::new();
         let options = muster::CallOptions::default()
             .timeout(Duration::from_secs(30))
@@ -654,7 +658,7 @@ async fn rpc_cancelled_when_its_caller_gives_up(bus: &Bus) {
                 .await
         });
         eventually(Duration::from_secs(10), "the nested call running", || {
-            let n = c_started.load(std::sync::atomic::Ordering::SeqCst);
+            let n = nested.c_started.load(std::sync::atomic::Ordering::SeqCst);
             std::future::ready((n as u64 == round).then_some(()))
         })
         .await;
@@ -666,29 +670,15 @@ async fn rpc_cancelled_when_its_caller_gives_up(bus: &Bus) {
         } else {
             call.abort();
         }
-        let (b_at, c_at) = eventually(Duration::from_secs(10), "both handlers stopped", || {
-            let (b, c) = (*b_stopped.lock().unwrap(), *c_stopped.lock().unwrap());
-            async move { b.zip(c) }
-        })
-        .await;
+        let (b_at, c_at) = nested.both_stopped().await;
         eprintln!(
-            "{how}: stopped after the caller gave up: relay {:?}, waiter {:?}",
+            "{how}: stopped after the caller gave up: relay {:?}, sleeper {:?}",
             b_at.saturating_duration_since(gave_up),
             c_at.saturating_duration_since(gave_up)
         );
-        for (service, method) in [(&b, "relay"), (&c, "wait")] {
-            eventually(Duration::from_secs(10), "the cancellation counted", || {
-                let client = client.clone();
-                async move {
-                    let n = num_cancelled(&client, service, method).await?;
-                    (n == round).then_some(())
-                }
-            })
-            .await;
-        }
+        nested.cancelled(&client, round).await;
     }
-    hb.stop().await;
-    hc.stop().await;
+    nested.stop().await;
 }
 
 async fn events_in_order_and_filtered(bus: &Bus) {

@@ -19,6 +19,7 @@ use axum::body::Bytes;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use prost::Message;
 
@@ -28,7 +29,7 @@ const SERVICE: &str = env!("CARGO_BIN_EXE_muster-test-service");
 #[derive(Debug, Clone)]
 struct Received {
     service: String,
-    span: opentelemetry_proto::tonic::trace::v1::Span,
+    span: Span,
 }
 
 fn text(attributes: &[KeyValue], key: &str) -> Option<String> {
@@ -140,20 +141,7 @@ async fn spans_of_a_call_and_its_nested_call_reach_the_receiver_in_one_trace() {
     assert_eq!(front.name, "front/relay");
     assert_eq!(back.name, "back/sleep");
     for (span, service, method) in [(&front, "front", "relay"), (&back, "back", "sleep")] {
-        assert_eq!(span.kind, SpanKind::Server as i32);
-        assert_eq!(
-            text(&span.attributes, "rpc.system").as_deref(),
-            Some("jsonrpc")
-        );
-        assert_eq!(
-            text(&span.attributes, "rpc.service").as_deref(),
-            Some(service)
-        );
-        assert_eq!(
-            text(&span.attributes, "rpc.method").as_deref(),
-            Some(method)
-        );
-        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+        assert_server_span(span, service, method);
     }
     // The nested call ran inside the outer one.
     assert!(back.start_time_unix_nano >= front.start_time_unix_nano);
@@ -219,6 +207,19 @@ async fn spans_of_a_call_and_its_nested_call_reach_the_receiver_in_one_trace() {
     }
 }
 
+/// A request's span: kind server, with the RPC attributes.
+fn assert_server_span(span: &Span, service: &str, method: &str) {
+    assert_eq!(span.kind, SpanKind::Server as i32, "{span:?}");
+    for (key, value) in [
+        ("rpc.system", "jsonrpc"),
+        ("rpc.service", service),
+        ("rpc.method", method),
+    ] {
+        assert_eq!(text(&span.attributes, key).as_deref(), Some(value), "{key}");
+    }
+    assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -260,7 +261,7 @@ const TREE_PARENT: &str = "10f067aa0ba902b7";
 /// event's handling in `front`, the job's in `back` before it, the
 /// enqueuing call to `middle` before that, and `front`'s call under the
 /// gateway's request.
-fn tree(all: &[Received]) -> Option<[opentelemetry_proto::tonic::trace::v1::Span; 4]> {
+fn tree(all: &[Received]) -> Option<[Span; 4]> {
     let parent_of = |child: &Received, name: &str, service: &str| {
         all.iter().find(|r| {
             r.span.span_id == child.span.parent_span_id
@@ -324,22 +325,9 @@ async fn a_request_its_job_and_its_event_are_one_trace(
         .await;
     for span in [&relay, &enqueue, &job, &event] {
         assert_eq!(hex(&span.trace_id), TREE_TRACE, "one trace: {span:?}");
-        assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
     }
     for (span, service, method) in [(&relay, "front", "relay"), (&enqueue, "middle", "enqueue")] {
-        assert_eq!(span.kind, SpanKind::Server as i32);
-        assert_eq!(
-            text(&span.attributes, "rpc.system").as_deref(),
-            Some("jsonrpc")
-        );
-        assert_eq!(
-            text(&span.attributes, "rpc.service").as_deref(),
-            Some(service)
-        );
-        assert_eq!(
-            text(&span.attributes, "rpc.method").as_deref(),
-            Some(method)
-        );
+        assert_server_span(span, service, method);
     }
     for (span, destination) in [(&job, "traced-jobs"), (&event, "traced.done")] {
         assert_eq!(span.kind, SpanKind::Consumer as i32);
