@@ -18,9 +18,6 @@ use super::{BenchCmd, fmt_rate, rpc};
 /// Requests answered later than this count as lost.
 const GIVE_UP: Duration = Duration::from_secs(10);
 
-/// The shortest sleep of the thread that sends on schedule.
-const TICK: Duration = Duration::from_micros(50);
-
 /// Samples of the first part of a run are dropped (connections warming).
 const WARM_UP: Duration = Duration::from_millis(200);
 
@@ -133,25 +130,18 @@ impl Schedule {
     /// Hands each request number to the runtime at its due time, from a
     /// thread of its own: `thread::sleep` wakes within tens of
     /// microseconds, where the runtime's timer rounds to a millisecond.
-    /// The thread sleeps at least [`TICK`] at a time and then hands over
-    /// every request that fell due, so that at a hundred thousand
-    /// requests a second it does not take a core of its own. Both muster
-    /// and the baseline go through it, so its slack is in both columns.
+    /// Both muster and the baseline go through it, so its slack is in
+    /// both columns.
     fn drive(self) -> tokio::sync::mpsc::UnboundedReceiver<u64> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
-            let mut next = 0;
-            while next < self.count {
-                let now = Instant::now();
-                while next < self.count && self.due(next) <= now {
-                    if tx.send(next).is_err() {
-                        return;
-                    }
-                    next += 1;
+            for i in 0..self.count {
+                let wait = self.due(i).saturating_duration_since(Instant::now());
+                if !wait.is_zero() {
+                    std::thread::sleep(wait);
                 }
-                if next < self.count {
-                    let wait = self.due(next).saturating_duration_since(Instant::now());
-                    std::thread::sleep(wait.max(TICK));
+                if tx.send(i).is_err() {
+                    return;
                 }
             }
         });
