@@ -145,6 +145,7 @@ pub(super) async fn pipelined(cmd: &BenchCmd) -> anyhow::Result<()> {
         s.recv().await?;
         s.send(Message::single(body.clone())).await?;
     }
+    let cpu = CpuMeter::start(child.id());
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < cmd.duration {
@@ -153,12 +154,14 @@ pub(super) async fn pipelined(cmd: &BenchCmd) -> anyhow::Result<()> {
         n += 1;
     }
     let raw = n as f64 / start.elapsed().as_secs_f64();
+    let raw_cpu = cpu.per_thousand(n);
     child.kill().await.ok();
 
     // muster: `in_flight` tasks, each calling in a loop.
     let (bus, mut child, client) = muster_server().await?;
     let payload = Arc::new("x".repeat(cmd.size.saturating_sub(2)));
-    let muster = muster_pipelined(&client, in_flight, &payload, cmd.duration).await?;
+    let (muster, muster_cpu) =
+        pipelined_loop(&client, in_flight, &payload, cmd.duration, child.id()).await?;
     child.kill().await.ok();
     bus.stop().await;
     report(
@@ -168,7 +171,55 @@ pub(super) async fn pipelined(cmd: &BenchCmd) -> anyhow::Result<()> {
         "raw DEALER-ROUTER",
         raw,
     );
+    let total = |(caller, server): (f64, f64)| caller + server;
+    println!(
+        "{:<14} CPU per 1,000 calls (ms, caller + instance): muster {:.1} + {:.1}   raw {:.1} + {:.1}   ratio {:.2}",
+        "",
+        muster_cpu.0,
+        muster_cpu.1,
+        raw_cpu.0,
+        raw_cpu.1,
+        total(muster_cpu) / total(raw_cpu).max(f64::MIN_POSITIVE)
+    );
     Ok(())
+}
+
+/// User and system CPU of this process (the caller) and of one other (the
+/// instance) over a measured window, from `/proc`. Ticks are 10 ms: a
+/// window of a few seconds at full load reads to within a few percent.
+struct CpuMeter {
+    server: Option<u32>,
+    at_start: (u64, u64),
+}
+
+impl CpuMeter {
+    fn start(server: Option<u32>) -> Self {
+        Self {
+            server,
+            at_start: Self::ticks(server),
+        }
+    }
+
+    fn ticks(server: Option<u32>) -> (u64, u64) {
+        let of = |pid: u32| {
+            procfs::process::Process::new(i32::try_from(pid).unwrap_or(0))
+                .and_then(|p| p.stat())
+                .map_or(0, |s| s.utime + s.stime)
+        };
+        (of(std::process::id()), server.map_or(0, of))
+    }
+
+    /// Milliseconds of CPU per 1,000 of the `calls` made since the start:
+    /// (caller, instance).
+    fn per_thousand(&self, calls: u64) -> (f64, f64) {
+        let now = Self::ticks(self.server);
+        let ms_per_tick = 1000.0 / procfs::ticks_per_second() as f64;
+        let per = |ticks: u64| ticks as f64 * ms_per_tick * 1000.0 / calls.max(1) as f64;
+        (
+            per(now.0.saturating_sub(self.at_start.0)),
+            per(now.1.saturating_sub(self.at_start.1)),
+        )
+    }
 }
 
 /// `client`'s calls per second to `bench.echo` with `in_flight` calls
@@ -180,6 +231,21 @@ pub(super) async fn muster_pipelined(
     payload: &Arc<String>,
     duration: Duration,
 ) -> anyhow::Result<f64> {
+    Ok(pipelined_loop(client, in_flight, payload, duration, None)
+        .await?
+        .0)
+}
+
+/// The loop of [`muster_pipelined`]: calls per second, and the CPU per
+/// 1,000 calls of this process and of the instance `server` over the
+/// measured window.
+async fn pipelined_loop(
+    client: &Client,
+    in_flight: usize,
+    payload: &Arc<String>,
+    duration: Duration,
+    server: Option<u32>,
+) -> anyhow::Result<(f64, (f64, f64))> {
     let count = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -208,15 +274,18 @@ pub(super) async fn muster_pipelined(
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let cpu = CpuMeter::start(server);
     measuring.store(true, Ordering::Relaxed);
     let start = Instant::now();
     tokio::time::sleep(duration).await;
-    let rate = count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    let calls = count.load(Ordering::Relaxed);
+    let rate = calls as f64 / start.elapsed().as_secs_f64();
+    let cpu = cpu.per_thousand(calls);
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await??;
     }
-    Ok(rate)
+    Ok((rate, cpu))
 }
 
 /// RSS of an idle echo instance after it settled.
