@@ -1,5 +1,7 @@
 //! [`Client`]: calls, publishes and subscribes from outside a service (the
 //! CLI, tests, other programs). A handler's [`Ctx`](crate::Ctx) uses one.
+//! (One file past 600 lines: every verb of the client shares its options
+//! and its transport; the cancel notice is in `client/cancel.rs`.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +13,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use tower::ServiceExt;
+
+mod cancel;
+
+use cancel::CancelOnDrop;
 
 use crate::stats::StatsReport;
 use crate::transport::{EventStream, SharedTransport, Subscribed};
@@ -330,6 +336,19 @@ impl Client {
             .await
     }
 
+    /// The `caller` key of this client's call number `n`: `<caller>/<n>`.
+    /// Built by hand: `format!` costs a call about 850 instructions more
+    /// (callgrind, `examples/percall.rs`).
+    fn call_key(&self, n: u64) -> String {
+        let mut digits = itoa::Buffer::new();
+        let n = digits.format(n);
+        let mut key = String::with_capacity(self.caller.len() + 1 + n.len());
+        key.push_str(&self.caller);
+        key.push('/');
+        key.push_str(n);
+        key
+    }
+
     /// This client, calling as `caller` (an instance's id).
     pub(crate) fn calling_as(mut self, caller: &str) -> Self {
         self.caller = caller.into();
@@ -353,15 +372,7 @@ impl Client {
         header.instance = options.instance;
         header.traceparent = options.traceparent;
         header.tracestate = options.tracestate;
-        // Built by hand: `format!` costs a call about 850 instructions
-        // more (callgrind, `examples/percall.rs`).
-        let mut digits = itoa::Buffer::new();
-        let n = digits.format(id);
-        let mut key = String::with_capacity(self.caller.len() + 1 + n.len());
-        key.push_str(&self.caller);
-        key.push('/');
-        key.push_str(n);
-        header.caller = Some(key);
+        header.caller = Some(self.call_key(id));
         let timeout = options.timeout.unwrap_or(self.timeout);
         Ok((Envelope::new(header, body), timeout, id))
     }
@@ -666,83 +677,6 @@ impl Subscription {
     pub async fn cancel(mut self) {
         if let Some(h) = self.handle.take() {
             h.cancel().await;
-        }
-    }
-}
-
-/// Tells the instance running a call that its caller gave up, when the
-/// call's future is dropped before its answer. The notice is sent from a
-/// task of its own (a drop cannot wait); one that comes after the
-/// instance's own deadline finds nothing to stop. Holding borrowed names
-/// keeps the common case, a call that ends, free of allocations.
-struct CancelOnDrop<'a> {
-    client: &'a Client,
-    target: &'a str,
-    /// The call's number; `None` once disarmed.
-    n: Option<u64>,
-}
-
-impl<'a> CancelOnDrop<'a> {
-    fn new(client: &'a Client, target: &'a str, n: u64) -> Self {
-        Self {
-            client,
-            target,
-            n: Some(n),
-        }
-    }
-
-    /// Runs the call to its end, or until `cancel` fires: then sends the
-    /// notice (waiting for the bus to take it) and answers the timeout
-    /// error.
-    async fn until_cancelled<T>(
-        mut self,
-        cancel: Option<tokio_util::sync::CancellationToken>,
-        call: impl std::future::Future<Output = Result<T, RpcError>>,
-    ) -> Result<T, RpcError> {
-        let outcome = match cancel {
-            None => call.await,
-            Some(token) => tokio::select! {
-                outcome = call => outcome,
-                () = token.cancelled() => {
-                    if let Some((notice, transport)) = self.notice()
-                        && let Err(e) = transport.publish(notice).await
-                    {
-                        tracing::debug!(error = %e, "cancel notice not sent");
-                    }
-                    Err(RpcError::timeout(format!("{}: cancelled by the caller", self.target)))
-                }
-            },
-        };
-        // Ended, one way or the other: nothing more to cancel.
-        self.n = None;
-        outcome
-    }
-
-    /// The cancel notice of the call, once (`None` once sent or ended).
-    fn notice(&mut self) -> Option<(Envelope, SharedTransport)> {
-        let n = self.n.take()?;
-        let (service, _) = split_target(self.target).ok()?;
-        let topic = muster_core::registry::cancel_topic(service);
-        let body = serde_json::json!({ "key": format!("{}/{n}", self.client.caller) }).to_string();
-        let notice = Envelope::new(Header::new(Kind::Event).with_topic(topic), body);
-        Some((notice, self.client.transport.clone()))
-    }
-}
-
-impl Drop for CancelOnDrop<'_> {
-    fn drop(&mut self) {
-        if self.n.is_none() {
-            return;
-        }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if let Some((notice, transport)) = self.notice() {
-            runtime.spawn(async move {
-                if let Err(e) = transport.publish(notice).await {
-                    tracing::debug!(error = %e, "cancel notice not sent");
-                }
-            });
         }
     }
 }

@@ -2,6 +2,7 @@
 //! handler, and the [`ServiceHandle`] that stops it.
 
 mod dispatch;
+mod handler_run;
 pub(crate) mod in_flight;
 pub(crate) mod scheduler;
 mod span_export;
