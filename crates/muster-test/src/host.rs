@@ -28,7 +28,16 @@ pub fn tempdir(tag: &str) -> PathBuf {
 /// # Panics
 /// When it was not built.
 pub fn test_service(muster: &str) -> String {
-    let p = std::path::Path::new(muster).with_file_name("muster-test-service");
+    binary_beside(muster, "muster-test-service")
+}
+
+/// The binary `name` in the directory of the binary `beside`: the
+/// workspace's binaries are built side by side.
+///
+/// # Panics
+/// When it was not built.
+pub fn binary_beside(beside: &str, name: &str) -> String {
+    let p = std::path::Path::new(beside).with_file_name(name);
     assert!(
         p.exists(),
         "{} is missing: run the tests with `cargo test --workspace`",

@@ -227,13 +227,7 @@ fn hex(bytes: &[u8]) -> String {
 /// The `muster` binary beside the test service (`cargo test --workspace`
 /// builds both).
 fn muster_bin() -> String {
-    let p = std::path::Path::new(SERVICE).with_file_name("muster");
-    assert!(
-        p.exists(),
-        "{} is missing: run the tests with `cargo test --workspace`",
-        p.display()
-    );
-    p.to_string_lossy().into_owned()
+    muster_test::host::binary_beside(SERVICE, "muster")
 }
 
 /// Three services under one host, each exporting to `otlp`.
