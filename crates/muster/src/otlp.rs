@@ -116,23 +116,25 @@ pub(crate) struct Done<'a> {
 }
 
 /// An answered request, as its server span, with the RPC semantic
-/// conventions for JSON-RPC.
+/// conventions for JSON-RPC. (The strings are moved into the attributes,
+/// not copied: export is on the path of every sampled request.)
 pub(crate) fn record_rpc(
     done: &Done<'_>,
-    service: &str,
-    method: &str,
-    request_id: &str,
-    transaction: Option<&str>,
+    service: String,
+    method: String,
+    request_id: String,
+    transaction: Option<String>,
 ) {
+    let name = format!("{service}/{method}");
     let mut attributes = vec![
         KeyValue::new("rpc.system", "jsonrpc"),
         KeyValue::new("rpc.jsonrpc.version", "2.0"),
-        KeyValue::new("rpc.service", service.to_owned()),
-        KeyValue::new("rpc.method", method.to_owned()),
-        KeyValue::new("rpc.jsonrpc.request_id", request_id.to_owned()),
+        KeyValue::new("rpc.service", service),
+        KeyValue::new("rpc.method", method),
+        KeyValue::new("rpc.jsonrpc.request_id", request_id),
     ];
     if let Some(t) = transaction {
-        attributes.push(KeyValue::new("muster.transaction", t.to_owned()));
+        attributes.push(KeyValue::new("muster.transaction", t));
     }
     if let Some((code, message)) = done.error {
         attributes.push(KeyValue::new("rpc.jsonrpc.error_code", code));
@@ -141,70 +143,57 @@ pub(crate) fn record_rpc(
             message.to_owned(),
         ));
     }
-    emit(
-        done,
-        SpanKind::Server,
-        format!("{service}/{method}"),
-        attributes,
-    );
+    emit(done, SpanKind::Server, name, attributes);
 }
 
-/// An event's handlers, as one consumer span, with the messaging
-/// semantic conventions.
-pub(crate) fn record_event(done: &Done<'_>, topic: &str, group: Option<&str>) {
-    let mut attributes = vec![
+/// The messaging semantic conventions of a consumer span that processes
+/// what arrived on `destination` (a topic or a queue).
+fn processing(destination: String) -> Vec<KeyValue> {
+    vec![
         KeyValue::new("messaging.system", "muster"),
         KeyValue::new("messaging.operation.type", "process"),
         KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.destination.name", topic.to_owned()),
-    ];
-    if let Some(g) = group {
-        attributes.push(KeyValue::new("messaging.consumer.group.name", g.to_owned()));
-    }
-    emit(
-        done,
-        SpanKind::Consumer,
-        format!("process {topic}"),
-        attributes,
-    );
+        KeyValue::new("messaging.destination.name", destination),
+    ]
 }
 
-/// A job's handler, as a consumer span of its queue, with the messaging
-/// semantic conventions (the job's id is the message id).
+/// An event's handlers, as one consumer span.
+pub(crate) fn record_event(done: &Done<'_>, topic: String, group: Option<String>) {
+    let name = format!("process {topic}");
+    let mut attributes = processing(topic);
+    if let Some(g) = group {
+        attributes.push(KeyValue::new("messaging.consumer.group.name", g));
+    }
+    emit(done, SpanKind::Consumer, name, attributes);
+}
+
+/// A job's handler, as a consumer span of its queue (the job's id is the
+/// message id).
 pub(crate) fn record_job(
     done: &Done<'_>,
-    queue: &str,
-    id: &str,
+    queue: String,
+    id: String,
     attempt: u32,
-    transaction: Option<&str>,
+    transaction: Option<String>,
 ) {
-    let mut attributes = vec![
-        KeyValue::new("messaging.system", "muster"),
-        KeyValue::new("messaging.operation.type", "process"),
-        KeyValue::new("messaging.operation.name", "process"),
-        KeyValue::new("messaging.destination.name", queue.to_owned()),
-        KeyValue::new("messaging.message.id", id.to_owned()),
-        KeyValue::new("muster.job.attempt", i64::from(attempt)),
-    ];
+    let name = format!("process {queue}");
+    let mut attributes = processing(queue);
+    attributes.push(KeyValue::new("messaging.message.id", id));
+    attributes.push(KeyValue::new("muster.job.attempt", i64::from(attempt)));
     if let Some(t) = transaction {
-        attributes.push(KeyValue::new("muster.transaction", t.to_owned()));
+        attributes.push(KeyValue::new("muster.transaction", t));
     }
-    emit(
-        done,
-        SpanKind::Consumer,
-        format!("process {queue}"),
-        attributes,
-    );
+    emit(done, SpanKind::Consumer, name, attributes);
 }
 
 /// A scheduled run, the first span of its trace; `fire_ms` is the fire
 /// time it ran for (none for a run at start-up).
-pub(crate) fn record_schedule(done: &Done<'_>, name: &str, fire_ms: Option<i64>) {
-    let mut attributes = vec![KeyValue::new("muster.schedule", name.to_owned())];
+pub(crate) fn record_schedule(done: &Done<'_>, name: String, fire_ms: Option<i64>) {
+    let mut attributes = vec![KeyValue::new("muster.schedule", name.clone())];
     if let Some(f) = fire_ms {
         attributes.push(KeyValue::new("muster.schedule.fire_time_ms", f));
     }
-    emit(done, SpanKind::Internal, name.to_owned(), attributes);
+    emit(done, SpanKind::Internal, name, attributes);
 }
 
 /// Hands a span that ended to the exporter (nothing when export is off

@@ -3,7 +3,7 @@
 
 mod dispatch;
 mod handler_run;
-pub(crate) mod in_flight;
+mod in_flight;
 pub(crate) mod scheduler;
 mod span_export;
 
@@ -359,8 +359,8 @@ impl Service {
         }
         // Cancel notices: the callers' (`runtime/in_flight.rs`).
         let notices = [
-            in_flight::cancel_topic(&self.name),
-            in_flight::GONE_TOPIC.to_owned(),
+            muster_core::registry::cancel_topic(&self.name),
+            muster_core::registry::GONE_TOPIC.to_owned(),
         ];
         let sink = Arc::new(in_flight::CancelSink(dispatch.in_flight.clone()));
         match transport.subscribe(&notices, sink).await {

@@ -40,10 +40,8 @@ impl<'a> CancelOnDrop<'a> {
             Some(token) => tokio::select! {
                 outcome = call => outcome,
                 () = token.cancelled() => {
-                    if let Some((notice, transport)) = self.notice()
-                        && let Err(e) = transport.publish(notice).await
-                    {
-                        tracing::debug!(error = %e, "cancel notice not sent");
+                    if let Some(send) = self.notice() {
+                        send.await;
                     }
                     Err(RpcError::timeout(format!("{}: cancelled by the caller", self.target)))
                 }
@@ -54,14 +52,20 @@ impl<'a> CancelOnDrop<'a> {
         outcome
     }
 
-    /// The cancel notice of the call, once (`None` once sent or ended).
-    fn notice(&mut self) -> Option<(Envelope, SharedTransport)> {
+    /// Sending the cancel notice of the call, once (`None` once sent or
+    /// ended).
+    fn notice(&mut self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         let n = self.n.take()?;
         let (service, _) = split_target(self.target).ok()?;
         let topic = muster_core::registry::cancel_topic(service);
         let body = serde_json::json!({ "key": self.client.call_key(n) }).to_string();
         let notice = Envelope::new(Header::new(Kind::Event).with_topic(topic), body);
-        Some((notice, self.client.transport.clone()))
+        let transport: SharedTransport = self.client.transport.clone();
+        Some(async move {
+            if let Err(e) = transport.publish(notice).await {
+                tracing::debug!(error = %e, "cancel notice not sent");
+            }
+        })
     }
 }
 
@@ -73,12 +77,8 @@ impl Drop for CancelOnDrop<'_> {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        if let Some((notice, transport)) = self.notice() {
-            runtime.spawn(async move {
-                if let Err(e) = transport.publish(notice).await {
-                    tracing::debug!(error = %e, "cancel notice not sent");
-                }
-            });
+        if let Some(send) = self.notice() {
+            runtime.spawn(send);
         }
     }
 }

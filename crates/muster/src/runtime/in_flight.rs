@@ -18,8 +18,6 @@ use tokio::sync::oneshot;
 use crate::transport::{BoxFuture, EventSink};
 use crate::wire::Envelope;
 
-pub(crate) use muster_core::registry::{GONE_TOPIC, cancel_topic};
-
 /// Keys longer than this are not tracked: a request's key comes from the
 /// network, and the book must stay small whatever it says.
 const MAX_KEY: usize = 256;

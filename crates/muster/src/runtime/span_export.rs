@@ -147,31 +147,23 @@ impl ExportedSpan {
                 start: self.start,
                 error: error.map(|e| (e.code, e.message.as_str())),
             };
-            match &self.what {
+            match self.what {
                 What::Rpc {
                     service,
                     method,
                     request_id,
                     transaction,
-                } => crate::otlp::record_rpc(
-                    &done,
-                    service,
-                    method,
-                    request_id,
-                    transaction.as_deref(),
-                ),
-                What::Event { topic, group } => {
-                    crate::otlp::record_event(&done, topic, group.as_deref());
-                }
+                } => crate::otlp::record_rpc(&done, service, method, request_id, transaction),
+                What::Event { topic, group } => crate::otlp::record_event(&done, topic, group),
                 What::Schedule { name, fire_ms } => {
-                    crate::otlp::record_schedule(&done, name, *fire_ms);
+                    crate::otlp::record_schedule(&done, name, fire_ms);
                 }
                 What::Job {
                     queue,
                     id,
                     attempt,
                     transaction,
-                } => crate::otlp::record_job(&done, queue, id, *attempt, transaction.as_deref()),
+                } => crate::otlp::record_job(&done, queue, id, attempt, transaction),
             }
         }
         #[cfg(not(feature = "otlp"))]
