@@ -201,6 +201,10 @@ async fn serve(
     let mut options = crate::bus::BusOptions::from_environment()?;
     options.max_message_size = args.max_message_size;
     let transport = crate::bus::connect_with(&bus, args.addresses.as_deref(), &options).await?;
+    // Listened for before anything starts: a SIGTERM while the services
+    // start (a consumer may already run jobs) stops them gracefully once
+    // they have started, instead of killing the process.
+    let mut stop_signals = StopSignals::install()?;
     let group = services.len() > 1;
     let mut handles: Vec<ServiceHandle> = Vec::new();
     for s in services {
@@ -228,7 +232,7 @@ async fn serve(
         }
     }
 
-    let outcome = wait_for_end(&mut handles).await;
+    let outcome = wait_for_end(&mut handles, &mut stop_signals).await;
     for h in handles {
         h.stop().await;
     }
@@ -236,10 +240,28 @@ async fn serve(
     outcome
 }
 
+/// SIGINT and SIGTERM, caught from the moment they are installed: one
+/// that arrives earlier than its `recv` waits for it.
+struct StopSignals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> crate::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).map_err(Error::from)?,
+            term: signal(SignalKind::terminate()).map_err(Error::from)?,
+        })
+    }
+}
+
 /// Waits for SIGINT/SIGTERM, or for the first `main` to return.
-async fn wait_for_end(handles: &mut [ServiceHandle]) -> crate::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(Error::from)?;
+async fn wait_for_end(
+    handles: &mut [ServiceHandle],
+    signals: &mut StopSignals,
+) -> crate::Result<()> {
     let any_main = handles.iter().any(ServiceHandle::has_main);
     let mains = async {
         if !any_main {
@@ -252,11 +274,11 @@ async fn wait_for_end(handles: &mut [ServiceHandle]) -> crate::Result<()> {
         futures_util::future::select_all(all).await.0
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {
+        _ = signals.int.recv() => {
             tracing::info!("SIGINT: stopping");
             Ok(())
         }
-        _ = term.recv() => {
+        _ = signals.term.recv() => {
             tracing::info!("SIGTERM: stopping");
             Ok(())
         }

@@ -345,19 +345,8 @@ impl Service {
                 }
             }
         }
-        for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(self)) {
-            let options = muster_core::queue::ConsumeOptions::new(instance.to_owned())
-                .prefetch(c.prefetch)
-                .claim_after(c.claim_after);
-            match transport.consume(&c.queue, options, sink).await {
-                Ok(s) => consumers.push(s),
-                Err(e) => {
-                    undo(served, subscribed, consumers).await;
-                    return Err(e);
-                }
-            }
-        }
-        // Cancel notices: the callers' (`runtime/in_flight.rs`).
+        // Cancel notices: the callers' (`runtime/in_flight.rs`); heard
+        // before the consumers below take their first jobs.
         let notices = [
             muster_core::registry::cancel_topic(&self.name),
             muster_core::registry::GONE_TOPIC.to_owned(),
@@ -368,6 +357,18 @@ impl Service {
             Err(e) => {
                 undo(served, subscribed, consumers).await;
                 return Err(e);
+            }
+        }
+        for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(self)) {
+            let options = muster_core::queue::ConsumeOptions::new(instance.to_owned())
+                .prefetch(c.prefetch)
+                .claim_after(c.claim_after);
+            match transport.consume(&c.queue, options, sink).await {
+                Ok(s) => consumers.push(s),
+                Err(e) => {
+                    undo(served, subscribed, consumers).await;
+                    return Err(e);
+                }
             }
         }
         Ok((served, subscribed, consumers))
