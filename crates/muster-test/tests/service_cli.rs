@@ -354,3 +354,36 @@ fn every_test_program_answers_help() {
         assert!(!o.stdout.is_empty(), "{bin} --help prints its usage");
     }
 }
+
+/// A SIGTERM that arrives while the service is still starting is not
+/// lost, nor fatal: the service finishes starting, then stops gracefully
+/// (exit 0). Before the stop signals were listened for from the first
+/// moment, the default action killed the process mid-start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_stops_gracefully() {
+    let (_bus, _client, url) = bus_and_client().await;
+    let dir = std::env::temp_dir().join(format!(
+        "muster-start-term-{}-{:x}",
+        std::process::id(),
+        muster::id::random_u64() & 0xffff
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gate = dir.join("gate");
+    let mut c = Command::new(BIN);
+    c.args(["--bus", &url, "--greeting", "hi", "--log-level", "warn"])
+        .env("TESTSVC_INIT_GATE", &gate);
+    let mut svc = Proc::spawn("testsvc", c);
+    // The start is held in `init`: signal it there, then let it go on.
+    eventually(Duration::from_secs(20), "the start waiting in init", || {
+        std::future::ready(gate.with_extension("waiting").exists().then_some(()))
+    })
+    .await;
+    svc.signal(nix::sys::signal::Signal::SIGTERM);
+    std::fs::write(&gate, b"").unwrap();
+    let status = svc.wait_exit(Duration::from_secs(20));
+    assert!(
+        status.success(),
+        "exit 0 after a SIGTERM during start: {status}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

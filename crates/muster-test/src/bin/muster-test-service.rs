@@ -170,6 +170,21 @@ fn main() -> muster::Result<()> {
         }
         Err(_) => service,
     };
+    // `TESTSVC_INIT_GATE=PATH`: the start waits in `init` until PATH
+    // exists, after creating `PATH.waiting` (a signal during start).
+    let service = match std::env::var("TESTSVC_INIT_GATE") {
+        Ok(gate) => service.init(move |_ctx| {
+            let gate = std::path::PathBuf::from(&gate);
+            async move {
+                std::fs::write(gate.with_extension("waiting"), b"")?;
+                while !gate.exists() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        }),
+        Err(_) => service,
+    };
     service
         .version("1.2.3")
         .config::<TestConfig>()
