@@ -6,6 +6,7 @@
 mod auth;
 mod broker;
 mod fleet;
+mod gateway;
 mod host;
 mod latency;
 mod nats;
@@ -41,7 +42,9 @@ pub(crate) enum Scenario {
     IdleRss,
     /// Host: kill -9 of an instance to its replacement being ready.
     HostRestart,
-    /// Host: start N instances to ready, then its idle CPU and memory.
+    /// Host: start N instances to ready; then, with them idle, its CPU and
+    /// memory, the registry's size, `ctl status`, `/api/top` and dashboard
+    /// answer times, and kill -9 to ready of one instance at a time.
     HostStart,
     /// Replicated state: changes/s to 3 readers; a 100,000-key snapshot.
     State,
@@ -62,10 +65,14 @@ pub(crate) enum Scenario {
     /// Registry verbs, calls and new callers on a bus with a secret
     /// against an open bus; `require_auth` against without.
     Auth,
+    /// The HTTP gateway under `wrk` against a plain axum handler making
+    /// the same call with a muster client (needs wrk on PATH).
+    Gateway,
     /// Three hosts joined to one bus, idle, at each of `--fleet-sizes`
     /// instances: bus bytes/s and the CPU of the bus, hosts and instances.
     Fleet,
-    /// All of the above but auth, fleet and the broker scenarios (they need a broker).
+    /// All of the above but auth, fleet, gateway and the broker scenarios
+    /// (they need a broker or wrk).
     All,
 }
 
@@ -86,7 +93,7 @@ pub(crate) struct BenchCmd {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
     size: usize,
-    /// Kills measured by host-restart.
+    /// Kills measured by host-restart and host-start.
     #[arg(long, default_value_t = 20)]
     rounds: usize,
     /// Instances started by host-start.
@@ -146,11 +153,14 @@ impl BenchCmd {
         if all || self.scenario == Scenario::State {
             state::run(100_000).await?;
         }
+        if self.scenario == Scenario::Gateway {
+            gateway::run(self.duration, 3).await?;
+        }
         if self.scenario == Scenario::Fleet {
             fleet::run(&self.fleet_sizes, self.idle_for).await?;
         }
         if all || self.scenario == Scenario::HostStart {
-            host::start_many(self.instances, self.idle_for).await?;
+            host::start_many(self.instances, self.idle_for, self.rounds).await?;
         }
         let bus = self
             .bus
@@ -221,6 +231,30 @@ fn spawn_peer(args: &[&str]) -> anyhow::Result<Child> {
         .kill_on_drop(true)
         .spawn()
         .context("cannot start a benchmark peer")
+}
+
+/// One HTTP/1.1 request to 127.0.0.1:`port` on a connection of its own:
+/// the answer's status line and body.
+async fn http_once(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
+        .await
+        .context("no HTTP answer within 10 s")??;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
 }
 
 /// A free base port with two more after it.

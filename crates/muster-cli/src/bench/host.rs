@@ -42,15 +42,24 @@ pub(super) fn spawn_up(dir: &std::path::Path) -> anyhow::Result<Child> {
 }
 
 /// A `muster up` in a temporary directory.
-struct HostProc {
+pub(super) struct HostProc {
     child: Child,
     dir: PathBuf,
-    client: Client,
-    token: String,
+    pub(super) client: Client,
+    pub(super) token: String,
 }
 
 impl HostProc {
     async fn start(tag: &str, manifest: &str) -> anyhow::Result<(Self, String)> {
+        Self::start_with_http(tag, "off", manifest).await
+    }
+
+    /// A host whose HTTP endpoint listens on `http` (or `"off"`).
+    pub(super) async fn start_with_http(
+        tag: &str,
+        http: &str,
+        manifest: &str,
+    ) -> anyhow::Result<(Self, String)> {
         let port = free_ports()?;
         let bus = format!("zmq://127.0.0.1:{port}");
         let dir = std::env::temp_dir().join(format!("muster-bench-{tag}-{}", std::process::id()));
@@ -58,7 +67,7 @@ impl HostProc {
         std::fs::create_dir_all(&dir)?;
         std::fs::write(
             dir.join("muster.toml"),
-            format!("[host]\nbus = \"{bus}\"\nhttp = \"off\"\n\n{manifest}"),
+            format!("[host]\nbus = \"{bus}\"\nhttp = \"{http}\"\n\n{manifest}"),
         )?;
         let child = spawn_up(&dir)?;
         let token_file = dir.join(".muster/token");
@@ -102,7 +111,7 @@ impl HostProc {
         self.child.id().unwrap_or(0)
     }
 
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         terminate(&mut self.child, Duration::from_secs(30)).await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -141,7 +150,7 @@ pub(super) async fn until_registered(
     }
 }
 
-fn manifest(instances: u32, boot: bool) -> anyhow::Result<String> {
+pub(super) fn manifest(instances: u32, boot: bool) -> anyhow::Result<String> {
     let (program, args) = echo_program()?;
     let mut run = vec![program.to_string_lossy().into_owned()];
     run.extend(args);
@@ -246,9 +255,15 @@ pub(super) async fn restart(rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Start `n` instances to ready, then the host's idle CPU and memory.
-pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()> {
-    let (host, _bus) = HostProc::start("start", &manifest(n, false)?).await?;
+/// Start `n` instances to ready; then, while they idle, the host's CPU
+/// and memory, the registry's size, how fast `ctl status`, `/api/top`
+/// and the dashboard answer, and kill -9 to ready of one instance at a
+/// time (`rounds` kills) while the others run.
+pub(super) async fn start_many(n: u32, idle_for: Duration, rounds: usize) -> anyhow::Result<()> {
+    let http = free_ports()?;
+    let (host, _bus) =
+        HostProc::start_with_http("start", &format!("127.0.0.1:{http}"), &manifest(n, false)?)
+            .await?;
     let mut events = host.client.subscribe(&["muster.control.>"]).await?;
     let t0 = Instant::now();
     host.control("start", json!({})).await?;
@@ -267,6 +282,25 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
         sample_bytes = serde_json::to_vec(&ev.payload)?.len();
     }
     let guard_rss = guard.map_or(0, rss_kib);
+    let listing = host.client.instances().await?;
+    let registry_bytes = serde_json::to_vec(&listing)?.len();
+
+    let mut status_times = Vec::new();
+    let mut top_times = Vec::new();
+    let mut page_times = Vec::new();
+    for _ in 0..20 {
+        let t = Instant::now();
+        host.control("status", json!({})).await?;
+        status_times.push(t.elapsed());
+        let t = Instant::now();
+        expect_ok(super::http_once(http, "GET", "/api/top", Some(&host.token), "").await?)?;
+        top_times.push(t.elapsed());
+        let t = Instant::now();
+        expect_ok(super::http_once(http, "GET", "/", None, "").await?)?;
+        page_times.push(t.elapsed());
+    }
+    let kill_times = kill_one_at_a_time(&host, &mut events, rounds).await?;
+    drop(samples);
     host.stop().await;
 
     // Baseline: a bare `muster bus` and the same processes spawned by hand,
@@ -327,12 +361,81 @@ pub(super) async fn start_many(n: u32, idle_for: Duration) -> anyhow::Result<()>
         "host-idle", idle_for, host_rss
     );
     println!(
-        "{:<14} one monitor sample of {n} instances: {} KB of JSON ({} bytes per instance)",
+        "{:<14} one monitor sample of {n} instances: {} KB of JSON ({} bytes per instance); the registry: {} entries, {} KB of JSON",
         "host-monitor",
         sample_bytes / 1024,
-        sample_bytes / n.max(1) as usize
+        sample_bytes / n.max(1) as usize,
+        listing.len(),
+        registry_bytes / 1024,
+    );
+    for (what, mut times) in [
+        ("ctl status", status_times),
+        ("GET /api/top", top_times),
+        ("GET / (dashboard)", page_times),
+    ] {
+        times.sort();
+        println!(
+            "{:<14} {what} with {n} instances: p50 {:.1} ms, max {:.1} ms ({} requests)",
+            "host-answers",
+            ms(percentile(&times, 0.5)),
+            ms(percentile(&times, 1.0)),
+            times.len()
+        );
+    }
+    let mut kills = kill_times;
+    kills.sort();
+    println!(
+        "{:<14} kill -9 of one of {n} -> replacement ready (backoff 0 ms): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} kills)",
+        "host-restart",
+        ms(percentile(&kills, 0.5)),
+        ms(percentile(&kills, 0.99)),
+        ms(percentile(&kills, 1.0)),
+        kills.len()
     );
     Ok(())
+}
+
+fn expect_ok(answer: String) -> anyhow::Result<()> {
+    if !answer.starts_with("HTTP/1.1 200") {
+        bail!(
+            "the host's HTTP endpoint answered: {}",
+            answer.lines().next().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// `rounds` kills of one running instance each (a different one every
+/// round), each timed from `kill -9` to its replacement's `started`.
+async fn kill_one_at_a_time(
+    host: &HostProc,
+    events: &mut Subscription,
+    rounds: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let st = host.control("status", json!({})).await?;
+    let pids: Vec<u64> = st["transactions"][0]["services"][0]["instances"]
+        .as_array()
+        .context("no instances in the host's status")?
+        .iter()
+        .filter(|i| i["state"] == "running")
+        .filter_map(|i| i["pid"].as_u64())
+        .collect();
+    if pids.is_empty() {
+        bail!("no running instance to kill");
+    }
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pid = pids[round * pids.len() / rounds.max(1) % pids.len()];
+        let t0 = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        next_started(events, Some(pid)).await?;
+        times.push(t0.elapsed());
+    }
+    Ok(times)
 }
 
 /// CPU % (of one core) over `window`, and RSS (KiB) at the end, of
