@@ -387,3 +387,50 @@ async fn sigterm_during_start_stops_gracefully() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An instance started before its bus waits for the bus instead of
+/// exiting: it registers and answers once the bus is up, and hears its
+/// cancel notices from then on. Before, the cancel-notice subscription,
+/// unconfirmed within 3 s, ended the start ("no bus takes events"), which
+/// also killed instances of a thousand started at once on a busy bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_started_before_its_bus_waits_for_it() {
+    let url = muster_test::free_bus_url();
+    let mut c = service(&url, &["--greeting", "hi", "--log-level", "info"]);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut svc = Proc::spawn("testsvc", c);
+    let (_, stderr) = svc.take_output();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The point where the start used to fail, with no bus at all.
+    until_logged(&mut lines, "cancel notices not heard yet").await;
+    let bus = muster_test::start_bus(&url).await;
+    let client = Client::connect(&url).await.unwrap();
+    wait_registered(&client, "testsvc", 1).await;
+    let r: String = client.call("testsvc.hello", &json!("bob")).await.unwrap();
+    assert_eq!(r, "hi, bob");
+    until_logged(&mut lines, "cancel notices heard").await;
+    let status = svc.terminate(Duration::from_secs(20));
+    assert!(status.success(), "exit 0 on SIGTERM: {status}");
+    bus.stop().await;
+}
+
+/// Waits for a line of the service's log containing `want`.
+async fn until_logged(lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>, want: &str) {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), lines.recv()).await {
+            Ok(Some(l)) if l.contains(want) => return,
+            Ok(Some(l)) => seen.push(l),
+            _ => panic!("no {want:?} in the service's log; it said: {seen:#?}"),
+        }
+    }
+}

@@ -347,18 +347,12 @@ impl Service {
         }
         // Cancel notices: the callers' (`runtime/in_flight.rs`); heard
         // before the consumers below take their first jobs.
-        let notices = [
+        let notices = vec![
             muster_core::registry::cancel_topic(&self.name),
             muster_core::registry::GONE_TOPIC.to_owned(),
         ];
         let sink = Arc::new(in_flight::CancelSink(dispatch.in_flight.clone()));
-        match transport.subscribe(&notices, sink).await {
-            Ok(s) => consumers.push(s),
-            Err(e) => {
-                undo(served, subscribed, consumers).await;
-                return Err(e);
-            }
-        }
+        consumers.push(in_flight::hear_notices(transport.clone(), notices, sink).await);
         for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(self)) {
             let options = muster_core::queue::ConsumeOptions::new(instance.to_owned())
                 .prefetch(c.prefetch)

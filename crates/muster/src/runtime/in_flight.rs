@@ -15,6 +15,9 @@ use std::sync::{Arc, Mutex};
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
+use muster_core::transport::{SharedTransport, Subscribed};
+use tokio_util::sync::CancellationToken;
+
 use crate::transport::{BoxFuture, EventSink};
 use crate::wire::Envelope;
 
@@ -131,6 +134,77 @@ impl EventSink for CancelSink {
             Err(e) => tracing::debug!(error = %e, "an unreadable cancel notice; ignored"),
         }
         Box::pin(std::future::ready(()))
+    }
+}
+
+/// Subscribes `sink` to an instance's cancel notices. They are a courtesy
+/// (a request's deadline still bounds it), so a bus that does not take
+/// the subscription now does not fail the start: the instance starts
+/// without them, says so, and keeps trying in the background, as it keeps
+/// trying to register with a bus that is not up yet.
+pub(crate) async fn hear_notices(
+    transport: SharedTransport,
+    topics: Vec<String>,
+    sink: Arc<CancelSink>,
+) -> Box<dyn Subscribed> {
+    let error = match transport.subscribe(&topics, sink.clone()).await {
+        Ok(s) => return s,
+        Err(e) => e,
+    };
+    tracing::warn!(error = %error, "cancel notices not heard yet (calls given up run to their deadline); trying again in the background");
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(retry_notices(transport, topics, sink, stop.clone()));
+    Box::new(NoticesLater { stop, task })
+}
+
+async fn retry_notices(
+    transport: SharedTransport,
+    topics: Vec<String>,
+    sink: Arc<CancelSink>,
+    stop: CancellationToken,
+) {
+    let mut backoff = muster_core::retry::Backoff::between(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(10),
+    );
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff.failed()) => {}
+        }
+        let subscribing = transport.subscribe(&topics, sink.clone());
+        let subscribed = tokio::select! {
+            () = stop.cancelled() => return,
+            s = subscribing => s,
+        };
+        match subscribed {
+            Ok(s) => {
+                tracing::info!("cancel notices heard");
+                stop.cancelled().await;
+                s.cancel().await;
+                return;
+            }
+            Err(e) if backoff.worth_logging() => {
+                tracing::warn!(error = %e, failures = backoff.failures(), "cancel notices still not heard");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// The cancel-notice subscription that [`hear_notices`] keeps trying.
+#[derive(Debug)]
+struct NoticesLater {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscribed for NoticesLater {
+    fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
+        self.stop.cancel();
+        Box::pin(async move {
+            let _ = self.task.await;
+        })
     }
 }
 
