@@ -792,8 +792,11 @@ impl Driver {
                 reply,
             } => {
                 let (r, e) = self.supervisor.start(now, context.as_deref(), transaction);
-                self.apply(e).await;
+                // Answered before the processes are spawned: a context of
+                // a thousand instances takes seconds to fork, longer than
+                // a caller's deadline, and `started` events report them.
                 let _ = reply.send(r.map(|transaction| Done { transaction }));
+                self.apply(e).await;
             }
             Command::Stop {
                 transaction,
