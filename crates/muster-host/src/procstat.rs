@@ -236,8 +236,8 @@ pub fn sample(
     let mut s = ProcSample {
         pid,
         state: stat.state.to_string(),
-        // `stat` counts resident pages with per-CPU caching; `status` is
-        // the figure `ps` and users read: take memory from there.
+        // `stat` counts resident pages with per-CPU caching; `status`
+        // (and `statm`, read here) is the figure `ps` and users read.
         rss: resident(&process).unwrap_or(stat.rss * procfs::page_size()),
         vms: stat.vsize,
         cpu: cpu.percent(pid, ticks),
@@ -284,8 +284,14 @@ pub fn resident_bytes(pid: u32) -> Option<u64> {
     resident(&open(pid)?)
 }
 
+/// Resident bytes from `/proc/PID/statm`, which counts what `VmRSS` of
+/// `status` counts (the same kernel counters, summed the same way) in one
+/// short line. `Process::status` parses all fifty-odd lines of `status`
+/// into a map: at 1,000 supervised instances sampled each second that
+/// was 18% of the idle host's CPU (`docs/benchmarks.md`, "A thousand
+/// instances on one host").
 fn resident(process: &Process) -> Option<u64> {
-    process.status().ok()?.vmrss.map(|kib| kib * 1024)
+    Some(process.statm().ok()?.resident * procfs::page_size())
 }
 
 /// Child process ids of `pid` (of all its threads).
