@@ -177,6 +177,22 @@ async fn next_started(events: &mut Subscription, not_pid: Option<u64>) -> anyhow
     }
 }
 
+/// After a pause of 200 ms, kill -9 of `pid`: its replacement's pid and
+/// the time until the host published its `started`.
+async fn kill_until_replaced(
+    events: &mut Subscription,
+    pid: u64,
+) -> anyhow::Result<(u64, Duration)> {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid)?),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    let replacement = next_started(events, Some(pid)).await?;
+    Ok((replacement, t0.elapsed()))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -202,14 +218,9 @@ pub(super) async fn restart(rounds: usize) -> anyhow::Result<()> {
     }
     let mut host_times = Vec::new();
     for _ in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let t0 = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
-            nix::sys::signal::Signal::SIGKILL,
-        )?;
-        pid = next_started(&mut events, Some(pid)).await?;
-        host_times.push(t0.elapsed());
+        let (replacement, took) = kill_until_replaced(&mut events, pid).await?;
+        pid = replacement;
+        host_times.push(took);
     }
     host.stop().await;
 
@@ -425,15 +436,8 @@ async fn kill_one_at_a_time(
     }
     let mut times = Vec::new();
     for round in 0..rounds {
-        tokio::time::sleep(Duration::from_millis(200)).await;
         let pid = pids[round * pids.len() / rounds.max(1) % pids.len()];
-        let t0 = Instant::now();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(i32::try_from(pid)?),
-            nix::sys::signal::Signal::SIGKILL,
-        )?;
-        next_started(events, Some(pid)).await?;
-        times.push(t0.elapsed());
+        times.push(kill_until_replaced(events, pid).await?.1);
     }
     Ok(times)
 }
