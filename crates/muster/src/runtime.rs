@@ -346,7 +346,9 @@ impl Service {
             }
         }
         // Cancel notices: the callers' (`runtime/in_flight.rs`); heard
-        // before the consumers below take their first jobs.
+        // before the consumers below take their first jobs, unless the bus
+        // does not confirm the subscription now (then it is retried in the
+        // background, and the start goes on).
         let notices = vec![
             muster_core::registry::cancel_topic(&self.name),
             muster_core::registry::GONE_TOPIC.to_owned(),
