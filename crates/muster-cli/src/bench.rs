@@ -234,14 +234,14 @@ fn spawn_peer(args: &[&str]) -> anyhow::Result<Child> {
 }
 
 /// One HTTP/1.1 request to 127.0.0.1:`port` on a connection of its own:
-/// the answer's status line and body.
+/// the answer's status code and its whole text (head and body).
 async fn http_once(
     port: u16,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: &str,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
@@ -254,7 +254,13 @@ async fn http_once(
     tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer))
         .await
         .context("no HTTP answer within 10 s")??;
-    Ok(String::from_utf8_lossy(&answer).into_owned())
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("not an HTTP answer: {answer}"))?;
+    Ok((status, answer))
 }
 
 /// A free base port with two more after it.

@@ -362,13 +362,11 @@ fn every_test_program_answers_help() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_start_stops_gracefully() {
     let (_bus, _client, url) = bus_and_client().await;
-    let dir = std::env::temp_dir().join(format!(
-        "muster-start-term-{}-{:x}",
-        std::process::id(),
-        muster::id::random_u64() & 0xffff
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let gate = dir.join("gate");
+    let dir = tempfile::Builder::new()
+        .prefix("muster-start-term-")
+        .tempdir()
+        .unwrap();
+    let gate = dir.path().join("gate");
     let mut c = Command::new(BIN);
     c.args(["--bus", &url, "--greeting", "hi", "--log-level", "warn"])
         .env("TESTSVC_INIT_GATE", &gate);
@@ -385,7 +383,6 @@ async fn sigterm_during_start_stops_gracefully() {
         status.success(),
         "exit 0 after a SIGTERM during start: {status}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An instance started before its bus waits for the bus instead of

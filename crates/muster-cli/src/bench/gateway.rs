@@ -25,7 +25,6 @@ const BODY: &str = r#"{"text":"hello from wrk"}"#;
 const CONNECTIONS: u32 = 32;
 
 pub(super) async fn run(duration: Duration, rounds: usize) -> anyhow::Result<()> {
-    let wrk = which_wrk()?;
     let gateway_port = free_ports()?;
     let manifest = super::host::manifest(1, true)?;
     let (host, bus) =
@@ -66,7 +65,7 @@ pub(super) async fn run(duration: Duration, rounds: usize) -> anyhow::Result<()>
     for round in 1..=rounds {
         let mut rates = Vec::new();
         for (name, port, _) in targets {
-            let r = run_wrk(&wrk, &script, port, duration)
+            let r = run_wrk(&script, port, duration)
                 .await
                 .with_context(|| format!("wrk against the {name}"))?;
             rates.push(r);
@@ -100,19 +99,10 @@ async fn plain_call(
     }
 }
 
-fn which_wrk() -> anyhow::Result<std::path::PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("wrk"))
-        .find(|p| p.is_file())
-        .context("the gateway scenario needs wrk on PATH (Debian: apt install wrk)")
-}
-
 /// One request by hand: the answer must be 200 with the echoed body.
 async fn check_answers(port: u16, token: Option<&str>) -> anyhow::Result<()> {
-    let answer = http_once(port, "POST", "/call/echo.echo", token, BODY).await?;
-    if !answer.starts_with("HTTP/1.1 200") || !answer.contains("hello from wrk") {
+    let (status, answer) = http_once(port, "POST", "/call/echo.echo", token, BODY).await?;
+    if status != 200 || !answer.contains("hello from wrk") {
         bail!("unexpected answer: {answer}");
     }
     Ok(())
@@ -126,12 +116,11 @@ struct WrkResult {
 /// `wrk` for `duration` against `port`; fails on any error or non-2xx
 /// answer, so a refused or failing target cannot pass for a fast one.
 async fn run_wrk(
-    wrk: &std::path::Path,
     script: &std::path::Path,
     port: u16,
     duration: Duration,
 ) -> anyhow::Result<WrkResult> {
-    let out = tokio::process::Command::new(wrk)
+    let out = tokio::process::Command::new("wrk")
         .args([
             "-t1",
             &format!("-c{CONNECTIONS}"),
@@ -143,7 +132,13 @@ async fn run_wrk(
         .arg(format!("http://127.0.0.1:{port}/call/echo.echo"))
         .stdin(Stdio::null())
         .output()
-        .await?;
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                anyhow::anyhow!("the gateway scenario needs wrk on PATH (Debian: apt install wrk)")
+            }
+            _ => e.into(),
+        })?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
