@@ -1,20 +1,25 @@
 #!/usr/bin/env bash
 # CPU of an idle host, or of a bare bus, with N idle echo instances: the
-# utime+stime of that one process from /proc/PID/stat over three 10 s
-# windows, in % of one core (docs/benchmarks.md, "A thousand instances on
+# utime+stime of that one process from /proc/PID/stat over three windows
+# of SECONDS (10 by default; past 250 instances use 20, the period of the
+# host's slow monitor figures at 1,000), in % of one core (docs/benchmarks.md, "A thousand instances on
 # one host"). Uses the lean release build of docs/benchmarks.md:
 #
 #   CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
 #     cargo build --release -p muster-cli -p muster-example-echo --target-dir target/iter
 #   scripts/idle-cpu.sh host 1000   # one `muster up` (its own bus) supervising them
 #   scripts/idle-cpu.sh bus 1000    # a bare `muster bus`, instances started by hand
+#   scripts/idle-cpu.sh host 1000 20   # windows of 20 s
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?host or bus}
 n=${2:-1000}
+window=${3:-10}
 bin=$PWD/target/iter/release
 dir=$(mktemp -d /tmp/muster-idle-cpu.XXXXXX)
-port=$((47000 + RANDOM % 2000))
+# Below the ephemeral range (32768-60999): the 3,000 connections of a
+# run just ended may still hold ports there.
+port=$((21000 + RANDOM % 4000))
 pids=()
 cleanup() {
     kill -TERM "${pids[@]}" 2>/dev/null || true
@@ -66,6 +71,7 @@ esac
 
 for _ in $(seq 1 600); do
     (($(registered) >= n)) && break
+    kill -0 "$watched" 2>/dev/null || { echo "$what exited:" >&2; tail -3 "$dir"/*.log >&2; exit 1; }
     sleep 1
 done
 echo "$(registered) of $n instances registered; idle for 20 s first"
@@ -73,8 +79,8 @@ sleep 20
 ticks=$(getconf CLK_TCK)
 for w in 1 2 3; do
     a=$(awk '{print $14 + $15}' "/proc/$watched/stat")
-    sleep 10
+    sleep "$window"
     b=$(awk '{print $14 + $15}' "/proc/$watched/stat")
-    awk -v d=$((b - a)) -v t="$ticks" -v w="$w" -v what="$what" \
-        'BEGIN { printf "%s CPU, window %d: %.1f%% of a core\n", what, w, 100 * d / t / 10 }'
+    awk -v d=$((b - a)) -v t="$ticks" -v w="$w" -v what="$what" -v s="$window" \
+        'BEGIN { printf "%s CPU, window %d (%d s): %.1f%% of a core\n", what, w, s, 100 * d / t / s }'
 done

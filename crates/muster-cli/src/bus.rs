@@ -12,6 +12,11 @@ pub(crate) struct BusCmd {
     /// Drop an instance after this long without a heartbeat.
     #[arg(long, default_value = "3s", value_parser = muster_core::duration::parse)]
     ttl: std::time::Duration,
+    /// Heartbeats a second the bus takes at most: with more instances it
+    /// asks each for slower ones, and waits three of those before it
+    /// drops a silent instance (docs/protocol.md).
+    #[arg(long, value_name = "N", default_value_t = 125, value_parser = clap::value_parser!(u32).range(1..))]
+    heartbeats_per_sec: u32,
     /// Bytes of jobs the work queues hold in all; more are refused
     /// ("queues are full"). 256MB by default.
     #[arg(long, value_name = "BYTES", default_value_t = muster_core::queue::DEFAULT_QUEUE_BYTES)]
@@ -67,6 +72,7 @@ impl BusCmd {
         let addr: BusAddr = url.parse()?;
         let mut options = BusOptions::default();
         options.ttl = self.ttl;
+        options.heartbeats_per_sec = self.heartbeats_per_sec;
         options.queue_limits.bytes = self.queue_max_bytes;
         options.subscriber_hwm = self.subscriber_queue.max(1);
         if self.queue_store == "disk" {

@@ -111,3 +111,36 @@ async fn evict_drops_an_instance_and_its_group_ids_at_once() {
     let all = client.instances().await.unwrap();
     assert!(all.iter().all(|i| i.service != "echo"), "{all:?}");
 }
+
+/// A bus past its heartbeat rate asks for slower heartbeats, and keeps the
+/// instances through the longer silences: four processes on a bus that
+/// takes one heartbeat a second send one every four seconds, and stay
+/// registered although the bus's ttl is one second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_past_its_heartbeat_rate_slows_heartbeats_and_keeps_its_instances() {
+    let url = free_bus_url();
+    let mut options = muster_zmq::BusOptions::default();
+    options.heartbeats_per_sec = 1;
+    options.ttl = Duration::from_secs(1);
+    let bus = muster_test::start_bus_with(&url, options).await;
+    let client = Client::connect(&url).await.unwrap();
+    let _echoes: Vec<Proc> = (0..4).map(|_| spawn_echo(&url)).collect();
+    wait_registered(&client, "echo", 4).await;
+    // Each has sent at most one heartbeat at the interval it was started
+    // with before it learns the slower one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = bus.stats();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = bus.stats();
+    let heartbeats = after.heartbeats - before.heartbeats;
+    // At one a second each (the rate without the bus's request) four
+    // processes send about 24 in 6 s; asked for one every 4 s (less up to
+    // a tenth), at most 2 each. A loaded machine sends fewer, not more.
+    assert!(
+        (1..=10).contains(&heartbeats),
+        "{heartbeats} heartbeats in 6 s from 4 instances"
+    );
+    assert_eq!(after.expired, 0, "no instance expired: {after:?}");
+    let listed = client.instances().await.unwrap();
+    assert_eq!(listed.iter().filter(|i| i.service == "echo").count(), 4);
+}

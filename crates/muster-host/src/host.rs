@@ -277,6 +277,7 @@ pub async fn run(
         monitor,
         recent,
         sampling: false,
+        sampled_at: None,
         bus,
         curve: curve.map(|c| c.dir().to_owned()),
         guard,
@@ -419,6 +420,8 @@ struct Driver {
     recent: crate::http::Recent,
     /// A sample is being taken.
     sampling: bool,
+    /// When the last sample was started.
+    sampled_at: Option<Instant>,
     /// The embedded bus; `None` on a broker or on another host's bus.
     bus: Option<Bus>,
     /// The CURVE keys directory the instances are given (`MUSTER_CURVE`).
@@ -544,8 +547,27 @@ impl Driver {
     /// Starts taking a sample in the background; it comes back as
     /// `Input::Sampled`.
     fn sample(&mut self) {
+        let now = Instant::now();
+        let status = self.supervisor.status(now, None);
+        // Past a few hundred instances, sampled less often than each tick.
+        let every = self.manifest.host.monitor_every;
+        let running = status
+            .transactions
+            .iter()
+            .flat_map(|t| &t.services)
+            .flat_map(|s| &s.instances)
+            .filter(|i| i.pid.is_some())
+            .count();
+        let due = crate::monitor::sample_interval(every, running);
+        // Half a tick early counts as on time: ticks drift.
+        if self
+            .sampled_at
+            .is_some_and(|at| now.duration_since(at) + every / 2 < due)
+        {
+            return;
+        }
+        self.sampled_at = Some(now);
         self.sampling = true;
-        let status = self.supervisor.status(Instant::now(), None);
         let limits = self.supervisor.limits();
         let monitor = self.monitor.clone();
         let client = self.client.clone();

@@ -69,6 +69,27 @@ pub struct OverLimit {
 /// files per process, an RPC per instance), and change more slowly.
 const SLOW_FIGURES_EVERY: Duration = Duration::from_secs(5);
 
+/// Instances the monitor samples a second, at most. Reading one from
+/// `/proc` costs the host about 45 µs of CPU (`docs/benchmarks.md`, "A
+/// thousand instances on one host"), so past 250 instances it samples
+/// less often than `monitor_every`, and the slow figures less often than
+/// every 5 s, in proportion: every 4 s and 20 s at 1,000.
+const INSTANCES_PER_SEC: u64 = 250;
+
+/// How often to sample `instances` running instances when `every`
+/// (the manifest's `monitor_every`) is asked for.
+pub fn sample_interval(every: Duration, instances: usize) -> Duration {
+    let instances = u64::try_from(instances).unwrap_or(u64::MAX);
+    every.max(Duration::from_millis(
+        instances.saturating_mul(1000) / INSTANCES_PER_SEC,
+    ))
+}
+
+/// How long the slow figures of `instances` instances are kept.
+fn slow_figures_every(instances: usize) -> Duration {
+    SLOW_FIGURES_EVERY.max(sample_interval(Duration::ZERO, instances) * 5)
+}
+
 /// The monitor's memory between samples.
 #[derive(Debug, Default)]
 pub struct Monitor {
@@ -110,17 +131,16 @@ pub async fn sample(
         .flat_map(|s| &s.instances)
         .filter_map(|i| i.pid)
         .collect();
+    let slow_every = slow_figures_every(pids.len());
     let slow = {
         let mut mon = monitor.lock().unwrap_or_else(PoisonError::into_inner);
-        let due = mon
-            .slow_at
-            .is_none_or(|t| t.elapsed() >= SLOW_FIGURES_EVERY);
+        let due = mon.slow_at.is_none_or(|t| t.elapsed() >= slow_every);
         if due {
             mon.slow_at = Some(Instant::now());
         }
         due
     };
-    let procs = processes(monitor, pids, slow).await;
+    let procs = processes(monitor, pids, slow, slow_every).await;
     let methods = method_reports(monitor, status, client, slow).await;
 
     let at = chrono::Utc::now().to_rfc3339();
@@ -159,6 +179,7 @@ async fn processes(
     monitor: &SharedMonitor,
     pids: Vec<u32>,
     slow: bool,
+    slow_every: Duration,
 ) -> HashMap<u32, ProcSample> {
     let m = monitor.clone();
     tokio::task::spawn_blocking(move || {
@@ -168,10 +189,8 @@ async fn processes(
         } else {
             SocketTable::default()
         };
-        let mut maps = mon
-            .maps
-            .take()
-            .unwrap_or_else(|| procstat::MapsCache::new(SLOW_FIGURES_EVERY));
+        let mut maps = mon.maps.take().unwrap_or_default();
+        maps.every = slow_every;
         let mut seen = HashSet::new();
         let mut out: HashMap<u32, ProcSample> = pids
             .iter()
@@ -319,4 +338,22 @@ pub fn total_rss(p: &ProcSample) -> u64 {
 /// CPU % of a process and its children.
 pub fn total_cpu(p: &ProcSample) -> f64 {
     p.cpu + p.children.iter().map(total_cpu).sum::<f64>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_250_instances_samples_slow_down_in_proportion() {
+        let second = Duration::from_secs(1);
+        assert_eq!(sample_interval(second, 0), second);
+        assert_eq!(sample_interval(second, 250), second);
+        assert_eq!(sample_interval(second, 1000), Duration::from_secs(4));
+        // A longer interval of the manifest's wins.
+        let ten = Duration::from_secs(10);
+        assert_eq!(sample_interval(ten, 1000), ten);
+        assert_eq!(slow_figures_every(100), SLOW_FIGURES_EVERY);
+        assert_eq!(slow_figures_every(1000), Duration::from_secs(20));
+    }
 }

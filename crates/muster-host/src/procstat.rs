@@ -157,7 +157,8 @@ impl CpuHistory {
 /// rest of a sample.
 #[derive(Debug)]
 pub struct MapsCache {
-    every: std::time::Duration,
+    /// How long a summary or child list is kept.
+    pub every: std::time::Duration,
     by_pid: HashMap<u32, (std::time::Instant, MapsSummary)>,
     children: HashMap<u32, (std::time::Instant, Vec<u32>)>,
 }

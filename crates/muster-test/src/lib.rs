@@ -236,6 +236,11 @@ pub async fn bus_and_client() -> (muster_zmq::Bus, muster::Client, String) {
 /// down around it. On a runtime that is never shut down, the forwarder
 /// ends cleanly when the bus stops.
 pub async fn start_bus(url: &str) -> muster_zmq::Bus {
+    start_bus_with(url, muster_zmq::BusOptions::default()).await
+}
+
+/// [`start_bus`] with options of the test's choosing.
+pub async fn start_bus_with(url: &str, options: muster_zmq::BusOptions) -> muster_zmq::Bus {
     let addr: muster_zmq::BusAddr = url.parse().expect("bus url");
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
@@ -247,7 +252,7 @@ pub async fn start_bus(url: &str) -> muster_zmq::Bus {
                 .build()
                 .expect("a runtime for the test bus");
             runtime.block_on(async move {
-                let bus = muster_zmq::Bus::start(addr, muster_zmq::BusOptions::default()).await;
+                let bus = muster_zmq::Bus::start(addr, options).await;
                 let _ = tx.send(bus);
                 std::future::pending::<()>().await;
             });

@@ -29,8 +29,16 @@ pub const DEFAULT_MAX_REGISTRATION_SIZE: usize = 256 * 1024;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct BusOptions {
-    /// An instance silent for this long is dropped from the registry.
+    /// An instance silent for this long is dropped from the registry
+    /// (longer when the bus has slowed its heartbeats, below).
     pub ttl: Duration,
+    /// Heartbeats a second the bus takes at most: past this many
+    /// instances it asks each to send one only every `instances /
+    /// heartbeats_per_sec` seconds, and waits three of those before it
+    /// drops a silent one (8 s and 24 s at 1,000 instances). A heartbeat
+    /// costs the bus about 95 µs of CPU (`docs/benchmarks.md`), so 125
+    /// keep an idle bus of any size near 1.2% of a core.
+    pub heartbeats_per_sec: u32,
     /// How often silent instances are looked for.
     pub sweep_every: Duration,
     /// Largest message accepted.
@@ -65,6 +73,7 @@ impl Default for BusOptions {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(3),
+            heartbeats_per_sec: 125,
             sweep_every: Duration::from_millis(250),
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
             subscriber_hwm: 1_000,
@@ -97,6 +106,9 @@ pub struct BusStats {
     pub forwarder_restarts: u64,
     /// Events of durable groups dropped to keep within their retention.
     pub durable_dropped: u64,
+    /// Heartbeats received (one a process, for all the instances it
+    /// serves; slowed past `BusOptions::heartbeats_per_sec`).
+    pub heartbeats: u64,
 }
 
 /// Reads a bus's counters from anywhere.
@@ -109,17 +121,15 @@ pub struct StatsHandle {
 impl StatsHandle {
     /// The counters now.
     pub fn snapshot(&self) -> BusStats {
-        let (instances, expired, bad_messages, durable_dropped) = self.registry.snapshot();
         let f = &self.forwarder;
-        BusStats {
-            instances,
-            expired,
-            bad_messages,
+        let mut stats = BusStats {
             events_forwarded: f.forwarded.load(Ordering::Relaxed),
             bad_subscriptions: f.bad_subscriptions.load(Ordering::Relaxed),
             forwarder_restarts: f.restarts.load(Ordering::Relaxed),
-            durable_dropped,
-        }
+            ..BusStats::default()
+        };
+        self.registry.fill(&mut stats);
+        stats
     }
 }
 

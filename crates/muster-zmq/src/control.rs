@@ -142,6 +142,11 @@ pub(crate) struct HeartbeatReply {
     /// Instances the bus does not know (it restarted): register them again.
     #[serde(default)]
     pub(crate) unknown: Vec<String>,
+    /// Milliseconds to wait, at least, before the next heartbeat: a bus
+    /// with many instances slows them (`BusOptions::heartbeats_per_sec`).
+    /// Absent: the sender's own interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) every_ms: Option<u64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -266,6 +266,11 @@ pub(super) async fn restart(rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Idle time before the idle window: instances learn the heartbeat
+/// interval of a bus of this size from their next heartbeat's answer,
+/// told while the registry was still filling up.
+const SETTLE: Duration = Duration::from_secs(10);
+
 /// Start `n` instances to ready; then, while they idle, the host's CPU
 /// and memory, the registry's size, how fast `ctl status`, `/api/top`
 /// and the dashboard answer, and kill -9 to ready of one instance at a
@@ -284,16 +289,18 @@ pub(super) async fn start_many(n: u32, idle_for: Duration, rounds: usize) -> any
         ready += 1;
     }
     let host_time = t0.elapsed();
-    let mut samples = host.client.subscribe(&["muster.monitor.>"]).await?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE).await;
     let guard = guard_pid(host.pid());
     let (host_cpu, host_rss) = idle_usage(host.pid(), idle_for).await;
-    let mut sample_bytes = 0;
-    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(10), samples.recv()).await {
-        sample_bytes = serde_json::to_vec(&ev.payload)?.len();
-    }
-    // Not read any more: 1,000 instances make a sample of over 600 KB a
-    // second, which must not be decoded here while the answers are timed.
+    // Subscribed after the idle window: forwarding a sample of hundreds of
+    // KB to a subscriber is not idle work.
+    let mut samples = host.client.subscribe(&["muster.monitor.>"]).await?;
+    let sample_bytes = match tokio::time::timeout(Duration::from_secs(30), samples.recv()).await {
+        Ok(Some(ev)) => serde_json::to_vec(&ev.payload)?.len(),
+        _ => 0,
+    };
+    // Not read any more: it must not be decoded here while the answers
+    // are timed.
     drop(samples);
     let guard_rss = guard.map_or(0, rss_kib);
     let listing = host.client.instances().await?;
@@ -354,7 +361,7 @@ pub(super) async fn start_many(n: u32, idle_for: Duration, rounds: usize) -> any
     }
     until_registered(&client, "echo", n as usize, Duration::from_secs(120)).await?;
     let raw_time = t0.elapsed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(SETTLE).await;
     let (bus_cpu, bus_rss) = idle_usage(bus.id().unwrap_or(0), idle_for).await;
     for mut c in children {
         let _ = c.kill().await;
@@ -370,7 +377,7 @@ pub(super) async fn start_many(n: u32, idle_for: Duration, rounds: usize) -> any
         host_time.as_secs_f64() / raw_time.as_secs_f64().max(1e-9)
     );
     println!(
-        "{:<14} supervising and sampling (1 s) {n} idle instances for {:?}: host CPU {host_cpu:.2}% RSS {} KiB (+ guard {guard_rss} KiB)   bare bus CPU {bus_cpu:.2}% RSS {bus_rss} KiB",
+        "{:<14} supervising and sampling {n} idle instances for {:?}: host CPU {host_cpu:.2}% RSS {} KiB (+ guard {guard_rss} KiB)   bare bus CPU {bus_cpu:.2}% RSS {bus_rss} KiB",
         "host-idle", idle_for, host_rss
     );
     println!(

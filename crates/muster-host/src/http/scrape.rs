@@ -175,6 +175,12 @@ fn families(
             samples: bus_value(bus.expired),
         },
         Family {
+            name: "muster_bus_heartbeats",
+            kind: Kind::Counter,
+            help: "Heartbeats the registry received",
+            samples: bus_value(bus.heartbeats),
+        },
+        Family {
             name: "muster_bus_bad_messages",
             kind: Kind::Counter,
             help: "Malformed messages the registry dropped",

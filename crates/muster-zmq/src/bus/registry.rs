@@ -7,7 +7,7 @@ mod verbs;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use muster_core::auth::{KeyId, MasterSecret};
@@ -36,23 +36,26 @@ pub(super) struct Counters {
     expired: AtomicU64,
     bad_messages: AtomicU64,
     durable_dropped: AtomicU64,
+    heartbeats: AtomicU64,
 }
 
 impl SharedStats {
-    /// (instances, expired, bad messages, kept events dropped).
-    pub(super) fn snapshot(&self) -> (u64, u64, u64, u64) {
-        (
-            self.0.instances.load(Ordering::Relaxed),
-            self.0.expired.load(Ordering::Relaxed),
-            self.0.bad_messages.load(Ordering::Relaxed),
-            self.0.durable_dropped.load(Ordering::Relaxed),
-        )
+    /// Fills in the registry's counters.
+    pub(super) fn fill(&self, stats: &mut super::BusStats) {
+        stats.instances = self.0.instances.load(Ordering::Relaxed);
+        stats.expired = self.0.expired.load(Ordering::Relaxed);
+        stats.bad_messages = self.0.bad_messages.load(Ordering::Relaxed);
+        stats.durable_dropped = self.0.durable_dropped.load(Ordering::Relaxed);
+        stats.heartbeats = self.0.heartbeats.load(Ordering::Relaxed);
     }
 }
 
 struct Entry {
     info: InstanceInfo,
     last_seen: Instant,
+    /// Silence after which it is dropped: the bus's ttl, or three of the
+    /// slower heartbeat intervals it was last asked for.
+    ttl: Duration,
     /// The credential that registered it (`None` on an open bus).
     owner: Option<KeyId>,
 }
@@ -445,7 +448,7 @@ pub(super) async fn run(
                 let before = reg.entries.len();
                 let mut gone = Vec::new();
                 reg.entries.retain(|id, e| {
-                    let alive = now.duration_since(e.last_seen) < options.ttl;
+                    let alive = now.duration_since(e.last_seen) < e.ttl;
                     if !alive {
                         gone.push(id.clone());
                         tracing::info!(service = %e.info.service, instance = %id, "instance expired (no heartbeat)");
@@ -497,6 +500,9 @@ pub(super) async fn run(
                 match Envelope::from_frames(rest) {
                     Ok(env) => {
                         let verb = env.header.method.clone().unwrap_or_default();
+                        if verb == crate::control::HEARTBEAT {
+                            stats.0.heartbeats.fetch_add(1, Ordering::Relaxed);
+                        }
                         let answer = verbs::handle(&mut reg, &options, identity, env, &events);
                         if let Some(why) = &answer.refused {
                             let peer = peer_address(&router, identity).await;

@@ -201,21 +201,48 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
         .take()
 }
 
+/// The slowest heartbeat a bus may ask for: a bus that asks for more (it
+/// would have to hold 60,000 instances at its default rate) is not obeyed.
+const SLOWEST_HEARTBEAT: Duration = Duration::from_secs(60);
+
 fn start_heartbeats(inner: &Arc<Inner>) {
     inner.served.heartbeat_started.call_once(|| {
-        super::spawn_periodic(inner, inner.options.heartbeat_every, |inner| async move {
-            heartbeat_once(&inner).await;
+        let weak = Arc::downgrade(inner);
+        let stop = inner.shutdown.clone();
+        let own = inner.options.heartbeat_every;
+        tokio::spawn(async move {
+            let mut every = own;
+            loop {
+                let Some(inner) = weak.upgrade() else { break };
+                if let Some(asked) = heartbeat_once(&inner).await {
+                    every = asked.map_or(own, |asked| asked.clamp(own, SLOWEST_HEARTBEAT));
+                }
+                drop(inner);
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(jittered(every)) => {}
+                }
+            }
         });
     });
 }
 
-async fn heartbeat_once(inner: &Inner) {
-    let Some(control) = &inner.control else {
-        return;
-    };
+/// `every`, less up to a tenth at random: instances started together
+/// spread their heartbeats out instead of reaching the bus at once, and
+/// none comes later than asked.
+fn jittered(every: Duration) -> Duration {
+    let tenth = u64::try_from(every.as_micros() / 10).unwrap_or(u64::MAX);
+    let less = muster_core::id::random_u64() % tenth.max(1);
+    every.saturating_sub(Duration::from_micros(less))
+}
+
+/// One heartbeat for every instance this process serves. `None` when the
+/// bus did not answer; else the interval it asks for, if it asks.
+async fn heartbeat_once(inner: &Inner) -> Option<Option<Duration>> {
+    let control = inner.control.as_ref()?;
     let ids: Vec<String> = inner.served.lock().keys().cloned().collect();
     if ids.is_empty() {
-        return;
+        return None;
     }
     let timeout = inner.options.control_timeout;
     let reply: HeartbeatReply = match control
@@ -225,7 +252,7 @@ async fn heartbeat_once(inner: &Inner) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(error = %e, "heartbeat not answered");
-            return;
+            return None;
         }
     };
     for id in reply.unknown {
@@ -237,6 +264,7 @@ async fn heartbeat_once(inner: &Inner) {
                 .await;
         }
     }
+    Some(reply.every_ms.map(Duration::from_millis))
 }
 
 /// A request being handled, tagged with the caller's routing identity.

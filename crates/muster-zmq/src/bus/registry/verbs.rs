@@ -137,7 +137,7 @@ fn verb_of(
     match verb {
         control::REGISTER => register(reg, options, body, who, events),
         control::HEARTBEAT => match serde_json::from_slice::<Heartbeat>(body) {
-            Ok(hb) => reply(encode(&heartbeat(reg, hb, who))),
+            Ok(hb) => reply(encode(&heartbeat(reg, options, hb, who))),
             Err(e) => reply(error(format!("bad heartbeat: {e}"))),
         },
         control::UNREGISTER => match serde_json::from_slice::<Unregister>(body) {
@@ -388,6 +388,7 @@ fn register(
         Entry {
             info,
             last_seen: Instant::now(),
+            ttl: allowed_silence(options, reg.entries.len() + 1),
             owner: who.cloned(),
         },
     );
@@ -396,19 +397,49 @@ fn register(
 }
 
 /// Refreshes the instances this credential owns; reports the ones the bus
-/// does not know (register them again). Others' are left alone.
-fn heartbeat(reg: &mut Registry, hb: Heartbeat, who: Option<&KeyId>) -> HeartbeatReply {
+/// does not know (register them again). Others' are left alone. Past
+/// [`BusOptions::heartbeats_per_sec`] instances the reply asks for slower
+/// heartbeats, and the entries refreshed wait three of those intervals.
+fn heartbeat(
+    reg: &mut Registry,
+    options: &BusOptions,
+    hb: Heartbeat,
+    who: Option<&KeyId>,
+) -> HeartbeatReply {
     let now = Instant::now();
+    let every = heartbeat_interval(options, reg.entries.len());
+    let ttl = allowed_silence(options, reg.entries.len());
     let mut unknown = Vec::new();
     for id in hb.instances {
         let owned = reg.owns(who, &id);
         match reg.entries.get_mut(&id) {
-            Some(e) if owned => e.last_seen = now,
+            Some(e) if owned => {
+                e.last_seen = now;
+                e.ttl = ttl;
+            }
             Some(_) => {}
             None => unknown.push(id),
         }
     }
-    HeartbeatReply { unknown }
+    HeartbeatReply {
+        unknown,
+        every_ms: every.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    }
+}
+
+/// How long an instance may be silent before it is dropped, among
+/// `instances`: the bus's ttl, or three slowed heartbeat intervals.
+fn allowed_silence(options: &BusOptions, instances: usize) -> Duration {
+    heartbeat_interval(options, instances).map_or(options.ttl, |every| options.ttl.max(every * 3))
+}
+
+/// The interval the bus asks of each heartbeat sender so that `instances`
+/// send no more than `heartbeats_per_sec` a second in all; `None` while
+/// they fit in one a second each (senders keep their own interval).
+pub(super) fn heartbeat_interval(options: &BusOptions, instances: usize) -> Option<Duration> {
+    let budget = u64::from(options.heartbeats_per_sec.max(1));
+    let instances = u64::try_from(instances).unwrap_or(u64::MAX);
+    (instances > budget).then(|| Duration::from_millis(instances.saturating_mul(1000) / budget))
 }
 
 fn unregister(reg: &mut Registry, instance: &str, events: &Events) {
@@ -548,5 +579,29 @@ impl Registry {
                         .is_some_and(|rest| rest.is_empty() || rest.starts_with('-'))
             }),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_slow_down_past_the_rate_and_silence_allowed_grows_with_them() {
+        let options = BusOptions::default(); // 125 a second, ttl 3 s
+        assert_eq!(heartbeat_interval(&options, 0), None);
+        assert_eq!(heartbeat_interval(&options, 125), None);
+        assert_eq!(allowed_silence(&options, 125), Duration::from_secs(3));
+        assert_eq!(
+            heartbeat_interval(&options, 1000),
+            Some(Duration::from_secs(8))
+        );
+        assert_eq!(allowed_silence(&options, 1000), Duration::from_secs(24));
+        // Just past the rate: the ttl still covers three intervals.
+        assert_eq!(
+            heartbeat_interval(&options, 126),
+            Some(Duration::from_millis(1008))
+        );
+        assert_eq!(allowed_silence(&options, 126), Duration::from_millis(3024));
     }
 }
