@@ -573,7 +573,8 @@ impl Driver {
         let client = self.client.clone();
         let tx = self.inputs.clone();
         tokio::spawn(async move {
-            let (samples, over) = crate::monitor::sample(&monitor, &status, &client, &limits).await;
+            let (samples, over) =
+                crate::monitor::sample(&monitor, &status, &client, &limits, due).await;
             let _ = tx.send(Input::Sampled { samples, over });
         });
     }

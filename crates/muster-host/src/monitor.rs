@@ -118,11 +118,16 @@ impl Monitor {
 
 /// Takes one sample of every transaction in `status`, and returns the
 /// instances over their limits (`limits` by `transaction/service`).
+///
+/// `every` is how often samples are taken ([`sample_interval`]): a CPU
+/// limit's window counts as covered when its oldest sample is that much
+/// younger than the window.
 pub async fn sample(
     monitor: &SharedMonitor,
     status: &Status,
     client: &Client,
     limits: &HashMap<String, Limits>,
+    every: Duration,
 ) -> (Vec<MonitorSample>, Vec<OverLimit>) {
     let pids: Vec<u32> = status
         .transactions
@@ -167,7 +172,7 @@ pub async fn sample(
         })
         .collect();
     let mut mon = monitor.lock().unwrap_or_else(PoisonError::into_inner);
-    let over = over_limits(&mut mon, &samples, limits);
+    let over = over_limits(&mut mon, &samples, limits, every);
     mon.latest = samples.clone();
     (samples, over)
 }
@@ -273,6 +278,7 @@ fn over_limits(
     mon: &mut Monitor,
     samples: &[MonitorSample],
     limits: &HashMap<String, Limits>,
+    every: Duration,
 ) -> Vec<OverLimit> {
     let now = Instant::now();
     let mut over = Vec::new();
@@ -305,9 +311,9 @@ fn over_limits(
                 {
                     w.pop_front();
                 }
-                let full = w.front().is_some_and(|(t0, _)| {
-                    now.duration_since(*t0) + Duration::from_millis(1500) >= l.cpu_window
-                });
+                let full = w
+                    .front()
+                    .is_some_and(|(t0, _)| covers(now.duration_since(*t0), every, l.cpu_window));
                 let avg = w.iter().map(|(_, c)| c).sum::<f64>() / w.len().max(1) as f64;
                 if full && avg > max {
                     over.push(OverLimit {
@@ -328,6 +334,13 @@ fn over_limits(
         .collect();
     mon.cpu_window.retain(|k, _| live.contains(k.as_str()));
     over
+}
+
+/// True when samples `every` apart, the oldest `oldest` ago, cover
+/// `window`: the next sample would push the oldest out. (Half a second
+/// of slack for ticks that drift.)
+fn covers(oldest: Duration, every: Duration, window: Duration) -> bool {
+    oldest + every + Duration::from_millis(500) >= window
 }
 
 /// RSS of a process and its children.
@@ -355,5 +368,17 @@ mod tests {
         assert_eq!(sample_interval(ten, 1000), ten);
         assert_eq!(slow_figures_every(100), SLOW_FIGURES_EVERY);
         assert_eq!(slow_figures_every(1000), Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_cpu_window_is_covered_by_samples_of_any_spacing() {
+        let s = Duration::from_secs;
+        // Every second: the oldest of a 10 s window is 9 s old when full.
+        assert!(covers(s(9), s(1), s(10)));
+        assert!(!covers(s(8), s(1), s(10)));
+        // Every 4 s (1,000 instances): no sample is ever more than 8 s old
+        // inside a 10 s window, and that is full.
+        assert!(covers(s(8), s(4), s(10)));
+        assert!(!covers(s(4), s(4), s(10)));
     }
 }
