@@ -201,8 +201,9 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
         .take()
 }
 
-/// The slowest heartbeat a bus may ask for: a bus that asks for more (it
-/// would have to hold 60,000 instances at its default rate) is not obeyed.
+/// The slowest heartbeat a bus may ask for: a bus that asks for more (one
+/// of over 7,500 instances at the default rate of 125 a second) gets one
+/// a minute.
 const SLOWEST_HEARTBEAT: Duration = Duration::from_secs(60);
 
 fn start_heartbeats(inner: &Arc<Inner>) {
@@ -215,7 +216,7 @@ fn start_heartbeats(inner: &Arc<Inner>) {
             loop {
                 let Some(inner) = weak.upgrade() else { break };
                 if let Some(asked) = heartbeat_once(&inner).await {
-                    every = asked.map_or(own, |asked| asked.clamp(own, SLOWEST_HEARTBEAT));
+                    every = next_heartbeat(own, asked);
                 }
                 drop(inner);
                 tokio::select! {
@@ -225,6 +226,13 @@ fn start_heartbeats(inner: &Arc<Inner>) {
             }
         });
     });
+}
+
+/// The interval to the next heartbeat: ours, or the slower one the bus
+/// asked for, up to [`SLOWEST_HEARTBEAT`]; never faster than ours, which
+/// may itself be over a minute.
+fn next_heartbeat(own: Duration, asked: Option<Duration>) -> Duration {
+    asked.map_or(own, |asked| asked.min(SLOWEST_HEARTBEAT).max(own))
 }
 
 /// `every`, less up to a tenth at random: instances started together
@@ -586,4 +594,31 @@ fn overloaded(identity: Bytes, reply: &Header) -> Option<Message> {
         "the reply was dropped: this caller has too many bytes of replies not yet read (read faster, or have fewer requests in flight)",
     );
     Some(routed_message(identity, &error_answer(reply, &error)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_follow_the_bus_within_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(next_heartbeat(s(1), None), s(1));
+        assert_eq!(next_heartbeat(s(1), Some(s(8))), s(8));
+        // Never faster than our own, never slower than a minute.
+        assert_eq!(next_heartbeat(s(1), Some(Duration::ZERO)), s(1));
+        assert_eq!(next_heartbeat(s(1), Some(s(3600))), SLOWEST_HEARTBEAT);
+        // An own interval over the cap stands (`clamp` would panic here).
+        assert_eq!(next_heartbeat(s(90), Some(s(8))), s(90));
+    }
+
+    #[test]
+    fn jitter_takes_off_at_most_a_tenth() {
+        let every = Duration::from_secs(8);
+        for _ in 0..1000 {
+            let j = jittered(every);
+            assert!(j <= every && j > every * 9 / 10, "{j:?}");
+        }
+        assert_eq!(jittered(Duration::ZERO), Duration::ZERO);
+    }
 }
