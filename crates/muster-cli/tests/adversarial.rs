@@ -362,8 +362,8 @@ async fn a_caller_that_never_reads_costs_bounded_memory_and_big_replies_are_refu
     let (code, _, err) = call(&url, "testsvc.blob", r#"{"bytes": 10000000}"#);
     assert_eq!(code, 1);
     assert!(err.contains("-32003"), "{err}");
-    let (code, out, _) = call(&url, "testsvc.hello", r#""eve""#);
-    assert_eq!((code, out.trim()), (0, r#""hi, eve""#));
+    let (code, out, err) = call(&url, "testsvc.hello", r#""eve""#);
+    assert_eq!((code, out.trim()), (0, r#""hi, eve""#), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,6 +214,10 @@ fn start_heartbeats(inner: &Arc<Inner>) {
         tokio::spawn(async move {
             let mut every = own;
             loop {
+                // Timed from when this one left, as a fixed-rate ticker
+                // would: a heartbeat slow to be answered (a busy instance
+                // or bus) does not push the next one later.
+                let sent = tokio::time::Instant::now();
                 let Some(inner) = weak.upgrade() else { break };
                 if let Some(asked) = heartbeat_once(&inner).await {
                     every = next_heartbeat(own, asked);
@@ -221,7 +225,7 @@ fn start_heartbeats(inner: &Arc<Inner>) {
                 drop(inner);
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep(jittered(every)) => {}
+                    () = tokio::time::sleep_until(sent + jittered(every)) => {}
                 }
             }
         });
