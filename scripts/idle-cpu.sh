@@ -66,7 +66,7 @@ bus)
         if ((i % 50 == 0)); then sleep 0.5; fi
     done
     ;;
-*) echo "usage: $0 host|bus [N]" >&2; exit 2 ;;
+*) echo "usage: $0 host|bus [N] [SECONDS]" >&2; exit 2 ;;
 esac
 
 for _ in $(seq 1 600); do
