@@ -10,6 +10,7 @@
 #   scripts/idle-cpu.sh host 1000   # one `muster up` (its own bus) supervising them
 #   scripts/idle-cpu.sh bus 1000    # a bare `muster bus`, instances started by hand
 #   scripts/idle-cpu.sh host 1000 20   # windows of 20 s
+#   HTTP=127.0.0.1:23999 scripts/idle-cpu.sh host 1000 20   # the host's HTTP on
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?host or bus}
@@ -39,7 +40,7 @@ host)
     cat >"$dir/muster.toml" <<EOF
 [host]
 bus = "zmq://127.0.0.1:$port"
-http = "off"
+http = "${HTTP:-off}"
 
 [context]
 name = "idle"
