@@ -346,6 +346,9 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
 /// the others ran taken).
 const SCHEDULE_CLAIM_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// When an ended instance's `muster.gone` notice goes out a second time.
+const GONE_AGAIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The host's name: `[host] name`, else the machine's hostname up to its
 /// first dot, with what a name cannot hold written `-`.
 fn host_name(manifest: &Manifest) -> String {
@@ -620,6 +623,9 @@ impl Driver {
                     bus.evict(&instance, &cause);
                 }
                 // The calls it was still waiting for stop where they run.
+                // Said twice: an instance hears these notices only while it
+                // runs requests, and one that began listening a moment ago
+                // may not be subscribed yet (`runtime/in_flight.rs`).
                 let gone = serde_json::json!({ "caller": &instance });
                 if let Err(e) = self
                     .client
@@ -628,6 +634,13 @@ impl Driver {
                 {
                     tracing::debug!(error = %e, "gone notice not published");
                 }
+                let client = self.client.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(GONE_AGAIN).await;
+                    if let Err(e) = client.publish(muster::registry::GONE_TOPIC, &gone).await {
+                        tracing::debug!(error = %e, "gone notice not published again");
+                    }
+                });
                 // Whatever the instance started and left behind goes too.
                 process::signal(pid, crate::supervisor::StopSignal::Kill);
                 if let Some(g) = &mut self.guard {

@@ -63,6 +63,16 @@ impl MemoryTransport {
         Self::default()
     }
 
+    /// Subscriptions that `topic` reaches now.
+    #[cfg(test)]
+    pub(crate) fn subscribers(&self, topic: &str) -> usize {
+        self.lock()
+            .subs
+            .iter()
+            .filter(|s| s.patterns.iter().any(|p| p.matches(topic)))
+            .count()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state
             .lock()

@@ -348,13 +348,16 @@ impl Service {
         // Cancel notices: the callers' (`runtime/in_flight.rs`); heard
         // before the consumers below take their first jobs, unless the bus
         // does not confirm the subscription now (then it is retried in the
-        // background, and the start goes on).
-        let notices = vec![
-            muster_core::registry::cancel_topic(&self.name),
-            muster_core::registry::GONE_TOPIC.to_owned(),
-        ];
+        // background, and the start goes on). Those of ended callers only
+        // while requests run here.
+        let notices = vec![muster_core::registry::cancel_topic(&self.name)];
         let sink = Arc::new(in_flight::CancelSink(dispatch.in_flight.clone()));
-        consumers.push(in_flight::hear_notices(transport.clone(), notices, sink).await);
+        consumers.push(in_flight::hear_notices(transport.clone(), notices, sink.clone()).await);
+        consumers.push(in_flight::hear_gone_while_busy(
+            transport.clone(),
+            sink,
+            in_flight::GONE_LINGER,
+        ));
         for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(self)) {
             let options = muster_core::queue::ConsumeOptions::new(instance.to_owned())
                 .prefetch(c.prefetch)

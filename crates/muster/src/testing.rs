@@ -50,6 +50,16 @@ impl TestBus {
         }
     }
 
+    /// A bus on `memory`, for tests that look into it.
+    #[cfg(test)]
+    pub(crate) fn on(memory: MemoryTransport) -> Self {
+        let transport: SharedTransport = Arc::new(memory);
+        Self {
+            client: Client::new(transport.clone()),
+            transport,
+        }
+    }
+
     /// The client for calls and events.
     pub fn client(&self) -> &Client {
         &self.client

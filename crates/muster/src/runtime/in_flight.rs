@@ -7,10 +7,16 @@
 //! (`{"key": "<caller>/<n>"}`) and reaches every instance of the service,
 //! since on a broker the caller does not know which one took its request;
 //! `muster.gone` names a caller whose process ended (`{"caller": ID}`, from
-//! the host) and stops every request it made.
+//! the host) and stops every request it made. Every instance hears the
+//! first kind from its start; the second only while it runs requests
+//! (and [`GONE_LINGER`] after), because the host publishes one for every
+//! instance that ends: heard by all, one crash on a host of a thousand
+//! would wake the other 999 (`docs/benchmarks.md`, issue 22).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::oneshot;
@@ -25,11 +31,19 @@ use crate::wire::Envelope;
 /// network, and the book must stay small whatever it says.
 const MAX_KEY: usize = 256;
 
+/// How long an instance keeps hearing `muster.gone` after its last
+/// request: long enough that a service taking slow calls now and then
+/// does not subscribe for each.
+pub(crate) const GONE_LINGER: Duration = Duration::from_secs(10);
+
 #[derive(Default)]
 pub(crate) struct InFlight {
     /// key -> (the request's number here, the sender that stops it).
     running: Mutex<HashMap<String, (u64, oneshot::Sender<()>)>>,
-    next: std::sync::atomic::AtomicU64,
+    /// Requests tracked so far (the next one's number).
+    next: AtomicU64,
+    /// Woken when a request enters an empty book, for [`keep_gone`].
+    busy: tokio::sync::Notify,
 }
 
 /// One tracked request: resolves when a notice cancels it, and leaves the
@@ -64,15 +78,32 @@ impl InFlight {
         if key.len() > MAX_KEY {
             return None;
         }
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(key.to_owned(), (n, tx));
+        let was_empty = {
+            let mut running = self.lock();
+            let was_empty = running.is_empty();
+            running.insert(key.to_owned(), (n, tx));
+            was_empty
+        };
+        if was_empty {
+            self.busy.notify_one();
+        }
         Some(Tracked {
             book: self.clone(),
             key: key.to_owned(),
             n,
             cancelled: rx,
         })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Requests tracked so far, to tell a quiet book from a busy one.
+    fn tracked(&self) -> u64 {
+        self.next.load(Ordering::Relaxed)
     }
 
     /// Cancels the request under `key`, if it is running here.
@@ -154,7 +185,80 @@ pub(crate) async fn hear_notices(
     tracing::warn!(error = %error, "cancel notices not heard yet (calls given up run to their deadline); trying again in the background");
     let stop = CancellationToken::new();
     let task = tokio::spawn(retry_notices(transport, topics, sink, stop.clone()));
-    Box::new(NoticesLater { stop, task })
+    Box::new(NoticeTask { stop, task })
+}
+
+/// Hears `muster.gone` while the instance runs requests, in a task of its
+/// own: the subscription is made when a request enters an empty book and
+/// dropped once the book has stayed empty for `linger`. A caller that ends
+/// before the subscription reaches the bus is not heard, and its request
+/// runs to its deadline, as with any lost notice (`docs/tracing.md`).
+pub(crate) fn hear_gone_while_busy(
+    transport: SharedTransport,
+    sink: Arc<CancelSink>,
+    linger: Duration,
+) -> Box<dyn Subscribed> {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(keep_gone(transport, sink, linger, stop.clone()));
+    Box::new(NoticeTask { stop, task })
+}
+
+async fn keep_gone(
+    transport: SharedTransport,
+    sink: Arc<CancelSink>,
+    linger: Duration,
+    stop: CancellationToken,
+) {
+    let book = sink.0.clone();
+    let topics = vec![muster_core::registry::GONE_TOPIC.to_owned()];
+    let mut backoff =
+        muster_core::retry::Backoff::between(Duration::from_secs(1), Duration::from_secs(10));
+    loop {
+        // A wake-up for a request that has ended already is no reason.
+        while book.is_empty() {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = book.busy.notified() => {}
+            }
+        }
+        let subscribing = transport.subscribe(&topics, sink.clone());
+        let subscribed = tokio::select! {
+            () = stop.cancelled() => return,
+            s = subscribing => s,
+        };
+        let subscribed = match subscribed {
+            Ok(s) => {
+                backoff.succeeded();
+                s
+            }
+            Err(e) => {
+                if backoff.worth_logging() {
+                    tracing::warn!(error = %e, failures = backoff.failures(), "notices of ended callers not heard (their calls run to their deadline); trying again");
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff.failed()) => {}
+                }
+                continue;
+            }
+        };
+        let mut seen = book.tracked();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => {
+                    subscribed.cancel().await;
+                    return;
+                }
+                () = tokio::time::sleep(linger) => {}
+            }
+            let now = book.tracked();
+            if now == seen && book.is_empty() {
+                break;
+            }
+            seen = now;
+        }
+        subscribed.cancel().await;
+    }
 }
 
 async fn retry_notices(
@@ -163,10 +267,8 @@ async fn retry_notices(
     sink: Arc<CancelSink>,
     stop: CancellationToken,
 ) {
-    let mut backoff = muster_core::retry::Backoff::between(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(10),
-    );
+    let mut backoff =
+        muster_core::retry::Backoff::between(Duration::from_secs(1), Duration::from_secs(10));
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -192,14 +294,15 @@ async fn retry_notices(
     }
 }
 
-/// The cancel-notice subscription that [`hear_notices`] keeps trying.
+/// A notice subscription kept by a task: the one [`hear_notices`] keeps
+/// trying, or the one [`hear_gone_while_busy`] makes and drops.
 #[derive(Debug)]
-struct NoticesLater {
+struct NoticeTask {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Subscribed for NoticesLater {
+impl Subscribed for NoticeTask {
     fn cancel(self: Box<Self>) -> BoxFuture<'static, ()> {
         self.stop.cancel();
         Box::pin(async move {
@@ -226,6 +329,54 @@ mod tests {
         assert!(other.cancelled.try_recv().is_err(), "bob's call runs on");
         drop(other);
         assert!(book.lock().is_empty(), "dropped requests leave the book");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_instance_hears_of_ended_callers_only_while_it_runs_requests() {
+        use crate::memory::MemoryTransport;
+        use crate::prelude::*;
+        use muster_core::registry::GONE_TOPIC;
+
+        let memory = MemoryTransport::new();
+        let bus = crate::testing::TestBus::on(memory.clone());
+        let back = Service::new("back").rpc("sleep", |Args(ms): Args<u64>| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        });
+        let _back = bus.start(back).await.unwrap();
+        // Idle: an instance's crash elsewhere does not wake this one.
+        assert_eq!(memory.subscribers(GONE_TOPIC), 0);
+        assert_eq!(memory.subscribers("muster.cancel.back"), 1);
+
+        let alice = bus.client().clone().calling_as("alice");
+        let started = tokio::time::Instant::now();
+        let call = tokio::spawn(async move {
+            alice
+                .call_with::<_, serde_json::Value>(
+                    "back.sleep",
+                    &60_000,
+                    crate::CallOptions::default().timeout(Duration::from_secs(120)),
+                )
+                .await
+        });
+        while memory.subscribers(GONE_TOPIC) == 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "never subscribed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // alice's process ends: its request stops here, long before 60 s.
+        bus.client()
+            .publish(GONE_TOPIC, &serde_json::json!({"caller": "alice"}))
+            .await
+            .unwrap();
+        let answer = call.await.unwrap();
+        assert!(answer.is_err(), "{answer:?}");
+        assert!(started.elapsed() < Duration::from_secs(30));
+
+        // Quiet again: the subscription goes after the linger.
+        tokio::time::sleep(GONE_LINGER * 3).await;
+        assert_eq!(memory.subscribers(GONE_TOPIC), 0);
     }
 
     #[test]
