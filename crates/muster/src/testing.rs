@@ -43,15 +43,10 @@ impl Default for TestBus {
 impl TestBus {
     /// A fresh bus.
     pub fn new() -> Self {
-        let transport: SharedTransport = Arc::new(MemoryTransport::new());
-        Self {
-            client: Client::new(transport.clone()),
-            transport,
-        }
+        Self::on(MemoryTransport::new())
     }
 
-    /// A bus on `memory`, for tests that look into it.
-    #[cfg(test)]
+    /// A bus on `memory` (tests of this crate keep a clone to look into it).
     pub(crate) fn on(memory: MemoryTransport) -> Self {
         let transport: SharedTransport = Arc::new(memory);
         Self {

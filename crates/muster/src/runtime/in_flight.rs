@@ -232,12 +232,13 @@ async fn keep_gone(
                 s
             }
             Err(e) => {
+                let wait = backoff.failed();
                 if backoff.worth_logging() {
                     tracing::warn!(error = %e, failures = backoff.failures(), "notices of ended callers not heard (their calls run to their deadline); trying again");
                 }
                 tokio::select! {
                     () = stop.cancelled() => return,
-                    () = tokio::time::sleep(backoff.failed()) => {}
+                    () = tokio::time::sleep(wait) => {}
                 }
                 continue;
             }
