@@ -148,3 +148,48 @@ async fn a_bus_past_its_heartbeat_rate_slows_heartbeats_and_keeps_its_instances(
     let listed = client.instances().await.unwrap();
     assert_eq!(listed.iter().filter(|i| i.service == "echo").count(), 4);
 }
+
+/// A caller's copy of the registry follows it by its changes: after the
+/// first listing, an instance gone and one come are told as changes, not
+/// as the whole registry again (at 1,000 instances that was about 1 MB of
+/// JSON to every caller after each change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_follows_the_registry_by_its_changes() {
+    let (bus, client, url) = muster_test::bus_and_client().await;
+    let spawn = |id: &str| {
+        let mut c = std::process::Command::new(MUSTER);
+        c.args(["__service", "echo", "--bus", &url, "--log-level", "warn"])
+            .env("MUSTER_INSTANCE", id);
+        Proc::spawn("echo", c)
+    };
+    let mut first: Vec<Proc> = ["echo-0-aaaaaa", "echo-1-bbbbbb", "echo-2-cccccc"]
+        .into_iter()
+        .map(spawn)
+        .collect();
+    wait_registered(&client, "echo", 3).await;
+    let whole = bus.stats().listings_whole;
+    assert!(whole >= 1);
+
+    first[0].kill9();
+    bus.evict("echo-0-aaaaaa", "killed by signal 9 (SIGKILL)");
+    let _late = spawn("echo-3-dddddd");
+    let ids = || async {
+        let mut ids: Vec<String> = client
+            .instances()
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|i| i.service == "echo")
+            .map(|i| i.instance)
+            .collect();
+        ids.sort();
+        Some(ids)
+    };
+    eventually(Duration::from_secs(10), "the copy follows", || async {
+        (ids().await? == ["echo-1-bbbbbb", "echo-2-cccccc", "echo-3-dddddd"]).then_some(())
+    })
+    .await;
+    let stats = bus.stats();
+    assert!(stats.listings_of_changes >= 1, "{stats:?}");
+    assert_eq!(stats.listings_whole, whole, "{stats:?}");
+}

@@ -110,6 +110,11 @@ pub struct BusStats {
     /// Heartbeats received (one a process, for all the instances it
     /// serves; slowed past `BusOptions::heartbeats_per_sec`).
     pub heartbeats: u64,
+    /// Registry listings sent whole: to a caller's first refresh, after a
+    /// bus restart, or to a caller too far behind.
+    pub listings_whole: u64,
+    /// Registry listings sent as the changes since the caller's version.
+    pub listings_of_changes: u64,
 }
 
 /// Reads a bus's counters from anywhere.

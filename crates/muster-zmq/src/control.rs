@@ -161,6 +161,10 @@ pub(crate) struct List {
     pub(crate) epoch: Option<String>,
     #[serde(default)]
     pub(crate) version: Option<u64>,
+    /// The caller takes the changes since its version instead of the
+    /// whole list (an older bus ignores this and sends the whole list).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) changes: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -169,9 +173,17 @@ pub(crate) struct ListReply {
     pub(crate) epoch: String,
     /// Bumped on every change.
     pub(crate) version: u64,
-    /// Absent when unchanged since the caller's version.
+    /// The whole registry; absent when unchanged since the caller's
+    /// version, or when `changed` and `removed` say what changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) instances: Option<Vec<InstanceInfo>>,
+    /// To a caller that asked for changes: the instances registered or
+    /// registered again since its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) changed: Option<Vec<InstanceInfo>>,
+    /// With `changed`: the ids of the instances gone since its version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) removed: Option<Vec<String>>,
 }
 
 /// A generic acknowledgement or refusal.

@@ -181,6 +181,18 @@ fn families(
             samples: bus_value(bus.heartbeats),
         },
         Family {
+            name: "muster_bus_listings_whole",
+            kind: Kind::Counter,
+            help: "Registry listings sent whole",
+            samples: bus_value(bus.listings_whole),
+        },
+        Family {
+            name: "muster_bus_listings_of_changes",
+            kind: Kind::Counter,
+            help: "Registry listings sent as the changes since the caller's version",
+            samples: bus_value(bus.listings_of_changes),
+        },
+        Family {
             name: "muster_bus_bad_messages",
             kind: Kind::Counter,
             help: "Malformed messages the registry dropped",

@@ -2,6 +2,7 @@
 //! while they heartbeat. The verbs themselves, and who may use them, are
 //! in `verbs`.
 
+mod changes;
 mod verbs;
 
 use std::collections::HashMap;
@@ -23,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::BusOptions;
 use super::forwarder::Tap;
 use super::store::{Accepted, Committed, JobLog, QueueStore};
-use crate::control::{List, ListReply, Take, TakeReply, Taken};
+use crate::control::{Take, TakeReply, Taken};
 use crate::socket::{frames, log_dropped, routed_message};
 use muster_core::queue::QueueBook;
 
@@ -37,6 +38,8 @@ pub(super) struct Counters {
     bad_messages: AtomicU64,
     durable_dropped: AtomicU64,
     heartbeats: AtomicU64,
+    listings_whole: AtomicU64,
+    listings_of_changes: AtomicU64,
 }
 
 impl SharedStats {
@@ -47,6 +50,8 @@ impl SharedStats {
         stats.bad_messages = self.0.bad_messages.load(Ordering::Relaxed);
         stats.durable_dropped = self.0.durable_dropped.load(Ordering::Relaxed);
         stats.heartbeats = self.0.heartbeats.load(Ordering::Relaxed);
+        stats.listings_whole = self.0.listings_whole.load(Ordering::Relaxed);
+        stats.listings_of_changes = self.0.listings_of_changes.load(Ordering::Relaxed);
     }
 }
 
@@ -70,7 +75,10 @@ struct Registry {
     secret: Option<MasterSecret>,
     sessions: HashMap<Bytes, (String, Instant)>,
     epoch: String,
-    version: u64,
+    /// The version of `entries`, and what each change touched.
+    changes: changes::Changes,
+    /// Counts the listings, whole and of changes.
+    stats: SharedStats,
     entries: HashMap<String, Entry>,
     /// Claimed keys: key -> (holder, until).
     claims: HashMap<String, (String, Instant)>,
@@ -308,23 +316,10 @@ impl Registry {
         self.serve_waiters(Instant::now());
     }
 
-    fn changed(&mut self) {
-        self.version += 1;
-    }
-
-    fn list(&self, req: &List) -> ListReply {
-        let unchanged =
-            req.epoch.as_deref() == Some(self.epoch.as_str()) && req.version == Some(self.version);
-        ListReply {
-            epoch: self.epoch.clone(),
-            version: self.version,
-            instances: (!unchanged).then(|| {
-                let mut v: Vec<InstanceInfo> =
-                    self.entries.values().map(|e| e.info.clone()).collect();
-                v.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
-                v
-            }),
-        }
+    /// A new version of the registry, in which the entries of `instances`
+    /// were added, replaced or removed.
+    fn changed(&mut self, instances: impl IntoIterator<Item = String>) {
+        self.changes.record(instances);
     }
 }
 
@@ -425,7 +420,8 @@ pub(super) async fn run(
         secret: options.secret.clone(),
         sessions: HashMap::new(),
         epoch: random_epoch(),
-        version: 0,
+        changes: changes::Changes::default(),
+        stats: stats.clone(),
         entries: HashMap::new(),
         claims: HashMap::new(),
         queues: book,
@@ -462,7 +458,7 @@ pub(super) async fn run(
                 let expired = before - reg.entries.len();
                 if expired > 0 {
                     stats.0.expired.fetch_add(expired as u64, Ordering::Relaxed);
-                    reg.changed();
+                    reg.changed(gone.iter().cloned());
                 }
                 for id in gone {
                     reg.release_instance(&id, Some("no heartbeat (instance expired)"));
@@ -473,7 +469,7 @@ pub(super) async fn run(
             Some(c) = next_committed(&mut committed) => reg.committed(c),
             Some(frames) = kept.recv() => reg.keep(&frames, &stats),
             Some((id, cause)) = evictions.recv() => {
-                let before = reg.entries.len();
+                let mut evicted = Vec::new();
                 reg.entries.retain(|key, e| {
                     let gone = key
                         .strip_prefix(id.as_str())
@@ -484,11 +480,12 @@ pub(super) async fn run(
                             service: e.info.service.clone(),
                             instance: key.clone(),
                         });
+                        evicted.push(key.clone());
                     }
                     !gone
                 });
-                if reg.entries.len() != before {
-                    reg.changed();
+                if !evicted.is_empty() {
+                    reg.changed(evicted);
                 }
                 reg.release_instance(&id, Some(&cause));
                 reg.serve_waiters(Instant::now());

@@ -1,11 +1,11 @@
 //! The caller's copy of the registry, and the connections to instances.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use muster_core::registry::InstanceInfo;
-use muster_core::{Error, RpcError};
+use muster_core::{Error, ErrorKind, RpcError};
 
 use super::rpc_client::Conn;
 use super::{Inner, Mode, ZmqOptions};
@@ -36,7 +36,6 @@ struct Snapshot {
     epoch: Option<String>,
     version: Option<u64>,
     by_service: HashMap<String, Vec<Arc<Route>>>,
-    all: Vec<InstanceInfo>,
 }
 
 /// Registry copy plus a lock that makes refreshes one at a time.
@@ -68,7 +67,6 @@ impl RegistryView {
                         transaction: None,
                         require_auth: false,
                     };
-                    snapshot.all.push(info.clone());
                     routes.push(Arc::new(Route {
                         auth: caller_proof(&info, options),
                         info,
@@ -94,8 +92,17 @@ impl RegistryView {
             .clone()
     }
 
+    /// Every instance known, by service and instance.
     pub(crate) fn all(&self) -> Vec<InstanceInfo> {
-        self.current().all.clone()
+        let mut all: Vec<InstanceInfo> = self
+            .current()
+            .by_service
+            .values()
+            .flatten()
+            .map(|r| r.info.clone())
+            .collect();
+        all.sort_by(|a, b| (&a.service, &a.instance).cmp(&(&b.service, &b.instance)));
+        all
     }
 
     /// Chooses the instance for a call: the named one, or the one with
@@ -163,7 +170,9 @@ impl RegistryView {
         });
     }
 
-    /// Fetches the registry if it changed, reusing live connections.
+    /// Fetches the registry if it changed (what changed since this copy's
+    /// version, where the bus can say), reusing live connections and the
+    /// routes of instances that did not change.
     pub(crate) async fn refresh(&self, inner: &Arc<Inner>) -> Result<(), Error> {
         let Some(control) = &inner.control else {
             return Ok(());
@@ -173,43 +182,77 @@ impl RegistryView {
         let req = List {
             epoch: old.epoch.clone(),
             version: old.version,
+            changes: true,
         };
         let reply: ListReply = control
             .call(LIST, &req, inner.options.control_timeout)
             .await?;
-        let Some(instances) = reply.instances else {
-            return Ok(());
-        };
         let mut conns: HashMap<&str, Arc<Conn>> = old
             .by_service
             .values()
             .flatten()
             .map(|r| (r.info.endpoint.as_str(), r.conn.clone()))
             .collect();
-        let mut by_service: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
-        for info in &instances {
+        // The routes kept as they were, and the instances to make routes for.
+        let (mut kept, fresh): (Vec<Arc<Route>>, Vec<InstanceInfo>) =
+            match (reply.instances, reply.changed) {
+                (Some(all), _) => (Vec::new(), all),
+                // Only ever an answer to this copy's own (epoch, version).
+                (None, Some(changed))
+                    if reply.epoch.as_str() == old.epoch.as_deref().unwrap_or("") =>
+                {
+                    let removed = reply.removed.unwrap_or_default();
+                    let touched: HashSet<&str> = removed
+                        .iter()
+                        .map(String::as_str)
+                        .chain(changed.iter().map(|i| i.instance.as_str()))
+                        .collect();
+                    let kept = old
+                        .by_service
+                        .values()
+                        .flatten()
+                        .filter(|r| !touched.contains(r.info.instance.as_str()))
+                        .cloned()
+                        .collect();
+                    (kept, changed)
+                }
+                (None, Some(_)) => {
+                    return Err(Error::new(
+                        ErrorKind::Protocol,
+                        "the bus sent changes to a registry copy of another run",
+                    ));
+                }
+                (None, None) => return Ok(()),
+            };
+        for info in fresh {
             let conn = match conns.get(info.endpoint.as_str()) {
                 Some(c) => c.clone(),
                 None => Conn::open(&info.endpoint, &inner.options).await,
             };
-            by_service
-                .entry(info.service.clone())
-                .or_default()
-                .push(Arc::new(Route {
-                    info: info.clone(),
-                    conn,
-                    auth: caller_proof(info, &inner.options),
-                }));
+            kept.push(Arc::new(Route {
+                auth: caller_proof(&info, &inner.options),
+                info,
+                conn,
+            }));
         }
-        for info in &instances {
-            conns.remove(info.endpoint.as_str());
+        for r in &kept {
+            conns.remove(r.info.endpoint.as_str());
         }
         for (endpoint, gone) in conns {
             // Calls in flight keep their connection (a draining instance
             // still answers them); only calls to a peer that is not even
             // connected are failed now rather than at their deadline.
-
             gone.fail_if_unconnected(&format!("instance at {endpoint} left the registry"));
+        }
+        let mut by_service: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        for route in kept {
+            by_service
+                .entry(route.info.service.clone())
+                .or_default()
+                .push(route);
+        }
+        for routes in by_service.values_mut() {
+            routes.sort_by(|a, b| a.info.instance.cmp(&b.info.instance));
         }
         *self
             .snapshot
@@ -218,7 +261,6 @@ impl RegistryView {
             epoch: Some(reply.epoch),
             version: Some(reply.version),
             by_service,
-            all: instances,
         });
         Ok(())
     }

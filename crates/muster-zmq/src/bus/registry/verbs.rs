@@ -383,8 +383,9 @@ fn register(
     }
     tracing::info!(service = %info.service, instance = %info.instance, endpoint = %info.endpoint, "instance registered");
     let _ = events.send(RegistryEvent::Registered(info.clone()));
+    let id = info.instance.clone();
     reg.entries.insert(
-        info.instance.clone(),
+        id.clone(),
         Entry {
             info,
             last_seen: Instant::now(),
@@ -392,7 +393,7 @@ fn register(
             owner: who.cloned(),
         },
     );
-    reg.changed();
+    reg.changed([id]);
     Done::Reply(encode(&Ack::default()))
 }
 
@@ -451,7 +452,7 @@ fn unregister(reg: &mut Registry, instance: &str, events: &Events) {
             service: e.info.service,
             instance: instance.to_owned(),
         });
-        reg.changed();
+        reg.changed([instance.to_owned()]);
     }
 }
 
