@@ -353,11 +353,7 @@ impl Service {
         let notices = vec![muster_core::registry::cancel_topic(&self.name)];
         let sink = Arc::new(in_flight::CancelSink(dispatch.in_flight.clone()));
         consumers.push(in_flight::hear_notices(transport.clone(), notices, sink.clone()).await);
-        consumers.push(in_flight::hear_gone_while_busy(
-            transport.clone(),
-            sink,
-            in_flight::GONE_LINGER,
-        ));
+        consumers.push(in_flight::hear_gone_while_busy(transport.clone(), sink));
         for (c, sink) in self.consumers.iter().zip(dispatch.queue_sinks(self)) {
             let options = muster_core::queue::ConsumeOptions::new(instance.to_owned())
                 .prefetch(c.prefetch)

@@ -77,7 +77,7 @@ struct Registry {
     epoch: String,
     /// The version of `entries`, and what each change touched.
     changes: changes::Changes,
-    /// Counts the listings, whole and of changes.
+    /// The registry's counters (`BusStats`).
     stats: SharedStats,
     entries: HashMap<String, Entry>,
     /// Claimed keys: key -> (holder, until).
@@ -287,7 +287,7 @@ impl Registry {
 
     /// Adds the events of a message the forwarder copied to the queues of
     /// the groups that keep them.
-    fn keep(&mut self, frames: &[Bytes], stats: &SharedStats) {
+    fn keep(&mut self, frames: &[Bytes]) {
         let events = match decode_events(frames) {
             Ok(e) => e,
             // The subscribers drop it too (it is not an event batch).
@@ -297,7 +297,7 @@ impl Registry {
         // A job log behind the publishers would grow without bound: the
         // events are dropped (and counted) until it catches up.
         if self.log.as_ref().is_some_and(JobLog::is_behind) {
-            stats
+            self.stats
                 .0
                 .durable_dropped
                 .fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -307,7 +307,7 @@ impl Registry {
             dropped += self.durable.keep(&mut self.queues, e);
         }
         if dropped > 0 {
-            stats
+            self.stats
                 .0
                 .durable_dropped
                 .fetch_add(dropped, Ordering::Relaxed);
@@ -467,7 +467,7 @@ pub(super) async fn run(
                 reg.serve_waiters(now);
             }
             Some(c) = next_committed(&mut committed) => reg.committed(c),
-            Some(frames) = kept.recv() => reg.keep(&frames, &stats),
+            Some(frames) = kept.recv() => reg.keep(&frames),
             Some((id, cause)) = evictions.recv() => {
                 let mut evicted = Vec::new();
                 reg.entries.retain(|key, e| {

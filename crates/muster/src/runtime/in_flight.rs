@@ -34,7 +34,7 @@ const MAX_KEY: usize = 256;
 /// How long an instance keeps hearing `muster.gone` after its last
 /// request: long enough that a service taking slow calls now and then
 /// does not subscribe for each.
-pub(crate) const GONE_LINGER: Duration = Duration::from_secs(10);
+const GONE_LINGER: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 pub(crate) struct InFlight {
@@ -190,25 +190,19 @@ pub(crate) async fn hear_notices(
 
 /// Hears `muster.gone` while the instance runs requests, in a task of its
 /// own: the subscription is made when a request enters an empty book and
-/// dropped once the book has stayed empty for `linger`. A caller that ends
+/// dropped once the book has stayed empty for [`GONE_LINGER`]. A caller that ends
 /// before the subscription reaches the bus is not heard, and its request
 /// runs to its deadline, as with any lost notice (`docs/tracing.md`).
 pub(crate) fn hear_gone_while_busy(
     transport: SharedTransport,
     sink: Arc<CancelSink>,
-    linger: Duration,
 ) -> Box<dyn Subscribed> {
     let stop = CancellationToken::new();
-    let task = tokio::spawn(keep_gone(transport, sink, linger, stop.clone()));
+    let task = tokio::spawn(keep_gone(transport, sink, stop.clone()));
     Box::new(NoticeTask { stop, task })
 }
 
-async fn keep_gone(
-    transport: SharedTransport,
-    sink: Arc<CancelSink>,
-    linger: Duration,
-    stop: CancellationToken,
-) {
+async fn keep_gone(transport: SharedTransport, sink: Arc<CancelSink>, stop: CancellationToken) {
     let book = sink.0.clone();
     let topics = vec![muster_core::registry::GONE_TOPIC.to_owned()];
     let mut backoff =
@@ -250,7 +244,7 @@ async fn keep_gone(
                     subscribed.cancel().await;
                     return;
                 }
-                () = tokio::time::sleep(linger) => {}
+                () = tokio::time::sleep(GONE_LINGER) => {}
             }
             let now = book.tracked();
             if now == seen && book.is_empty() {
