@@ -20,7 +20,9 @@ use crate::wire::Header;
 
 /// What a handler runs on: a request or an event, with its context.
 pub struct Invocation {
-    pub(crate) header: Header,
+    /// Boxed: a header is a few hundred bytes, and an invocation moves
+    /// into the handler's future and the layers' futures.
+    pub(crate) header: Box<Header>,
     /// Request params or event payload, as JSON.
     pub(crate) payload: Option<Box<RawValue>>,
     pub(crate) ctx: Ctx,
@@ -106,7 +108,7 @@ impl FromInvocation for Ctx {
 
 impl FromInvocation for Header {
     fn from_invocation(inv: &Invocation) -> Result<Self, RpcError> {
-        Ok(inv.header.clone())
+        Ok((*inv.header).clone())
     }
 }
 

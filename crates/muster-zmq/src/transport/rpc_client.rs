@@ -133,7 +133,9 @@ impl Conn {
     }
 
     /// Sends one request and waits for its reply until `deadline`.
-    async fn call(&self, mut req: Envelope, deadline: Instant, now: Instant) -> Reply {
+    /// Takes the request by reference: a caller that may send it again
+    /// elsewhere keeps it without a copy.
+    async fn call(&self, req: &mut Envelope, deadline: Instant, now: Instant) -> Reply {
         let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
         req.header.id = n.to_string();
         let remaining = deadline.saturating_duration_since(now);
@@ -148,7 +150,7 @@ impl Conn {
         // Alone on the connection: send at once (lowest latency). With other
         // calls in flight: queue for the burst writer (fewest system calls).
         let alone = self.shared.outstanding.fetch_add(1, Ordering::Relaxed) == 0;
-        let message = envelope_message(&req);
+        let message = envelope_message(req);
         let exchange = async {
             if alone {
                 self.socket.send(message).await.map_err(|e| {
@@ -166,7 +168,7 @@ impl Conn {
         let outcome = tokio::time::timeout_at(deadline.into(), exchange).await;
         // Answered (or failed by the reader): the entry is already gone.
         guard.armed = outcome.is_err();
-        outcome.unwrap_or_else(|_| Err(timeout_error(&req, remaining)))
+        outcome.unwrap_or_else(|_| Err(timeout_error(req, remaining)))
     }
 }
 
@@ -293,12 +295,10 @@ pub(crate) async fn request(
         .await?;
     let idempotent = instance.is_none() && route.info.method(method).is_some_and(|m| m.idempotent);
     req.header.auth.clone_from(&route.auth);
-    if !idempotent {
-        return route.conn.call(req, deadline, now).await;
-    }
-    // Keep a copy to send again if this instance dies mid-request.
-    match route.conn.call(req.clone(), deadline, now).await {
-        Err(e) if e.code == code::UNAVAILABLE => {
+    // The request stays here, to send again if this instance dies
+    // mid-request and the method is idempotent.
+    match route.conn.call(&mut req, deadline, now).await {
+        Err(e) if idempotent && e.code == code::UNAVAILABLE => {
             let service = req.header.service.as_deref().unwrap_or_default();
             let method = req.header.method.as_deref().unwrap_or_default();
             let retry = inner
@@ -306,9 +306,8 @@ pub(crate) async fn request(
                 .pick(inner, service, method, None, Some(&route.info.instance))
                 .await
                 .map_err(|_| e)?;
-            let mut req = req;
             req.header.auth.clone_from(&retry.auth);
-            retry.conn.call(req, deadline, Instant::now()).await
+            retry.conn.call(&mut req, deadline, Instant::now()).await
         }
         other => other,
     }

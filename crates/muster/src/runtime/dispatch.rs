@@ -178,7 +178,7 @@ impl ServiceDispatch {
 }
 
 fn reply(
-    mut header: Header,
+    mut header: Box<Header>,
     ct: ContentType,
     id: &Option<Value>,
     outcome: Result<Box<RawValue>, RpcError>,
@@ -187,7 +187,7 @@ fn reply(
     let body = match outcome {
         Ok(raw) => {
             let encoded = match ct {
-                ContentType::Json => jsonrpc::encode_result(ct, id, &raw),
+                ContentType::Json => jsonrpc::encode_raw_result(id, &raw),
                 // RawValue only serializes through serde_json: transcode.
                 ContentType::MsgPack => serde_json::from_str::<Value>(raw.get())
                     .map_err(RpcError::internal)
@@ -197,13 +197,18 @@ fn reply(
         }
         Err(e) => jsonrpc::encode_error(ct, id, &e),
     };
-    Envelope::new(header, body)
+    Envelope {
+        header,
+        body: body.into(),
+    }
 }
 
 impl Dispatch for ServiceDispatch {
     fn dispatch(&self, request: Envelope) -> BoxFuture<'static, Option<Envelope>> {
         let Envelope { mut header, body } = request;
-        let mut reply_header = Header::reply_to(&header);
+        // Boxed from the start: it travels in the reply's future and then
+        // the reply envelope, which boxes its header anyway.
+        let mut reply_header = Box::new(Header::reply_to(&header));
         reply_header.instance = Some(self.info.instance.clone());
         let ct = match ContentType::from_header(header.content_type.as_deref()) {
             Ok(ct) => ct,
@@ -314,7 +319,7 @@ impl Dispatch for ServiceDispatch {
             _ => None,
         };
         let mut inv = Invocation {
-            header: *header,
+            header,
             payload: decoded.params,
             ctx: self.ctx.scoped(scope),
             route: None,
@@ -426,7 +431,7 @@ impl ServiceDispatch {
                 ..CallScope::default()
             };
             let inv = Invocation {
-                header: (*event.header).clone(),
+                header: event.header.clone(),
                 payload: Some(payload.clone()),
                 ctx: self.ctx.scoped(scope),
                 route: None,
@@ -534,7 +539,7 @@ impl JobSink for QueueDispatch {
         header.id.clone_from(&job.id);
         header.transaction.clone_from(&job.transaction);
         let inv = Invocation {
-            header,
+            header: Box::new(header),
             payload: Some(payload),
             route: None,
             ctx: self.ctx.scoped(CallScope {
