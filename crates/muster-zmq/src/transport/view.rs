@@ -120,7 +120,11 @@ impl RegistryView {
         let mut snap = self.current();
         if !snap.by_service.contains_key(service) && !self.direct {
             // Maybe it just started: ask the bus before saying "unknown".
-            self.refresh(inner).await.map_err(RpcError::from)?;
+            // Boxed: a refresh's future is kilobytes, and every call's
+            // future would otherwise carry (and copy) room for it.
+            Box::pin(self.refresh(inner))
+                .await
+                .map_err(RpcError::from)?;
             snap = self.current();
         }
         let routes = snap.by_service.get(service).ok_or_else(|| {
