@@ -132,6 +132,10 @@ impl Conn {
         });
     }
 
+    fn closed(&self) -> RpcError {
+        RpcError::unavailable(format!("connection to {} closed", self.endpoint))
+    }
+
     /// Sends one request and waits for its reply until `deadline`.
     /// Takes the request by reference: a caller that may send it again
     /// elsewhere keeps it without a copy.
@@ -164,25 +168,16 @@ impl Conn {
                         self.endpoint
                     )));
                 }
-                Err(TrySendError::Closed) => {
-                    return Err(RpcError::unavailable(format!(
-                        "connection to {} closed",
-                        self.endpoint
-                    )));
-                }
+                Err(TrySendError::Closed) => return Err(self.closed()),
             }
         } else {
             Some(message)
         };
         let exchange = async {
             if let Some(message) = queued {
-                self.outbox.send(message).await.map_err(|_| {
-                    RpcError::unavailable(format!("connection to {} closed", self.endpoint))
-                })?;
+                self.outbox.send(message).await.map_err(|_| self.closed())?;
             }
-            rx.await.map_err(|_| {
-                RpcError::unavailable(format!("connection to {} closed", self.endpoint))
-            })?
+            rx.await.map_err(|_| self.closed())?
         };
         let outcome = tokio::time::timeout_at(deadline.into(), exchange).await;
         // Answered (or failed by the reader): the entry is already gone.
