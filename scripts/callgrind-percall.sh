@@ -6,6 +6,12 @@
 # logs at info). Builds `examples/percall.rs` lean (no LTO, as
 # docs/benchmarks.md measures it) into target/iter.
 #
+# Then the whole call over the embedded ZeroMQ bus (`examples/percall_zmq.rs`:
+# caller, instance and bus in one process, sockets, header and body), beside
+# raw DEALER-ROUTER round trips of the same payload: each counted at two call
+# counts and differenced, so set-up cancels out; the ratio is CPU per call
+# against the raw wire.
+#
 #   scripts/callgrind-percall.sh            # 20,000 calls
 #   scripts/callgrind-percall.sh 50000
 #   BASE=abc1234 scripts/callgrind-percall.sh   # also a commit, side by side
@@ -16,7 +22,7 @@ command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgri
 
 build() { # DIR TARGET_DIR
     (cd "$1" && CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-        cargo build --quiet --release -p muster --example percall --target-dir "$2")
+        cargo build --quiet --release -p muster --example percall --example percall_zmq --target-dir "$2")
 }
 
 count() { # BINARY [--logs] -> instructions per call
@@ -29,9 +35,29 @@ count() { # BINARY [--logs] -> instructions per call
     echo $((total / calls))
 }
 
+collected() { # BINARY ARGS... -> instructions of the whole run
+    local out
+    out=$(mktemp)
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$out.log"
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$out.log"
+    rm -f "$out" "$out.log"
+}
+
+over_zmq() { # BINARY SIDE -> instructions per call, set-up differenced away
+    local small=$((calls / 10)) a b
+    a=$(collected "$1" "$2" "$small")
+    b=$(collected "$1" "$2" "$calls")
+    echo $(((b - a) / (calls - small)))
+}
+
 report() { # LABEL BINARY
     printf '%-14s no subscriber %8s   info subscriber %8s instructions/call\n' \
         "$1" "$(count "$2" "$calls")" "$(count "$2" "$calls" --logs)"
+    local muster raw
+    muster=$(over_zmq "$2_zmq" muster)
+    raw=$(over_zmq "$2_zmq" raw)
+    printf '%-14s over ZeroMQ: muster %8s   raw DEALER-ROUTER %8s instructions/call   ratio %s\n' \
+        "" "$muster" "$raw" "$(awk -v m="$muster" -v r="$raw" 'BEGIN {printf "%.2f", m / r}')"
 }
 
 build . "$PWD/target/iter"
@@ -40,7 +66,9 @@ if [[ -n "${BASE:-}" ]]; then
     dir=$(mktemp -d)
     git worktree add --quiet --detach "$dir" "$BASE"
     # The base gets this tree's example, so both count the same loop.
-    cp crates/muster/examples/percall.rs "$dir/crates/muster/examples/percall.rs"
+    cp crates/muster/examples/percall.rs crates/muster/examples/percall_zmq.rs "$dir/crates/muster/examples/"
+    grep -q '^omq-tokio' "$dir/crates/muster/Cargo.toml" ||
+        sed -i '/^\[dev-dependencies\]/a omq-tokio = { workspace = true }' "$dir/crates/muster/Cargo.toml"
     build "$dir" "$PWD/target/iterbase"
     git worktree remove --force "$dir"
     report "$BASE" target/iterbase/release/examples/percall

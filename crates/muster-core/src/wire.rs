@@ -5,6 +5,7 @@
 mod codec;
 mod envelope;
 mod header;
+mod header_json;
 pub mod jsonrpc;
 mod trace;
 

@@ -306,17 +306,15 @@ pub fn check_tag(tag: &[u8]) -> Result<(), WireError> {
     }
 }
 
-/// Serializes a header. Headers only hold strings and integers, so this
-/// cannot fail.
+/// Serializes a header (the bytes `serde_json` would write for it).
+/// Headers only hold strings and integers, so this cannot fail.
 pub fn encode_header(header: &Header) -> Vec<u8> {
     // Room for a request's header (ids, names, deadline, caller key): a
     // buffer that grows copies what it holds.
     const ROOM: usize = 256;
     let mut out = Vec::with_capacity(ROOM);
-    match serde_json::to_writer(&mut out, header) {
-        Ok(()) => out,
-        Err(_) => b"{}".to_vec(),
-    }
+    super::header_json::write(header, &mut out);
+    out
 }
 
 /// Parses a header frame.
@@ -331,7 +329,10 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header, WireError> {
             limit: MAX_HEADER_SIZE,
         });
     }
-    serde_json::from_slice(bytes).map_err(|e| WireError::Header(e.to_string()))
+    match super::header_json::read(bytes) {
+        Some(header) => Ok(header),
+        None => serde_json::from_slice(bytes).map_err(|e| WireError::Header(e.to_string())),
+    }
 }
 
 /// What can be read of a header frame that [`decode_header`] refused, so
