@@ -53,7 +53,11 @@ async fn muster_calls(calls: u32) {
     let client = Client::connect(&url).await.expect("client");
     let payload = "x".repeat(PAYLOAD);
     // Until the registry lists the instance.
-    while client.call::<_, String>("bench.echo", &payload).await.is_err() {
+    while client
+        .call::<_, String>("bench.echo", &payload)
+        .await
+        .is_err()
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for _ in 0..WARM_UP + calls {

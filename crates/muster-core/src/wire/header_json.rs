@@ -350,8 +350,8 @@ mod tests {
                 opt_string(),
             ),
         )
-            .prop_map(|((id, kind, s, m, t, tx, d, ct), (seq, p, i, a, c, tp, ts, cl))| {
-                Header {
+            .prop_map(
+                |((id, kind, s, m, t, tx, d, ct), (seq, p, i, a, c, tp, ts, cl))| Header {
                     id,
                     kind,
                     service: s,
@@ -368,8 +368,8 @@ mod tests {
                     traceparent: tp,
                     tracestate: ts,
                     caller: cl,
-                }
-            })
+                },
+            )
     }
 
     proptest! {
