@@ -25,22 +25,16 @@ build() { # DIR TARGET_DIR
         cargo build --quiet --release -p muster --example percall --example percall_zmq --target-dir "$2")
 }
 
-count() { # BINARY [--logs] -> instructions per call
-    local out
-    out=$(mktemp)
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$out.log"
-    local total
-    total=$(sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$out.log")
-    rm -f "$out" "$out.log"
-    echo $((total / calls))
-}
-
 collected() { # BINARY ARGS... -> instructions of the whole run
     local out
     out=$(mktemp)
     valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$out.log"
     sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$out.log"
     rm -f "$out" "$out.log"
+}
+
+count() { # BINARY [--logs] -> instructions per call
+    echo $(($(collected "$@") / calls))
 }
 
 over_zmq() { # BINARY SIDE -> instructions per call, set-up differenced away

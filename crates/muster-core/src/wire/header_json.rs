@@ -56,6 +56,17 @@ pub(super) fn write(header: &Header, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+/// Every kind, for reading a name back.
+const KINDS: [Kind; 6] = [
+    Kind::Request,
+    Kind::Reply,
+    Kind::Event,
+    Kind::Job,
+    Kind::State,
+    Kind::Control,
+];
+
+/// A kind's name on the wire (serde's `rename_all = "lowercase"`).
 fn kind_name(kind: Kind) -> &'static str {
     match kind {
         Kind::Request => "request",
@@ -173,15 +184,7 @@ pub(super) fn read(bytes: &[u8]) -> Option<Header> {
 }
 
 fn kind_of(name: &str) -> Option<Kind> {
-    Some(match name {
-        "request" => Kind::Request,
-        "reply" => Kind::Reply,
-        "event" => Kind::Event,
-        "job" => Kind::Job,
-        "state" => Kind::State,
-        "control" => Kind::Control,
-        _ => return None,
-    })
+    KINDS.into_iter().find(|&kind| kind_name(kind) == name)
 }
 
 struct Reader<'a> {
