@@ -61,14 +61,17 @@ pub(crate) fn frames(msg: &Message) -> Vec<Bytes> {
 /// Reads `[tag, header, body]` starting at part `skip`, without copying
 /// the parts into a vector (the hot path of every request and reply).
 pub(crate) fn envelope_at(msg: &Message, skip: usize) -> Result<Envelope, WireError> {
-    let part = |i| msg.part_bytes(skip + i).unwrap_or_default();
-    if msg.len() < skip + 3 {
+    let (Some(tag), Some(header), Some(body)) = (
+        msg.part_slice(skip),
+        msg.part_slice(skip + 1),
+        msg.part_bytes(skip + 2),
+    ) else {
         return Err(WireError::Frames {
             expected: 3,
             got: msg.len().saturating_sub(skip),
         });
-    }
-    Envelope::from_frames(&[part(0), part(1), part(2)])
+    };
+    Envelope::from_parts(tag, header, body)
 }
 
 /// `[tag, header, body]` as one message.

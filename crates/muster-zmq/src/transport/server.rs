@@ -282,8 +282,10 @@ async fn heartbeat_once(inner: &Inner) -> Option<Option<Duration>> {
 /// A request being handled, tagged with the caller's routing identity.
 struct InFlight {
     identity: Bytes,
-    /// The request's header, to answer it should the handler never finish.
-    header: Header,
+    /// The reply's header (the request's id and content type), to answer
+    /// it should the handler never finish: not the whole request header,
+    /// whose strings would be copied on every call.
+    reply_header: Header,
     reply: BoxFuture<'static, Option<Envelope>>,
 }
 
@@ -413,7 +415,7 @@ async fn serve_loop(
         let identity = msg.part_bytes(0)?;
         match accept(&msg, max_message_size, draining) {
             Accepted::Request(env) => {
-                let header = env.header.clone();
+                let reply_header = Header::reply_to(&env.header);
                 let reply = match &gatekeeper {
                     Some(gk) if !gk.knows(&identity) => {
                         let (gk, dispatch, identity) =
@@ -432,7 +434,7 @@ async fn serve_loop(
                 };
                 in_flight.push(InFlight {
                     identity,
-                    header: *header,
+                    reply_header,
                     reply,
                 });
                 None
@@ -467,9 +469,8 @@ async fn serve_loop(
                 // Their callers hear it now rather than at their deadline.
                 for f in std::mem::take(&mut in_flight) {
                     let error = RpcError::unavailable("the instance stopped before the request finished");
-                    if let Accepted::Refuse(reply) = error_reply(&f.header, error) {
-                        outbox.send(f.identity.clone(), routed_message(f.identity, &reply), || None);
-                    }
+                    let reply = error_answer(&f.reply_header, &error);
+                    outbox.send(f.identity.clone(), routed_message(f.identity, &reply), || None);
                 }
                 break;
             }

@@ -237,7 +237,7 @@ impl Dispatch for ServiceDispatch {
         // included, as JSON-RPC 2.0 says) is not sent.
         let notification = decoded.is_notification();
         let answer = move |r: Envelope| (!notification).then_some(r);
-        let method = header.method.clone().unwrap_or(decoded.method);
+        let method: &str = header.method.as_deref().unwrap_or(&decoded.method);
         if method == crate::state::SNAPSHOT_METHOD {
             let name = decoded
                 .params
@@ -261,7 +261,7 @@ impl Dispatch for ServiceDispatch {
                 answer(reply(reply_header, ct, &id, outcome))
             });
         }
-        if let Some(outcome) = self.builtin(&method) {
+        if let Some(outcome) = self.builtin(method) {
             return Box::pin(std::future::ready(answer(reply(
                 reply_header,
                 ct,
@@ -269,7 +269,7 @@ impl Dispatch for ServiceDispatch {
                 outcome,
             ))));
         }
-        let Some(entry) = self.methods.get(&method) else {
+        let Some(entry) = self.methods.get(method) else {
             let e = RpcError::method_not_found(format!("{}.{method}", self.service));
             return Box::pin(std::future::ready(answer(reply(
                 reply_header,
@@ -306,7 +306,7 @@ impl Dispatch for ServiceDispatch {
         };
         let export = exported_span(
             &self.service,
-            &method,
+            method,
             &header,
             &self.info.instance,
             trace,
