@@ -7,6 +7,7 @@ mod envelope;
 mod header;
 mod header_json;
 pub mod jsonrpc;
+mod jsonrpc_json;
 mod trace;
 
 pub use codec::ContentType;

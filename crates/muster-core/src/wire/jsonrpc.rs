@@ -74,13 +74,17 @@ pub fn encode_request<P: Serialize + ?Sized>(
     method: &str,
     params: &P,
 ) -> Result<Vec<u8>, RpcError> {
-    ct.encode(&OutRequest {
-        jsonrpc: "2.0",
-        id,
-        method,
-        params,
-    })
-    .map_err(|e| RpcError::invalid_params("", e))
+    match ct {
+        ContentType::Json => super::jsonrpc_json::write_request(id, method, params),
+        ContentType::MsgPack => ct
+            .encode(&OutRequest {
+                jsonrpc: "2.0",
+                id,
+                method,
+                params,
+            })
+            .map_err(|e| RpcError::invalid_params("", e)),
+    }
 }
 
 /// Decodes a request body; a bad body is a coded error to send back.
@@ -90,6 +94,9 @@ pub fn encode_request<P: Serialize + ?Sized>(
 pub fn decode_request(ct: ContentType, bytes: &[u8]) -> Result<RequestBody, RpcError> {
     let (jsonrpc_ok, id, method, params) = match ct {
         ContentType::Json => {
+            if let Some(request) = super::jsonrpc_json::read_request(bytes) {
+                return Ok(request);
+            }
             let r: JsonRequest<'_> =
                 serde_json::from_slice(bytes).map_err(|e| classify_json_error(&e))?;
             (
@@ -169,18 +176,7 @@ pub fn encode_result<R: Serialize + ?Sized>(
 /// # Errors
 /// As [`encode_result`].
 pub fn encode_raw_result(id: &Option<Value>, result: &RawValue) -> Result<Vec<u8>, RpcError> {
-    // `{"jsonrpc":"2.0","id":<id>,"result":<result>}`, with room for an id.
-    const AROUND: usize = 64;
-    ContentType::Json
-        .encode_sized(
-            &OutResult {
-                jsonrpc: "2.0",
-                id,
-                result,
-            },
-            result.get().len() + AROUND,
-        )
-        .map_err(|e| RpcError::internal(format!("cannot encode result: {e}")))
+    super::jsonrpc_json::write_raw_result(id, result)
 }
 
 /// Encodes an error reply. Cannot fail: an error is plain data.
@@ -270,7 +266,12 @@ pub fn decode_reply_as<R: serde::de::DeserializeOwned>(
         ))
     };
     let typed: Typed<R> = match ct {
-        ContentType::Json => serde_json::from_slice(bytes).map_err(|e| misfit(&e))?,
+        ContentType::Json => {
+            if let Some(result) = super::jsonrpc_json::read_result(bytes) {
+                return Ok(result);
+            }
+            serde_json::from_slice(bytes).map_err(|e| misfit(&e))?
+        }
         ContentType::MsgPack => rmp_serde::from_slice(bytes).map_err(|e| misfit(&e))?,
     };
     match (typed.error, typed.result) {
@@ -311,6 +312,23 @@ mod tests {
             assert_eq!(
                 encode_raw_result(&id, &raw).unwrap(),
                 encode_result(ContentType::Json, &id, &raw).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn a_json_request_is_encoded_as_serde_encodes_it() {
+        let params = serde_json::json!({"text": "hi \"there\"\n", "n": [1, 2.5, null]});
+        for (id, method) in [(0, "m"), (u64::MAX, "say \"hi\"\u{1}é")] {
+            assert_eq!(
+                encode_request(ContentType::Json, id, method, &params).unwrap(),
+                serde_json::to_vec(&OutRequest {
+                    jsonrpc: "2.0",
+                    id,
+                    method,
+                    params: &params
+                })
+                .unwrap()
             );
         }
     }
@@ -384,6 +402,23 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn requests_and_results_are_written_as_serde_writes_them(
+            id in any::<u64>(),
+            method in any::<String>(),
+            text in any::<String>(),
+            number in any::<f64>(),
+        ) {
+            let params = serde_json::json!([text, number, {"k": text}]);
+            let by_serde = serde_json::to_vec(&OutRequest { jsonrpc: "2.0", id, method: &method, params: &params }).unwrap();
+            prop_assert_eq!(encode_request(ContentType::Json, id, &method, &params).unwrap(), by_serde);
+            let raw = serde_json::value::to_raw_value(&params).unwrap();
+            for id in [None, Some(Value::from(id)), Some(Value::from(text.clone()))] {
+                let by_serde = serde_json::to_vec(&OutResult { jsonrpc: "2.0", id: &id, result: &raw }).unwrap();
+                prop_assert_eq!(encode_raw_result(&id, &raw).unwrap(), by_serde);
+            }
+        }
+
         #[test]
         fn request_decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode_request(ContentType::Json, &bytes);
