@@ -5,9 +5,12 @@
 //! body, dispatch) is measured against the raw wire in a figure that does
 //! not move with the machine's noise.
 //!
-//! `percall_zmq muster|raw CALLS`: the script runs each side twice with
-//! two call counts and divides the difference, so set-up and warm-up
-//! cancel out.
+//! `percall_zmq muster|raw CALLS [IN_FLIGHT]`: the script runs each side
+//! twice with two call counts and divides the difference, so set-up and
+//! warm-up cancel out. With `IN_FLIGHT` over 1, muster runs that many
+//! tasks each calling in a loop, and raw keeps that many requests in
+//! flight from one DEALER: the topology of `muster bench rpc-pipelined`,
+//! whose CPU per call is issue 22's measure.
 
 use std::time::Duration;
 
@@ -25,10 +28,11 @@ async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let side = args.first().map_or("muster", String::as_str);
     let calls: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+    let in_flight: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     match side {
-        "muster" => muster_calls(calls).await,
-        "raw" => raw_calls(calls).await,
-        other => panic!("percall_zmq muster|raw CALLS, not {other}"),
+        "muster" => muster_calls(calls, in_flight).await,
+        "raw" => raw_calls(calls, in_flight).await,
+        other => panic!("percall_zmq muster|raw CALLS [IN_FLIGHT], not {other}"),
     }
 }
 
@@ -39,7 +43,7 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-async fn muster_calls(calls: u32) {
+async fn muster_calls(calls: u32, in_flight: u32) {
     let url = format!("zmq://127.0.0.1:{}", free_port());
     let bus = muster_zmq::Bus::start(url.parse().expect("bus url"), Default::default())
         .await
@@ -60,14 +64,29 @@ async fn muster_calls(calls: u32) {
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    for _ in 0..WARM_UP + calls {
+    for _ in 0..WARM_UP {
         let _: String = client.call("bench.echo", &payload).await.expect("call");
+    }
+    let callers: Vec<_> = (0..in_flight)
+        .map(|i| {
+            let (client, payload) = (client.clone(), payload.clone());
+            // The calls shared out, the first callers taking the remainder.
+            let mine = calls / in_flight + u32::from(i < calls % in_flight);
+            tokio::spawn(async move {
+                for _ in 0..mine {
+                    let _: String = client.call("bench.echo", &payload).await.expect("call");
+                }
+            })
+        })
+        .collect();
+    for caller in callers {
+        caller.await.expect("caller");
     }
     service.stop().await;
     bus.stop().await;
 }
 
-async fn raw_calls(calls: u32) {
+async fn raw_calls(calls: u32, in_flight: u32) {
     let at = format!("tcp://127.0.0.1:{}", free_port());
     let router = Socket::new(SocketType::Router, Options::default());
     router.bind(at.as_str()).await.expect("bind");
@@ -85,12 +104,24 @@ async fn raw_calls(calls: u32) {
         .await
         .expect("connected");
     let body = Bytes::from(vec![b'x'; PAYLOAD + 2]);
-    for _ in 0..WARM_UP + calls {
+    let total = WARM_UP + calls;
+    let mut sent = 0;
+    for _ in 0..total.min(in_flight) {
         dealer
             .send(Message::single(body.clone()))
             .await
             .expect("send");
+        sent += 1;
+    }
+    for _ in 0..total {
         dealer.recv().await.expect("recv");
+        if sent < total {
+            dealer
+                .send(Message::single(body.clone()))
+                .await
+                .expect("send");
+            sent += 1;
+        }
     }
     echo.abort();
 }
