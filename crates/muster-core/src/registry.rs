@@ -51,6 +51,12 @@ pub struct InstanceInfo {
     /// embedded bus a muster caller does so by itself.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub require_auth: bool,
+    /// On the embedded bus: the instance reads a request sent as one frame
+    /// (`MUSTER/1\n<header>\n<body>`, `docs/protocol.md`), which costs
+    /// less to send and read than three. Callers send three frames to an
+    /// instance that does not say so (an older one, or another language's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_frame: bool,
 }
 
 /// Topic on which buses without a registry of their own carry

@@ -58,9 +58,35 @@ pub(crate) fn frames(msg: &Message) -> Vec<Bytes> {
     (0..msg.len()).filter_map(|i| msg.part_bytes(i)).collect()
 }
 
-/// Reads `[tag, header, body]` starting at part `skip`, without copying
-/// the parts into a vector (the hot path of every request and reply).
+/// How a request or a reply is framed (`docs/protocol.md`, "Messages").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// `[MUSTER/1, header, body]`: what every muster peer reads.
+    Three,
+    /// `[MUSTER/1\n<header>\n<body>]`: to an instance that registers
+    /// `one_frame`, and its replies to such requests. One part costs the
+    /// socket less to send and to read than three (`docs/benchmarks.md`).
+    One,
+}
+
+impl Framing {
+    /// The framing of `msg`, whose muster parts start at part `skip`.
+    pub(crate) fn of(msg: &Message, skip: usize) -> Self {
+        if msg.len() == skip + 1 {
+            Self::One
+        } else {
+            Self::Three
+        }
+    }
+}
+
+/// Reads a message whose muster parts start at part `skip`, in either
+/// framing, without copying the tag and header into parts of their own
+/// (the hot path of every request and reply).
 pub(crate) fn envelope_at(msg: &Message, skip: usize) -> Result<Envelope, WireError> {
+    if Framing::of(msg, skip) == Framing::One {
+        return Envelope::from_blob_bytes(&msg.part_bytes(skip).unwrap_or_default());
+    }
     let (Some(tag), Some(header), Some(body)) = (
         msg.part_slice(skip),
         msg.part_slice(skip + 1),
@@ -74,25 +100,50 @@ pub(crate) fn envelope_at(msg: &Message, skip: usize) -> Result<Envelope, WireEr
     Envelope::from_parts(tag, header, body)
 }
 
-/// `[tag, header, body]` as one message.
-pub(crate) fn envelope_message(env: &Envelope) -> Message {
-    Message::multipart(env.to_frames())
+/// `env` as one message, framed as `framing` says.
+pub(crate) fn envelope_message(env: &Envelope, framing: Framing) -> Message {
+    match framing {
+        Framing::Three => Message::multipart(env.to_frames()),
+        Framing::One => Message::single(Bytes::from(env.to_blob())),
+    }
 }
 
-/// `[identity, tag, header, body]` for a ROUTER.
-pub(crate) fn routed_message(identity: Bytes, env: &Envelope) -> Message {
-    let [tag, header, body] = env.to_frames();
-    Message::multipart([identity, tag, header, body])
+/// `[identity, ...]` for a ROUTER, framed as `framing` says.
+pub(crate) fn routed_message(identity: Bytes, env: &Envelope, framing: Framing) -> Message {
+    match framing {
+        Framing::Three => {
+            let [tag, header, body] = env.to_frames();
+            Message::multipart([identity, tag, header, body])
+        }
+        Framing::One => Message::multipart([identity, Bytes::from(env.to_blob())]),
+    }
 }
 
-/// Best effort: the header of a message that failed to decode, so the
-/// sender can still be answered with an error it can match.
-pub(crate) fn salvage_header(frames: &[Bytes]) -> Option<Header> {
-    frames.get(1).and_then(|h| {
-        wire::decode_header(h)
-            .ok()
-            .or_else(|| wire::salvage_header(h))
-    })
+/// Best effort: the header of a message (muster parts from `skip`, either
+/// framing) that failed to decode, so the sender can still be answered
+/// with an error it can match.
+pub(crate) fn salvage_header(msg: &Message, skip: usize) -> Option<Header> {
+    let header = match Framing::of(msg, skip) {
+        Framing::Three => msg.part_bytes(skip + 1)?,
+        Framing::One => {
+            let blob = msg.part_bytes(skip)?;
+            let mut lines = blob.splitn(3, |b| *b == b'\n');
+            lines.next()?;
+            blob.slice_ref(lines.next()?)
+        }
+    };
+    wire::decode_header(&header)
+        .ok()
+        .or_else(|| wire::salvage_header(&header))
+}
+
+/// True when the message (muster parts from `skip`) carries this
+/// protocol's tag, in either framing.
+pub(crate) fn has_tag(msg: &Message, skip: usize) -> bool {
+    match Framing::of(msg, skip) {
+        Framing::Three => msg.len() >= skip + 3 && msg.part_slice(skip) == Some(wire::PROTOCOL_TAG),
+        Framing::One => msg.part_slice(skip).is_some_and(Envelope::looks_like_blob),
+    }
 }
 
 /// Logs a dropped message at debug level: undecodable input must neither

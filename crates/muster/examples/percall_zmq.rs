@@ -10,7 +10,9 @@
 //! warm-up cancel out. With `IN_FLIGHT` over 1, muster runs that many
 //! tasks each calling in a loop, and raw keeps that many requests in
 //! flight from one DEALER: the topology of `muster bench rpc-pipelined`,
-//! whose CPU per call is issue 22's measure.
+//! whose CPU per call is issue 22's measure. `raw3` is raw with muster's
+//! three frames (a tag, a 150-byte header, the body) instead of one: what
+//! the framing alone costs the sockets.
 
 use std::time::Duration;
 
@@ -31,8 +33,9 @@ async fn main() {
     let in_flight: u32 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1).max(1);
     match side {
         "muster" => muster_calls(calls, in_flight).await,
-        "raw" => raw_calls(calls, in_flight).await,
-        other => panic!("percall_zmq muster|raw CALLS [IN_FLIGHT], not {other}"),
+        "raw" => raw_calls(calls, in_flight, false).await,
+        "raw3" => raw_calls(calls, in_flight, true).await,
+        other => panic!("percall_zmq muster|raw|raw3 CALLS [IN_FLIGHT], not {other}"),
     }
 }
 
@@ -86,7 +89,7 @@ async fn muster_calls(calls: u32, in_flight: u32) {
     bus.stop().await;
 }
 
-async fn raw_calls(calls: u32, in_flight: u32) {
+async fn raw_calls(calls: u32, in_flight: u32, three: bool) {
     let at = format!("tcp://127.0.0.1:{}", free_port());
     let router = Socket::new(SocketType::Router, Options::default());
     router.bind(at.as_str()).await.expect("bind");
@@ -104,22 +107,28 @@ async fn raw_calls(calls: u32, in_flight: u32) {
         .await
         .expect("connected");
     let body = Bytes::from(vec![b'x'; PAYLOAD + 2]);
+    let header = Bytes::from(vec![b'h'; 150]);
+    let msg = || {
+        if three {
+            Message::multipart([
+                Bytes::from_static(b"MUSTER/1"),
+                header.clone(),
+                body.clone(),
+            ])
+        } else {
+            Message::single(body.clone())
+        }
+    };
     let total = WARM_UP + calls;
     let mut sent = 0;
     for _ in 0..total.min(in_flight) {
-        dealer
-            .send(Message::single(body.clone()))
-            .await
-            .expect("send");
+        dealer.send(msg()).await.expect("send");
         sent += 1;
     }
     for _ in 0..total {
         dealer.recv().await.expect("recv");
         if sent < total {
-            dealer
-                .send(Message::single(body.clone()))
-                .await
-                .expect("send");
+            dealer.send(msg()).await.expect("send");
             sent += 1;
         }
     }

@@ -282,6 +282,8 @@ impl Service {
             pid: std::process::id(),
             transaction,
             require_auth: self.require_auth,
+            // The transport says whether it reads one-frame requests.
+            one_frame: false,
         }
     }
 

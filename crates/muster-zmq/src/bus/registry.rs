@@ -25,7 +25,7 @@ use super::BusOptions;
 use super::forwarder::Tap;
 use super::store::{Accepted, Committed, JobLog, QueueStore};
 use crate::control::{Take, TakeReply, Taken};
-use crate::socket::{frames, log_dropped, routed_message};
+use crate::socket::{Framing, frames, log_dropped, routed_message};
 use muster_core::queue::QueueBook;
 
 #[derive(Debug, Default, Clone)]
@@ -506,7 +506,7 @@ pub(super) async fn run(
                             tracing::warn!(verb, peer, reason = %why, "registry request refused");
                         }
                         if let Some(reply) = answer.reply {
-                            let _ = router.send(routed_message(identity.clone(), &reply)).await;
+                            let _ = router.send(routed_message(identity.clone(), &reply, Framing::Three)).await;
                         }
                     }
                     Err(e) => {
@@ -518,7 +518,9 @@ pub(super) async fn run(
         }
         reg.write_changes();
         for (identity, reply) in std::mem::take(&mut reg.outbox) {
-            let _ = router.send(routed_message(identity, &reply)).await;
+            let _ = router
+                .send(routed_message(identity, &reply, Framing::Three))
+                .await;
         }
         stats
             .0

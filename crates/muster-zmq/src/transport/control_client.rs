@@ -162,7 +162,9 @@ impl ControlClient {
         // The send is inside the deadline too: with the bus away and the
         // socket's queue full, it would wait for the bus for ever.
         let reply = tokio::time::timeout(timeout, async {
-            self.socket.send(envelope_message(&env)).await?;
+            self.socket
+                .send(envelope_message(&env, socket::Framing::Three))
+                .await?;
             Ok::<_, omq_tokio::Error>(rx.await)
         })
         .await;

@@ -13,7 +13,7 @@ use omq_tokio::{Socket, SocketType, TrySendError};
 use tokio::sync::oneshot;
 
 use super::{Inner, ZmqOptions};
-use crate::socket::{self, envelope_message};
+use crate::socket::{self, Framing, envelope_message};
 
 type Reply = Result<Envelope, RpcError>;
 type PendingMap = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
@@ -136,10 +136,16 @@ impl Conn {
         RpcError::unavailable(format!("connection to {} closed", self.endpoint))
     }
 
-    /// Sends one request and waits for its reply until `deadline`.
-    /// Takes the request by reference: a caller that may send it again
-    /// elsewhere keeps it without a copy.
-    async fn call(&self, req: &mut Envelope, deadline: Instant, now: Instant) -> Reply {
+    /// Sends one request, framed as the instance reads it, and waits for
+    /// its reply until `deadline`. Takes the request by reference: a
+    /// caller that may send it again elsewhere keeps it without a copy.
+    async fn call(
+        &self,
+        req: &mut Envelope,
+        framing: Framing,
+        deadline: Instant,
+        now: Instant,
+    ) -> Reply {
         let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
         req.header.id = n.to_string();
         let remaining = deadline.saturating_duration_since(now);
@@ -157,7 +163,7 @@ impl Conn {
         // the socket's send future is 1.4 KB, which every call's future
         // would carry and copy.
         let alone = self.shared.outstanding.fetch_add(1, Ordering::Relaxed) == 0;
-        let message = envelope_message(req);
+        let message = envelope_message(req, framing);
         let queued = if alone {
             match self.socket.try_send(message) {
                 Ok(()) => None,
@@ -233,10 +239,8 @@ fn take_reply(shared: &Shared, msg: &omq_tokio::Message) {
     let size = msg.byte_len();
     if size > shared.max_message_size {
         // The caller learns why, not a timeout.
-        if let Some(n) = msg
-            .part_bytes(1)
-            .and_then(|h| muster_core::wire::salvage_header(&h))
-            .and_then(|h| h.id.parse::<u64>().ok())
+        if let Some(n) =
+            crate::socket::salvage_header(msg, 0).and_then(|h| h.id.parse::<u64>().ok())
             && let Some(tx) = lock(&shared.pending).remove(&n)
         {
             let _ = tx.send(Err(RpcError::too_large(size, shared.max_message_size)));
@@ -311,7 +315,11 @@ pub(crate) async fn request(
     req.header.auth.clone_from(&route.auth);
     // The request stays here, to send again if this instance dies
     // mid-request and the method is idempotent.
-    match route.conn.call(&mut req, deadline, now).await {
+    match route
+        .conn
+        .call(&mut req, route.framing(), deadline, now)
+        .await
+    {
         Err(e) if idempotent && e.code == code::UNAVAILABLE => {
             let service = req.header.service.as_deref().unwrap_or_default();
             let method = req.header.method.as_deref().unwrap_or_default();
@@ -321,7 +329,10 @@ pub(crate) async fn request(
                 .await
                 .map_err(|_| e)?;
             req.header.auth.clone_from(&retry.auth);
-            retry.conn.call(&mut req, deadline, Instant::now()).await
+            retry
+                .conn
+                .call(&mut req, retry.framing(), deadline, Instant::now())
+                .await
         }
         other => other,
     }

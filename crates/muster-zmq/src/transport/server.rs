@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use super::outbox::{self, Outbox};
 use super::{Inner, Mode};
 use crate::control::{self, Ack, Heartbeat, HeartbeatReply, Unregister};
-use crate::socket::{self, frames, routed_message, salvage_header, zmq_error};
+use crate::socket::{self, Framing, routed_message, salvage_header, zmq_error};
 
 /// Instances this process serves, for heartbeats.
 #[derive(Debug)]
@@ -72,6 +72,7 @@ pub(crate) async fn serve(
     let bound = bind_first_free(&router, &candidates).await?;
     let mut info = registration.info;
     info.endpoint = crate::listen::advertised(&bound, inner.options.advertise_host.as_deref());
+    info.one_frame = true;
 
     if let Some(control) = &inner.control {
         match control
@@ -282,6 +283,8 @@ async fn heartbeat_once(inner: &Inner) -> Option<Option<Duration>> {
 /// A request being handled, tagged with the caller's routing identity.
 struct InFlight {
     identity: Bytes,
+    /// How the request came, and so how its reply goes.
+    framing: Framing,
     /// The reply's header (the request's id and content type), to answer
     /// it should the handler never finish: not the whole request header,
     /// whose strings would be copied on every call.
@@ -290,7 +293,7 @@ struct InFlight {
 }
 
 impl std::future::Future for InFlight {
-    type Output = (Bytes, Option<Envelope>);
+    type Output = (Bytes, Framing, Option<Envelope>);
 
     fn poll(
         mut self: std::pin::Pin<&mut Self>,
@@ -299,7 +302,7 @@ impl std::future::Future for InFlight {
         self.reply
             .as_mut()
             .poll(cx)
-            .map(|reply| (std::mem::take(&mut self.identity), reply))
+            .map(|reply| (std::mem::take(&mut self.identity), self.framing, reply))
     }
 }
 
@@ -394,10 +397,10 @@ async fn serve_loop(
     let mut in_flight: FuturesUnordered<InFlight> = FuturesUnordered::new();
     let mut draining_until: Option<tokio::time::Instant> = None;
     // A reply over the size limit is not sent: its caller gets -32003.
-    let bounded = |identity: Bytes, reply: &Envelope| {
+    let bounded = |identity: Bytes, reply: &Envelope, framing: Framing| {
         let size = reply.body.len();
         if size <= max_message_size {
-            return routed_message(identity, reply);
+            return routed_message(identity, reply, framing);
         }
         tracing::warn!(
             size,
@@ -407,42 +410,47 @@ async fn serve_loop(
         routed_message(
             identity,
             &error_answer(&reply.header, &RpcError::too_large(size, max_message_size)),
+            framing,
         )
     };
-    let take = |msg: omq_tokio::Message,
-                in_flight: &mut FuturesUnordered<InFlight>,
-                draining: bool| {
-        let identity = msg.part_bytes(0)?;
-        match accept(&msg, max_message_size, draining) {
-            Accepted::Request(env) => {
-                let reply_header = Header::reply_to(&env.header);
-                let reply = match &gatekeeper {
-                    Some(gk) if !gk.knows(&identity) => {
-                        let (gk, dispatch, identity) =
-                            (gk.clone(), dispatch.clone(), identity.clone());
-                        Box::pin(async move {
-                            match gk.admit(identity, &env.header).await {
-                                Ok(()) => dispatch.dispatch(env).await,
-                                Err(e) => match error_reply(&env.header, e) {
-                                    Accepted::Refuse(r) => Some(r),
-                                    _ => None,
-                                },
-                            }
-                        })
-                    }
-                    _ => dispatch.dispatch(env),
-                };
-                in_flight.push(InFlight {
-                    identity,
-                    reply_header,
-                    reply,
-                });
-                None
+    let take =
+        |msg: omq_tokio::Message, in_flight: &mut FuturesUnordered<InFlight>, draining: bool| {
+            let identity = msg.part_bytes(0)?;
+            // Answered as it was asked: an older caller reads three frames only.
+            let framing = Framing::of(&msg, 1);
+            match accept(&msg, max_message_size, draining) {
+                Accepted::Request(env) => {
+                    let reply_header = Header::reply_to(&env.header);
+                    let reply = match &gatekeeper {
+                        Some(gk) if !gk.knows(&identity) => {
+                            let (gk, dispatch, identity) =
+                                (gk.clone(), dispatch.clone(), identity.clone());
+                            Box::pin(async move {
+                                match gk.admit(identity, &env.header).await {
+                                    Ok(()) => dispatch.dispatch(env).await,
+                                    Err(e) => match error_reply(&env.header, e) {
+                                        Accepted::Refuse(r) => Some(r),
+                                        _ => None,
+                                    },
+                                }
+                            })
+                        }
+                        _ => dispatch.dispatch(env),
+                    };
+                    in_flight.push(InFlight {
+                        identity,
+                        framing,
+                        reply_header,
+                        reply,
+                    });
+                    None
+                }
+                Accepted::Refuse(reply) => {
+                    Some((identity.clone(), routed_message(identity, &reply, framing)))
+                }
+                Accepted::Drop => None,
             }
-            Accepted::Refuse(reply) => Some((identity.clone(), routed_message(identity, &reply))),
-            Accepted::Drop => None,
-        }
-    };
+        };
     let mut outbox = Outbox::new(router.clone_shared(), reply_backlog);
     loop {
         let drain_deadline = async {
@@ -453,10 +461,10 @@ async fn serve_loop(
         };
         tokio::select! {
             biased;
-            Some((identity, reply)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((identity, framing, reply)) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Some(reply) = reply {
-                    let msg = bounded(identity.clone(), &reply);
-                    outbox.send(identity.clone(), msg, || overloaded(identity, &reply.header));
+                    let msg = bounded(identity.clone(), &reply, framing);
+                    outbox.send(identity.clone(), msg, || overloaded(identity, &reply.header, framing));
                 }
                 tokio::task::consume_budget().await;
             }
@@ -470,7 +478,7 @@ async fn serve_loop(
                 for f in std::mem::take(&mut in_flight) {
                     let error = RpcError::unavailable("the instance stopped before the request finished");
                     let reply = error_answer(&f.reply_header, &error);
-                    outbox.send(f.identity.clone(), routed_message(f.identity, &reply), || None);
+                    outbox.send(f.identity.clone(), routed_message(f.identity, &reply, f.framing), || None);
                 }
                 break;
             }
@@ -491,11 +499,11 @@ async fn serve_loop(
             }
         }
         // Send every reply that is ready now before waiting again.
-        while let Some(Some((identity, reply))) = in_flight.next().now_or_never() {
+        while let Some(Some((identity, framing, reply))) = in_flight.next().now_or_never() {
             if let Some(reply) = reply {
-                let msg = bounded(identity.clone(), &reply);
+                let msg = bounded(identity.clone(), &reply, framing);
                 outbox.send(identity.clone(), msg, || {
-                    overloaded(identity, &reply.header)
+                    overloaded(identity, &reply.header, framing)
                 });
             }
             // Replies are made (encoded) here: let the heartbeats and the
@@ -543,10 +551,7 @@ enum Accepted {
 fn accept(msg: &omq_tokio::Message, max_message_size: usize, draining: bool) -> Accepted {
     let size = msg.byte_len();
     if size > max_message_size {
-        return refuse(
-            &frames(msg)[1..],
-            RpcError::too_large(size, max_message_size),
-        );
+        return refuse(msg, RpcError::too_large(size, max_message_size));
     }
     match crate::socket::envelope_at(msg, 1) {
         Ok(env) if env.header.kind != Kind::Request => error_reply(
@@ -558,10 +563,10 @@ fn accept(msg: &omq_tokio::Message, max_message_size: usize, draining: bool) -> 
             RpcError::overloaded("instance is shutting down; try another"),
         ),
         Ok(env) => Accepted::Request(env),
-        Err(e @ WireError::Version(_)) => refuse(&frames(msg)[1..], RpcError::invalid_request(e)),
+        Err(e @ WireError::Version(_)) => refuse(msg, RpcError::invalid_request(e)),
         Err(e) => {
             crate::socket::log_dropped("request", &e);
-            refuse(&frames(msg)[1..], RpcError::invalid_request(e))
+            refuse(msg, RpcError::invalid_request(e))
         }
     }
 }
@@ -569,12 +574,10 @@ fn accept(msg: &omq_tokio::Message, max_message_size: usize, draining: bool) -> 
 /// Answers a request that cannot be served. A muster message whose header
 /// cannot be read at all is answered too, without an id (the caller sees
 /// why); anything else is not muster and is dropped.
-fn refuse(frames: &[Bytes], error: RpcError) -> Accepted {
-    match salvage_header(frames) {
+fn refuse(msg: &Message, error: RpcError) -> Accepted {
+    match salvage_header(msg, 1) {
         Some(h) => error_reply(&h, error),
-        None if frames.len() >= 3 && frames[0] == muster_core::wire::PROTOCOL_TAG => {
-            error_reply(&Header::new(Kind::Request), error)
-        }
+        None if socket::has_tag(msg, 1) => error_reply(&Header::new(Kind::Request), error),
         None => Accepted::Drop,
     }
 }
@@ -594,11 +597,15 @@ fn error_answer(reply: &Header, error: &RpcError) -> Envelope {
 }
 
 /// What a caller over its reply budget gets instead of its reply.
-fn overloaded(identity: Bytes, reply: &Header) -> Option<Message> {
+fn overloaded(identity: Bytes, reply: &Header, framing: Framing) -> Option<Message> {
     let error = RpcError::overloaded(
         "the reply was dropped: this caller has too many bytes of replies not yet read (read faster, or have fewer requests in flight)",
     );
-    Some(routed_message(identity, &error_answer(reply, &error)))
+    Some(routed_message(
+        identity,
+        &error_answer(reply, &error),
+        framing,
+    ))
 }
 
 #[cfg(test)]

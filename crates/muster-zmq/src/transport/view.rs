@@ -20,6 +20,18 @@ pub(crate) struct Route {
     pub(crate) auth: Option<String>,
 }
 
+impl Route {
+    /// How requests to this instance are framed: one frame when it says
+    /// it reads them (`InstanceInfo::one_frame`), else three.
+    pub(crate) fn framing(&self) -> crate::socket::Framing {
+        if self.info.one_frame {
+            crate::socket::Framing::One
+        } else {
+            crate::socket::Framing::Three
+        }
+    }
+}
+
 /// A caller's proof for `info`, when it asks for one and this process has
 /// a credential: a MAC over the instance id, made once per route.
 fn caller_proof(info: &InstanceInfo, options: &ZmqOptions) -> Option<String> {
@@ -66,6 +78,7 @@ impl RegistryView {
                         pid: 0,
                         transaction: None,
                         require_auth: false,
+                        one_frame: false,
                     };
                     routes.push(Arc::new(Route {
                         auth: caller_proof(&info, options),
