@@ -121,11 +121,12 @@ impl Envelope {
     /// `MUSTER/1 \n header JSON \n body`. The header JSON holds no raw
     /// newline, so the first two newlines split it.
     pub fn to_blob(&self) -> Vec<u8> {
-        let header = encode_header(&self.header);
-        let mut out = Vec::with_capacity(PROTOCOL_TAG.len() + header.len() + self.body.len() + 2);
+        // The header is written in place, not into a buffer of its own
+        // and copied (one allocation per message, not two).
+        let mut out = Vec::with_capacity(PROTOCOL_TAG.len() + HEADER_ROOM + self.body.len() + 2);
         out.extend_from_slice(PROTOCOL_TAG);
         out.push(b'\n');
-        out.extend_from_slice(&header);
+        super::header_json::write(&self.header, &mut out);
         out.push(b'\n');
         out.extend_from_slice(&self.body);
         out
@@ -165,17 +166,28 @@ impl Envelope {
     }
 }
 
+/// Room for a request's header (ids, names, deadline, caller key) in a
+/// buffer it is written into: a buffer that grows copies what it holds.
+const HEADER_ROOM: usize = 256;
+
 /// The header of a blob and where its body starts.
 fn read_blob(blob: &[u8]) -> Result<(Header, usize), WireError> {
-    let mut parts = blob.splitn(3, |b| *b == b'\n');
-    let (Some(tag), Some(header), Some(_)) = (parts.next(), parts.next(), parts.next()) else {
+    // memchr, not a byte loop: a tenth of the instructions of reading a
+    // call's blob went to finding its two newlines.
+    let newlines = memchr::memchr(b'\n', blob).and_then(|tag_end| {
+        memchr::memchr(b'\n', &blob[tag_end + 1..]).map(|len| (tag_end, tag_end + 1 + len))
+    });
+    let Some((tag_end, header_end)) = newlines else {
         return Err(WireError::Frames {
             expected: 3,
-            got: blob.iter().filter(|b| **b == b'\n').count() + 1,
+            got: memchr::memchr_iter(b'\n', blob).count() + 1,
         });
     };
-    check_tag(tag)?;
-    Ok((decode_header(header)?, tag.len() + header.len() + 2))
+    check_tag(&blob[..tag_end])?;
+    Ok((
+        decode_header(&blob[tag_end + 1..header_end])?,
+        header_end + 1,
+    ))
 }
 
 /// Frames of a batch of events on one topic, for prefix-filtering buses
@@ -320,10 +332,7 @@ pub fn check_tag(tag: &[u8]) -> Result<(), WireError> {
 /// Serializes a header (the bytes `serde_json` would write for it).
 /// Headers only hold strings and integers, so this cannot fail.
 pub fn encode_header(header: &Header) -> Vec<u8> {
-    // Room for a request's header (ids, names, deadline, caller key): a
-    // buffer that grows copies what it holds.
-    const ROOM: usize = 256;
-    let mut out = Vec::with_capacity(ROOM);
+    let mut out = Vec::with_capacity(HEADER_ROOM);
     super::header_json::write(header, &mut out);
     out
 }
@@ -536,6 +545,35 @@ mod tests {
             tagged.extend_from_slice(&bytes);
             let _ = Envelope::from_blob(&tagged);
             let _ = Envelope::from_blob_bytes(&Bytes::from(tagged));
+        }
+
+        #[test]
+        fn a_blob_splits_at_its_first_two_line_breaks(
+            tag in prop_oneof![Just("MUSTER/1"), Just("MUSTER/2"), Just("x")],
+            header in prop_oneof![Just(r#"{"id":"1","kind":"reply"}"#.to_owned()), "[^\n]{0,20}"],
+            body in proptest::collection::vec(prop_oneof![Just(b'\n'), any::<u8>()], 0..40),
+            breaks in 0usize..3,
+        ) {
+            let mut blob = tag.as_bytes().to_vec();
+            for (i, part) in [header.as_bytes(), &body].into_iter().enumerate() {
+                if i < breaks {
+                    blob.push(b'\n');
+                }
+                blob.extend_from_slice(part);
+            }
+            // What `read_blob` must do, written the plain way.
+            let mut parts = blob.splitn(3, |b| *b == b'\n');
+            let expected = match (parts.next(), parts.next(), parts.next()) {
+                (Some(t), Some(h), Some(b)) => check_tag(t)
+                    .and_then(|()| decode_header(h))
+                    .map(|h| (h, b.to_vec())),
+                _ => Err(WireError::Frames {
+                    expected: 3,
+                    got: blob.iter().filter(|b| **b == b'\n').count() + 1,
+                }),
+            };
+            let got = Envelope::from_blob(&blob).map(|e| (*e.header, e.body.to_vec()));
+            prop_assert_eq!(format!("{got:?}"), format!("{expected:?}"));
         }
 
         #[test]
