@@ -10,7 +10,9 @@
 # caller, instance and bus in one process, sockets, header and body), beside
 # raw DEALER-ROUTER round trips of the same payload: each counted at two call
 # counts and differenced, so set-up cancels out; the ratio is CPU per call
-# against the raw wire.
+# against the raw wire. Once one call at a time, once with 100 in flight
+# (muster: 100 tasks calling; raw: one DEALER keeping 100 requests out), the
+# topology of `muster bench rpc-pipelined`.
 #
 #   scripts/callgrind-percall.sh            # 20,000 calls
 #   scripts/callgrind-percall.sh 50000
@@ -37,21 +39,23 @@ count() { # BINARY [--logs] -> instructions per call
     echo $(($(collected "$@") / calls))
 }
 
-over_zmq() { # BINARY SIDE -> instructions per call, set-up differenced away
+over_zmq() { # BINARY SIDE IN_FLIGHT -> instructions per call, set-up differenced away
     local small=$((calls / 10)) a b
-    a=$(collected "$1" "$2" "$small")
-    b=$(collected "$1" "$2" "$calls")
+    a=$(collected "$1" "$2" "$small" "$3")
+    b=$(collected "$1" "$2" "$calls" "$3")
     echo $(((b - a) / (calls - small)))
 }
 
 report() { # LABEL BINARY
     printf '%-14s no subscriber %8s   info subscriber %8s instructions/call\n' \
         "$1" "$(count "$2" "$calls")" "$(count "$2" "$calls" --logs)"
-    local muster raw
-    muster=$(over_zmq "$2_zmq" muster)
-    raw=$(over_zmq "$2_zmq" raw)
-    printf '%-14s over ZeroMQ: muster %8s   raw DEALER-ROUTER %8s instructions/call   ratio %s\n' \
-        "" "$muster" "$raw" "$(awk -v m="$muster" -v r="$raw" 'BEGIN {printf "%.2f", m / r}')"
+    local muster raw in_flight
+    for in_flight in 1 100; do
+        muster=$(over_zmq "$2_zmq" muster "$in_flight")
+        raw=$(over_zmq "$2_zmq" raw "$in_flight")
+        printf '%-14s over ZeroMQ, %3s in flight: muster %8s   raw DEALER-ROUTER %8s instructions/call   ratio %s\n' \
+            "" "$in_flight" "$muster" "$raw" "$(awk -v m="$muster" -v r="$raw" 'BEGIN {printf "%.2f", m / r}')"
+    done
 }
 
 build . "$PWD/target/iter"
