@@ -624,6 +624,51 @@ impl std::fmt::Debug for Subscription {
     }
 }
 
+/// The events of a subscription as a [`Stream`](futures_util::Stream), the
+/// same ones [`Subscription::recv`] returns: for stream combinators, and
+/// a reader that polls it gets them with no future made per event.
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use muster::testing::TestBus;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let bus = TestBus::new();
+/// let events = bus.client().subscribe(&["tick"]).await?;
+/// for n in 1..=3 {
+///     bus.client().publish("tick", &n).await?;
+/// }
+/// let ticks: Vec<i64> = events
+///     .take(3)
+///     .map(|e| e.payload.as_i64().unwrap_or(0))
+///     .collect()
+///     .await;
+/// assert_eq!(ticks, [1, 2, 3]);
+/// # Ok(()) }
+/// ```
+impl futures_util::Stream for Subscription {
+    type Item = Event;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Event>> {
+        self.events.as_mut().poll_next(cx).map(|e| e.map(event_of))
+    }
+}
+
+/// What a subscriber sees of an event envelope.
+fn event_of(env: Envelope) -> Event {
+    let payload = serde_json::from_slice(&env.body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&env.body).into_owned()));
+    Event {
+        topic: env.header.topic.clone().unwrap_or_default(),
+        header: *env.header,
+        payload,
+    }
+}
+
 /// Hands a durable subscription's events to its reader one at a time: a
 /// delivery ends (and the bus is told the event is done) once the reader
 /// took it.
@@ -663,14 +708,7 @@ impl Subscription {
     /// The next event; `None` once the subscription ended. An event whose
     /// payload is not JSON is delivered with the payload as a string.
     pub async fn recv(&mut self) -> Option<Event> {
-        let env = self.events.next().await?;
-        let payload = serde_json::from_slice(&env.body)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&env.body).into_owned()));
-        Some(Event {
-            topic: env.header.topic.clone().unwrap_or_default(),
-            header: *env.header,
-            payload,
-        })
+        self.next().await
     }
 
     /// Stops the subscription.

@@ -348,11 +348,10 @@ async fn muster_events(url: &str, events: u64, size: usize) -> anyhow::Result<(f
     let body = job_body(size);
     let window = Arc::new(super::nats::Window::default());
     let counted = window.clone();
-    let reader = tokio::spawn(async move {
-        let arrivals =
-            futures_util::stream::unfold(sub, |mut sub| async { Some((sub.recv().await?, sub)) });
-        counted.count(events, arrivals).await
-    });
+    // The subscription is a stream itself, as the plain loop's subscriber
+    // is (`stream::unfold` around `recv` moved it in and out of a future
+    // on every event).
+    let reader = tokio::spawn(async move { counted.count(events, sub).await });
     let started = Instant::now();
     for sent in 0..events {
         window.room_for(sent).await;
