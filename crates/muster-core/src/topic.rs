@@ -89,10 +89,19 @@ impl Pattern {
 
 /// Checks a topic to publish on: non-empty tokens, no wildcards.
 pub fn is_valid_topic(topic: &str) -> bool {
-    !topic.is_empty()
-        && topic
-            .split('.')
-            .all(|t| !t.is_empty() && !t.contains('*') && !t.contains('>'))
+    // One pass over the bytes, not a split and two searches per token: it
+    // runs on every event published (a tenth of a NATS publish's own work).
+    // An empty token is a dot at the start, after a dot, or at the end.
+    let mut after_dot = true;
+    for &b in topic.as_bytes() {
+        match b {
+            b'*' | b'>' => return false,
+            b'.' if after_dot => return false,
+            _ => {}
+        }
+        after_dot = b == b'.';
+    }
+    !after_dot
 }
 
 #[cfg(test)]
@@ -101,6 +110,19 @@ mod tests {
 
     fn m(p: &str, t: &str) -> bool {
         Pattern::parse(p).unwrap().matches(t)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_valid_topic_is_dot_separated_tokens_without_wildcards(
+            topic in "[a.*>é]{0,8}",
+        ) {
+            let by_tokens = !topic.is_empty()
+                && topic
+                    .split('.')
+                    .all(|t| !t.is_empty() && !t.contains('*') && !t.contains('>'));
+            proptest::prop_assert_eq!(is_valid_topic(&topic), by_tokens);
+        }
     }
 
     #[test]

@@ -106,8 +106,11 @@ fn unsigned(bytes: &[u8]) -> Option<(u64, &[u8])> {
     if number.is_empty() || (number.len() > 1 && number[0] == b'0') {
         return None;
     }
-    // Overflow (more than a u64) is the slow path's.
-    let n = std::str::from_utf8(number).ok()?.parse().ok()?;
+    // Digit by digit (`str::parse` checks UTF-8 and signs again); an
+    // overflow (more than a u64) is the slow path's.
+    let n = number.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })?;
     Some((n, rest))
 }
 
