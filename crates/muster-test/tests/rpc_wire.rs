@@ -29,6 +29,20 @@ fn msg(parts: &[&str]) -> Message {
     Message::multipart(parts.iter().map(|p| Bytes::copy_from_slice(p.as_bytes())))
 }
 
+/// The test service, greeting "hi", with a message limit of 4,096 bytes.
+fn small_limit_service(url: &str) -> Proc {
+    let mut c = std::process::Command::new(BIN);
+    c.args([
+        "--bus",
+        url,
+        "--greeting",
+        "hi",
+        "--max-message-size",
+        "4096",
+    ]);
+    Proc::spawn("svc", c)
+}
+
 fn error_of(frames: &[Bytes]) -> Value {
     let body: Value = serde_json::from_slice(&frames[2]).expect("reply body is JSON");
     body["error"].clone()
@@ -37,18 +51,7 @@ fn error_of(frames: &[Bytes]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_get_coded_errors_or_are_dropped() {
     let (bus, client, url) = bus_and_client().await;
-    let _svc = Proc::spawn("svc", {
-        let mut c = std::process::Command::new(BIN);
-        c.args([
-            "--bus",
-            &url,
-            "--greeting",
-            "hi",
-            "--max-message-size",
-            "4096",
-        ]);
-        c
-    });
+    let _svc = small_limit_service(&url);
     let info = wait_registered(&client, "testsvc", 1).await;
     let s = dealer(&info[0].endpoint).await;
     let header = |id: &str| {
@@ -198,18 +201,7 @@ fn blob_reply(frames: &[Bytes]) -> (Value, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_frame_requests_are_answered_in_kind() {
     let (bus, client, url) = bus_and_client().await;
-    let _svc = Proc::spawn("svc", {
-        let mut c = std::process::Command::new(BIN);
-        c.args([
-            "--bus",
-            &url,
-            "--greeting",
-            "hi",
-            "--max-message-size",
-            "4096",
-        ]);
-        c
-    });
+    let _svc = small_limit_service(&url);
     let info = wait_registered(&client, "testsvc", 1).await;
     assert!(
         info[0].one_frame,
