@@ -202,6 +202,20 @@ pub fn spawn_bus_process(muster: &str, url: &str) -> Proc {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    // The secret may be an earlier bus's (tests share the working
+    // directory): also wait for this one's ports, or a client that
+    // subscribes at once may give up on a bus still starting on a loaded
+    // machine ("no bus takes events").
+    let addr: muster_zmq::BusAddr = url.parse().expect("bus url");
+    for port in addr.port..=addr.port.saturating_add(2) {
+        while std::net::TcpStream::connect((addr.host.as_str(), port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the bus at {url} took no connection on port {port} in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     bus
 }
 
