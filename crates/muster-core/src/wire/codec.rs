@@ -53,23 +53,6 @@ impl ContentType {
         }
     }
 
-    /// Encodes a value into a buffer made for `capacity` bytes: one
-    /// allocation, no regrowth, when the caller knows the size.
-    pub fn encode_sized<T: Serialize + ?Sized>(
-        self,
-        value: &T,
-        capacity: usize,
-    ) -> Result<Vec<u8>, WireError> {
-        let mut out = Vec::with_capacity(capacity);
-        match self {
-            ContentType::Json => serde_json::to_writer(&mut out, value)
-                .map_err(|e| WireError::Body(e.to_string()))?,
-            ContentType::MsgPack => rmp_serde::encode::write_named(&mut out, value)
-                .map_err(|e| WireError::Body(e.to_string()))?,
-        }
-        Ok(out)
-    }
-
     /// Decodes a value.
     pub fn decode<T: DeserializeOwned>(self, bytes: &[u8]) -> Result<T, WireError> {
         match self {
