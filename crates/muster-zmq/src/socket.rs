@@ -124,17 +124,12 @@ pub(crate) fn routed_message(identity: Bytes, env: &Envelope, framing: Framing) 
 /// with an error it can match.
 pub(crate) fn salvage_header(msg: &Message, skip: usize) -> Option<Header> {
     let header = match Framing::of(msg, skip) {
-        Framing::Three => msg.part_bytes(skip + 1)?,
-        Framing::One => {
-            let blob = msg.part_bytes(skip)?;
-            let mut lines = blob.splitn(3, |b| *b == b'\n');
-            lines.next()?;
-            blob.slice_ref(lines.next()?)
-        }
+        Framing::Three => msg.part_slice(skip + 1)?,
+        Framing::One => Envelope::blob_header(msg.part_slice(skip)?)?,
     };
-    wire::decode_header(&header)
+    wire::decode_header(header)
         .ok()
-        .or_else(|| wire::salvage_header(&header))
+        .or_else(|| wire::salvage_header(header))
 }
 
 /// True when the message (muster parts from `skip`) carries this
