@@ -14,7 +14,6 @@
 //! caller costs the instance a bounded number of bytes, and no caller
 //! holds up another or the serving loop.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -31,7 +30,8 @@ pub(crate) const ERRORS_PER_CALLER: usize = 10_000;
 #[derive(Debug)]
 pub(crate) struct Outbox {
     router: Socket,
-    backlogs: HashMap<Bytes, Backlog>,
+    /// Looked up on every reply: foldhash (randomly seeded), not SipHash.
+    backlogs: foldhash::HashMap<Bytes, Backlog>,
     budget: usize,
     /// Replies answered with -32002 because their caller was over budget.
     replaced: u64,
@@ -53,7 +53,7 @@ impl Outbox {
     pub(crate) fn new(router: Socket, budget: usize) -> Self {
         Self {
             router,
-            backlogs: HashMap::new(),
+            backlogs: foldhash::HashMap::default(),
             budget,
             replaced: 0,
         }

@@ -1,7 +1,6 @@
 //! The caller side of RPC: one DEALER per instance, a table of pending
 //! calls, least-outstanding balancing and deadlines.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +15,9 @@ use super::{Inner, ZmqOptions};
 use crate::socket::{self, Framing, envelope_message};
 
 type Reply = Result<Envelope, RpcError>;
-type PendingMap = Mutex<HashMap<u64, oneshot::Sender<Reply>>>;
+/// Keyed by this caller's own call numbers: foldhash, not SipHash, which
+/// costs more per call and guards against keys an attacker picks.
+type PendingMap = Mutex<foldhash::HashMap<u64, oneshot::Sender<Reply>>>;
 
 /// A connection to one instance's RPC endpoint.
 #[derive(Debug)]
@@ -76,7 +77,9 @@ async fn write_requests(
     }
 }
 
-fn lock(p: &PendingMap) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Reply>>> {
+fn lock(
+    p: &PendingMap,
+) -> std::sync::MutexGuard<'_, foldhash::HashMap<u64, oneshot::Sender<Reply>>> {
     p.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 

@@ -47,7 +47,9 @@ fn caller_proof(info: &InstanceInfo, options: &ZmqOptions) -> Option<String> {
 struct Snapshot {
     epoch: Option<String>,
     version: Option<u64>,
-    by_service: HashMap<String, Vec<Arc<Route>>>,
+    /// foldhash, not SipHash: looked up on every call (docs/benchmarks.md,
+    /// "The allocator"); its keys come from the registry, not a caller.
+    by_service: foldhash::HashMap<String, Vec<Arc<Route>>>,
 }
 
 /// Registry copy plus a lock that makes refreshes one at a time.
@@ -261,7 +263,8 @@ impl RegistryView {
             // connected are failed now rather than at their deadline.
             gone.fail_if_unconnected(&format!("instance at {endpoint} left the registry"));
         }
-        let mut by_service: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
+        let mut by_service: foldhash::HashMap<String, Vec<Arc<Route>>> =
+            foldhash::HashMap::default();
         for route in kept {
             by_service
                 .entry(route.info.service.clone())

@@ -3,7 +3,6 @@
 //! the statistics and the trace context here; how a handler runs is in
 //! `handler_run.rs`.)
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,7 +39,9 @@ struct EventEntry {
 
 pub(super) struct ServiceDispatch {
     service: String,
-    methods: HashMap<String, Entry>,
+    /// Looked up by name on every call: foldhash, not SipHash (the set is
+    /// fixed when the service starts; callers only look up).
+    methods: foldhash::HashMap<String, Entry>,
     events: Vec<EventEntry>,
     /// Scheduled jobs: (`schedule:<expression>`, stats), in job order.
     jobs: Vec<(String, Arc<MethodStats>)>,
