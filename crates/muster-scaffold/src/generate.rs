@@ -260,7 +260,7 @@ publish = false
 
 [dependencies]
 {muster}
-mimalloc = {{ version = "0.1", default-features = false }}
+mimalloc = {{ version = "0.1", default-features = false, features = ["no_thp"] }}
 schemars = "1"
 serde = {{ version = "1", features = ["derive"] }}
 serde_json = "1"

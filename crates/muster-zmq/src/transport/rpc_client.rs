@@ -15,8 +15,9 @@ use super::{Inner, ZmqOptions};
 use crate::socket::{self, Framing, envelope_message};
 
 type Reply = Result<Envelope, RpcError>;
-/// Keyed by this caller's own call numbers: foldhash, not SipHash, which
-/// costs more per call and guards against keys an attacker picks.
+/// Keyed by this caller's own call numbers, which no peer picks: so
+/// foldhash, cheaper per call than SipHash, whose defence against chosen
+/// keys is not needed here.
 type PendingMap = Mutex<foldhash::HashMap<u64, oneshot::Sender<Reply>>>;
 
 /// A connection to one instance's RPC endpoint.
