@@ -216,7 +216,7 @@ async fn task(ctx: Ctx) -> Result<(), muster::Error> {{
 /// `src/main.rs`.
 pub fn bin_rs(s: &ServiceSpec) -> String {
     format!(
-        "//! The `{name}` service: `{name} --help` lists the standard options.\n\n/// mimalloc, as muster's own binaries: a call allocates a few dozen small\n/// buffers, and mimalloc's cost less than the system allocator's. Remove\n/// these two lines (and the dependency) to use the system's.\n#[global_allocator]\nstatic ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;\n\nfn main() -> muster::Result<()> {{\n    {lib}::service().run()\n}}\n",
+        "//! The `{name}` service: `{name} --help` lists the standard options.\n\n/// muster's allocator (mimalloc), as muster's own binaries: a call\n/// allocates a few dozen small buffers, cheaper to take and give back\n/// there. Remove these two lines to use the system's.\n#[global_allocator]\nstatic ALLOC: muster::Allocator = muster::Allocator;\n\nfn main() -> muster::Result<()> {{\n    {lib}::service().run()\n}}\n",
         name = s.name,
         lib = lib_name(&s.name)
     )
@@ -260,7 +260,6 @@ publish = false
 
 [dependencies]
 {muster}
-mimalloc = {{ version = "0.1", default-features = false, features = ["no_thp"] }}
 schemars = "1"
 serde = {{ version = "1", features = ["derive"] }}
 serde_json = "1"

@@ -23,7 +23,7 @@ use omq_tokio::{Message, Options, Socket, SocketType};
 /// The allocator muster's own binaries use (docs/benchmarks.md, "The
 /// allocator"), so the count is theirs.
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: muster::Allocator = muster::Allocator;
 
 /// Calls made before the counted ones (connections, caches, registry).
 const WARM_UP: u32 = 200;

@@ -74,6 +74,18 @@ pub use ctx::{Ctx, UPDATE_TOPIC};
 pub use extract::{Args, Config};
 pub use group::Group;
 pub use handler::Handler;
+/// The allocator muster's own binaries use: mimalloc, built without
+/// transparent huge pages, so an idle instance stays as small as with the
+/// system's allocator (docs/benchmarks.md, "The allocator"). A service
+/// makes it its binary's allocator with:
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOC: muster::Allocator = muster::Allocator;
+/// # fn main() {}
+/// ```
+#[cfg(feature = "mimalloc")]
+pub use mimalloc::MiMalloc as Allocator;
 pub use muster_core::durable::{self, Retention};
 pub use muster_core::duration;
 pub use muster_core::id;

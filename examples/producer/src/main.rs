@@ -1,10 +1,9 @@
 //! Run in main mode: `cargo run -p muster-example-producer -- -m --count 5`.
 
-/// mimalloc, not the system's allocator: a call allocates a few dozen
-/// small buffers, and mimalloc's are cheaper to take and give back
-/// (docs/benchmarks.md, "The allocator").
+/// muster's allocator (mimalloc): a call allocates a few dozen small
+/// buffers, cheaper to take and give back there (docs/benchmarks.md).
 #[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOC: muster::Allocator = muster::Allocator;
 
 fn main() -> muster::Result<()> {
     muster_example_producer::service().run()
