@@ -65,6 +65,9 @@ if [[ -n "${BASE:-}" ]]; then
     git worktree add --quiet --detach "$dir" "$BASE"
     # The base gets this tree's example, so both count the same loop.
     cp crates/muster/examples/percall.rs crates/muster/examples/percall_zmq.rs "$dir/crates/muster/examples/"
+    # A base without muster::Allocator counts with the system allocator.
+    grep -q 'MiMalloc as Allocator' "$dir/crates/muster/src/lib.rs" ||
+        sed -i '/^\/\/\/ The allocator muster/,/^static ALLOC/d' "$dir/crates/muster/examples/percall_zmq.rs"
     grep -q '^omq-tokio' "$dir/crates/muster/Cargo.toml" ||
         sed -i '/^\[dev-dependencies\]/a omq-tokio = { workspace = true }' "$dir/crates/muster/Cargo.toml"
     build "$dir" "$PWD/target/iterbase"
