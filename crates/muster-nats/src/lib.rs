@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod ack_subject;
 mod claims;
 mod durable;
 mod events;

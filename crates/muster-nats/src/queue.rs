@@ -9,7 +9,6 @@
 //! held by an instance that dies is delivered again once the consumer's
 //! ack wait (`claim_after`, 30 s by default) has passed.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -176,7 +175,8 @@ fn decode(
     sequence: impl FnOnce() -> Option<u64>,
 ) -> Job {
     let fields = headers
-        .and_then(|h| h.get(JOB_HEADER))
+        // A static name: a `&str` would be copied into a new one per job.
+        .and_then(|h| h.get(async_nats::HeaderName::from_static(JOB_HEADER)))
         .and_then(|v| serde_json::from_str::<JobFields>(v.as_str()).ok());
     match fields {
         Some(f) => Job {
@@ -246,7 +246,8 @@ struct Source {
     inner: Arc<Inner>,
     queue: String,
     consumer: PullConsumer,
-    held: Mutex<HashMap<u64, jetstream::Message>>,
+    /// By tag, our own numbers: foldhash rather than SipHash.
+    held: Mutex<foldhash::HashMap<u64, jetstream::Message>>,
     next: std::sync::atomic::AtomicU64,
     acks: Arc<Acks>,
     acker: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -260,7 +261,9 @@ struct Source {
 #[derive(Default)]
 struct Acks {
     pending: Mutex<Vec<jetstream::Message>>,
-    sending: tokio::sync::Mutex<()>,
+    /// The one sender's buffer, swapped with `pending`: both keep their
+    /// room, so gathering acks allocates nothing once warm.
+    sending: tokio::sync::Mutex<Vec<jetstream::Message>>,
     ready: tokio::sync::Notify,
     stop: tokio_util::sync::CancellationToken,
 }
@@ -280,10 +283,12 @@ impl Acks {
     /// time, so that a caller returns only once every ack gathered before
     /// it is on the connection.
     async fn send(&self) {
-        let _one = self.sending.lock().await;
-        let batch =
-            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        for msg in batch {
+        let mut batch = self.sending.lock().await;
+        std::mem::swap(
+            &mut *batch,
+            &mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        for msg in batch.drain(..) {
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "cannot acknowledge a job; it will be delivered again");
             }
@@ -316,11 +321,11 @@ impl Acks {
 /// attempt (`docs/guarantees.md`). A graceful release does not count: it
 /// stores the job again rather than handing the message back.
 fn job_of(msg: &jetstream::Message) -> Job {
-    let info = msg.info().ok();
+    let delivery = msg.reply.as_deref().and_then(crate::ack_subject::delivery);
     let mut job = decode(msg.headers.as_ref(), msg.payload.clone(), || {
-        info.as_ref().map(|i| i.stream_sequence)
+        delivery.map(|(_, sequence)| sequence)
     });
-    let crashes = info.map_or(0, |i| i.delivered.saturating_sub(1));
+    let crashes = delivery.map_or(0, |(delivered, _)| delivered.saturating_sub(1));
     if crashes > 0 {
         job.attempt = job
             .attempt
