@@ -10,7 +10,7 @@
 /// sequence in its stream, from its reply subject: `$JS.ACK.<stream>.
 /// <consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`,
 /// or the same with a domain and an account hash before the stream (and a
-/// token after), as servers since 2.10 may send. `None` for anything else.
+/// token after), the layout newer servers send. `None` for anything else.
 pub(crate) fn delivery(reply: &str) -> Option<(u64, u64)> {
     let rest = reply.strip_prefix("$JS.ACK.")?;
     // Where each of the first tokens starts and ends; the count decides
