@@ -13,7 +13,8 @@ use bytes::Bytes;
 use muster::Client;
 use omq_tokio::{Message, Socket};
 
-use super::{BenchCmd, fmt_rate, rpc};
+use super::rpc::{self, CpuMeter};
+use super::{BenchCmd, fmt_rate};
 
 /// Requests answered later than this count as lost.
 const GIVE_UP: Duration = Duration::from_secs(10);
@@ -33,26 +34,41 @@ pub(super) async fn run(cmd: &BenchCmd) -> anyhow::Result<()> {
         fmt_rate(max),
         cmd.duration
     );
-    println!("{:<14} from each request's scheduled send time (µs)", "");
     println!(
-        "{:<14} {:>10}  {:>27}  {:>27}  {:>9}",
-        "", "calls/s", "muster p50/p99/p99.9/max", "raw p50/p99/p99.9/max", "p99 ratio"
+        "{:<14} from each request's scheduled send time (µs); hand-over: how late the schedule itself was",
+        ""
+    );
+    println!(
+        "{:<14} {:>10}  {:>27}  {:>27}  {:>9}  {:>15}  {:>13}",
+        "",
+        "calls/s",
+        "muster p50/p99/p99.9/max",
+        "raw p50/p99/p99.9/max",
+        "p99 ratio",
+        "hand-over p99",
+        "CPU µs/call"
     );
     for percent in [25.0, 50.0, 75.0] {
         let rate = max * percent / 100.0;
-        let muster = open_loop_muster(&client, &payload, rate, cmd.duration).await;
-        let raw = open_loop_raw(&dealer, cmd.size, rate, cmd.duration).await?;
+        let cpu = CpuMeter::start(server.id());
+        let mut muster = open_loop_muster(&client, &payload, rate, cmd.duration).await;
+        muster.cpu_per_call(&cpu);
+        let cpu = CpuMeter::start(router.id());
+        let mut raw = open_loop_raw(&dealer, cmd.size, rate, cmd.duration).await?;
+        raw.cpu_per_call(&cpu);
         let ratio = if raw.p(0.99) > 0 {
             muster.p(0.99) as f64 / raw.p(0.99) as f64
         } else {
             0.0
         };
         println!(
-            "{:<14} {:>10}  {:>27}  {:>27}  {ratio:>9.2}",
+            "{:<14} {:>10}  {:>27}  {:>27}  {ratio:>9.2}  {:>15}  {:>13}",
             format!("  {percent:.0}%"),
             fmt_rate(rate),
             muster.summary(),
             raw.summary(),
+            format!("{} / {}", muster.handover_p99, raw.handover_p99),
+            format!("{:.1} / {:.1}", muster.cpu_us, raw.cpu_us),
         );
     }
     router.kill().await.ok();
@@ -67,13 +83,46 @@ struct Latencies {
     micros: Vec<u64>,
     /// Requests sent (after the warm-up).
     sent: usize,
+    /// Requests sent, the warm-up's included.
+    requests: u64,
+    /// The 99th percentile of how late each request reached the task that
+    /// sends it (µs): the schedule's own lateness, which no latency of the
+    /// run can be below. On a busy 2-core machine it is milliseconds.
+    handover_p99: u64,
+    /// User + system CPU of the caller and the instance per answered
+    /// request (µs), the caller's schedule thread included.
+    cpu_us: f64,
 }
 
 impl Latencies {
-    fn from(samples: &Mutex<Vec<u64>>, sent: usize) -> Self {
-        let mut micros = std::mem::take(&mut *samples.lock().unwrap_or_else(|p| p.into_inner()));
-        micros.sort_unstable();
-        Self { micros, sent }
+    fn from(samples: &Mutex<Vec<u64>>, handed: &Mutex<Vec<u64>>, schedule: &Schedule) -> Self {
+        let sent = schedule.sent_after_warm_up();
+        let sorted = |m: &Mutex<Vec<u64>>| {
+            let mut v = std::mem::take(&mut *m.lock().unwrap_or_else(|p| p.into_inner()));
+            v.sort_unstable();
+            v
+        };
+        let handed = Self {
+            micros: sorted(handed),
+            sent,
+            requests: schedule.count,
+            handover_p99: 0,
+            cpu_us: 0.0,
+        };
+        Self {
+            micros: sorted(samples),
+            sent,
+            requests: schedule.count,
+            handover_p99: handed.p(0.99),
+            cpu_us: 0.0,
+        }
+    }
+
+    /// The CPU that `since` has seen used, per request of the run (the
+    /// warm-up's included: it used CPU too).
+    fn cpu_per_call(&mut self, since: &CpuMeter) {
+        let (caller, instance) = since.per_thousand(self.requests);
+        self.cpu_us = caller + instance;
     }
 
     /// The `q` quantile, exact (nearest rank).
@@ -173,7 +222,9 @@ async fn open_loop_muster(
     let samples: Arc<Mutex<Vec<u64>>> = Arc::default();
     let mut due = schedule.drive();
     let mut calls = Vec::with_capacity(schedule.count as usize);
+    let handed: Arc<Mutex<Vec<u64>>> = Arc::default();
     while let Some(i) = due.recv().await {
+        record(&handed, &schedule, schedule.due(i));
         let (client, payload, samples) = (client.clone(), payload.clone(), samples.clone());
         calls.push(tokio::spawn(async move {
             let answered: Result<String, _> = client
@@ -191,7 +242,7 @@ async fn open_loop_muster(
     for c in calls {
         let _ = c.await;
     }
-    Latencies::from(&samples, schedule.sent_after_warm_up())
+    Latencies::from(&samples, &handed, &schedule)
 }
 
 /// Raw DEALER-ROUTER: the request's number travels in its body, and one
@@ -223,12 +274,14 @@ async fn open_loop_raw(
     };
     let mut due = schedule.drive();
     let mut body = vec![b'x'; size.max(8)];
+    let handed: Arc<Mutex<Vec<u64>>> = Arc::default();
     while let Some(i) = due.recv().await {
+        record(&handed, &schedule, schedule.due(i));
         body[..8].copy_from_slice(&i.to_le_bytes());
         dealer
             .send(Message::single(Bytes::copy_from_slice(&body)))
             .await?;
     }
     let _ = reader.await;
-    Ok(Latencies::from(&samples, schedule.sent_after_warm_up()))
+    Ok(Latencies::from(&samples, &handed, &schedule))
 }

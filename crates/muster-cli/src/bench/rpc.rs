@@ -187,13 +187,13 @@ pub(super) async fn pipelined(cmd: &BenchCmd) -> anyhow::Result<()> {
 /// User and system CPU of this process (the caller) and of one other (the
 /// instance) over a measured window, from `/proc`. Ticks are 10 ms: a
 /// window of a few seconds at full load reads to within a few percent.
-struct CpuMeter {
+pub(super) struct CpuMeter {
     server: Option<u32>,
     at_start: (u64, u64),
 }
 
 impl CpuMeter {
-    fn start(server: Option<u32>) -> Self {
+    pub(super) fn start(server: Option<u32>) -> Self {
         Self {
             server,
             at_start: Self::ticks(server),
@@ -211,7 +211,7 @@ impl CpuMeter {
 
     /// Milliseconds of CPU per 1,000 of the `calls` made since the start:
     /// (caller, instance).
-    fn per_thousand(&self, calls: u64) -> (f64, f64) {
+    pub(super) fn per_thousand(&self, calls: u64) -> (f64, f64) {
         let now = Self::ticks(self.server);
         let ms_per_tick = 1000.0 / procfs::ticks_per_second() as f64;
         let per = |ticks: u64| ticks as f64 * ms_per_tick * 1000.0 / calls.max(1) as f64;
