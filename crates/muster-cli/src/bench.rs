@@ -108,6 +108,10 @@ pub(crate) struct BenchCmd {
     /// Instances in all at each measurement of the fleet scenario.
     #[arg(long, value_delimiter = ',', default_value = "99,300,999")]
     fleet_sizes: Vec<u32>,
+    /// Loads of the latency scenario, in percent of muster's measured
+    /// maximum rate.
+    #[arg(long, value_delimiter = ',', default_value = "25,50,75")]
+    loads: Vec<f64>,
     /// Broker for queue and broker-rpc [default: $MUSTER_BUS].
     #[arg(long, value_name = "URL")]
     bus: Option<String>,

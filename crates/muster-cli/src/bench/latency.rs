@@ -3,7 +3,8 @@
 //! latency is measured from its request's scheduled send time, so a stall
 //! shows in every request it delays instead of slowing the sender down
 //! ("coordinated omission"). muster's maximum rate is measured first;
-//! then muster and raw DEALER-ROUTER each run at 25%, 50% and 75% of it,
+//! then muster and raw DEALER-ROUTER each run at 25%, 50% and 75% of it
+//! (`--loads`),
 //! in the same run.
 
 use std::sync::{Arc, Mutex};
@@ -29,9 +30,14 @@ pub(super) async fn run(cmd: &BenchCmd) -> anyhow::Result<()> {
     let max = rpc::muster_pipelined(&client, in_flight, &payload, cmd.duration).await?;
     let (mut router, dealer) = rpc::raw_dealer().await?;
     println!(
-        "{:<14} muster's maximum {} calls/s (x{in_flight} in flight); open loop at 25/50/75% of it for {:?} each,",
+        "{:<14} muster's maximum {} calls/s (x{in_flight} in flight); open loop at {}% of it for {:?} each,",
         "latency",
         fmt_rate(max),
+        cmd.loads
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("/"),
         cmd.duration
     );
     println!(
@@ -48,7 +54,7 @@ pub(super) async fn run(cmd: &BenchCmd) -> anyhow::Result<()> {
         "hand-over p99",
         "CPU µs/call"
     );
-    for percent in [25.0, 50.0, 75.0] {
+    for &percent in &cmd.loads {
         let rate = max * percent / 100.0;
         let cpu = CpuMeter::start(server.id());
         let mut muster = open_loop_muster(&client, &payload, rate, cmd.duration).await;
