@@ -4,8 +4,7 @@
 //! shows in every request it delays instead of slowing the sender down
 //! ("coordinated omission"). muster's maximum rate is measured first;
 //! then muster and raw DEALER-ROUTER each run at 25%, 50% and 75% of it
-//! (`--loads`),
-//! in the same run.
+//! (`--loads`), in the same run.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +23,10 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 const WARM_UP: Duration = Duration::from_millis(200);
 
 pub(super) async fn run(cmd: &BenchCmd) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cmd.loads.iter().all(|l| l.is_finite() && *l > 0.0),
+        "--loads takes percentages above 0, such as 25,50,75"
+    );
     let in_flight = cmd.in_flight.max(1);
     let payload = Arc::new("x".repeat(cmd.size.saturating_sub(2)));
     let (bus, mut server, client) = rpc::muster_server().await?;
@@ -95,8 +98,8 @@ struct Latencies {
     /// sends it (µs): the schedule's own lateness, which no latency of the
     /// run can be below. On a busy 2-core machine it is milliseconds.
     handover_p99: u64,
-    /// User + system CPU of the caller and the instance per answered
-    /// request (µs), the caller's schedule thread included.
+    /// User + system CPU of the caller and the instance per request of the
+    /// run (µs), the caller's schedule thread included.
     cpu_us: f64,
 }
 
@@ -108,18 +111,11 @@ impl Latencies {
             v.sort_unstable();
             v
         };
-        let handed = Self {
-            micros: sorted(handed),
-            sent,
-            requests: schedule.count,
-            handover_p99: 0,
-            cpu_us: 0.0,
-        };
         Self {
             micros: sorted(samples),
             sent,
             requests: schedule.count,
-            handover_p99: handed.p(0.99),
+            handover_p99: quantile(&sorted(handed), 0.99),
             cpu_us: 0.0,
         }
     }
@@ -131,13 +127,8 @@ impl Latencies {
         self.cpu_us = caller + instance;
     }
 
-    /// The `q` quantile, exact (nearest rank).
     fn p(&self, q: f64) -> u64 {
-        if self.micros.is_empty() {
-            return 0;
-        }
-        let rank = ((q * self.micros.len() as f64).ceil() as usize).clamp(1, self.micros.len());
-        self.micros[rank - 1]
+        quantile(&self.micros, q)
     }
 
     fn summary(&self) -> String {
@@ -154,6 +145,15 @@ impl Latencies {
         }
         s
     }
+}
+
+/// The `q` quantile of `sorted`, exact (nearest rank); 0 when empty.
+fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
 }
 
 /// The schedule of one run: request `i` is due at `start + i / rate`.
