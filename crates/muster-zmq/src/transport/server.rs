@@ -452,6 +452,9 @@ async fn serve_loop(
             }
         };
     let mut outbox = Outbox::new(router.clone_shared(), reply_backlog);
+    // Made once, not on every turn of the loop: each one made and dropped
+    // registers and removes a waiter on the token.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let drain_deadline = async {
             match draining_until {
@@ -468,7 +471,7 @@ async fn serve_loop(
                 }
                 tokio::task::consume_budget().await;
             }
-            () = stop.cancelled(), if draining_until.is_none() => {
+            () = &mut stopped, if draining_until.is_none() => {
                 let grace = grace_rx.try_recv().unwrap_or(Duration::from_secs(10));
                 draining_until = Some(tokio::time::Instant::now() + grace);
             }
