@@ -291,3 +291,21 @@ async fn open_loop_raw(
     let _ = reader.await;
     Ok(Latencies::from(&samples, &handed, &schedule))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::quantile;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let sorted: Vec<u64> = (1..=1000).collect();
+        assert_eq!(quantile(&sorted, 0.50), 500);
+        assert_eq!(quantile(&sorted, 0.99), 990);
+        assert_eq!(quantile(&sorted, 0.999), 999);
+        assert_eq!(quantile(&sorted, 1.0), 1000);
+        // Below the first rank: the smallest sample, not an index of 0 - 1.
+        assert_eq!(quantile(&sorted, 0.0), 1);
+        assert_eq!(quantile(&[7], 0.99), 7);
+        assert_eq!(quantile(&[], 0.99), 0);
+    }
+}
