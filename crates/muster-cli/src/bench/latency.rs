@@ -59,12 +59,12 @@ pub(super) async fn run(cmd: &BenchCmd) -> anyhow::Result<()> {
     );
     for &percent in &cmd.loads {
         let rate = max * percent / 100.0;
-        let cpu = CpuMeter::start(server.id());
-        let mut muster = open_loop_muster(&client, &payload, rate, cmd.duration).await;
-        muster.cpu_per_call(&cpu);
-        let cpu = CpuMeter::start(router.id());
-        let mut raw = open_loop_raw(&dealer, cmd.size, rate, cmd.duration).await?;
-        raw.cpu_per_call(&cpu);
+        let muster_cpu = CpuMeter::start(server.id());
+        let muster = open_loop_muster(&client, &payload, rate, cmd.duration).await;
+        let muster_cpu = muster.cpu_per_call(&muster_cpu);
+        let raw_cpu = CpuMeter::start(router.id());
+        let raw = open_loop_raw(&dealer, cmd.size, rate, cmd.duration).await?;
+        let raw_cpu = raw.cpu_per_call(&raw_cpu);
         let ratio = if raw.p(0.99) > 0 {
             muster.p(0.99) as f64 / raw.p(0.99) as f64
         } else {
@@ -77,7 +77,7 @@ pub(super) async fn run(cmd: &BenchCmd) -> anyhow::Result<()> {
             muster.summary(),
             raw.summary(),
             format!("{} / {}", muster.handover_p99, raw.handover_p99),
-            format!("{:.1} / {:.1}", muster.cpu_us, raw.cpu_us),
+            format!("{muster_cpu:.1} / {raw_cpu:.1}"),
         );
     }
     router.kill().await.ok();
@@ -98,9 +98,6 @@ struct Latencies {
     /// sends it (µs): the schedule's own lateness, which no latency of the
     /// run can be below. On a busy 2-core machine it is milliseconds.
     handover_p99: u64,
-    /// User + system CPU of the caller and the instance per request of the
-    /// run (µs), the caller's schedule thread included.
-    cpu_us: f64,
 }
 
 impl Latencies {
@@ -116,15 +113,15 @@ impl Latencies {
             sent,
             requests: schedule.count,
             handover_p99: quantile(&sorted(handed), 0.99),
-            cpu_us: 0.0,
         }
     }
 
-    /// The CPU that `since` has seen used, per request of the run (the
-    /// warm-up's included: it used CPU too).
-    fn cpu_per_call(&mut self, since: &CpuMeter) {
+    /// User + system CPU of the caller and the instance that `since` has
+    /// seen used, per request of the run (µs; the warm-up's requests
+    /// included, as they used CPU too, and the caller's schedule thread).
+    fn cpu_per_call(&self, since: &CpuMeter) -> f64 {
         let (caller, instance) = since.per_thousand(self.requests);
-        self.cpu_us = caller + instance;
+        caller + instance
     }
 
     fn p(&self, q: f64) -> u64 {
