@@ -15,7 +15,6 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use muster::prelude::*;
-use muster::queue::QueueCommand;
 
 use super::{BenchCmd, report};
 
@@ -115,8 +114,56 @@ async fn muster_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyh
     }
     let elapsed = first.get().map_or(waiting, |t| *t).elapsed();
     h.stop().await;
-    let _ = transport.queue_command(&queue, QueueCommand::Purge).await;
+    transport.close().await;
+    if let Err(e) = remove_queue(url, &queue).await {
+        eprintln!("cannot remove the bench's queue {queue}: {e:#}");
+    }
     Ok(jobs as f64 / elapsed.as_secs_f64())
+}
+
+/// Deletes what muster made on the broker for `queue` and its dead letters,
+/// with the broker's plain client, by the names `docs/protocol.md` gives
+/// them: muster has no command that deletes a queue, and a bench should
+/// leave the broker as it found it.
+async fn remove_queue(url: &str, queue: &str) -> anyhow::Result<()> {
+    let dead = muster::queue::dead_queue(queue);
+    let prefix = url
+        .split_once('?')
+        .and_then(|(_, query)| query.split('&').find_map(|kv| kv.strip_prefix("prefix=")))
+        .unwrap_or("muster");
+    match url.split("://").next().unwrap_or_default() {
+        "amqp" | "amqps" => {
+            let conn =
+                Connection::connect(&plain_url(url), ConnectionProperties::default()).await?;
+            let ch = conn.create_channel().await?;
+            for q in [queue, dead.as_str()] {
+                ch.queue_delete(q.into(), QueueDeleteOptions::default())
+                    .await?;
+            }
+            let _ = conn.close(0, "bench done".into()).await;
+        }
+        "redis" | "rediss" => {
+            let client = redis::Client::open(plain_url(url).as_str())?;
+            let mut conn = client.get_multiplexed_async_connection().await?;
+            redis::cmd("DEL")
+                .arg(format!("{prefix}:q:{queue}"))
+                .arg(format!("{prefix}:q:{dead}"))
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        "nats" | "tls" => {
+            let js = async_nats::jetstream::new(async_nats::connect(plain_url(url)).await?);
+            for q in [queue, dead.as_str()] {
+                // Made on first use: a queue that never had a dead letter
+                // may have no stream.
+                if let Ok(name) = js.stream_by_subject(format!("{prefix}.q.{q}")).await {
+                    js.delete_stream(&name).await?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 async fn lapin_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyhow::Result<f64> {
