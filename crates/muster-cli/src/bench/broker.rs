@@ -267,11 +267,17 @@ async fn redis_jobs(url: &str, prefetch: usize, jobs: u64, size: usize) -> anyho
             .arg(">")
             .query_async(&mut conn)
             .await?;
-        let ids: Vec<String> = read
-            .keys
-            .iter()
-            .flat_map(|k| k.ids.iter().map(|i| i.id.clone()))
-            .collect();
+        let mut ids: Vec<String> = Vec::new();
+        for entry in read.keys.iter().flat_map(|k| &k.ids) {
+            // Each job's body decoded, as the other plain loops and
+            // muster's handler (`Args<serde_json::Value>`) do.
+            let body = match entry.map.get("body") {
+                Some(redis::Value::BulkString(b)) => b.as_slice(),
+                _ => &[],
+            };
+            let _: serde_json::Value = serde_json::from_slice(body)?;
+            ids.push(entry.id.clone());
+        }
         // The best plain loop acknowledges a whole read in one command.
         if !ids.is_empty() {
             started.get_or_insert_with(Instant::now);
