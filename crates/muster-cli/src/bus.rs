@@ -65,6 +65,8 @@ impl BusCmd {
             keep: 1,
             json: false,
         });
+        // A connection per instance and more: as a host does.
+        muster_host::fdlimit::raise();
         let url = self
             .listen
             .or_else(|| std::env::var("MUSTER_BUS").ok())

@@ -154,6 +154,9 @@ pub async fn run(
     ready: Option<oneshot::Sender<HostInfo>>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), HostError> {
+    // Eight or so descriptors per instance: the usual soft limit would
+    // end the host near 120 of them.
+    crate::fdlimit::raise();
     let mut manifest = Manifest::load(&options.files, &options.substitutions)?;
     options.apply_overrides(&mut manifest);
     let io = |what: String| move |source| HostError::Io { what, source };

@@ -11,6 +11,7 @@
 //! counting.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -35,18 +36,39 @@ pub(crate) struct InstanceLog(Arc<Mutex<FileRotate<AppendCount>>>);
 
 impl InstanceLog {
     /// Opens (appending to) the log file at `path`, mode 0600.
-    pub(crate) fn open(path: &Path, rotation: LogRotation) -> Self {
+    ///
+    /// # Errors
+    /// The file cannot be opened or its directory read (for example with
+    /// no descriptor left).
+    pub(crate) fn open(path: &Path, rotation: LogRotation) -> std::io::Result<Self> {
         let limit = match rotation.max_bytes {
             Some(n) => ContentLimit::BytesSurpassed(usize::try_from(n).unwrap_or(usize::MAX)),
             None => ContentLimit::None,
         };
-        Self(Arc::new(Mutex::new(FileRotate::new(
-            path,
-            AppendCount::new(rotation.keep),
-            limit,
-            Compression::None,
-            Some(0o600),
-        ))))
+        // `FileRotate::new` drops an open that fails, and panics when it
+        // cannot list the directory (`file-rotate` 0.7): both are tried
+        // here first, so that they come back as errors.
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)?;
+        if let Some(dir) = path.parent() {
+            std::fs::read_dir(dir)?;
+        }
+        // What is left is a race for the last descriptor with another
+        // task: caught, so that it fails one instance's start, not the host.
+        std::panic::catch_unwind(|| {
+            FileRotate::new(
+                path,
+                AppendCount::new(rotation.keep),
+                limit,
+                Compression::None,
+                Some(0o600),
+            )
+        })
+        .map(|f| Self(Arc::new(Mutex::new(f))))
+        .map_err(|_| std::io::Error::other("cannot open the log file (file-rotate panicked)"))
     }
 
     /// Appends `bytes`; a write that fails (a full disk) is dropped with a
@@ -95,7 +117,8 @@ mod tests {
                 max_bytes: Some(1000),
                 keep: 2,
             },
-        );
+        )
+        .unwrap();
         let (mut tx, rx) = tokio::io::duplex(4096);
         let task = log.drain(rx);
         for n in 0..500 {

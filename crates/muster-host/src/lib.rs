@@ -21,6 +21,7 @@
 
 mod control;
 pub mod events;
+pub mod fdlimit;
 mod host;
 mod http;
 pub mod instance_log;

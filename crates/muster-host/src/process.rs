@@ -68,6 +68,7 @@ pub fn spawn(
     bus: &Launch<'_>,
     launcher: Option<&Path>,
 ) -> std::io::Result<tokio::process::Child> {
+    crate::fdlimit::room_for_instance().map_err(std::io::Error::other)?;
     let spec = &spawn.spec;
     let program = muster_manifest::load::resolve_program(&spec.command, &spec.cwd)?;
     let path = log_path(bus.log_dir, &spawn.transaction, &spec.name, spawn.slot);
@@ -75,7 +76,7 @@ pub fn spawn(
         muster_core::fs::private_dir(bus.log_dir)?;
         muster_core::fs::private_dir(dir)?;
     }
-    let log = crate::instance_log::InstanceLog::open(&path, bus.log_rotation);
+    let log = crate::instance_log::InstanceLog::open(&path, bus.log_rotation)?;
     log.write(
         format!(
             "--- muster: starting {} as instance {} of transaction {}\n",
@@ -90,6 +91,10 @@ pub fn spawn(
                 .arg(std::process::id().to_string())
                 .arg(&program)
                 .args(&spec.args);
+            // The trampoline gives the program the host's original limit.
+            if let Some(soft) = crate::fdlimit::started_with() {
+                c.env(crate::fdlimit::STARTED_WITH_ENV, soft.to_string());
+            }
             c
         }
         None => {
@@ -189,7 +194,13 @@ pub fn exec_child(args: Vec<OsString>) -> ExitCode {
         eprintln!("muster __exec: the host is gone; not starting");
         return ExitCode::from(1);
     }
-    let err = std::process::Command::new(&program).args(args).exec();
+    crate::fdlimit::restore_for_child(
+        std::env::var_os(crate::fdlimit::STARTED_WITH_ENV).as_deref(),
+    );
+    let err = std::process::Command::new(&program)
+        .args(args)
+        .env_remove(crate::fdlimit::STARTED_WITH_ENV)
+        .exec();
     eprintln!(
         "muster __exec: cannot run {}: {err}",
         Path::new(&program).display()
