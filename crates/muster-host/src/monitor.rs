@@ -12,7 +12,7 @@ use muster::stats::MethodReport;
 use muster::{CallOptions, Client};
 use serde::{Deserialize, Serialize};
 
-use crate::procstat::{self, CpuHistory, ProcSample, SocketTable};
+use crate::procstat::{self, CpuHistory, ProcSample, Round};
 use crate::status::{InstanceStatus, Status};
 
 /// Topic of a transaction's samples.
@@ -94,7 +94,7 @@ fn slow_figures_every(instances: usize) -> Duration {
 #[derive(Debug, Default)]
 pub struct Monitor {
     cpu: CpuHistory,
-    maps: Option<procstat::MapsCache>,
+    maps: Option<procstat::SampleCache>,
     /// When the slow figures were last gathered.
     slow_at: Option<Instant>,
     /// Per pid: connections and open files, as last counted.
@@ -189,17 +189,13 @@ async fn processes(
     let m = monitor.clone();
     tokio::task::spawn_blocking(move || {
         let mut mon = m.lock().unwrap_or_else(PoisonError::into_inner);
-        let sockets = if slow {
-            SocketTable::read()
-        } else {
-            SocketTable::default()
-        };
+        let mut round = if slow { Round::slow() } else { Round::fast() };
         let mut maps = mon.maps.take().unwrap_or_default();
         maps.every = slow_every;
         let mut seen = HashSet::new();
         let mut out: HashMap<u32, ProcSample> = pids
             .iter()
-            .filter_map(|p| procstat::sample(*p, &sockets, &mut mon.cpu, &mut maps, &mut seen, 2))
+            .filter_map(|p| procstat::sample(*p, &mut round, &mut mon.cpu, &mut maps, &mut seen, 2))
             .map(|s| (s.pid, s))
             .collect();
         mon.cpu.retain(&seen);

@@ -459,9 +459,9 @@ async fn idle_usage(pid: u32, window: Duration) -> (f64, u64) {
     let take = |cpu: &mut procstat::CpuHistory| {
         procstat::sample(
             pid,
-            &procstat::SocketTable::default(),
+            &mut procstat::Round::fast(),
             cpu,
-            &mut procstat::MapsCache::default(),
+            &mut procstat::SampleCache::default(),
             &mut std::collections::HashSet::new(),
             0,
         )
