@@ -9,22 +9,26 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 use muster_test::eventually;
-use muster_test::host::{Host, WAIT, tempdir};
+use muster_test::host::{Host, WAIT};
 use serde_json::Value;
 
 const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
 
 /// A `muster` that runs under `ulimit_args` (for `muster up` and
-/// `muster ctl` alike).
-fn limited_muster(tag: &str, ulimit_args: &str) -> String {
-    let path = tempdir(&format!("{tag}-bin")).join("muster");
+/// `muster ctl` alike), in a directory removed with the returned guard.
+fn limited_muster(ulimit_args: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("muster-nofile-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join("muster");
     std::fs::write(
         &path,
         format!("#!/bin/sh\nulimit {ulimit_args} || exit 99\nexec \"{MUSTER}\" \"$@\"\n"),
     )
     .unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path.to_string_lossy().into_owned()
+    (dir, path.to_string_lossy().into_owned())
 }
 
 fn sleepers(n: usize) -> String {
@@ -63,7 +67,7 @@ async fn a_host_past_its_soft_limit_raises_it_and_instances_keep_the_first() {
     let hard = nofile(u64::from(std::process::id())).1;
     // 80 instances need about 320 descriptors in the host: past a soft
     // limit of 128 (before the fix the host panicked in its log code).
-    let muster = limited_muster("nofile-soft", "-S -n 128");
+    let (_bin, muster) = limited_muster("-S -n 128");
     let host = Host::up(&muster, "nofile-soft", &sleepers(80)).await;
     let all = eventually(WAIT * 3, "80 sleepers running", || async {
         let list = instances(&host.try_status()?);
@@ -88,7 +92,7 @@ async fn a_host_past_its_soft_limit_raises_it_and_instances_keep_the_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_at_its_hard_limit_fails_the_starts_that_do_not_fit_and_keeps_running() {
-    let muster = limited_muster("nofile-hard", "-n 160");
+    let (_bin, muster) = limited_muster("-n 160");
     let host = Host::up(&muster, "nofile-hard", &sleepers(80)).await;
     let list = eventually(WAIT * 3, "some running, the rest refused", || async {
         let list = instances(&host.try_status()?);

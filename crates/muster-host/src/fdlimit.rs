@@ -8,7 +8,8 @@
 //! Instances get the limit the host was started with, not the raised
 //! one: programs that still use `select(2)` break on descriptors past
 //! 1,023. `muster __exec` puts it back before it becomes the program
-//! ([`restore_for_child`]).
+//! ([`restore_for_child`]); a host embedded without that launcher
+//! (`HostOptions::launcher` unset) passes the raised limit on.
 
 use std::sync::OnceLock;
 
