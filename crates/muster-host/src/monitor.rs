@@ -94,7 +94,8 @@ fn slow_figures_every(instances: usize) -> Duration {
 #[derive(Debug, Default)]
 pub struct Monitor {
     cpu: CpuHistory,
-    maps: Option<procstat::SampleCache>,
+    /// Stat files held open, and the dearer figures with their age.
+    cache: Option<procstat::SampleCache>,
     /// When the slow figures were last gathered.
     slow_at: Option<Instant>,
     /// Per pid: connections and open files, as last counted.
@@ -190,17 +191,19 @@ async fn processes(
     tokio::task::spawn_blocking(move || {
         let mut mon = m.lock().unwrap_or_else(PoisonError::into_inner);
         let mut round = if slow { Round::slow() } else { Round::fast() };
-        let mut maps = mon.maps.take().unwrap_or_default();
-        maps.every = slow_every;
+        let mut cache = mon.cache.take().unwrap_or_default();
+        cache.every = slow_every;
         let mut seen = HashSet::new();
         let mut out: HashMap<u32, ProcSample> = pids
             .iter()
-            .filter_map(|p| procstat::sample(*p, &mut round, &mut mon.cpu, &mut maps, &mut seen, 2))
+            .filter_map(|p| {
+                procstat::sample(*p, &mut round, &mut mon.cpu, &mut cache, &mut seen, 2)
+            })
             .map(|s| (s.pid, s))
             .collect();
         mon.cpu.retain(&seen);
-        maps.retain(&seen);
-        mon.maps = Some(maps);
+        cache.retain(&seen);
+        mon.cache = Some(cache);
         if slow {
             mon.connections = out
                 .values()
