@@ -186,8 +186,8 @@ impl CpuHistory {
 /// `/proc/PID/stat` and `/proc/PID/statm` of one process, held open and
 /// read again from offset 0 at each sample: one `pread` per file instead
 /// of opening the directory and each file (about ten system calls). On
-/// this VM that took a sample of 1,000 instances from 33 µs to 12.5 µs
-/// each (`docs/benchmarks.md`, "The idle host's monitor"). A file held
+/// this VM that took a sample of 1,000 instances from 36-38 µs to 12-14
+/// µs each (`docs/benchmarks.md`, "The idle host's monitor"). A file held
 /// open stays bound to its process: once it ends, reads fail, never
 /// answering for another process given the same pid.
 #[derive(Debug)]
@@ -286,13 +286,17 @@ impl SampleCache {
 
     /// `stat` and `statm` of `pid`: through its files held open, opened
     /// again once should a read fail (the pid may belong to a new
-    /// process), and opened for this read only past the budget.
+    /// process, whose figures kept here are then not the old one's), and
+    /// opened for this read only past the budget.
     fn stat(&mut self, pid: u32) -> Option<(Stat, StatM)> {
         if let Some(kept) = self.files.get(&pid) {
             if let Some(r) = kept.read(&mut self.buf) {
                 return Some(r);
             }
             self.files.remove(&pid);
+            self.by_pid.remove(&pid);
+            self.children.remove(&pid);
+            self.connections.remove(&pid);
         }
         let files = StatFiles::open(pid).ok()?;
         let r = files.read(&mut self.buf)?;
@@ -655,6 +659,10 @@ mod tests {
         child.wait().unwrap();
         assert!(take(&mut cache).is_none());
         assert!(!cache.files.contains_key(&pid));
+        assert!(
+            !cache.by_pid.contains_key(&pid),
+            "nothing of it is kept for a process that may get its pid"
+        );
     }
 
     #[test]
