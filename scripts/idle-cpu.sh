@@ -11,12 +11,14 @@
 #   scripts/idle-cpu.sh bus 1000    # a bare `muster bus`, instances started by hand
 #   scripts/idle-cpu.sh host 1000 20   # windows of 20 s
 #   HTTP=127.0.0.1:23999 scripts/idle-cpu.sh host 1000 20   # the host's HTTP on
+#   MONITOR_EVERY=1h scripts/idle-cpu.sh host 1000 20   # the host's monitor all but off
+#   BIN=target/iterbase/release scripts/idle-cpu.sh host 1000 20   # another build
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:?host or bus}
 n=${2:-1000}
 window=${3:-10}
-bin=$PWD/target/iter/release
+bin=$(realpath "${BIN:-target/iter/release}")
 dir=$(mktemp -d /tmp/muster-idle-cpu.XXXXXX)
 # Below the ephemeral range (32768-60999): the 3,000 connections of a
 # run just ended may still hold ports there.
@@ -41,6 +43,7 @@ host)
 [host]
 bus = "zmq://127.0.0.1:$port"
 http = "${HTTP:-off}"
+monitor_every = "${MONITOR_EVERY:-1s}"
 
 [context]
 name = "idle"

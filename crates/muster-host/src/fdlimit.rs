@@ -19,43 +19,30 @@ use nix::sys::resource::{Resource, getrlimit, setrlimit};
 /// which restores it and removes the variable.
 pub const STARTED_WITH_ENV: &str = "MUSTER_NOFILE_SOFT";
 
-/// The soft limit before [`raise`] raised it; `None` when it did not.
+/// The soft limit before [`raise`] raised it (`None` when it did not);
+/// set once, by the first call.
 static STARTED_WITH: OnceLock<Option<u64>> = OnceLock::new();
 
-/// What [`raise`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Raised {
-    /// The soft limit was already the hard limit.
-    AlreadyAtHard(u64),
-    /// Raised from the first figure to the second.
-    From(u64, u64),
-    /// The system refused (the figure stays the soft limit).
-    Refused(u64),
-}
-
 /// Raises this process's soft limit on open files to its hard limit,
-/// once; later calls return what the first did. Logs what it did.
-pub fn raise() -> Option<Raised> {
-    static DONE: OnceLock<Option<Raised>> = OnceLock::new();
-    *DONE.get_or_init(|| {
+/// once; later calls do nothing. A refusal is logged, not an error: the
+/// host then runs with the limit it has.
+pub fn raise() {
+    STARTED_WITH.get_or_init(|| {
         let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-        let raised = if soft >= hard {
-            Raised::AlreadyAtHard(soft)
-        } else {
-            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                Ok(()) => {
-                    let _ = STARTED_WITH.set(Some(soft));
-                    tracing::debug!(from = soft, to = hard, "open-file limit raised");
-                    Raised::From(soft, hard)
-                }
-                Err(e) => {
-                    tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
-                    Raised::Refused(soft)
-                }
+        if soft >= hard {
+            return None;
+        }
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => {
+                tracing::debug!(from = soft, to = hard, "open-file limit raised");
+                Some(soft)
             }
-        };
-        Some(raised)
-    })
+            Err(e) => {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open-file limit");
+                None
+            }
+        }
+    });
 }
 
 /// The soft limit to give a child: the one this process started with,
@@ -122,15 +109,14 @@ pub fn room_for_instance() -> Result<(), TooFewDescriptors> {
     Ok(())
 }
 
-/// Descriptors this process has open: the size Linux 6.2 and later give
-/// `/proc/self/fd` (one `statx`), else a listing of it.
+/// Descriptors this process has open: from the size of `/proc/self/fd`
+/// where the kernel gives it, else a listing of it.
 fn open_descriptors() -> Option<u64> {
-    match std::fs::metadata("/proc/self/fd") {
-        Ok(m) if m.len() > 0 => Some(m.len()),
-        _ => std::fs::read_dir("/proc/self/fd")
+    crate::procstat::descriptor_count(std::process::id()).or_else(|| {
+        std::fs::read_dir("/proc/self/fd")
             .ok()
-            .map(|d| d.count() as u64),
-    }
+            .map(|d| d.count() as u64)
+    })
 }
 
 #[cfg(test)]
@@ -140,16 +126,15 @@ mod tests {
     #[test]
     fn raising_reaches_the_hard_limit_and_remembers_the_start() {
         let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-        let first = raise();
-        assert!(
-            matches!(first, Some(Raised::From(_, to) | Raised::AlreadyAtHard(to)) if to == hard),
-            "{first:?}"
-        );
+        raise();
         assert_eq!(soft(), Some(hard));
-        assert_eq!(raise(), first, "a second call changes nothing");
-        if let Some(Raised::From(from, _)) = first {
-            assert_eq!(started_with(), Some(from));
-        }
+        raise();
+        assert_eq!(soft(), Some(hard), "a second call changes nothing");
+        assert!(
+            started_with().is_none_or(|s| s < hard),
+            "{:?}",
+            started_with()
+        );
     }
 
     #[test]
@@ -162,6 +147,5 @@ mod tests {
         let during = open_descriptors().unwrap();
         assert!(during >= 20, "{before} then {during}");
         drop(files);
-        assert!(room_for_instance().is_ok() || soft().unwrap() < 200);
     }
 }

@@ -98,8 +98,6 @@ pub struct Monitor {
     cache: Option<procstat::SampleCache>,
     /// When the slow figures were last gathered.
     slow_at: Option<Instant>,
-    /// Per pid: connections and open files, as last counted.
-    connections: HashMap<u32, (procstat::Connections, u64)>,
     /// Per instance: method statistics, as last asked.
     methods: HashMap<String, BTreeMap<String, MethodReport>>,
     /// Per instance: recent (time, CPU %) for the CPU limit.
@@ -194,7 +192,7 @@ async fn processes(
         let mut cache = mon.cache.take().unwrap_or_default();
         cache.every = slow_every;
         let mut seen = HashSet::new();
-        let mut out: HashMap<u32, ProcSample> = pids
+        let out: HashMap<u32, ProcSample> = pids
             .iter()
             .filter_map(|p| {
                 procstat::sample(*p, &mut round, &mut mon.cpu, &mut cache, &mut seen, 2)
@@ -204,20 +202,6 @@ async fn processes(
         mon.cpu.retain(&seen);
         cache.retain(&seen);
         mon.cache = Some(cache);
-        if slow {
-            mon.connections = out
-                .values()
-                .map(|p| (p.pid, (p.connections.clone(), p.open_files)))
-                .collect();
-        } else {
-            for p in out.values_mut() {
-                if let Some((c, files)) = mon.connections.get(&p.pid) {
-                    p.connections = c.clone();
-                    p.open_files = *files;
-                }
-            }
-        }
-        mon.connections.retain(|pid, _| seen.contains(pid));
         out
     })
     .await

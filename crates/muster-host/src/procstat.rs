@@ -336,15 +336,12 @@ impl SampleCache {
     /// apart again, up to [`KEEP_DEAR_FIGURES`] times `every`.
     fn connections(&mut self, pid: u32, round: &mut Round) -> (u64, Connections) {
         let now = std::time::Instant::now();
-        let count = std::fs::metadata(format!("/proc/{pid}/fd"))
-            .map(|m| m.len())
-            .unwrap_or(0);
+        let count = descriptor_count(pid);
         if let Some(c) = self.connections.get(&pid)
-            && count > 0
-            && c.open_files == count
+            && count == Some(c.open_files)
             && now.duration_since(c.at) < self.dear_every()
         {
-            return (count, c.connections.clone());
+            return (c.open_files, c.connections.clone());
         }
         let (listed, connections) = classify(pid, round.sockets());
         // Counted from the listing: the two may differ by a descriptor
@@ -378,6 +375,16 @@ impl Default for SampleCache {
 
 fn open(pid: u32) -> Option<Process> {
     Process::new(i32::try_from(pid).ok()?).ok()
+}
+
+/// Open descriptors of `pid` from the size of `/proc/PID/fd`: one
+/// `statx`, where the kernel gives the count there (Linux 6.2 and later;
+/// `None` before, where the size is 0).
+pub fn descriptor_count(pid: u32) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|m| m.len())
+        .filter(|n| *n > 0)
 }
 
 /// Open descriptors of `pid`, and its sockets by kind.
@@ -431,6 +438,9 @@ pub fn sample(
     };
     if round.slow {
         (s.open_files, s.connections) = cache.connections(pid, round);
+    } else if let Some(c) = cache.connections.get(&pid) {
+        // As counted on the last slow round.
+        (s.open_files, s.connections) = (c.open_files, c.connections.clone());
     }
     s.maps = cache.maps(pid);
     if depth > 0 {
@@ -611,10 +621,10 @@ mod tests {
     fn a_new_socket_is_counted_at_the_next_slow_round() {
         let mut cache = SampleCache::new(std::time::Duration::from_secs(60));
         let mut cpu = CpuHistory::default();
-        let mut take = |cache: &mut SampleCache| {
+        let mut take = |cache: &mut SampleCache, mut round: Round| {
             sample(
                 std::process::id(),
-                &mut Round::slow(),
+                &mut round,
                 &mut cpu,
                 cache,
                 &mut HashSet::new(),
@@ -622,10 +632,15 @@ mod tests {
             )
             .unwrap()
         };
-        let before = take(&mut cache);
+        let before = take(&mut cache, Round::slow());
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let after = take(&mut cache);
+        let after = take(&mut cache, Round::slow());
+        let fast = take(&mut cache, Round::fast());
         drop(listener);
+        assert_eq!(
+            fast.connections, after.connections,
+            "a fast round repeats the last slow round's count"
+        );
         assert!(
             after.connections.listening > before.connections.listening,
             "{:?} then {:?}",
