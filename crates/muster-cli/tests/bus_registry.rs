@@ -147,6 +147,37 @@ async fn a_bus_past_its_heartbeat_rate_slows_heartbeats_and_keeps_its_instances(
     assert_eq!(after.expired, 0, "no instance expired: {after:?}");
     let listed = client.instances().await.unwrap();
     assert_eq!(listed.iter().filter(|i| i.service == "echo").count(), 4);
+    // Each has learnt the slower interval, so the bus stops answering:
+    // four more heartbeats, no more answers.
+    let answered = after.heartbeats_answered;
+    let from = after.heartbeats;
+    eventually(Duration::from_secs(60), "4 more heartbeats", || async {
+        (bus.stats().heartbeats >= from + 4).then_some(())
+    })
+    .await;
+    let end = bus.stats();
+    assert_eq!(end.heartbeats_answered, answered, "{end:?}");
+    assert_eq!(end.expired, 0, "{end:?}");
+}
+
+/// Heartbeats are answered only with news: on a bus within its rate, with
+/// every instance known, none is answered at all (each answer was a second
+/// message per heartbeat, most of an idle bus's work at 1,000 instances).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_with_nothing_to_say_are_not_answered() {
+    let (bus, client, url) = muster_test::bus_and_client().await;
+    let _echoes: Vec<Proc> = (0..2).map(|_| spawn_echo(&url)).collect();
+    wait_registered(&client, "echo", 2).await;
+    let from = bus.stats().heartbeats;
+    eventually(Duration::from_secs(30), "6 more heartbeats", || async {
+        (bus.stats().heartbeats >= from + 6).then_some(())
+    })
+    .await;
+    let stats = bus.stats();
+    assert_eq!(stats.heartbeats_answered, 0, "{stats:?}");
+    assert_eq!(stats.expired, 0, "{stats:?}");
+    let listed = client.instances().await.unwrap();
+    assert_eq!(listed.iter().filter(|i| i.service == "echo").count(), 2);
 }
 
 /// A caller's copy of the registry follows it by its changes: after the

@@ -34,11 +34,13 @@ pub struct BusOptions {
     pub ttl: Duration,
     /// Heartbeats a second the bus takes at most: past this many
     /// instances it asks each to send one only every `instances /
-    /// heartbeats_per_sec` seconds, and waits three of those before it
-    /// drops a silent one (8 s and 24 s at 1,000 instances). A heartbeat
-    /// costs the bus about 95 µs of CPU (`docs/benchmarks.md`), so 125
-    /// keep an idle bus's heartbeats near 1.2% of a core at any size (the
-    /// whole bus measured 2.1-2.6% at 1,000).
+    /// heartbeats_per_sec` seconds, and waits 3.3 of those before it
+    /// drops a silent one (20 s and 66 s at 1,000 instances). Each
+    /// heartbeat costs an embedded bus's host 200-350 µs of CPU on a
+    /// small VM (`docs/benchmarks.md`, "Quiet heartbeats"), so 50 keep
+    /// an idle host under 5% of a core at 1,000 instances, where 125 kept
+    /// it near 7%. Detection stays as fast as before up to 50 instances;
+    /// a supervised instance whose process ends leaves at once anyway.
     pub heartbeats_per_sec: u32,
     /// How often silent instances are looked for.
     pub sweep_every: Duration,
@@ -74,7 +76,7 @@ impl Default for BusOptions {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(3),
-            heartbeats_per_sec: 125,
+            heartbeats_per_sec: 50,
             sweep_every: Duration::from_millis(250),
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
             subscriber_hwm: 1_000,
@@ -110,6 +112,9 @@ pub struct BusStats {
     /// Heartbeats received (one a process, for all the instances it
     /// serves; slowed past `BusOptions::heartbeats_per_sec`).
     pub heartbeats: u64,
+    /// Heartbeats answered: all of an older sender's; of a quiet one's,
+    /// those that told it of an unknown instance or a new interval.
+    pub heartbeats_answered: u64,
     /// Registry listings sent whole: to a caller's first refresh, after a
     /// bus restart, or to a caller too far behind.
     pub listings_whole: u64,

@@ -132,9 +132,19 @@ pub(crate) struct ClaimReply {
     pub(crate) holder: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {
     pub(crate) instances: Vec<String>,
+    /// Answer only when there is something to say: an unknown instance,
+    /// or an interval other than `asked_ms`. Most heartbeats then cost
+    /// the bus one message instead of two (`docs/protocol.md`). An older
+    /// bus ignores this and answers every one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) quiet: bool,
+    /// The interval the bus last asked this sender for (`every_ms` of an
+    /// answer); absent: none, the sender keeps its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) asked_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

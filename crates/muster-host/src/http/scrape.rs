@@ -181,6 +181,12 @@ fn families(
             samples: bus_value(bus.heartbeats),
         },
         Family {
+            name: "muster_bus_heartbeats_answered",
+            kind: Kind::Counter,
+            help: "Heartbeats the registry answered (an unknown instance, a new interval)",
+            samples: bus_value(bus.heartbeats_answered),
+        },
+        Family {
             name: "muster_bus_listings_whole",
             kind: Kind::Counter,
             help: "Registry listings sent whole",

@@ -38,6 +38,7 @@ pub(super) struct Counters {
     bad_messages: AtomicU64,
     durable_dropped: AtomicU64,
     heartbeats: AtomicU64,
+    heartbeats_answered: AtomicU64,
     listings_whole: AtomicU64,
     listings_of_changes: AtomicU64,
 }
@@ -50,6 +51,7 @@ impl SharedStats {
         stats.bad_messages = self.0.bad_messages.load(Ordering::Relaxed);
         stats.durable_dropped = self.0.durable_dropped.load(Ordering::Relaxed);
         stats.heartbeats = self.0.heartbeats.load(Ordering::Relaxed);
+        stats.heartbeats_answered = self.0.heartbeats_answered.load(Ordering::Relaxed);
         stats.listings_whole = self.0.listings_whole.load(Ordering::Relaxed);
         stats.listings_of_changes = self.0.listings_of_changes.load(Ordering::Relaxed);
     }
@@ -59,7 +61,7 @@ struct Entry {
     info: InstanceInfo,
     last_seen: Instant,
     /// Silence after which it is dropped: the bus's ttl, or three of the
-    /// slower heartbeat intervals it was last asked for.
+    /// slower heartbeat intervals it was last asked for (and a tenth).
     ttl: Duration,
     /// The credential that registered it (`None` on an open bus).
     owner: Option<KeyId>,
@@ -497,10 +499,13 @@ pub(super) async fn run(
                 match Envelope::from_frames(rest) {
                     Ok(env) => {
                         let verb = env.header.method.clone().unwrap_or_default();
+                        let answer = verbs::handle(&mut reg, &options, identity, env, &events);
                         if verb == crate::control::HEARTBEAT {
                             stats.0.heartbeats.fetch_add(1, Ordering::Relaxed);
+                            if answer.reply.is_some() {
+                                stats.0.heartbeats_answered.fetch_add(1, Ordering::Relaxed);
+                            }
                         }
-                        let answer = verbs::handle(&mut reg, &options, identity, env, &events);
                         if let Some(why) = &answer.refused {
                             let peer = peer_address(&router, identity).await;
                             tracing::warn!(verb, peer, reason = %why, "registry request refused");

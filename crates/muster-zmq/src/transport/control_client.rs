@@ -158,6 +158,12 @@ impl ControlClient {
         let (tx, rx) = oneshot::channel();
         let key = header.id.clone();
         lock(&self.pending).insert(key.clone(), tx);
+        // Out of the table however this ends, a caller that gave up (a
+        // heartbeat awaiting news, cut short by a shutdown) included.
+        let _waiting = Waiting {
+            pending: &self.pending,
+            key,
+        };
         let env = Envelope::new(header, Bytes::from(body));
         // The send is inside the deadline too: with the bus away and the
         // socket's queue full, it would wait for the bus for ever.
@@ -168,7 +174,6 @@ impl ControlClient {
             Ok::<_, omq_tokio::Error>(rx.await)
         })
         .await;
-        lock(&self.pending).remove(&key);
         match reply {
             Ok(Ok(Ok(env))) => Ok(env),
             Ok(Err(e)) => Err(zmq_error("send to bus", e)),
@@ -180,6 +185,18 @@ impl ControlClient {
                 ),
             )),
         }
+    }
+}
+
+/// A request's place in the table of those awaiting an answer.
+struct Waiting<'a> {
+    pending: &'a Pending,
+    key: String,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        lock(self.pending).remove(&self.key);
     }
 }
 

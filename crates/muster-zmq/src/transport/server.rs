@@ -203,7 +203,7 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
 }
 
 /// The slowest heartbeat a bus may ask for: a bus that asks for more (one
-/// of over 7,500 instances at the default rate of 125 a second) gets one
+/// of over 3,000 instances at the default rate of 50 a second) gets one
 /// a minute.
 const SLOWEST_HEARTBEAT: Duration = Duration::from_secs(60);
 
@@ -213,20 +213,24 @@ fn start_heartbeats(inner: &Arc<Inner>) {
         let stop = inner.shutdown.clone();
         let own = inner.options.heartbeat_every;
         tokio::spawn(async move {
-            let mut every = own;
+            // The interval the bus last asked for; `None`: our own.
+            let mut asked = None;
             loop {
                 // Timed from when this one left, as a fixed-rate ticker
                 // would: a heartbeat slow to be answered (a busy instance
                 // or bus) does not push the next one later.
-                let sent = tokio::time::Instant::now();
+                let due = tokio::time::Instant::now() + jittered(next_heartbeat(own, asked));
                 let Some(inner) = weak.upgrade() else { break };
-                if let Some(asked) = heartbeat_once(&inner).await {
-                    every = next_heartbeat(own, asked);
+                let answer = tokio::select! {
+                    () = stop.cancelled() => break,
+                    a = heartbeat_once(inner, asked, due) => a,
+                };
+                if let Some(a) = answer {
+                    asked = a;
                 }
-                drop(inner);
                 tokio::select! {
                     () = stop.cancelled() => break,
-                    () = tokio::time::sleep_until(sent + jittered(every)) => {}
+                    () = tokio::time::sleep_until(due) => {}
                 }
             }
         });
@@ -249,27 +253,38 @@ fn jittered(every: Duration) -> Duration {
     every.saturating_sub(Duration::from_micros(less))
 }
 
-/// One heartbeat for every instance this process serves. `None` when the
-/// bus did not answer; else the interval it asks for, if it asks.
-async fn heartbeat_once(inner: &Inner) -> Option<Option<Duration>> {
-    let control = inner.control.as_ref()?;
+/// One quiet heartbeat for every instance this process serves, `asked`
+/// being the interval the bus last asked for. The bus answers only when
+/// it has something to say, so the answer is awaited until the next
+/// heartbeat is `due`: `None` when none came (nothing changed, or no bus),
+/// else the interval it asks for now, if it asks. An older bus answers
+/// every heartbeat at once.
+async fn heartbeat_once(
+    inner: Arc<Inner>,
+    asked: Option<Duration>,
+    due: tokio::time::Instant,
+) -> Option<Option<Duration>> {
+    let control = inner.control.clone()?;
     let ids: Vec<String> = inner.served.lock().keys().cloned().collect();
     if ids.is_empty() {
         return None;
     }
     let timeout = inner.options.control_timeout;
-    let reply: HeartbeatReply = match control
-        .call(control::HEARTBEAT, &Heartbeat { instances: ids }, timeout)
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::debug!(error = %e, "heartbeat not answered");
-            return None;
-        }
+    // Not held while the answer is awaited: a transport dropped without a
+    // shutdown goes at once, and this loop with it at the next heartbeat.
+    let weak = Arc::downgrade(&inner);
+    drop(inner);
+    let beat = Heartbeat {
+        instances: ids,
+        quiet: true,
+        asked_ms: asked.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
     };
+    let wait = due.saturating_duration_since(tokio::time::Instant::now());
+    let reply: HeartbeatReply = control.call(control::HEARTBEAT, &beat, wait).await.ok()?;
     for id in reply.unknown {
-        let info = inner.served.lock().get(&id).cloned();
+        let info = weak
+            .upgrade()
+            .and_then(|inner| inner.served.lock().get(&id).cloned());
         if let Some(info) = info {
             tracing::info!(instance = %id, "bus does not know this instance (it restarted?); registering again");
             let _ = control

@@ -105,7 +105,7 @@ pub(super) fn handle(
             })),
             refused: Some(why),
         },
-        Done::Parked => Answer {
+        Done::Parked | Done::Quiet => Answer {
             reply: None,
             refused: None,
         },
@@ -119,6 +119,8 @@ enum Done {
     Forbidden(String),
     /// A `take` waits for a job, or an `enqueue` for the disk.
     Parked,
+    /// A quiet heartbeat with nothing to answer.
+    Quiet,
 }
 
 #[allow(clippy::too_many_arguments)] // one call site, the request's parts
@@ -137,7 +139,10 @@ fn verb_of(
     match verb {
         control::REGISTER => register(reg, options, body, who, events),
         control::HEARTBEAT => match serde_json::from_slice::<Heartbeat>(body) {
-            Ok(hb) => reply(encode(&heartbeat(reg, options, hb, who))),
+            Ok(hb) => match heartbeat(reg, options, hb, who) {
+                Some(answer) => reply(encode(&answer)),
+                None => Done::Quiet,
+            },
             Err(e) => reply(error(format!("bad heartbeat: {e}"))),
         },
         control::UNREGISTER => match serde_json::from_slice::<Unregister>(body) {
@@ -401,37 +406,60 @@ fn register(
 /// does not know (register them again). Others' are left alone. Past
 /// [`BusOptions::heartbeats_per_sec`] instances the reply asks for slower
 /// heartbeats, and the entries refreshed wait three of those intervals.
+/// A quiet heartbeat is answered only when it must be (`None` else): an
+/// instance is unknown, or the sender's interval is out of step.
 fn heartbeat(
     reg: &mut Registry,
     options: &BusOptions,
     hb: Heartbeat,
     who: Option<&KeyId>,
-) -> HeartbeatReply {
+) -> Option<HeartbeatReply> {
     let now = Instant::now();
     let every = heartbeat_interval(options, reg.entries.len());
     let ttl = allowed_silence(options, reg.entries.len());
     let mut unknown = Vec::new();
-    for id in hb.instances {
-        let owned = reg.owns(who, &id);
-        match reg.entries.get_mut(&id) {
+    for id in &hb.instances {
+        let owned = reg.owns(who, id);
+        match reg.entries.get_mut(id) {
             Some(e) if owned => {
                 e.last_seen = now;
                 e.ttl = ttl;
             }
             Some(_) => {}
-            None => unknown.push(id),
+            None => unknown.push(id.clone()),
         }
     }
-    HeartbeatReply {
+    let answer = HeartbeatReply {
         unknown,
         every_ms: every.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-    }
+    };
+    must_answer(&hb, &answer).then_some(answer)
 }
 
+/// Whether `answer` goes back: always to a sender that is not quiet; to a
+/// quiet one when an instance is unknown or its interval is out of step.
+fn must_answer(hb: &Heartbeat, answer: &HeartbeatReply) -> bool {
+    let in_step = match (hb.asked_ms, answer.every_ms) {
+        (None, None) => true,
+        (Some(asked), Some(wanted)) => asked.abs_diff(wanted) <= wanted / QUIET_SLACK,
+        _ => false,
+    };
+    !hb.quiet || !answer.unknown.is_empty() || !in_step
+}
+
+/// A quiet sender is told a new interval only when the one it keeps is
+/// off by more than a tenth: instances coming and going move the interval
+/// a little all the time, and telling each move would answer every
+/// heartbeat again.
+const QUIET_SLACK: u64 = 10;
+
 /// How long an instance may be silent before it is dropped, among
-/// `instances`: the bus's ttl, or three slowed heartbeat intervals.
+/// `instances`: the bus's ttl, or three slowed heartbeat intervals (of a
+/// quiet sender's, up to a tenth slower than asked).
 fn allowed_silence(options: &BusOptions, instances: usize) -> Duration {
-    heartbeat_interval(options, instances).map_or(options.ttl, |every| options.ttl.max(every * 3))
+    // 3.3 intervals: three of a sender a tenth (`QUIET_SLACK`) slower.
+    heartbeat_interval(options, instances)
+        .map_or(options.ttl, |every| options.ttl.max(every * 33 / 10))
 }
 
 /// The interval the bus asks of each heartbeat sender so that `instances`
@@ -589,7 +617,14 @@ mod tests {
 
     #[test]
     fn heartbeats_slow_down_past_the_rate_and_silence_allowed_grows_with_them() {
-        let options = BusOptions::default(); // 125 a second, ttl 3 s
+        let mut options = BusOptions::default(); // ttl 3 s
+        // The default: 50 a second, so 1,000 send one every 20 s.
+        assert_eq!(
+            heartbeat_interval(&options, 1000),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(allowed_silence(&options, 1000), Duration::from_secs(66));
+        options.heartbeats_per_sec = 125;
         assert_eq!(heartbeat_interval(&options, 0), None);
         assert_eq!(heartbeat_interval(&options, 125), None);
         assert_eq!(allowed_silence(&options, 125), Duration::from_secs(3));
@@ -597,12 +632,47 @@ mod tests {
             heartbeat_interval(&options, 1000),
             Some(Duration::from_secs(8))
         );
-        assert_eq!(allowed_silence(&options, 1000), Duration::from_secs(24));
+        assert_eq!(
+            allowed_silence(&options, 1000),
+            Duration::from_millis(26_400)
+        );
         // Just past the rate: the ttl still covers three intervals.
         assert_eq!(
             heartbeat_interval(&options, 126),
             Some(Duration::from_millis(1008))
         );
-        assert_eq!(allowed_silence(&options, 126), Duration::from_millis(3024));
+        assert_eq!(
+            allowed_silence(&options, 126),
+            Duration::from_micros(3_326_400)
+        );
+    }
+
+    #[test]
+    fn a_quiet_heartbeat_is_answered_only_with_news() {
+        let quiet = |asked_ms| Heartbeat {
+            instances: vec!["a".into()],
+            quiet: true,
+            asked_ms,
+        };
+        let answer = |unknown: &[&str], every_ms| HeartbeatReply {
+            unknown: unknown.iter().map(|s| (*s).to_owned()).collect(),
+            every_ms,
+        };
+        // Nothing to say: the sender's interval is the bus's.
+        assert!(!must_answer(&quiet(None), &answer(&[], None)));
+        assert!(!must_answer(&quiet(Some(8000)), &answer(&[], Some(8000))));
+        // Within a tenth: instances came and went, not worth a message.
+        assert!(!must_answer(&quiet(Some(8000)), &answer(&[], Some(8800))));
+        assert!(!must_answer(&quiet(Some(8000)), &answer(&[], Some(7280))));
+        // News: a slower or faster interval, or back to the sender's own.
+        assert!(must_answer(&quiet(Some(8000)), &answer(&[], Some(8900))));
+        assert!(must_answer(&quiet(Some(8000)), &answer(&[], Some(7200))));
+        assert!(must_answer(&quiet(None), &answer(&[], Some(1008))));
+        assert!(must_answer(&quiet(Some(1008)), &answer(&[], None)));
+        // An instance the bus does not know (it restarted).
+        assert!(must_answer(&quiet(None), &answer(&["a"], None)));
+        // A sender that is not quiet (an older one) is always answered.
+        let old: Heartbeat = serde_json::from_str(r#"{"instances": ["a"]}"#).unwrap();
+        assert!(must_answer(&old, &answer(&[], None)));
     }
 }
