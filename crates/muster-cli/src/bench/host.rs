@@ -266,10 +266,16 @@ pub(super) async fn restart(rounds: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Idle time before the idle window: instances learn the heartbeat
-/// interval of a bus of this size from their next heartbeat's answer,
-/// told while the registry was still filling up.
-const SETTLE: Duration = Duration::from_secs(10);
+/// Idle time before the idle window, for `n` instances: at least 10 s,
+/// and one heartbeat interval of a bus of this size and a tenth (20 s at
+/// 1,000). Each instance learns that interval from the answer to its
+/// next heartbeat; until then it keeps a shorter one, told while the
+/// registry was still filling up.
+fn settle(n: u32) -> Duration {
+    let per_sec = u64::from(BusOptions::default().heartbeats_per_sec.max(1));
+    let interval = Duration::from_millis(u64::from(n) * 1000 / per_sec);
+    Duration::from_secs(10).max(interval * 11 / 10)
+}
 
 /// Start `n` instances to ready; then, while they idle, the host's CPU
 /// and memory, the registry's size, how fast `ctl status`, `/api/top`
@@ -289,7 +295,7 @@ pub(super) async fn start_many(n: u32, idle_for: Duration, rounds: usize) -> any
         ready += 1;
     }
     let host_time = t0.elapsed();
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle(n)).await;
     let guard = guard_pid(host.pid());
     let (host_cpu, host_rss) = idle_usage(host.pid(), idle_for).await;
     // Subscribed after the idle window: forwarding a sample of hundreds of
@@ -361,7 +367,7 @@ pub(super) async fn start_many(n: u32, idle_for: Duration, rounds: usize) -> any
     }
     until_registered(&client, "echo", n as usize, Duration::from_secs(120)).await?;
     let raw_time = t0.elapsed();
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(settle(n)).await;
     let (bus_cpu, bus_rss) = idle_usage(bus.id().unwrap_or(0), idle_for).await;
     for mut c in children {
         let _ = c.kill().await;

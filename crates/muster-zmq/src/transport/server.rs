@@ -271,7 +271,8 @@ async fn heartbeat_once(
     }
     let timeout = inner.options.control_timeout;
     // Not held while the answer is awaited: a transport dropped without a
-    // shutdown goes at once, and this loop with it at the next heartbeat.
+    // shutdown is freed at once, but for its registry connection, which
+    // this call keeps until its next heartbeat is due at the latest.
     let weak = Arc::downgrade(&inner);
     drop(inner);
     let beat = Heartbeat {
