@@ -60,8 +60,8 @@ impl SharedStats {
 struct Entry {
     info: InstanceInfo,
     last_seen: Instant,
-    /// Silence after which it is dropped: the bus's ttl, or three of the
-    /// slower heartbeat intervals it was last asked for (and a tenth).
+    /// Silence after which it is dropped: the bus's ttl, or 3.3 of the
+    /// slower heartbeat intervals it was last asked for.
     ttl: Duration,
     /// The credential that registered it (`None` on an open bus).
     owner: Option<KeyId>,

@@ -405,7 +405,7 @@ fn register(
 /// Refreshes the instances this credential owns; reports the ones the bus
 /// does not know (register them again). Others' are left alone. Past
 /// [`BusOptions::heartbeats_per_sec`] instances the reply asks for slower
-/// heartbeats, and the entries refreshed wait three of those intervals.
+/// heartbeats, and the entries refreshed wait 3.3 of those intervals.
 /// A quiet heartbeat is answered only when it must be (`None` else): an
 /// instance is unknown, or the sender's interval is out of step.
 fn heartbeat(
