@@ -91,6 +91,25 @@ impl Default for BusOptions {
     }
 }
 
+impl BusOptions {
+    /// The heartbeat interval a bus with these options asks of each
+    /// sender among `instances`, so that they send no more than
+    /// `heartbeats_per_sec` a second in all; `None` while they fit in one
+    /// a second each (senders keep their own interval).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let options = muster_zmq::BusOptions::default(); // 50 a second
+    /// assert_eq!(options.heartbeat_interval(50), None);
+    /// assert_eq!(options.heartbeat_interval(1000), Some(Duration::from_secs(20)));
+    /// ```
+    pub fn heartbeat_interval(&self, instances: usize) -> Option<Duration> {
+        let budget = u64::from(self.heartbeats_per_sec.max(1));
+        let instances = u64::try_from(instances).unwrap_or(u64::MAX);
+        (instances > budget).then(|| Duration::from_millis(instances.saturating_mul(1000) / budget))
+    }
+}
+
 /// Counters of a bus, for `muster bus` logs, `/metrics` and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]

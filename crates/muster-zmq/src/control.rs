@@ -132,7 +132,7 @@ pub(crate) struct ClaimReply {
     pub(crate) holder: String,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Heartbeat {
     pub(crate) instances: Vec<String>,
     /// Answer only when there is something to say: an unknown instance,

@@ -272,8 +272,9 @@ pub(super) async fn restart(rounds: usize) -> anyhow::Result<()> {
 /// next heartbeat; until then it keeps a shorter one, told while the
 /// registry was still filling up.
 fn settle(n: u32) -> Duration {
-    let per_sec = u64::from(BusOptions::default().heartbeats_per_sec.max(1));
-    let interval = Duration::from_millis(u64::from(n) * 1000 / per_sec);
+    let interval = BusOptions::default()
+        .heartbeat_interval(usize::try_from(n).unwrap_or(usize::MAX))
+        .unwrap_or_default();
     Duration::from_secs(10).max(interval * 11 / 10)
 }
 

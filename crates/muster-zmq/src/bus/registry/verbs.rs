@@ -441,7 +441,7 @@ fn heartbeat(
 fn must_answer(hb: &Heartbeat, answer: &HeartbeatReply) -> bool {
     let in_step = match (hb.asked_ms, answer.every_ms) {
         (None, None) => true,
-        (Some(asked), Some(wanted)) => asked.abs_diff(wanted) <= wanted / QUIET_SLACK,
+        (Some(asked), Some(wanted)) => asked.abs_diff(wanted) <= wanted / u64::from(QUIET_SLACK),
         _ => false,
     };
     !hb.quiet || !answer.unknown.is_empty() || !in_step
@@ -451,24 +451,23 @@ fn must_answer(hb: &Heartbeat, answer: &HeartbeatReply) -> bool {
 /// off by more than a tenth: instances coming and going move the interval
 /// a little all the time, and telling each move would answer every
 /// heartbeat again.
-const QUIET_SLACK: u64 = 10;
+const QUIET_SLACK: u32 = 10;
 
 /// How long an instance may be silent before it is dropped, among
 /// `instances`: the bus's ttl, or three slowed heartbeat intervals (of a
 /// quiet sender's, up to a tenth slower than asked).
 fn allowed_silence(options: &BusOptions, instances: usize) -> Duration {
-    // 3.3 intervals: three of a sender a tenth (`QUIET_SLACK`) slower.
-    heartbeat_interval(options, instances)
-        .map_or(options.ttl, |every| options.ttl.max(every * 33 / 10))
+    // Three intervals of a sender up to a tenth (`QUIET_SLACK`) slower: 3.3.
+    heartbeat_interval(options, instances).map_or(options.ttl, |every| {
+        options.ttl.max(every * 3 * (QUIET_SLACK + 1) / QUIET_SLACK)
+    })
 }
 
 /// The interval the bus asks of each heartbeat sender so that `instances`
 /// send no more than `heartbeats_per_sec` a second in all; `None` while
 /// they fit in one a second each (senders keep their own interval).
-pub(super) fn heartbeat_interval(options: &BusOptions, instances: usize) -> Option<Duration> {
-    let budget = u64::from(options.heartbeats_per_sec.max(1));
-    let instances = u64::try_from(instances).unwrap_or(u64::MAX);
-    (instances > budget).then(|| Duration::from_millis(instances.saturating_mul(1000) / budget))
+fn heartbeat_interval(options: &BusOptions, instances: usize) -> Option<Duration> {
+    options.heartbeat_interval(instances)
 }
 
 fn unregister(reg: &mut Registry, instance: &str, events: &Events) {
