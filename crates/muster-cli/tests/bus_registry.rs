@@ -237,3 +237,46 @@ async fn a_caller_follows_the_registry_by_its_changes() {
     assert!(stats.listings_of_changes >= 1, "{stats:?}");
     assert_eq!(stats.listings_whole, whole, "{stats:?}");
 }
+
+/// When most instances go at once, the ones left keep the slower interval
+/// they were told until their next heartbeat, and the bus waits for it:
+/// after 1,000 instances were stopped together, the host's own instance
+/// used to expire, and `muster ctl` found no host for up to 20 s. Here
+/// four processes on a bus that takes one heartbeat a second are told
+/// one every 4 s; three stop; the one left must not expire although the
+/// bus's ttl is one second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_left_when_others_go_is_given_its_slow_interval() {
+    let url = free_bus_url();
+    let mut options = muster_zmq::BusOptions::default();
+    options.heartbeats_per_sec = 1;
+    options.ttl = Duration::from_secs(1);
+    let bus = muster_test::start_bus_with(&url, options).await;
+    let client = Client::connect(&url).await.unwrap();
+    let mut echoes: Vec<Proc> = (0..4).map(|_| spawn_echo(&url)).collect();
+    wait_registered(&client, "echo", 4).await;
+    // Eight more heartbeats: every process has been told a slower interval.
+    let from = bus.stats().heartbeats;
+    eventually(Duration::from_secs(60), "8 more heartbeats", || async {
+        (bus.stats().heartbeats >= from + 8).then_some(())
+    })
+    .await;
+    for mut echo in echoes.drain(1..) {
+        echo.terminate(Duration::from_secs(10));
+    }
+    eventually(Duration::from_secs(10), "one echo left", || async {
+        let all = client.instances().await.ok()?;
+        (all.iter().filter(|i| i.service == "echo").count() == 1).then_some(())
+    })
+    .await;
+    // Only the one left sends heartbeats now: three more of them.
+    let from = bus.stats().heartbeats;
+    eventually(Duration::from_secs(60), "3 more heartbeats", || async {
+        (bus.stats().heartbeats >= from + 3).then_some(())
+    })
+    .await;
+    let stats = bus.stats();
+    assert_eq!(stats.expired, 0, "{stats:?}");
+    let listed = client.instances().await.unwrap();
+    assert_eq!(listed.iter().filter(|i| i.service == "echo").count(), 1);
+}

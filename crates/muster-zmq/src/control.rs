@@ -147,6 +147,11 @@ pub(crate) struct Heartbeat {
     pub(crate) asked_ms: Option<u64>,
 }
 
+/// The slowest heartbeat a bus may ask for: a bus that asks for more (one
+/// of over 3,000 instances at the default rate of 50 a second) gets one
+/// a minute. The bus also caps at this what a sender says it was asked.
+pub(crate) const SLOWEST_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
+
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct HeartbeatReply {
     /// Instances the bus does not know (it restarted): register them again.

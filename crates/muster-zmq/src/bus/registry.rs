@@ -63,6 +63,10 @@ struct Entry {
     /// Silence after which it is dropped: the bus's ttl, or 3.3 of the
     /// slower heartbeat intervals it was last asked for.
     ttl: Duration,
+    /// The interval the bus asked of its sender at its last heartbeat
+    /// (`None`: the sender's own), which an older sender keeps until its
+    /// next one.
+    asked: Option<Duration>,
     /// The credential that registered it (`None` on an open bus).
     owner: Option<KeyId>,
 }

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbox::{self, Outbox};
 use super::{Inner, Mode};
-use crate::control::{self, Ack, Heartbeat, HeartbeatReply, Unregister};
+use crate::control::{self, Ack, Heartbeat, HeartbeatReply, SLOWEST_HEARTBEAT, Unregister};
 use crate::socket::{self, Framing, routed_message, salvage_header, zmq_error};
 
 /// Instances this process serves, for heartbeats.
@@ -202,11 +202,6 @@ fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
         .take()
 }
 
-/// The slowest heartbeat a bus may ask for: a bus that asks for more (one
-/// of over 3,000 instances at the default rate of 50 a second) gets one
-/// a minute.
-const SLOWEST_HEARTBEAT: Duration = Duration::from_secs(60);
-
 fn start_heartbeats(inner: &Arc<Inner>) {
     inner.served.heartbeat_started.call_once(|| {
         let weak = Arc::downgrade(inner);
@@ -219,7 +214,8 @@ fn start_heartbeats(inner: &Arc<Inner>) {
                 // Timed from when this one left, as a fixed-rate ticker
                 // would: a heartbeat slow to be answered (a busy instance
                 // or bus) does not push the next one later.
-                let due = tokio::time::Instant::now() + jittered(next_heartbeat(own, asked));
+                let sent = tokio::time::Instant::now();
+                let mut due = sent + jittered(next_heartbeat(own, asked));
                 let Some(inner) = weak.upgrade() else { break };
                 let answer = tokio::select! {
                     () = stop.cancelled() => break,
@@ -227,6 +223,9 @@ fn start_heartbeats(inner: &Arc<Inner>) {
                 };
                 if let Some(a) = answer {
                     asked = a;
+                    // Told a shorter interval (instances went, or a bus
+                    // that restarted lists few yet): keep to it now.
+                    due = due.min(sent + jittered(next_heartbeat(own, asked)));
                 }
                 tokio::select! {
                     () = stop.cancelled() => break,

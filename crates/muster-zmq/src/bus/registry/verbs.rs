@@ -146,6 +146,10 @@ fn verb_of(
             Err(e) => reply(error(format!("bad heartbeat: {e}"))),
         },
         control::UNREGISTER => match serde_json::from_slice::<Unregister>(body) {
+            // Gone already: evicted when its process ended, or a goodbye
+            // said again. The registry is open to read, so this tells
+            // nobody anything new.
+            Ok(u) if !reg.entries.contains_key(&u.instance) => reply(encode(&Ack::default())),
             Ok(u) if !reg.owns(who, &u.instance) => {
                 not_yours(&format!("instance {:?}", u.instance))
             }
@@ -394,7 +398,8 @@ fn register(
         Entry {
             info,
             last_seen: Instant::now(),
-            ttl: allowed_silence(options, reg.entries.len() + 1),
+            ttl: allowed_silence(options, heartbeat_interval(options, reg.entries.len() + 1)),
+            asked: None,
             owner: who.cloned(),
         },
     );
@@ -408,6 +413,10 @@ fn register(
 /// heartbeats, and the entries refreshed wait 3.3 of those intervals.
 /// A quiet heartbeat is answered only when it must be (`None` else): an
 /// instance is unknown, or the sender's interval is out of step.
+///
+/// The silence allowed also covers the interval the sender holds: told a
+/// shorter one now (many instances just went), it may still send its next
+/// heartbeat by the longer one.
 fn heartbeat(
     reg: &mut Registry,
     options: &BusOptions,
@@ -416,14 +425,14 @@ fn heartbeat(
 ) -> Option<HeartbeatReply> {
     let now = Instant::now();
     let every = heartbeat_interval(options, reg.entries.len());
-    let ttl = allowed_silence(options, reg.entries.len());
     let mut unknown = Vec::new();
     for id in &hb.instances {
         let owned = reg.owns(who, id);
         match reg.entries.get_mut(id) {
             Some(e) if owned => {
                 e.last_seen = now;
-                e.ttl = ttl;
+                e.ttl = silence_after(options, every, hb.asked_ms, e.asked);
+                e.asked = every;
             }
             Some(_) => {}
             None => unknown.push(id.clone()),
@@ -453,12 +462,29 @@ fn must_answer(hb: &Heartbeat, answer: &HeartbeatReply) -> bool {
 /// heartbeat again.
 const QUIET_SLACK: u32 = 10;
 
-/// How long an instance may be silent before it is dropped, among
-/// `instances`: the bus's ttl, or three slowed heartbeat intervals (of a
-/// quiet sender's, up to a tenth slower than asked).
-fn allowed_silence(options: &BusOptions, instances: usize) -> Duration {
+/// The silence allowed an instance after a heartbeat that was asked for
+/// one `every` so often: also the interval its sender holds until its next
+/// one, which a quiet sender says (`asked_ms`) and an older one was told
+/// last time (`told`). A sender's word is capped at
+/// [`control::SLOWEST_HEARTBEAT`]: it must not make the silence overflow.
+fn silence_after(
+    options: &BusOptions,
+    every: Option<Duration>,
+    asked_ms: Option<u64>,
+    told: Option<Duration>,
+) -> Duration {
+    let says = asked_ms.map(|ms| Duration::from_millis(ms).min(control::SLOWEST_HEARTBEAT));
+    // `None` (the sender's own interval, a second) is the shortest.
+    allowed_silence(options, every.max(says).max(told))
+}
+
+/// How long an instance that sends a heartbeat `every` so often (`None`:
+/// its own interval, a second) may be silent before it is dropped: the
+/// bus's ttl, or three of those intervals (of a quiet sender's, up to a
+/// tenth slower than asked).
+fn allowed_silence(options: &BusOptions, every: Option<Duration>) -> Duration {
     // Three intervals of a sender up to a tenth (`QUIET_SLACK`) slower: 3.3.
-    heartbeat_interval(options, instances).map_or(options.ttl, |every| {
+    every.map_or(options.ttl, |every| {
         options.ttl.max(every * 3 * (QUIET_SLACK + 1) / QUIET_SLACK)
     })
 }
@@ -622,17 +648,23 @@ mod tests {
             heartbeat_interval(&options, 1000),
             Some(Duration::from_secs(20))
         );
-        assert_eq!(allowed_silence(&options, 1000), Duration::from_secs(66));
+        assert_eq!(
+            allowed_silence(&options, heartbeat_interval(&options, 1000)),
+            Duration::from_secs(66)
+        );
         options.heartbeats_per_sec = 125;
         assert_eq!(heartbeat_interval(&options, 0), None);
         assert_eq!(heartbeat_interval(&options, 125), None);
-        assert_eq!(allowed_silence(&options, 125), Duration::from_secs(3));
+        assert_eq!(
+            allowed_silence(&options, heartbeat_interval(&options, 125)),
+            Duration::from_secs(3)
+        );
         assert_eq!(
             heartbeat_interval(&options, 1000),
             Some(Duration::from_secs(8))
         );
         assert_eq!(
-            allowed_silence(&options, 1000),
+            allowed_silence(&options, heartbeat_interval(&options, 1000)),
             Duration::from_millis(26_400)
         );
         // Just past the rate: the ttl still covers three intervals.
@@ -641,9 +673,33 @@ mod tests {
             Some(Duration::from_millis(1008))
         );
         assert_eq!(
-            allowed_silence(&options, 126),
+            allowed_silence(&options, heartbeat_interval(&options, 126)),
             Duration::from_micros(3_326_400)
         );
+    }
+
+    #[test]
+    fn silence_allowed_covers_the_interval_the_sender_still_holds() {
+        let options = BusOptions::default(); // ttl 3 s
+        let s = Duration::from_secs;
+        // Steady: asked for 20 s, holds 20 s.
+        assert_eq!(
+            silence_after(&options, Some(s(20)), Some(20_000), Some(s(20))),
+            s(66)
+        );
+        // 1,000 instances just went: asked for its own second from now
+        // on, it may still wait the 20 s it holds.
+        assert_eq!(
+            silence_after(&options, None, Some(20_000), Some(s(20))),
+            s(66)
+        );
+        // An older sender says nothing: what it was told last counts.
+        assert_eq!(silence_after(&options, None, None, Some(s(20))), s(66));
+        // Once both have caught up: the bus's ttl.
+        assert_eq!(silence_after(&options, None, None, None), s(3));
+        // A sender's word is capped at a minute's interval, not trusted to
+        // overflow.
+        assert_eq!(silence_after(&options, None, Some(u64::MAX), None), s(198));
     }
 
     #[test]
