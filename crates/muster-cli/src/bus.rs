@@ -15,7 +15,7 @@ pub(crate) struct BusCmd {
     /// Heartbeats a second the bus takes at most: with more instances it
     /// asks each for slower ones, and waits 3.3 of those before it drops
     /// a silent instance (docs/protocol.md).
-    #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = muster_zmq::DEFAULT_HEARTBEATS_PER_SEC, value_parser = clap::value_parser!(u32).range(1..))]
     heartbeats_per_sec: u32,
     /// Bytes of jobs the work queues hold in all; more are refused
     /// ("queues are full"). 256MB by default.

@@ -1129,3 +1129,57 @@ async fn the_dashboard_lists_services_and_draws_charts_in_chromium() {
     assert!(demo.wait_exit(WAIT).success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A counter of the host's `/metrics`, by its family's name.
+fn bus_counter(addr: &str, token: &str, family: &str) -> Option<u64> {
+    let (code, body) = http("GET", addr, "/metrics", Some(token), "");
+    (code == 200).then_some(())?;
+    body.lines()
+        .find(|l| {
+            l.starts_with(&format!("{family}_total{{")) || l.starts_with(&format!("{family}{{"))
+        })?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+const HEARTBEATS: &str = "muster_bus_heartbeats";
+
+/// `[host] heartbeats_per_sec` sets the rate of the host's embedded bus:
+/// at one a second, the four senders (three echoes and the host's own
+/// instance) are asked for one every 4 s, so twelve heartbeats take at
+/// least 7.2 s, where the default rate (50) takes them in about 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_sets_the_heartbeat_rate_of_the_embedded_bus() {
+    let addr = free_http();
+    let manifest = format!(
+        "[host]\nhttp = \"{addr}\"\nheartbeats_per_sec = 1\n[context]\nname = \"hb\"\n{}",
+        echo("echo", "instances = 3")
+    );
+    let host = Host::up(MUSTER, "heartbeat-rate", &manifest).await;
+    for slot in 0..3 {
+        host.wait_state("echo", slot, "running").await;
+    }
+    let token = std::fs::read_to_string(host.dir.join(".muster/token")).unwrap();
+    let token = token.trim();
+    // Eight heartbeats first: every sender has learnt the slower interval.
+    let from = eventually(WAIT, "a heartbeat count", || async {
+        bus_counter(&addr, token, HEARTBEATS)
+    })
+    .await;
+    eventually(Duration::from_secs(60), "8 heartbeats", || async {
+        (bus_counter(&addr, token, HEARTBEATS)? >= from + 8).then_some(())
+    })
+    .await;
+    let from = bus_counter(&addr, token, HEARTBEATS).unwrap();
+    let t0 = std::time::Instant::now();
+    eventually(Duration::from_secs(60), "12 more heartbeats", || async {
+        (bus_counter(&addr, token, HEARTBEATS)? >= from + 12).then_some(())
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_secs(6), "12 heartbeats in {took:?}");
+    let expired = bus_counter(&addr, token, "muster_bus_expired");
+    assert_eq!(expired, Some(0), "none dropped at the slower rate");
+}

@@ -393,6 +393,7 @@ async fn embedded_bus(
     bus_options.secret = Some(secret.clone());
     bus_options.curve.clone_from(&curve);
     bus_options.plain_tcp = manifest.host.plain_tcp;
+    bus_options.heartbeats_per_sec = manifest.host.heartbeats_per_sec;
     bus_options.queue_limits.bytes =
         usize::try_from(manifest.host.queue_max_bytes).unwrap_or(usize::MAX);
     if !manifest.host.queue_in_memory {

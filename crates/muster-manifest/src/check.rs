@@ -162,6 +162,17 @@ impl Checker<'_> {
                             .parse()
                             .map_err(|e| self.err(v.span().start, "host.queue_fsync", e))?,
                     },
+                    heartbeats_per_sec: match &h.heartbeats_per_sec {
+                        Some(n) if *n.get_ref() == 0 => {
+                            return Err(self.err(
+                                n.span().start,
+                                "host.heartbeats_per_sec",
+                                "must be at least 1",
+                            ));
+                        }
+                        Some(n) => *n.get_ref(),
+                        None => muster_zmq::DEFAULT_HEARTBEATS_PER_SEC,
+                    },
                     http_hosts: h.http_hosts,
                     http_public_read: h.http_public_read.unwrap_or(false),
                     log_max_bytes: match &h.log_max_size {

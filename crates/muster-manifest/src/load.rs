@@ -73,6 +73,7 @@ impl Manifest {
                 queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
                 queue_in_memory: false,
                 queue_fsync: muster_zmq::FsyncPolicy::default(),
+                heartbeats_per_sec: muster_zmq::DEFAULT_HEARTBEATS_PER_SEC,
                 http_hosts: Vec::new(),
                 http_public_read: false,
                 log_max_bytes: Some(crate::model::DEFAULT_LOG_MAX_BYTES),

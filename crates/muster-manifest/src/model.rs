@@ -57,6 +57,10 @@ pub struct HostSpec {
     /// When the job log is flushed (`queue_fsync`: `"always"`, the
     /// default, or a group-commit interval such as `"5ms"`).
     pub queue_fsync: muster_zmq::FsyncPolicy,
+    /// Heartbeats a second the embedded bus takes at most
+    /// (`heartbeats_per_sec`, default 50): past that many instances it asks
+    /// each for slower ones, so a hung one is noticed later.
+    pub heartbeats_per_sec: u32,
     /// `Host` header names the HTTP endpoint answers besides the loopback
     /// ones (`http_hosts`).
     pub http_hosts: Vec<String>,

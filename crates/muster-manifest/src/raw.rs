@@ -38,6 +38,7 @@ pub(crate) struct RawHost {
     pub(crate) queue_max_bytes: Option<Spanned<String>>,
     pub(crate) queue_store: Option<Spanned<String>>,
     pub(crate) queue_fsync: Option<Spanned<String>>,
+    pub(crate) heartbeats_per_sec: Option<Spanned<u32>>,
     #[serde(default)]
     pub(crate) http_hosts: Vec<String>,
     pub(crate) http_public_read: Option<bool>,

@@ -207,6 +207,11 @@ fn the_job_store_settings_are_read_and_checked() {
     let h = host("").unwrap();
     assert!(!h.queue_in_memory, "jobs are on disk by default");
     assert_eq!(h.queue_fsync, muster_zmq::FsyncPolicy::Always);
+    assert_eq!(h.heartbeats_per_sec, muster_zmq::DEFAULT_HEARTBEATS_PER_SEC);
+    assert_eq!(
+        host("heartbeats_per_sec = 200").unwrap().heartbeats_per_sec,
+        200
+    );
     let h = host("queue_store = \"memory\"\nqueue_fsync = \"5ms\"").unwrap();
     assert!(h.queue_in_memory);
     assert_eq!(
@@ -216,6 +221,11 @@ fn the_job_store_settings_are_read_and_checked() {
     for (bad, key, says) in [
         ("queue_store = \"tape\"", "host.queue_store", "\"disk\""),
         ("queue_fsync = \"sometimes\"", "host.queue_fsync", "always"),
+        (
+            "heartbeats_per_sec = 0",
+            "host.heartbeats_per_sec",
+            "at least 1",
+        ),
     ] {
         match host(bad).unwrap_err() {
             ManifestError::Invalid {

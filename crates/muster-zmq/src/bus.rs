@@ -25,6 +25,10 @@ const REGISTRY_EVENT_BACKLOG: usize = 4096;
 /// Largest instance record accepted by default, 256 KiB.
 pub const DEFAULT_MAX_REGISTRATION_SIZE: usize = 256 * 1024;
 
+/// Heartbeats a second a bus takes at most unless told otherwise
+/// ([`BusOptions::heartbeats_per_sec`]).
+pub const DEFAULT_HEARTBEATS_PER_SEC: u32 = 50;
+
 /// Tuning of the bus device.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -76,7 +80,7 @@ impl Default for BusOptions {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(3),
-            heartbeats_per_sec: 50,
+            heartbeats_per_sec: DEFAULT_HEARTBEATS_PER_SEC,
             sweep_every: Duration::from_millis(250),
             max_message_size: muster_core::wire::DEFAULT_MAX_MESSAGE_SIZE,
             subscriber_hwm: 1_000,

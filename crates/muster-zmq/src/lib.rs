@@ -25,7 +25,10 @@ mod socket;
 mod transport;
 
 pub use addr::{Addresses, BusAddr, DEFAULT_BUS, DirectEvents};
-pub use bus::{BadFsyncPolicy, Bus, BusOptions, FsyncPolicy, QueueStore, RegistryEvent};
+pub use bus::{
+    BadFsyncPolicy, Bus, BusOptions, DEFAULT_HEARTBEATS_PER_SEC, FsyncPolicy, QueueStore,
+    RegistryEvent,
+};
 pub use curve::{Curve, CurveError};
 pub use listen::PortRange;
 pub use transport::{ZmqOptions, ZmqTransport};
