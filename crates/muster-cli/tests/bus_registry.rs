@@ -112,20 +112,27 @@ async fn evict_drops_an_instance_and_its_group_ids_at_once() {
     assert!(all.iter().all(|i| i.service != "echo"), "{all:?}");
 }
 
-/// A bus past its heartbeat rate asks for slower heartbeats, and keeps the
-/// instances through the longer silences: four processes on a bus that
-/// takes one heartbeat a second send one every four seconds, and stay
-/// registered although the bus's ttl is one second.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bus_past_its_heartbeat_rate_slows_heartbeats_and_keeps_its_instances() {
+/// A bus that takes one heartbeat a second, with a ttl of one second,
+/// and four echo processes registered on it.
+async fn slow_bus_with_four_echoes() -> (muster_zmq::Bus, Client, Vec<Proc>) {
     let url = free_bus_url();
     let mut options = muster_zmq::BusOptions::default();
     options.heartbeats_per_sec = 1;
     options.ttl = Duration::from_secs(1);
     let bus = muster_test::start_bus_with(&url, options).await;
     let client = Client::connect(&url).await.unwrap();
-    let _echoes: Vec<Proc> = (0..4).map(|_| spawn_echo(&url)).collect();
+    let echoes: Vec<Proc> = (0..4).map(|_| spawn_echo(&url)).collect();
     wait_registered(&client, "echo", 4).await;
+    (bus, client, echoes)
+}
+
+/// A bus past its heartbeat rate asks for slower heartbeats, and keeps the
+/// instances through the longer silences: four processes on a bus that
+/// takes one heartbeat a second send one every four seconds, and stay
+/// registered although the bus's ttl is one second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bus_past_its_heartbeat_rate_slows_heartbeats_and_keeps_its_instances() {
+    let (bus, client, _echoes) = slow_bus_with_four_echoes().await;
     let t0 = std::time::Instant::now();
     let from = bus.stats().heartbeats;
     // Twelve more heartbeats. At one a second each (the rate without the
@@ -247,14 +254,7 @@ async fn a_caller_follows_the_registry_by_its_changes() {
 /// bus's ttl is one second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_left_when_others_go_is_given_its_slow_interval() {
-    let url = free_bus_url();
-    let mut options = muster_zmq::BusOptions::default();
-    options.heartbeats_per_sec = 1;
-    options.ttl = Duration::from_secs(1);
-    let bus = muster_test::start_bus_with(&url, options).await;
-    let client = Client::connect(&url).await.unwrap();
-    let mut echoes: Vec<Proc> = (0..4).map(|_| spawn_echo(&url)).collect();
-    wait_registered(&client, "echo", 4).await;
+    let (bus, client, mut echoes) = slow_bus_with_four_echoes().await;
     // Eight more heartbeats: every process has been told a slower interval.
     let from = bus.stats().heartbeats;
     eventually(Duration::from_secs(60), "8 more heartbeats", || async {

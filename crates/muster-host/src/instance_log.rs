@@ -157,14 +157,20 @@ fn append(path: &Path) -> std::io::Result<File> {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn output_past_the_limit_rotates_and_keeps_n_files() {
+    /// A new directory of this test run's own.
+    fn temp_dir() -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
             "muster-instance-log-{}-{}",
             std::process::id(),
             muster_core::id::random_u64()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn output_past_the_limit_rotates_and_keeps_n_files() {
+        let dir = temp_dir();
         let path = dir.join("svc.0.log");
         let log = InstanceLog::open(
             &path,
@@ -212,12 +218,7 @@ mod tests {
     /// a rotation leaves only the new file.
     #[test]
     fn a_log_opened_again_appends_and_rotation_keeps_only_keep() {
-        let dir = std::env::temp_dir().join(format!(
-            "muster-instance-log-keep-{}-{}",
-            std::process::id(),
-            muster_core::id::random_u64()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp_dir();
         let path = dir.join("svc.0.log");
         for n in 1..=4 {
             std::fs::write(dir.join(format!("svc.0.log.{n}")), format!("old {n}\n")).unwrap();
