@@ -94,9 +94,14 @@ impl InstanceLog {
 impl Rotating {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         // Past the limit: rotated before the next write, so the newest
-        // output is always in `<file>`.
-        if self.rotation.max_bytes.is_some_and(|max| self.size > max) {
-            self.rotate()?;
+        // output is always in `<file>`. A rotation that fails loses no
+        // output: the file grows on, and the next try (and warning) comes
+        // after another `max_bytes`.
+        if self.rotation.max_bytes.is_some_and(|max| self.size > max)
+            && let Err(e) = self.rotate()
+        {
+            tracing::warn!(error = %e, path = %self.path.display(), "cannot rotate an instance's log; writing on");
+            self.size = 0;
         }
         self.file.write_all(bytes)?;
         self.size += bytes.len() as u64;
@@ -253,6 +258,27 @@ mod tests {
         log.write(b"1234");
         log.write(b"5");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "5");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A rotation that fails (here `<file>.1` is a directory, which a
+    /// rename cannot replace) loses no output.
+    #[test]
+    fn a_rotation_that_fails_loses_nothing() {
+        let dir = temp_dir();
+        let path = dir.join("svc.0.log");
+        std::fs::create_dir_all(dir.join("svc.0.log.1/in-the-way")).unwrap();
+        let log = InstanceLog::open(
+            &path,
+            LogRotation {
+                max_bytes: Some(3),
+                keep: 1,
+            },
+        )
+        .unwrap();
+        log.write(b"abcd");
+        log.write(b"e");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "abcde");
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
