@@ -342,6 +342,68 @@ async fn a_killed_host_takes_its_children_and_brings_the_transaction_back() {
     .await;
 }
 
+/// Starts a host with `muster`, two shells that each start a `sleep`,
+/// then `kill -9`s the host: every one of them must die with it.
+async fn children_die_with_a_killed_host(muster: &str, tag: &str) {
+    let manifest = format!(
+        "[context]\nname = \"p\"\n{}",
+        sh("s", "sleep 1000", "instances = 2")
+    );
+    let mut host = Host::up(muster, tag, &manifest).await;
+    let txn = host.transaction();
+    host.wait_state("s", 1, "running").await;
+    eventually(WAIT, "4 processes", || async {
+        (processes_of(&txn).len() == 4).then_some(())
+    })
+    .await;
+    host.proc.kill9();
+    eventually(WAIT, "children die with the host", || async {
+        processes_of(&txn).is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_start_through_the_launcher_beside_muster_and_die_with_the_host() {
+    // What the other tests run: cargo builds `muster-launch` beside `muster`.
+    let small = std::path::Path::new(MUSTER).with_file_name("muster-launch");
+    assert!(small.is_file(), "no {}", small.display());
+
+    // `muster` alone in a directory (a hard link, so that the host finds
+    // itself there): children start through `muster __exec`.
+    let bin = tempdir("launcher-bin");
+    let muster = bin.join("muster");
+    if std::fs::hard_link(MUSTER, &muster).is_err() {
+        std::fs::copy(MUSTER, &muster).unwrap();
+    }
+    let muster = muster.to_str().unwrap().to_owned();
+    children_die_with_a_killed_host(&muster, "launcher-exec").await;
+
+    // A `muster-launch` beside it, which records each start, is used
+    // instead.
+    let record = bin.join("launched");
+    let script = bin.join("muster-launch");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexec '{muster}' __exec \"$@\"\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    children_die_with_a_killed_host(&muster, "launcher-small").await;
+    let launched = std::fs::read_to_string(&record).unwrap_or_default();
+    assert_eq!(launched.lines().count(), 2, "{launched:?}");
+    assert!(
+        launched
+            .lines()
+            .all(|l| l.ends_with(" /bin/sh -c sleep 1000")),
+        "{launched:?}"
+    );
+    std::fs::remove_dir_all(&bin).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_run_side_by_side_and_are_addressed_by_id() {
     let manifest = format!(

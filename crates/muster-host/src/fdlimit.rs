@@ -7,15 +7,16 @@
 //!
 //! Instances get the limit the host was started with, not the raised
 //! one: programs that still use `select(2)` break on descriptors past
-//! 1,023. `muster __exec` puts it back before it becomes the program
-//! ([`restore_for_child`]); a host embedded without that launcher
-//! (`HostOptions::launcher` unset) passes the raised limit on.
+//! 1,023. The launcher (`muster-launch`, or `muster __exec`) puts it
+//! back before it becomes the program ([`restore_for_child`]); a host
+//! embedded without a launcher (`HostOptions::launcher` unset) passes
+//! the raised limit on.
 
 use std::sync::OnceLock;
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
-/// Carries the soft limit the host was started with to `muster __exec`,
+/// Carries the soft limit the host was started with to the launcher,
 /// which restores it and removes the variable.
 pub const STARTED_WITH_ENV: &str = "MUSTER_NOFILE_SOFT";
 
@@ -58,7 +59,7 @@ pub fn soft() -> Option<u64> {
         .map(|(soft, _)| soft)
 }
 
-/// In `muster __exec`: puts back the soft limit named by
+/// In the launcher: puts back the soft limit named by
 /// [`STARTED_WITH_ENV`] (never above the hard limit). A value that does
 /// not parse is ignored: the child then keeps the raised limit.
 pub fn restore_for_child(value: Option<&std::ffi::OsStr>) {

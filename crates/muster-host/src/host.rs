@@ -32,8 +32,10 @@ use crate::{persist, process, token};
 pub struct HostOptions {
     /// Manifest files; the first may carry `[host]`.
     pub files: Vec<PathBuf>,
-    /// The `muster` executable that implements `__exec` (children die
-    /// with the host); `None` spawns services directly.
+    /// The `muster` executable that implements `__guard` and `__exec`
+    /// (children die with the host); `None` spawns services directly.
+    /// Children start through `muster-launch` when it is beside it
+    /// ([`process::Launcher`]).
     pub launcher: Option<PathBuf>,
     /// `${...}` values for the manifest.
     pub substitutions: Substitutions,
@@ -284,6 +286,7 @@ pub async fn run(
         bus,
         curve: curve.map(|c| c.dir().to_owned()),
         guard,
+        launcher: options.launcher.as_deref().map(process::Launcher::beside),
         supervisor: Supervisor::new(&manifest.contexts),
         manifest,
         options,
@@ -438,6 +441,8 @@ struct Driver {
     /// The other hosts of the bus: name -> (up, since).
     peers: std::collections::BTreeMap<String, (bool, Instant)>,
     guard: Option<process::Guard>,
+    /// What children start as, from `HostOptions::launcher`.
+    launcher: Option<process::Launcher>,
     supervisor: Supervisor,
     manifest: Manifest,
     options: HostOptions,
@@ -711,7 +716,7 @@ impl Driver {
                         curve: self.curve.as_deref(),
                         plain_tcp: self.manifest.host.plain_tcp,
                     };
-                    let launched = process::spawn(&s, &launch, self.options.launcher.as_deref());
+                    let launched = process::spawn(&s, &launch, self.launcher.as_ref());
                     let now = Instant::now();
                     let more = match launched.and_then(|c| {
                         c.id()
