@@ -24,6 +24,7 @@ use std::time::Duration;
 use muster::Client;
 
 const MUSTER: &str = env!("CARGO_BIN_EXE_muster");
+const LAUNCH: &str = env!("CARGO_BIN_EXE_muster-launch");
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -131,6 +132,7 @@ async fn the_image_runs_the_demo_and_the_compose_fleet_survives_a_dead_host() {
     let context = tempfile::tempdir().unwrap();
     std::fs::copy(repo().join("Dockerfile"), context.path().join("Dockerfile")).unwrap();
     std::fs::copy(MUSTER, context.path().join("muster")).unwrap();
+    std::fs::copy(LAUNCH, context.path().join("muster-launch")).unwrap();
     // The base stands in for the Rust image too: with PREBUILT, the build
     // stage only copies the binary.
     run(docker()
@@ -202,6 +204,8 @@ async fn demo_in_a_container(tag: &str) {
         "/proc/1/cmdline",
     ])));
     assert!(init.starts_with("/usr/bin/tini"), "pid 1 is {init:?}");
+    // The small launcher the host starts its children through is there.
+    run(docker().args(["exec", &name, "test", "-x", "/usr/local/bin/muster-launch"]));
 
     // The HEALTHCHECK (`muster ctl status`) turns it healthy.
     muster_test::eventually(Duration::from_secs(120), "a healthy container", || {
