@@ -312,23 +312,7 @@ async fn sigterm_stops_everything_in_reverse_order_and_leaves_no_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_host_takes_its_children_and_brings_the_transaction_back() {
-    let manifest = format!(
-        "[context]\nname = \"p\"\n{}",
-        sh("s", "sleep 1000", "instances = 2")
-    );
-    let mut host = Host::up(MUSTER, "persist", &manifest).await;
-    let txn = host.transaction();
-    host.wait_state("s", 1, "running").await;
-    // two shells, each with its sleep
-    eventually(WAIT, "4 processes", || async {
-        (processes_of(&txn).len() == 4).then_some(())
-    })
-    .await;
-    host.proc.kill9();
-    eventually(WAIT, "children die with the host", || async {
-        processes_of(&txn).is_empty().then_some(())
-    })
-    .await;
+    let (host, txn) = children_die_with_a_killed_host(MUSTER, "persist").await;
     // start again in the same directory: the same transaction comes back
     let dir = host.dir.clone();
     let bus = host.bus.clone();
@@ -343,8 +327,10 @@ async fn a_killed_host_takes_its_children_and_brings_the_transaction_back() {
 }
 
 /// Starts a host with `muster`, two shells that each start a `sleep`,
-/// then `kill -9`s the host: every one of them must die with it.
-async fn children_die_with_a_killed_host(muster: &str, tag: &str) {
+/// then `kill -9`s the host: every one of them must die with it. Returns
+/// the dead host (its directory kept until it is dropped) and its
+/// transaction.
+async fn children_die_with_a_killed_host(muster: &str, tag: &str) -> (Host, String) {
     let manifest = format!(
         "[context]\nname = \"p\"\n{}",
         sh("s", "sleep 1000", "instances = 2")
@@ -352,6 +338,7 @@ async fn children_die_with_a_killed_host(muster: &str, tag: &str) {
     let mut host = Host::up(muster, tag, &manifest).await;
     let txn = host.transaction();
     host.wait_state("s", 1, "running").await;
+    // two shells, each with its sleep
     eventually(WAIT, "4 processes", || async {
         (processes_of(&txn).len() == 4).then_some(())
     })
@@ -361,6 +348,7 @@ async fn children_die_with_a_killed_host(muster: &str, tag: &str) {
         processes_of(&txn).is_empty().then_some(())
     })
     .await;
+    (host, txn)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
