@@ -61,6 +61,16 @@ pub struct Launch<'a> {
 /// page faults on `muster`'s 85,000 relocations (`perf stat`,
 /// docs/benchmarks.md). At 1,000 instances that is 3 s of CPU saved on
 /// a 2-core machine. Without it, `muster __exec` does the same work.
+///
+/// ```
+/// use std::path::Path;
+/// use muster_host::process::Launcher;
+///
+/// // No `muster-launch` beside this `muster`: children start through
+/// // `muster __exec`.
+/// let launcher = Launcher::beside(Path::new("/nonexistent/bin/muster"));
+/// assert_eq!(launcher.program(), Path::new("/nonexistent/bin/muster"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Launcher {
     program: PathBuf,
