@@ -56,11 +56,11 @@ pub struct Launch<'a> {
 /// forbids `unsafe`).
 ///
 /// `muster-launch`, installed beside `muster`, is preferred: it links
-/// only what it needs and costs about 0.8 ms of CPU per start, where
+/// only what it needs and costs about 0.85 ms of CPU per start, where
 /// `muster __exec` costs about 3.5 ms, nearly all in the dynamic loader's
 /// page faults on `muster`'s 85,000 relocations (`perf stat`,
-/// docs/benchmarks.md). At 1,000 instances that is 3 s of CPU saved on
-/// a 2-core machine. Without it, `muster __exec` does the same work.
+/// docs/benchmarks.md, "The small launcher"). At 1,000 instances that is
+/// about 2.7 s of CPU saved on a 2-core machine. Without it, `muster __exec` does the same work.
 ///
 /// ```
 /// use std::path::Path;

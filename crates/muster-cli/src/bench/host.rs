@@ -296,21 +296,24 @@ pub(super) async fn start_many(n: u32, idle_for: Duration, rounds: usize) -> any
             t0.elapsed() < Duration::from_secs(120),
             "{ready} of {n} instances running after 120 s"
         );
-        if events.missed() == 0 {
-            let started =
-                tokio::time::timeout(Duration::from_secs(1), next_started(&mut events, None));
-            if let Ok(started) = started.await {
+        // Counted from `started` events while none were dropped. When the
+        // bench read too slowly and the bus dropped some for it, or none
+        // came for a second, from the host's status, which says "running"
+        // once an instance is ready.
+        let heard = if events.missed() == 0 {
+            tokio::time::timeout(Duration::from_secs(1), next_started(&mut events, None))
+                .await
+                .ok()
+        } else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            None
+        };
+        match heard {
+            Some(started) => {
                 started.with_context(|| format!("{ready} of {n} instances started"))?;
                 ready += 1;
-                continue;
             }
-        }
-        // The bench read too slowly and the bus dropped some `started`
-        // events for it, or none came for a second: count from the
-        // host's status, which says "running" once an instance is ready.
-        ready = ready.max(u32::try_from(running(&host).await?.len())?);
-        if ready < n && events.missed() > 0 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            None => ready = ready.max(u32::try_from(running(&host).await?.len())?),
         }
     }
     let host_time = t0.elapsed();
