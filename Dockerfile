@@ -26,8 +26,8 @@ FROM ${BUILD_IMAGE} AS build
 ARG PREBUILT=
 WORKDIR /src
 COPY . .
-# `muster-launch` is what the host's children start as (a quarter of
-# `muster __exec`'s CPU per start); a host without it uses `muster __exec`.
+# `muster-launch` is what the host's children start as (about a third of
+# `muster __exec`'s own CPU per start); a host without it uses `muster __exec`.
 RUN set -eu; \
     mkdir /out; \
     if [ -n "$PREBUILT" ]; then \

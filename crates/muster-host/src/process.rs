@@ -56,11 +56,12 @@ pub struct Launch<'a> {
 /// forbids `unsafe`).
 ///
 /// `muster-launch`, installed beside `muster`, is preferred: it links
-/// only what it needs and costs about 0.85 ms of CPU per start, where
-/// `muster __exec` costs about 3.5 ms, nearly all in the dynamic loader's
+/// only what it needs and costs about 0.9 ms of CPU per start, where
+/// `muster __exec` costs about 2.5 ms, nearly all in the dynamic loader's
 /// page faults on `muster`'s 85,000 relocations (`perf stat`,
 /// docs/benchmarks.md, "The small launcher"). At 1,000 instances that is
-/// about 2.7 s of CPU saved on a 2-core machine. Without it, `muster __exec` does the same work.
+/// about 1.6 s of CPU saved on a 2-core machine. Without it, `muster
+/// __exec` does the same work.
 ///
 /// ```
 /// use std::path::Path;
