@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Instructions per queue job in the consuming process, on a real broker,
+# counted by callgrind: a figure that does not move with this machine's
+# noise (the broker's own work is not counted; it runs in its own process).
+# Builds `examples/perjob.rs` lean (no LTO) into target/iter, then runs it
+# four times: enqueue only and enqueue-then-consume, each at JOBS and a
+# tenth of JOBS. The consume runs less the enqueue runs, differenced between
+# the two counts, is what one job costs the consumer at PREFETCH.
+#
+#   scripts/callgrind-perjob.sh redis://127.0.0.1:6379/15
+#   scripts/callgrind-perjob.sh nats://127.0.0.1:4222 20000 100
+#   BASE=abc1234 scripts/callgrind-perjob.sh URL   # also a commit, side by side
+set -euo pipefail
+cd "$(dirname "$0")/.."
+url=${1:?usage: callgrind-perjob.sh URL [JOBS] [PREFETCH]}
+jobs=${2:-20000}
+prefetch=${3:-100}
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgrind)" >&2; exit 2; }
+
+build() { # DIR TARGET_DIR
+    (cd "$1" && CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+        cargo build --quiet --release -p muster --example perjob --target-dir "$2")
+}
+
+collected() { # BINARY ARGS... -> instructions of the whole run
+    local out
+    out=$(mktemp)
+    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$out.log"
+    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$out.log"
+    rm -f "$out" "$out.log"
+}
+
+per_job() { # BINARY [SIDE] -> instructions per consumed job
+    local small=$((jobs / 10)) side=${2:-consume} e1 e2 c1 c2
+    e1=$(collected "$1" "$url" enqueue "$small" "$prefetch")
+    e2=$(collected "$1" "$url" enqueue "$jobs" "$prefetch")
+    c1=$(collected "$1" "$url" "$side" "$small" "$prefetch")
+    c2=$(collected "$1" "$url" "$side" "$jobs" "$prefetch")
+    echo $((((c2 - e2) - (c1 - e1)) / (jobs - small)))
+}
+
+build . target/iter
+printf '%-12s %8s instructions per job consumed (%s, prefetch %s)\n' \
+    "this tree" "$(per_job target/iter/release/examples/perjob)" "$url" "$prefetch"
+case $url in
+redis://* | rediss://*)
+    printf '%-12s %8s instructions per job consumed\n' \
+        "plain redis" "$(per_job target/iter/release/examples/perjob plain)"
+    ;;
+esac
+if [ -n "${BASE:-}" ]; then
+    dir=$(mktemp -d)
+    git worktree add --quiet --detach "$dir" "$BASE"
+    # The base is measured with this tree's example, so both count the same work.
+    cp crates/muster/examples/perjob.rs "$dir/crates/muster/examples/perjob.rs"
+    build "$dir" "$PWD/target/iterbase"
+    git worktree remove --force "$dir"
+    printf '%-12s %8s instructions per job consumed\n' \
+        "$BASE" "$(per_job target/iterbase/release/examples/perjob)"
+fi
