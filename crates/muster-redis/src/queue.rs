@@ -8,6 +8,7 @@
 //! over by another with `XAUTOCLAIM`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -265,7 +266,7 @@ pub(crate) async fn consume(
     let mut conn = inner.dedicated().await?;
     let key = inner.keys.queue(queue);
     ensure_group(&mut conn, &key).await?;
-    let (settler, settles) = tokio::sync::mpsc::unbounded_channel();
+    let (settler, settles) = tokio::sync::mpsc::channel(SETTLES_QUEUED);
     tokio::spawn(settle_batches(inner.clone(), key.clone(), settles));
     let source = Arc::new(RedisSource {
         dead_key: inner.keys.queue(&dead_queue(queue)),
@@ -276,6 +277,7 @@ pub(crate) async fn consume(
         claim_after: options.claim_after,
         conn: tokio::sync::Mutex::new(conn),
         tags: Mutex::default(),
+        next_tag: AtomicU64::new(1),
         last_claim: Mutex::new(None),
     });
     Ok(consumer::spawn(source, sink, &options))
@@ -290,19 +292,35 @@ struct RedisSource {
     /// The blocking connection (only `take` uses it).
     conn: tokio::sync::Mutex<redis::aio::ConnectionManager>,
     /// tag -> stream entry id.
-    tags: Mutex<HashMap<u64, String>>,
+    tags: Mutex<HashMap<u64, String, foldhash::fast::RandomState>>,
+    next_tag: AtomicU64,
     last_claim: Mutex<Option<Instant>>,
     /// Settles go to one task that writes every settle already queued in
     /// one `MULTI` (jobs finish together at high prefetch).
-    settler: tokio::sync::mpsc::UnboundedSender<Settling>,
+    settler: tokio::sync::mpsc::Sender<Settling>,
 }
 
-/// A settle waiting for the settling task.
-struct Settling {
-    entry: String,
-    /// The retry or dead-letter copy: (its stream, the job).
-    copy: Option<(String, Job)>,
-    done: tokio::sync::oneshot::Sender<Result<(), Error>>,
+/// How many settles may wait for the settling task; past it, a job's settle
+/// waits for room, so that acks not yet written stay bounded.
+const SETTLES_QUEUED: usize = 1024;
+
+/// What the settling task is asked to write.
+enum Settling {
+    /// Acknowledge and delete a finished job's entry. Nobody waits for it:
+    /// the job's slot is free at once, and should the write fail, the entry
+    /// stays pending and is delivered again after `claim_after` (a
+    /// duplicate, never a loss).
+    Ack(String),
+    /// A retry or dead-letter copy of `entry`'s job, written in the same
+    /// `MULTI` as its ack; `done` says how the write went.
+    Copy {
+        entry: String,
+        stream: String,
+        job: Job,
+        done: tokio::sync::oneshot::Sender<Result<(), Error>>,
+    },
+    /// Answered once everything queued before it is written.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Writes queued settles, each batch in one `MULTI`: the copies, one
@@ -310,39 +328,69 @@ struct Settling {
 async fn settle_batches(
     inner: Arc<Inner>,
     key: String,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Settling>,
+    mut rx: tokio::sync::mpsc::Receiver<Settling>,
 ) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
         pipe.atomic();
+        let mut entries: Vec<&str> = Vec::with_capacity(batch.len());
         for s in &batch {
-            if let Some((stream, job)) = &s.copy {
-                xadd(&mut pipe, stream, job);
+            match s {
+                Settling::Ack(entry) => entries.push(entry),
+                Settling::Copy {
+                    entry, stream, job, ..
+                } => {
+                    xadd(&mut pipe, stream, job);
+                    entries.push(entry);
+                }
+                Settling::Flush(_) => {}
             }
         }
-        let entries: Vec<&str> = batch.iter().map(|s| s.entry.as_str()).collect();
-        pipe.cmd("XACK").arg(&key).arg(GROUP).arg(&entries).ignore();
-        pipe.cmd("XDEL").arg(&key).arg(&entries).ignore();
-        let mut conn = inner.conn.clone();
-        let written = pipe.query_async::<()>(&mut conn).await;
+        let written = if entries.is_empty() {
+            Ok(())
+        } else {
+            pipe.cmd("XACK").arg(&key).arg(GROUP).arg(&entries).ignore();
+            pipe.cmd("XDEL").arg(&key).arg(&entries).ignore();
+            let mut conn = inner.conn.clone();
+            pipe.query_async::<()>(&mut conn).await
+        };
+        if let Err(e) = &written {
+            tracing::warn!(error = %e, queue = %key, jobs = entries.len(), "cannot acknowledge finished jobs; they will be delivered again");
+        }
         for s in batch.drain(..) {
-            let _ = s.done.send(
-                written
-                    .as_ref()
-                    .copied()
-                    .map_err(|e| unavailable("settle a job", e)),
-            );
+            match s {
+                Settling::Ack(_) => {}
+                Settling::Copy { done, .. } => {
+                    let _ = done.send(
+                        written
+                            .as_ref()
+                            .copied()
+                            .map_err(|e| unavailable("settle a job", e)),
+                    );
+                }
+                Settling::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 }
 
 impl RedisSource {
     fn tag(&self, entry: String) -> u64 {
+        let tag = self.next_tag.fetch_add(1, Ordering::Relaxed);
         let mut tags = self.tags.lock().unwrap_or_else(|p| p.into_inner());
-        let tag = muster_core::id::random_u64();
         tags.insert(tag, entry);
         tag
+    }
+
+    /// Queues `settling` for the settling task.
+    async fn queue_settle(&self, settling: Settling) -> Result<(), Error> {
+        self.settler
+            .send(settling)
+            .await
+            .map_err(|_| Error::new(ErrorKind::Closed, "the settling task ended"))
     }
 
     fn claim_due(&self) -> bool {
@@ -433,6 +481,22 @@ impl JobSource for RedisSource {
 
     fn settle(&self, tag: u64, job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
         Box::pin(async move {
+            let (stream, job) = match &outcome {
+                Outcome::Ack => {
+                    // Queued, not waited for (see `Settling::Ack`).
+                    let entry = self
+                        .tags
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&tag);
+                    return match entry {
+                        Some(entry) => self.queue_settle(Settling::Ack(entry)).await,
+                        None => Ok(()),
+                    };
+                }
+                Outcome::Retry { .. } => (self.key.clone(), job.next_attempt()),
+                Outcome::Dead { reason } => (self.dead_key.clone(), job.dead(reason)),
+            };
             let entry = self
                 .tags
                 .lock()
@@ -442,15 +506,14 @@ impl JobSource for RedisSource {
             let Some(entry) = entry else {
                 return Ok(());
             };
-            let copy = match &outcome {
-                Outcome::Ack => None,
-                Outcome::Retry { .. } => Some((self.key.clone(), job.next_attempt())),
-                Outcome::Dead { reason } => Some((self.dead_key.clone(), job.dead(reason))),
-            };
             let (done, written) = tokio::sync::oneshot::channel();
-            self.settler
-                .send(Settling { entry, copy, done })
-                .map_err(|_| Error::new(ErrorKind::Closed, "the settling task ended"))?;
+            self.queue_settle(Settling::Copy {
+                entry,
+                stream,
+                job,
+                done,
+            })
+            .await?;
             written
                 .await
                 .map_err(|_| Error::new(ErrorKind::Closed, "the settling task ended"))??;
@@ -464,6 +527,12 @@ impl JobSource for RedisSource {
 
     fn release(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
+            // The acks queued so far first: an entry still pending when
+            // this consumer is deleted below would stay in the stream.
+            let (flushed, written) = tokio::sync::oneshot::channel();
+            if self.queue_settle(Settling::Flush(flushed)).await.is_ok() {
+                let _ = written.await;
+            }
             // Unsettled entries stay pending on this consumer; handing them
             // back at once spares the others the claim wait.
             let held: Vec<String> = self
