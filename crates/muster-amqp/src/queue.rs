@@ -336,9 +336,14 @@ impl JobSource for AmqpSource {
         })
     }
 
-    fn settle(&self, tag: u64, job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
+    fn settle<'a>(
+        &'a self,
+        tag: u64,
+        job: &'a Job,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let copy = match &outcome {
+            let copy = match outcome {
                 Outcome::Ack => None,
                 Outcome::Retry { .. } => Some((self.queue.as_str(), job.next_attempt())),
                 Outcome::Dead { reason } => Some((self.dead.as_str(), job.dead(reason))),

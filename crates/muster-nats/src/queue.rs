@@ -377,9 +377,14 @@ impl JobSource for Source {
         })
     }
 
-    fn settle(&self, tag: u64, job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
+    fn settle<'a>(
+        &'a self,
+        tag: u64,
+        job: &'a Job,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            match &outcome {
+            match outcome {
                 Outcome::Ack => {}
                 Outcome::Retry { .. } => {
                     put(&self.inner, &self.queue, &job.next_attempt(), true).await?;

@@ -479,9 +479,14 @@ impl JobSource for RedisSource {
         })
     }
 
-    fn settle(&self, tag: u64, job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
+    fn settle<'a>(
+        &'a self,
+        tag: u64,
+        job: &'a Job,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
-            let (stream, job) = match &outcome {
+            let (stream, job) = match outcome {
                 Outcome::Ack => {
                     // Queued, not waited for (see `Settling::Ack`).
                     let entry = self

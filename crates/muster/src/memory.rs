@@ -360,9 +360,14 @@ impl JobSource for MemSource {
         })
     }
 
-    fn settle(&self, tag: u64, _job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
+    fn settle<'a>(
+        &'a self,
+        tag: u64,
+        _job: &'a Job,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         let retried = matches!(outcome, Outcome::Retry { .. });
-        self.bus.lock().queues.settle(&self.queue, tag, &outcome);
+        self.bus.lock().queues.settle(&self.queue, tag, outcome);
         if retried {
             self.bus.jobs_ready.notify_waiters();
         }

@@ -20,7 +20,14 @@ pub trait JobSource: Send + Sync + 'static {
 
     /// Settles a job taken earlier: ack, retry (enqueue `attempt + 1`, then
     /// ack) or dead-letter (enqueue on `<queue>.dead`, then ack).
-    fn settle(&self, tag: u64, job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>>;
+    /// The job and outcome are borrowed: a settle that fails is tried again
+    /// with the same ones, and most settles (an ack) need neither.
+    fn settle<'a>(
+        &'a self,
+        tag: u64,
+        job: &'a Job,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), Error>>;
 
     /// Called once after the loop ends: give back whatever is still held.
     fn release(&self) -> BoxFuture<'_, ()> {
@@ -150,13 +157,18 @@ async fn run<S: JobSource>(
 /// Settles with a few attempts: a settle lost to a broken connection leaves
 /// the job to be delivered again (at least once), never lost.
 async fn settle<S: JobSource + ?Sized>(source: &S, tag: u64, job: Job, outcome: Outcome) {
-    let mut backoff =
-        crate::retry::Backoff::between(Duration::from_millis(200), Duration::from_secs(1));
+    let mut backoff = None;
     for _ in 0..3 {
-        match source.settle(tag, job.clone(), outcome.clone()).await {
+        match source.settle(tag, &job, &outcome).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(job = %job.id, error = %e, "cannot settle job; it will be delivered again if this keeps failing");
+                let backoff = backoff.get_or_insert_with(|| {
+                    crate::retry::Backoff::between(
+                        Duration::from_millis(200),
+                        Duration::from_secs(1),
+                    )
+                });
                 tokio::time::sleep(backoff.failed()).await;
             }
         }

@@ -42,11 +42,16 @@ impl JobSource for ZmqSource {
         })
     }
 
-    fn settle(&self, tag: u64, _job: Job, outcome: Outcome) -> BoxFuture<'_, Result<(), Error>> {
+    fn settle<'a>(
+        &'a self,
+        tag: u64,
+        _job: &'a Job,
+        outcome: &'a Outcome,
+    ) -> BoxFuture<'a, Result<(), Error>> {
         let (outcome, reason) = match outcome {
             Outcome::Ack => ("ack", None),
-            Outcome::Retry { reason, .. } => ("retry", Some(reason)),
-            Outcome::Dead { reason } => ("dead", Some(reason)),
+            Outcome::Retry { reason, .. } => ("retry", Some(reason.clone())),
+            Outcome::Dead { reason } => ("dead", Some(reason.clone())),
         };
         let req = Settle {
             queue: self.queue.clone(),
