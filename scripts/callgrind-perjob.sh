@@ -6,9 +6,11 @@
 # four times: enqueue only and enqueue-then-consume, each at JOBS and a
 # tenth of JOBS. The consume runs less the enqueue runs, differenced between
 # the two counts, is what one job costs the consumer at PREFETCH.
+# Then the same for the plain client's loop of `muster bench queue` (redis or
+# async-nats) on the same jobs.
 #
 #   scripts/callgrind-perjob.sh redis://127.0.0.1:6379/15
-#   scripts/callgrind-perjob.sh nats://127.0.0.1:4222 20000 100
+#   scripts/callgrind-perjob.sh nats://127.0.0.1:4222 5000 100
 #   BASE=abc1234 scripts/callgrind-perjob.sh URL   # also a commit, side by side
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,12 +44,8 @@ per_job() { # BINARY [SIDE] -> instructions per consumed job
 build . target/iter
 printf '%-12s %8s instructions per job consumed (%s, prefetch %s)\n' \
     "this tree" "$(per_job target/iter/release/examples/perjob)" "$url" "$prefetch"
-case $url in
-redis://* | rediss://*)
-    printf '%-12s %8s instructions per job consumed\n' \
-        "plain redis" "$(per_job target/iter/release/examples/perjob plain)"
-    ;;
-esac
+printf '%-12s %8s instructions per job consumed\n' \
+    "plain ${url%%://*}" "$(per_job target/iter/release/examples/perjob plain)"
 if [ -n "${BASE:-}" ]; then
     dir=$(mktemp -d)
     git worktree add --quiet --detach "$dir" "$BASE"

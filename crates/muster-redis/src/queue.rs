@@ -21,6 +21,7 @@ use muster_core::transport::BoxFuture;
 use muster_core::{Error, ErrorKind};
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamRangeReply};
 use redis::{RedisError, Value};
+use tokio::sync::mpsc::error::TrySendError;
 
 use crate::{Inner, unavailable};
 
@@ -385,6 +386,28 @@ impl RedisSource {
         tag
     }
 
+    /// Queues the ack of `tag`'s entry. Not waited for (see
+    /// `Settling::Ack`): only a full queue makes it wait for room, so
+    /// there is no future to box for it otherwise.
+    fn ack(&self, tag: u64) -> BoxFuture<'_, Result<(), Error>> {
+        let entry = self
+            .tags
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&tag);
+        let Some(entry) = entry else {
+            return Box::pin(std::future::ready(Ok(())));
+        };
+        match self.settler.try_send(Settling::Ack(entry)) {
+            Ok(()) => Box::pin(std::future::ready(Ok(()))),
+            Err(TrySendError::Full(ack)) => Box::pin(self.queue_settle(ack)),
+            Err(TrySendError::Closed(_)) => Box::pin(std::future::ready(Err(Error::new(
+                ErrorKind::Closed,
+                "the settling task ended",
+            )))),
+        }
+    }
+
     /// Queues `settling` for the settling task.
     async fn queue_settle(&self, settling: Settling) -> Result<(), Error> {
         self.settler
@@ -485,23 +508,12 @@ impl JobSource for RedisSource {
         job: &'a Job,
         outcome: &'a Outcome,
     ) -> BoxFuture<'a, Result<(), Error>> {
+        let (stream, job) = match outcome {
+            Outcome::Ack => return self.ack(tag),
+            Outcome::Retry { .. } => (self.key.clone(), job.next_attempt()),
+            Outcome::Dead { reason } => (self.dead_key.clone(), job.dead(reason)),
+        };
         Box::pin(async move {
-            let (stream, job) = match outcome {
-                Outcome::Ack => {
-                    // Queued, not waited for (see `Settling::Ack`).
-                    let entry = self
-                        .tags
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&tag);
-                    return match entry {
-                        Some(entry) => self.queue_settle(Settling::Ack(entry)).await,
-                        None => Ok(()),
-                    };
-                }
-                Outcome::Retry { .. } => (self.key.clone(), job.next_attempt()),
-                Outcome::Dead { reason } => (self.dead_key.clone(), job.dead(reason)),
-            };
             let entry = self
                 .tags
                 .lock()

@@ -8,9 +8,11 @@
 //!   `PREFETCH` (100 by default) works them all, as `muster bench queue`'s
 //!   muster side does.
 //!
-//! - `SIDE = plain` (Redis only): the same jobs, then worked by the plain
-//!   loop of `muster bench queue` on the `redis` crate: `XREADGROUP COUNT
-//!   PREFETCH`, each body decoded, one `XACK` per read.
+//! - `SIDE = plain`: the same jobs, then worked by the plain loop of
+//!   `muster bench queue`. On Redis, with the `redis` crate: `XREADGROUP
+//!   COUNT PREFETCH`, each body decoded, one `XACK` per read. On NATS, with
+//!   `async-nats` on muster's own JetStream consumer (a work-queue stream
+//!   takes one): fetches of PREFETCH, each body decoded and acked.
 //!
 //! The difference between a consuming run and `enqueue`, at two job
 //! counts, is the consumer's cost per job in this process (the broker's own
@@ -64,7 +66,11 @@ async fn main() {
         service.stop().await;
     }
     if side == "plain" {
-        plain_redis(url, &format!("muster:q:{queue}"), jobs, prefetch).await;
+        if url.starts_with("nats") {
+            plain_nats(url, &format!("muster_Q_{queue}"), jobs, prefetch).await;
+        } else {
+            plain_redis(url, &format!("muster:q:{queue}"), jobs, prefetch).await;
+        }
     }
     purge(&transport, queue).await;
     transport.close().await;
@@ -134,4 +140,40 @@ async fn plain_redis(url: &str, key: &str, jobs: u64, prefetch: usize) {
         .arg("plain")
         .query_async(&mut conn)
         .await;
+}
+
+/// `muster bench queue`'s plain NATS loop, on the stream muster's
+/// `enqueue` wrote, through its durable consumer `muster`.
+async fn plain_nats(url: &str, stream: &str, jobs: u64, prefetch: usize) {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    use futures_util::StreamExt;
+    let js = async_nats::jetstream::new(async_nats::connect(url).await.expect("connect"));
+    let stream = js.get_stream(stream).await.expect("the queue's stream");
+    let consumer = stream
+        .get_or_create_consumer(
+            "muster",
+            pull::Config {
+                durable_name: Some("muster".into()),
+                ack_policy: AckPolicy::Explicit,
+                ..pull::Config::default()
+            },
+        )
+        .await
+        .expect("consumer");
+    let mut n = 0;
+    while n < jobs {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(prefetch)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(m) = batch.next().await {
+            let m = m.expect("message");
+            let _: serde_json::Value = serde_json::from_slice(&m.payload).expect("JSON body");
+            m.ack().await.expect("ack");
+            n += 1;
+        }
+    }
 }
