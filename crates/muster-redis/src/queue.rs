@@ -305,12 +305,16 @@ struct RedisSource {
 /// waits for room, so that acks not yet written stay bounded.
 const SETTLES_QUEUED: usize = 1024;
 
+/// How often the settling task tries to write an ack before it leaves the
+/// job to be delivered again.
+const ACK_TRIES: u32 = 5;
+
 /// What the settling task is asked to write.
 enum Settling {
     /// Acknowledge and delete a finished job's entry. Nobody waits for it:
-    /// the job's slot is free at once, and should the write fail, the entry
-    /// stays pending and is delivered again after `claim_after` (a
-    /// duplicate, never a loss).
+    /// the job's slot is free at once. Should the write fail, it is tried
+    /// again; until it succeeds the entry stays pending, and is delivered
+    /// again after `claim_after` (a duplicate, never a loss).
     Ack(String),
     /// A retry or dead-letter copy of `entry`'s job, written in the same
     /// `MULTI` as its ack; `done` says how the write went.
@@ -326,54 +330,91 @@ enum Settling {
 
 /// Writes queued settles, each batch in one `MULTI`: the copies, one
 /// `XACK` and one `XDEL` of all their entries.
+///
+/// Acks whose write failed are kept and written with the next batch, or
+/// within a second if none comes, up to [`ACK_TRIES`] times: a finished job
+/// is acknowledged once Redis answers again, and is not left behind in the
+/// stream when its consumer leaves the group. They are at most the jobs
+/// this consumer had taken, since nothing more can be taken while Redis
+/// does not answer. Acks given up on leave their entries pending, delivered
+/// again after `claim_after`.
 async fn settle_batches(
     inner: Arc<Inner>,
     key: String,
     mut rx: tokio::sync::mpsc::Receiver<Settling>,
 ) {
     let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut entries: Vec<&str> = Vec::with_capacity(batch.len());
-        for s in &batch {
+    let mut acks: Vec<String> = Vec::new();
+    let mut failures = 0;
+    loop {
+        let open = if acks.is_empty() {
+            rx.recv_many(&mut batch, 256).await > 0
+        } else {
+            tokio::time::timeout(Duration::from_secs(1), rx.recv_many(&mut batch, 256))
+                .await
+                .map_or(true, |n| n > 0)
+        };
+        if !open && acks.is_empty() {
+            return;
+        }
+        let mut copies = Vec::new();
+        let mut flushes = Vec::new();
+        for s in batch.drain(..) {
             match s {
-                Settling::Ack(entry) => entries.push(entry),
+                Settling::Ack(entry) => acks.push(entry),
                 Settling::Copy {
-                    entry, stream, job, ..
-                } => {
-                    xadd(&mut pipe, stream, job);
-                    entries.push(entry);
-                }
-                Settling::Flush(_) => {}
+                    entry,
+                    stream,
+                    job,
+                    done,
+                } => copies.push((entry, stream, job, done)),
+                Settling::Flush(done) => flushes.push(done),
             }
         }
-        let written = if entries.is_empty() {
+        let written = if acks.is_empty() && copies.is_empty() {
             Ok(())
         } else {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let mut entries: Vec<&str> = acks.iter().map(String::as_str).collect();
+            for (entry, stream, job, _) in &copies {
+                xadd(&mut pipe, stream, job);
+                entries.push(entry);
+            }
             pipe.cmd("XACK").arg(&key).arg(GROUP).arg(&entries).ignore();
             pipe.cmd("XDEL").arg(&key).arg(&entries).ignore();
             let mut conn = inner.conn.clone();
             pipe.query_async::<()>(&mut conn).await
         };
-        if let Err(e) = &written {
-            tracing::warn!(error = %e, queue = %key, jobs = entries.len(), "cannot acknowledge finished jobs; they will be delivered again");
-        }
-        for s in batch.drain(..) {
-            match s {
-                Settling::Ack(_) => {}
-                Settling::Copy { done, .. } => {
-                    let _ = done.send(
-                        written
-                            .as_ref()
-                            .copied()
-                            .map_err(|e| unavailable("settle a job", e)),
-                    );
-                }
-                Settling::Flush(done) => {
-                    let _ = done.send(());
+        match &written {
+            Ok(()) => {
+                acks.clear();
+                failures = 0;
+            }
+            Err(e) => {
+                failures += 1;
+                if failures < ACK_TRIES {
+                    tracing::warn!(error = %e, queue = %key, acks = acks.len(), "cannot acknowledge finished jobs; trying again");
+                } else {
+                    tracing::warn!(error = %e, queue = %key, acks = acks.len(), "cannot acknowledge finished jobs; they will be delivered again");
+                    acks.clear();
+                    failures = 0;
                 }
             }
+        }
+        for (_, _, _, done) in copies {
+            let _ = done.send(
+                written
+                    .as_ref()
+                    .copied()
+                    .map_err(|e| unavailable("settle a job", e)),
+            );
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        if !open {
+            return;
         }
     }
 }
