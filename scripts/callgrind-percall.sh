@@ -27,13 +27,8 @@ build() { # DIR TARGET_DIR
         cargo build --quiet --release -p muster --example percall --example percall_zmq --target-dir "$2")
 }
 
-collected() { # BINARY ARGS... -> instructions of the whole run
-    local out
-    out=$(mktemp)
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$out.log"
-    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$out.log"
-    rm -f "$out" "$out.log"
-}
+# shellcheck source=scripts/callgrind-lib.sh
+. scripts/callgrind-lib.sh
 
 count() { # BINARY [--logs] -> instructions per call
     echo $(($(collected "$@") / calls))

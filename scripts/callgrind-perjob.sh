@@ -24,13 +24,8 @@ build() { # DIR TARGET_DIR
         cargo build --quiet --release -p muster --example perjob --target-dir "$2")
 }
 
-collected() { # BINARY ARGS... -> instructions of the whole run
-    local out
-    out=$(mktemp)
-    valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >/dev/null 2>"$out.log"
-    sed -n 's/.*Collected : \([0-9]*\).*/\1/p' "$out.log"
-    rm -f "$out" "$out.log"
-}
+# shellcheck source=scripts/callgrind-lib.sh
+. scripts/callgrind-lib.sh
 
 per_job() { # BINARY [SIDE] -> instructions per consumed job
     local small=$((jobs / 10)) side=${2:-consume} e1 e2 c1 c2

@@ -399,28 +399,18 @@ impl JobSource for Source {
     ) -> BoxFuture<'a, Result<(), Error>> {
         // An ack is only handed to the acker: no future of the size of the
         // copy's `put` to box for it (700 instructions a job, callgrind).
-        if let Outcome::Ack = outcome {
-            self.ack(tag);
-            return Box::pin(std::future::ready(Ok(())));
-        }
-        Box::pin(async move {
-            match outcome {
-                Outcome::Ack => {}
-                Outcome::Retry { .. } => {
-                    put(&self.inner, &self.queue, &job.next_attempt(), true).await?;
-                }
-                // A job may die again after an operator requeued it: no
-                // deduplication, or the second death would be dropped.
-                Outcome::Dead { reason } => {
-                    put(
-                        &self.inner,
-                        &dead_queue(&self.queue),
-                        &job.dead(reason),
-                        false,
-                    )
-                    .await?;
-                }
+        let (queue, copy, dedup) = match outcome {
+            Outcome::Ack => {
+                self.ack(tag);
+                return Box::pin(std::future::ready(Ok(())));
             }
+            Outcome::Retry { .. } => (self.queue.clone(), job.next_attempt(), true),
+            // A job may die again after an operator requeued it: no
+            // deduplication, or the second death would be dropped.
+            Outcome::Dead { reason } => (dead_queue(&self.queue), job.dead(reason), false),
+        };
+        Box::pin(async move {
+            put(&self.inner, &queue, &copy, dedup).await?;
             self.ack(tag);
             Ok(())
         })
