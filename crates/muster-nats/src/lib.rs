@@ -133,6 +133,8 @@ pub(crate) struct Inner {
     jetstream: async_nats::jetstream::Context,
     options: NatsOptions,
     subjects: Subjects,
+    /// The subjects of the topics lately published on.
+    event_subjects: events::SubjectCache,
     /// Messages NATS dropped for this connection's slow subscriptions.
     slow_consumers: Arc<AtomicU64>,
     claims: tokio::sync::OnceCell<async_nats::jetstream::kv::Store>,
@@ -222,6 +224,7 @@ impl NatsTransport {
                 jetstream,
                 options,
                 subjects,
+                event_subjects: events::SubjectCache::default(),
                 slow_consumers,
                 claims: tokio::sync::OnceCell::new(),
                 queues: std::sync::Mutex::default(),
