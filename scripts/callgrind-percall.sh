@@ -20,12 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-20000}
-command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgrind)" >&2; exit 2; }
 
-build() { # DIR TARGET_DIR
-    (cd "$1" && CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-        cargo build --quiet --release -p muster --example percall --example percall_zmq --target-dir "$2")
-}
 
 # shellcheck source=scripts/callgrind-lib.sh
 . scripts/callgrind-lib.sh
@@ -53,7 +48,7 @@ report() { # LABEL BINARY
     done
 }
 
-build . "$PWD/target/iter"
+build_examples . "$PWD/target/iter" percall percall_zmq
 report "this tree" target/iter/release/examples/percall
 if [[ -n "${BASE:-}" ]]; then
     dir=$(mktemp -d)
@@ -65,7 +60,7 @@ if [[ -n "${BASE:-}" ]]; then
         sed -i '/^\/\/\/ The allocator muster/,/^static ALLOC/d' "$dir/crates/muster/examples/percall_zmq.rs"
     grep -q '^omq-tokio' "$dir/crates/muster/Cargo.toml" ||
         sed -i '/^\[dev-dependencies\]/a omq-tokio = { workspace = true }' "$dir/crates/muster/Cargo.toml"
-    build "$dir" "$PWD/target/iterbase"
+    build_examples "$dir" "$PWD/target/iterbase" percall percall_zmq
     git worktree remove --force "$dir"
     report "$BASE" target/iterbase/release/examples/percall
 fi

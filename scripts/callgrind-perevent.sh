@@ -14,12 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 url=${1:?usage: callgrind-perevent.sh URL [EVENTS]}
 events=${2:-20000}
-command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgrind)" >&2; exit 2; }
 
-build() { # DIR TARGET_DIR
-    (cd "$1" && CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-        cargo build --quiet --release -p muster --example perevent --target-dir "$2")
-}
 
 # shellcheck source=scripts/callgrind-lib.sh
 . scripts/callgrind-lib.sh
@@ -31,7 +26,7 @@ per_event() { # BINARY SIDE -> instructions per event
     echo $(((b - a) / (events - small)))
 }
 
-build . target/iter
+build_examples . target/iter perevent
 muster=$(per_event target/iter/release/examples/perevent muster)
 plain=$(per_event target/iter/release/examples/perevent plain)
 printf '%-12s %8s instructions per event (%s)\n' "this tree" "$muster" "$url"
@@ -42,7 +37,7 @@ if [ -n "${BASE:-}" ]; then
     git worktree add --quiet --detach "$dir" "$BASE"
     # The base is measured with this tree's example, so both count the same work.
     cp crates/muster/examples/perevent.rs "$dir/crates/muster/examples/perevent.rs"
-    build "$dir" "$PWD/target/iterbase"
+    build_examples "$dir" "$PWD/target/iterbase" perevent
     git worktree remove --force "$dir"
     printf '%-12s %8s instructions per event\n' \
         "$BASE" "$(per_event target/iterbase/release/examples/perevent muster)"

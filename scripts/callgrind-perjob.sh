@@ -17,12 +17,7 @@ cd "$(dirname "$0")/.."
 url=${1:?usage: callgrind-perjob.sh URL [JOBS] [PREFETCH]}
 jobs=${2:-20000}
 prefetch=${3:-100}
-command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgrind)" >&2; exit 2; }
 
-build() { # DIR TARGET_DIR
-    (cd "$1" && CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
-        cargo build --quiet --release -p muster --example perjob --target-dir "$2")
-}
 
 # shellcheck source=scripts/callgrind-lib.sh
 . scripts/callgrind-lib.sh
@@ -36,7 +31,7 @@ per_job() { # BINARY [SIDE] -> instructions per consumed job
     echo $((((c2 - e2) - (c1 - e1)) / (jobs - small)))
 }
 
-build . target/iter
+build_examples . target/iter perjob
 printf '%-12s %8s instructions per job consumed (%s, prefetch %s)\n' \
     "this tree" "$(per_job target/iter/release/examples/perjob)" "$url" "$prefetch"
 printf '%-12s %8s instructions per job consumed\n' \
@@ -46,7 +41,7 @@ if [ -n "${BASE:-}" ]; then
     git worktree add --quiet --detach "$dir" "$BASE"
     # The base is measured with this tree's example, so both count the same work.
     cp crates/muster/examples/perjob.rs "$dir/crates/muster/examples/perjob.rs"
-    build "$dir" "$PWD/target/iterbase"
+    build_examples "$dir" "$PWD/target/iterbase" perjob
     git worktree remove --force "$dir"
     printf '%-12s %8s instructions per job consumed\n' \
         "$BASE" "$(per_job target/iterbase/release/examples/perjob)"
