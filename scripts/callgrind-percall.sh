@@ -21,7 +21,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 calls=${1:-20000}
 
-
 # shellcheck source=scripts/callgrind-lib.sh
 . scripts/callgrind-lib.sh
 

@@ -15,7 +15,6 @@ cd "$(dirname "$0")/.."
 url=${1:?usage: callgrind-perevent.sh URL [EVENTS]}
 events=${2:-20000}
 
-
 # shellcheck source=scripts/callgrind-lib.sh
 . scripts/callgrind-lib.sh
 

@@ -18,7 +18,6 @@ url=${1:?usage: callgrind-perjob.sh URL [JOBS] [PREFETCH]}
 jobs=${2:-20000}
 prefetch=${3:-100}
 
-
 # shellcheck source=scripts/callgrind-lib.sh
 . scripts/callgrind-lib.sh
 
