@@ -20,4 +20,15 @@ build_examples() {
         cargo build --quiet --release -p muster "${args[@]}" --target-dir "$target")
 }
 
+# build_at_base COMMIT EXAMPLE -> EXAMPLE built at COMMIT into target/iterbase,
+# with this tree's copy of the example, so that both count the same work.
+build_at_base() {
+    local dir
+    dir=$(mktemp -d)
+    git worktree add --quiet --detach "$dir" "$1"
+    cp "crates/muster/examples/$2.rs" "$dir/crates/muster/examples/$2.rs"
+    build_examples "$dir" "$PWD/target/iterbase" "$2"
+    git worktree remove --force "$dir"
+}
+
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt install valgrind)" >&2; exit 2; }

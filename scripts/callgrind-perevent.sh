@@ -32,12 +32,7 @@ printf '%-12s %8s instructions per event (%s)\n' "this tree" "$muster" "$url"
 printf '%-12s %8s instructions per event   ratio %s\n' "plain ${url%%://*}" "$plain" \
     "$(awk -v m="$muster" -v p="$plain" 'BEGIN {printf "%.2f", m / p}')"
 if [ -n "${BASE:-}" ]; then
-    dir=$(mktemp -d)
-    git worktree add --quiet --detach "$dir" "$BASE"
-    # The base is measured with this tree's example, so both count the same work.
-    cp crates/muster/examples/perevent.rs "$dir/crates/muster/examples/perevent.rs"
-    build_examples "$dir" "$PWD/target/iterbase" perevent
-    git worktree remove --force "$dir"
+    build_at_base "$BASE" perevent
     printf '%-12s %8s instructions per event\n' \
         "$BASE" "$(per_event target/iterbase/release/examples/perevent muster)"
 fi

@@ -36,12 +36,7 @@ printf '%-12s %8s instructions per job consumed (%s, prefetch %s)\n' \
 printf '%-12s %8s instructions per job consumed\n' \
     "plain ${url%%://*}" "$(per_job target/iter/release/examples/perjob plain)"
 if [ -n "${BASE:-}" ]; then
-    dir=$(mktemp -d)
-    git worktree add --quiet --detach "$dir" "$BASE"
-    # The base is measured with this tree's example, so both count the same work.
-    cp crates/muster/examples/perjob.rs "$dir/crates/muster/examples/perjob.rs"
-    build_examples "$dir" "$PWD/target/iterbase" perjob
-    git worktree remove --force "$dir"
+    build_at_base "$BASE" perjob
     printf '%-12s %8s instructions per job consumed\n' \
         "$BASE" "$(per_job target/iterbase/release/examples/perjob)"
 fi
